@@ -1,0 +1,6 @@
+"""python -m bilevel: the command line."""
+import sys
+
+from .bench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,253 @@
+"""The `bilevel` command line: list, run, compare.
+
+    bilevel list
+    bilevel run --problem synthetic-sc --method pgdqp --max-iter 2000 --set step_size=0.05 --out runs/sc
+    bilevel compare --problem coreset --methods pgdqp,sgf --seeds 3 --max-iter 2000 --out runs/coreset
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import inspect
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from .. import PROBLEMS, SOLVERS, solve
+from ..solve import make_solver
+from . import store
+from .plot import X_AXES, plot_metrics
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def parse_value(text: str) -> Any:
+    """'0.1' -> 0.1, '1e-3' -> 0.001, 'true' -> True, 'none' -> None, 'grad' -> 'grad'."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'}; a malformed item is an error naming the flag."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"Invalid {flag}: {item!r} (expected KEY=VALUE, e.g. {flag} step_size=0.1)")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def _lookup(registry: dict[str, Any], name: str, what: str) -> Any:
+    if name not in registry:
+        near = difflib.get_close_matches(name, registry, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise CLIError(f"Invalid {what}: {name!r} (expected one of {', '.join(sorted(registry))}){hint}")
+    return registry[name]
+
+
+def build_problem(name: str, seed: int, args: dict[str, Any], device: str | None = None):
+    """PROBLEMS[name](seed=seed, **args), with argument errors that name the argument."""
+    builder = _lookup(PROBLEMS, name, "--problem")
+    params = inspect.signature(builder).parameters
+    unknown = [k for k in args if k not in params]
+    if unknown:
+        valid = [p for p in params if p != "seed"]
+        raise CLIError(f"Invalid --problem-arg for {name}: {unknown[0]!r} (valid: {', '.join(valid)})")
+    kwargs = dict(args)
+    if "seed" in params:
+        kwargs["seed"] = seed
+    if device is not None and "device" in params:
+        kwargs["device"] = device
+    return builder(**kwargs)
+
+
+def _first_line(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A Markdown table of rows (floats to 4 significant digits)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ----- commands -------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    print("Solvers (bilevel run --method NAME):")
+    for name, cls in sorted(SOLVERS.items()):
+        print(f"  {name:<12} {cls.summary}")
+    print("\nProblems (bilevel run --problem NAME):")
+    for name, builder in sorted(PROBLEMS.items()):
+        print(f"  {name:<16} {_first_line(builder)}")
+    return 0
+
+
+def _solver_options(text_items: Sequence[str] | None) -> dict[str, Any]:
+    return parse_assignments(text_items, "--set")
+
+
+def _run_one(problem_name: str, method: str, seed: int, options: dict[str, Any], problem_args: dict[str, Any],
+             max_iter: int, log_every: int, tol: float | None, progress: bool, device: str | None):
+    problem = build_problem(problem_name, seed, problem_args, device)
+    try:
+        solver = make_solver(method, options)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    start = time.perf_counter()
+    result = solve(problem, solver, max_iter=max_iter, log_every=log_every, tol=tol, progress=progress, seed=seed)
+    return problem, solver, result, time.perf_counter() - start
+
+
+def _summary_row(method: str, seed: int, result, wall: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"method": method, "seed": seed, "status": result.status.name, "iters": result.n_iter}
+    skip = {"iter", "time", "n_f", "n_g", "n_grad_f", "n_grad_g", "n_hvp", "lambda", "step_size", "alpha"}
+    row.update({k: v[-1] for k, v in result.history.items() if k not in skip})
+    row["wall_s"] = wall
+    return row
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    options = _solver_options(args.set)
+    problem_args = parse_assignments(args.problem_arg, "--problem-arg")
+    problem, solver, result, wall = _run_one(args.problem, args.method, args.seed, options, problem_args,
+                                             args.max_iter, args.log_every, args.tol, not args.no_progress,
+                                             args.device)
+    row = _summary_row(args.method, args.seed, result, wall)
+    print(format_table([row], list(row)))
+    print(f"\nstatus: {result.message}")
+    if args.out:
+        out = Path(args.out)
+        frame = store.tidy(result, method=args.method, problem=args.problem, seed=args.seed, run_id="run",
+                           hyperparameters=_hyperparameters(solver), **store.provenance(args.device))
+        store.write_atomic(frame, out / "history.parquet")
+        store.write_json_atomic({
+            "config": {"problem": args.problem, "problem_args": problem_args, "method": args.method,
+                       "options": options, "hyperparameters": _hyperparameters(solver), "seed": args.seed,
+                       "max_iter": args.max_iter, "log_every": args.log_every, "tol": args.tol},
+            "status": result.status.name, "message": result.message, "n_iter": result.n_iter,
+            "wall_time_s": wall, "final": {k: v[-1] for k, v in result.history.items()},
+            "provenance": store.provenance(args.device)}, out / "summary.json")
+        print(f"wrote {out / 'history.parquet'} and {out / 'summary.json'}")
+    return 0 if result.status.name != "DIVERGED" else 1
+
+
+def _hyperparameters(solver) -> dict[str, Any]:
+    import dataclasses
+    return {f.name: getattr(solver, f.name) for f in dataclasses.fields(solver)
+            if isinstance(getattr(solver, f.name), (int, float, str, bool, type(None)))}
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise CLIError(f"Invalid --methods: {args.methods!r} (expected a comma-separated list, e.g. pgdqp,sgf)")
+    for m in methods:
+        _lookup(SOLVERS, m, "--methods entry")
+    per_method: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for key, value in parse_assignments(args.set, "--set").items():
+        method, dot, option = key.partition(".")
+        if not dot or method not in per_method:
+            raise CLIError(f"Invalid --set: {key!r} (expected METHOD.OPTION=VALUE with METHOD one of {', '.join(methods)})")
+        per_method[method][option] = value
+    problem_args = parse_assignments(args.problem_arg, "--problem-arg")
+    if args.seeds < 1:
+        raise CLIError(f"Invalid --seeds: {args.seeds} (expected an integer >= 1)")
+    frames, rows = [], []
+    for method in methods:
+        for seed in range(args.seeds):
+            problem, solver, result, wall = _run_one(args.problem, method, seed, per_method[method], problem_args,
+                                                     args.max_iter, args.log_every, None, False, args.device)
+            frames.append(store.tidy(result, method=method, problem=args.problem, seed=seed,
+                                     run_id=f"{method}-{seed}", hyperparameters=_hyperparameters(solver),
+                                     **store.provenance(args.device)))
+            rows.append(_summary_row(method, seed, result, wall))
+            print(f"  {method} seed {seed}: {result.status.name} in {wall:.1f}s", file=sys.stderr)
+    frame = pd.concat(frames, ignore_index=True)
+    out = Path(args.out)
+    store.write_atomic(frame, out / "results.parquet")
+    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else _default_metrics(frame)
+    png = plot_metrics(frame, metrics, out / f"compare_{args.x}.png", x=args.x, title=args.problem)
+    columns = ["method", "seed", "status", "iters"] + [m for m in metrics if m in rows[0]] + ["wall_s"]
+    print(format_table(rows, columns))
+    print(f"\nwrote {out / 'results.parquet'} and {png}")
+    return 0
+
+
+def _default_metrics(frame) -> list[str]:
+    preferred = ["hypergradient_norm", "upper_objective", "delta_norm", "distance_to_solution", "f", "h"]
+    present = [m for m in preferred if m in frame.columns and frame[m].notna().any()]
+    return present[:3]
+
+
+# ----- argument parsing ---------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bilevel", description="Gradient-based bilevel optimization.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list solvers and problems")
+    p.set_defaults(func=cmd_list)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--problem", required=True, help="a problem name (see `bilevel list`)")
+        p.add_argument("--problem-arg", action="append", metavar="KEY=VALUE", help="an argument of the problem builder")
+        p.add_argument("--max-iter", type=int, default=1000, help="outer iterations (default 1000)")
+        p.add_argument("--log-every", type=int, default=10, help="log every N iterations (default 10)")
+        p.add_argument("--device", default=None, help="torch device for the problem's data (default cpu)")
+
+    p = sub.add_parser("run", help="run one method on one problem")
+    common(p)
+    p.add_argument("--method", required=True, help="a solver name (see `bilevel list`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a solver hyperparameter, e.g. step_size=0.1")
+    p.add_argument("--seed", type=int, default=0, help="seed of the problem and the solver (default 0)")
+    p.add_argument("--tol", type=float, default=None, help="stop when both KKT residuals are <= tol")
+    p.add_argument("--out", default=None, help="directory for history.parquet and summary.json")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compare", help="run several methods over seeds, write a tidy table and a plot")
+    common(p)
+    p.add_argument("--methods", required=True, help="comma-separated solver names")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds 0..K-1 (default 3)")
+    p.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="a hyperparameter of one method")
+    p.add_argument("--metrics", default=None, help="comma-separated columns to plot (default: the problem's)")
+    p.add_argument("--x", default="iter", choices=list(X_AXES), help="x axis of the plot (default iter)")
+    p.add_argument("--out", required=True, help="directory for results.parquet and the PNG")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        print(f"bilevel: error: {exc}", file=sys.stderr)
+        return 2
+    except (TypeError, ValueError) as exc:  # bad hyperparameters or problem arguments
+        print(f"bilevel: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Linear solvers for A v = b with A given only as a matrix-vector product.
+
+They are objects, passed to the methods that need one (aid_bio, galet, the metrics):
+`ConjugateGradient(iters=20)` or `Neumann(iters=20, step_size=0.1)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .oracles import inner
+
+MatVec = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ConjugateGradient:
+    """Conjugate gradient for a symmetric positive (semi-)definite A.
+
+    Args:
+        iters: maximum number of iterations (each one matrix-vector product). Default 20.
+        tol: stop when ||r|| <= tol * ||b||. Default 1e-10.
+    """
+
+    iters: int = 20
+    tol: float = 1e-10
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.iters, int) or self.iters < 1:
+            raise ValueError(f"Invalid iters: {self.iters!r} (expected an integer >= 1)")
+        if not self.tol >= 0:
+            raise ValueError(f"Invalid tol: {self.tol!r} (expected >= 0)")
+
+    def __call__(self, matvec: MatVec, b: Tensor, v0: Tensor | None = None) -> Tensor:
+        v = torch.zeros_like(b) if v0 is None else v0.clone()
+        r = b - matvec(v) if v0 is not None else b.clone()
+        p = r.clone()
+        rr = inner(r, r)
+        stop = (self.tol * torch.linalg.vector_norm(b)) ** 2
+        for _ in range(self.iters):
+            if bool(rr <= stop):
+                break
+            ap = matvec(p)
+            pap = inner(p, ap)
+            if not bool(pap > 0):  # A is not positive along p: stop with what we have
+                break
+            a = rr / pap
+            v = v + a * p
+            r = r - a * ap
+            rr_new = inner(r, r)
+            p = r + (rr_new / rr) * p
+            rr = rr_new
+        return v
+
+
+@dataclass(frozen=True)
+class Neumann:
+    """Truncated Neumann series v = step_size sum_{i<iters} (I - step_size A)^i b.
+
+    Args:
+        iters: number of terms (each one matrix-vector product). Default 20.
+        step_size: scaling, below 2 / lambda_max(A) for convergence. Default 0.1.
+    """
+
+    iters: int = 20
+    step_size: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.iters, int) or self.iters < 1:
+            raise ValueError(f"Invalid iters: {self.iters!r} (expected an integer >= 1)")
+        if not self.step_size > 0:
+            raise ValueError(f"Invalid step_size: {self.step_size!r} (expected > 0)")
+
+    def __call__(self, matvec: MatVec, b: Tensor, v0: Tensor | None = None) -> Tensor:
+        term = b.clone()
+        total = b.clone()
+        for _ in range(self.iters - 1):
+            term = term - self.step_size * matvec(term)
+            total = total + term
+        return self.step_size * total

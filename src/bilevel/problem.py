@@ -1,0 +1,156 @@
+"""BilevelProblem: min_x f(x, y) s.t. y in argmin_y g(x, y), checked at construction."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from . import oracles
+
+Objective = Callable[[Tensor, Tensor], Tensor]
+
+
+def _check_tensor(name: str, value: Any) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"Invalid {name}: {type(value).__name__} (expected a torch.Tensor)")
+    if not value.is_floating_point():
+        raise TypeError(f"Invalid {name}: dtype {value.dtype} (expected a floating dtype, e.g. torch.float64)")
+    if value.numel() == 0:
+        raise ValueError(f"Invalid {name}: an empty tensor of shape {tuple(value.shape)} (expected at least one entry)")
+    if not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise ValueError(f"Invalid {name}: {bad} non-finite entries (expected all entries finite)")
+
+
+def _check_bounds(name: str, bounds: Any, like: Tensor) -> tuple[Tensor | None, Tensor | None] | None:
+    if bounds is None:
+        return None
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise TypeError(f"Invalid {name}: {bounds!r} (expected a (low, high) pair; use None for no bound)")
+    out = []
+    for side, b in zip(("low", "high"), bounds):
+        if b is None:
+            out.append(None)
+            continue
+        t = torch.as_tensor(b, dtype=like.dtype, device=like.device)
+        try:
+            torch.broadcast_shapes(t.shape, like.shape)
+        except RuntimeError:
+            raise ValueError(f"Invalid {name}: {side} bound of shape {tuple(t.shape)} does not broadcast "
+                             f"to the variable's shape {tuple(like.shape)}") from None
+        if bool(torch.isnan(t).any()):
+            raise ValueError(f"Invalid {name}: {side} bound contains NaN")
+        out.append(t)
+    low, high = out
+    if low is not None and high is not None and bool((low > high).any()):
+        raise ValueError(f"Invalid {name}: {bounds!r} (expected low <= high everywhere)")
+    return (low, high)
+
+
+def _clamp(t: Tensor, bounds: tuple[Tensor | None, Tensor | None] | None) -> Tensor:
+    if bounds is None:
+        return t
+    return torch.clamp(t, min=bounds[0], max=bounds[1])
+
+
+@dataclass(frozen=True)
+class BilevelProblem:
+    """A bilevel problem  min_x f(x, y)  s.t.  y in argmin_y g(x, y).
+
+    Args:
+        f: upper-level objective, (x, y) -> scalar tensor.
+        g: lower-level objective, (x, y) -> scalar tensor; must depend on y.
+        x0: starting upper-level variable (floating tensor of any shape).
+        y0: starting lower-level variable, same device and dtype as x0.
+        x_bounds: optional (low, high) box for x, applied by projection (None: no bound).
+        y_bounds: optional (low, high) box for y.
+        metrics: optional (x, y) -> dict[str, float], evaluated at logged iterations and
+            excluded from timing (test accuracy, distance to a known solution, ...).
+        name: a short name used in logs and result tables.
+        info: facts about the instance (split sizes, known optimum, ...).
+
+    Example:
+        >>> import torch, bilevel
+        >>> p = bilevel.BilevelProblem(
+        ...     f=lambda x, y: ((x - 1) ** 2).sum() + (y ** 2).sum(),
+        ...     g=lambda x, y: ((y - x) ** 2).sum(),
+        ...     x0=torch.zeros(3, dtype=torch.float64), y0=torch.zeros(3, dtype=torch.float64))
+    """
+
+    f: Objective
+    g: Objective
+    x0: Tensor
+    y0: Tensor
+    x_bounds: Any = None
+    y_bounds: Any = None
+    metrics: Callable[[Tensor, Tensor], Mapping[str, float]] | None = None
+    name: str = "custom"
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for arg in ("f", "g"):
+            if not callable(getattr(self, arg)):
+                raise TypeError(f"Invalid {arg}: {getattr(self, arg)!r} (expected a callable (x, y) -> scalar tensor)")
+        if self.metrics is not None and not callable(self.metrics):
+            raise TypeError(f"Invalid metrics: {self.metrics!r} (expected a callable (x, y) -> dict or None)")
+        _check_tensor("x0", self.x0)
+        _check_tensor("y0", self.y0)
+        if self.x0.dtype != self.y0.dtype:
+            raise TypeError(f"Invalid y0: dtype {self.y0.dtype} differs from x0's {self.x0.dtype} (expected the same dtype)")
+        if self.x0.device != self.y0.device:
+            raise ValueError(f"Invalid y0: device {self.y0.device} differs from x0's {self.x0.device} (expected the same device)")
+        object.__setattr__(self, "x_bounds", _check_bounds("x_bounds", self.x_bounds, self.x0))
+        object.__setattr__(self, "y_bounds", _check_bounds("y_bounds", self.y_bounds, self.y0))
+        object.__setattr__(self, "x0", _clamp(self.x0.detach(), self.x_bounds))
+        object.__setattr__(self, "y0", _clamp(self.y0.detach(), self.y_bounds))
+        for arg in ("f", "g"):
+            self._check_objective(arg)
+        dep_x, dep_y = oracles.depends_on(self.g, self.x0, self.y0)
+        if not dep_y:
+            raise ValueError("Invalid g: g(x0, y0) does not depend on y (the lower level must be a function of y)")
+        fx, fy = oracles.depends_on(self.f, self.x0, self.y0)
+        if not (fx or fy):
+            raise ValueError("Invalid f: f(x0, y0) depends on neither x nor y (nothing to optimise)")
+
+    def _check_objective(self, arg: str) -> None:
+        fn = getattr(self, arg)
+        try:
+            with torch.no_grad():
+                out = fn(self.x0, self.y0)
+        except Exception as exc:  # the user's function failed: say where, keep the cause
+            raise ValueError(f"Invalid {arg}: calling {arg}(x0, y0) raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(out, Tensor):
+            raise TypeError(f"Invalid {arg}: {arg}(x0, y0) returned {type(out).__name__} (expected a scalar tensor)")
+        if out.numel() != 1 or out.dim() > 1:
+            raise ValueError(f"Invalid {arg}: {arg}(x0, y0) returned shape {tuple(out.shape)} "
+                             f"(expected a scalar; reduce with .sum() or .mean())")
+        if not math.isfinite(float(out)):
+            raise ValueError(f"Invalid {arg}: {arg}(x0, y0) = {float(out)} (expected a finite value at the start)")
+
+    # ----- helpers used by solvers and solve ---------------------------------------------
+    def project_x(self, x: Tensor) -> Tensor:
+        """Projection of x onto x_bounds (identity without bounds)."""
+        return _clamp(x, self.x_bounds)
+
+    def project_y(self, y: Tensor) -> Tensor:
+        """Projection of y onto y_bounds (identity without bounds)."""
+        return _clamp(y, self.y_bounds)
+
+    def with_start(self, x0: Tensor | None = None, y0: Tensor | None = None) -> "BilevelProblem":
+        """The same problem from another starting point."""
+        return replace(self, x0=self.x0 if x0 is None else x0, y0=self.y0 if y0 is None else y0)
+
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> "BilevelProblem":
+        """x0, y0 and the bounds moved to a device and dtype. Data that f and g close
+        over stay where they are: build the problem on the device instead."""
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device=device, dtype=dtype)
+
+        def move_bounds(b: Any) -> Any:
+            return None if b is None else (move(b[0]), move(b[1]))
+
+        return replace(self, x0=move(self.x0), y0=move(self.y0),
+                       x_bounds=move_bounds(self.x_bounds), y_bounds=move_bounds(self.y_bounds))

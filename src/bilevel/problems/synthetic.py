@@ -1,0 +1,178 @@
+"""The seed paper's synthetic problems (appendix C) and a quadratic with a closed-form answer.
+
+Every builder is seeded, builds its data with a private generator, and accepts
+`device` and `dtype` (float64 by default: these problems are small).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..metrics import kkt_info
+from ..oracles import Oracle
+from ..problem import BilevelProblem
+
+
+def _generator(seed: int) -> torch.Generator:
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"Invalid seed: {seed!r} (expected an integer)")
+    return torch.Generator().manual_seed(seed)
+
+
+def _check_dim(name: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"Invalid {name}: {value!r} (expected an integer >= {minimum})")
+
+
+def _matrix_with_condition(n: int, cond: float, gen: torch.Generator) -> Tensor:
+    """A random n x n matrix whose singular values span [1, cond] (so cond(H) = cond)."""
+    if not (isinstance(cond, (int, float)) and cond >= 1):
+        raise ValueError(f"Invalid cond: {cond!r} (expected a number >= 1)")
+    u, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    s = torch.cat([torch.tensor([1.0, float(cond)], dtype=torch.float64),
+                   1.0 + (cond - 1.0) * torch.rand(max(n - 2, 0), generator=gen, dtype=torch.float64)])[:n]
+    return u @ torch.diag(s) @ v.T
+
+
+def _upper(c: Tensor, d: Tensor):
+    """f(x, y) = sin(c^T x + d^T y) + log(||x + y||^2 + 1)."""
+    def f(x: Tensor, y: Tensor) -> Tensor:
+        return torch.sin(c @ x + d @ y) + torch.log1p(((x + y) ** 2).sum())
+    return f
+
+
+def synthetic_sc(dim: int = 20, cond: float = 10.0, seed: int = 0, *, device: Any = None,
+                 dtype: torch.dtype = torch.float64) -> BilevelProblem:
+    """Appendix C.1.1: a strongly convex lower level.
+
+        min_x sin(c^T x + d^T y) + log(||x + y||^2 + 1)   s.t.  y in argmin_y 1/2 ||H y - x||^2
+
+    x, y, c, d in R^dim, cond(H) = cond. y*(x) = H^{-1} x, and the exact hypergradient
+    F(x, y) = grad_x f + H^{-T} grad_y f (eq. 1, here in closed form) is the metric
+    `hypergradient_norm`; `distance_to_lower` is ||y - y*(x)||.
+    """
+    _check_dim("dim", dim)
+    gen = _generator(seed)
+    H = _matrix_with_condition(dim, cond, gen)
+    c, d = torch.randn(dim, generator=gen, dtype=torch.float64), torch.randn(dim, generator=gen, dtype=torch.float64)
+    x0, y0 = torch.randn(dim, generator=gen, dtype=torch.float64), torch.randn(dim, generator=gen, dtype=torch.float64)
+    H, c, d, x0, y0 = (t.to(device=device, dtype=dtype) for t in (H, c, d, x0, y0))
+    f = _upper(c, d)
+
+    def g(x: Tensor, y: Tensor) -> Tensor:
+        return 0.5 * ((H @ y - x) ** 2).sum()
+
+    def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
+        _, gx, gy = Oracle(f, g).grad_f(x, y)
+        hyper = gx + torch.linalg.solve(H.T, gy)
+        y_star = torch.linalg.solve(H, x)
+        return {"hypergradient_norm": float(hyper.norm()), "distance_to_lower": float((y - y_star).norm())}
+
+    return BilevelProblem(f, g, x0, y0, metrics=metrics, name="synthetic-sc",
+                          info={"dim": dim, "cond": cond, "seed": seed})
+
+
+def synthetic_nc(dim: int = 20, cond: float = 10.0, seed: int = 0, *, device: Any = None,
+                 dtype: torch.dtype = torch.float64) -> BilevelProblem:
+    """Appendix C.1.3: a nonconvex lower level.
+
+        min_x sin(c^T x + d^T y) + log(||x + y||^2 + 1)   s.t.  y in argmin_y cos(1/2 ||H y - x||^2)
+
+    Data as in `synthetic_sc`. The lower level's stationary points are H y = x and the
+    spheres 1/2 ||H y - x||^2 = k pi. Metrics: `delta_norm`, the norm of the KKT
+    stationarity residual at the least-squares multiplier (||Delta|| of the paper's
+    Fig. 4), and `h`.
+    """
+    _check_dim("dim", dim)
+    gen = _generator(seed)
+    H = _matrix_with_condition(dim, cond, gen)
+    c, d = torch.randn(dim, generator=gen, dtype=torch.float64), torch.randn(dim, generator=gen, dtype=torch.float64)
+    x0, y0 = torch.randn(dim, generator=gen, dtype=torch.float64), torch.randn(dim, generator=gen, dtype=torch.float64)
+    H, c, d, x0, y0 = (t.to(device=device, dtype=dtype) for t in (H, c, d, x0, y0))
+    f = _upper(c, d)
+
+    def g(x: Tensor, y: Tensor) -> Tensor:
+        return torch.cos(0.5 * ((H @ y - x) ** 2).sum())
+
+    def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
+        info = kkt_info(Oracle(f, g), x, y)
+        return {"delta_norm": math.sqrt(max(float(info["kkt_stationarity"]), 0.0)), "h": float(info["h"])}
+
+    return BilevelProblem(f, g, x0, y0, metrics=metrics, name="synthetic-nc",
+                          info={"dim": dim, "cond": cond, "seed": seed})
+
+
+def coreset(seed: int = 0, *, n_points: int = 4, device: Any = None,
+            dtype: torch.dtype = torch.float64) -> BilevelProblem:
+    """Appendix C.1.2 (after BOME): coreset selection.
+
+        min_x ||y*(x) - target||^2   s.t.  y*(x) = argmin_y ||y - A softmax(x)||^2
+
+    x in R^n_points, y in R^2, A in R^{2 x n_points}. y*(x) = A softmax(x), so the best
+    value is the squared distance from `target` to the convex hull of A's columns; the
+    target is drawn inside the hull, so the optimum value is 0. Metrics:
+    `upper_objective` = ||A softmax(x) - target||^2 and `distance_to_lower`.
+    """
+    _check_dim("n_points", n_points, minimum=2)
+    gen = _generator(seed)
+    A = torch.randn(2, n_points, generator=gen, dtype=torch.float64)
+    weights = torch.softmax(torch.randn(n_points, generator=gen, dtype=torch.float64), dim=0)
+    target = A @ weights
+    x0 = torch.zeros(n_points, dtype=torch.float64)
+    y0 = torch.zeros(2, dtype=torch.float64)
+    A, target, x0, y0 = (t.to(device=device, dtype=dtype) for t in (A, target, x0, y0))
+
+    def f(x: Tensor, y: Tensor) -> Tensor:
+        return ((y - target) ** 2).sum()
+
+    def g(x: Tensor, y: Tensor) -> Tensor:
+        return ((y - A @ torch.softmax(x, dim=0)) ** 2).sum()
+
+    def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
+        y_star = A @ torch.softmax(x, dim=0)
+        return {"upper_objective": float(((y_star - target) ** 2).sum()),
+                "distance_to_lower": float((y - y_star).norm())}
+
+    return BilevelProblem(f, g, x0, y0, metrics=metrics, name="coreset",
+                          info={"n_points": n_points, "seed": seed, "optimal_value": 0.0})
+
+
+def quadratic(dim_x: int = 5, dim_y: int = 5, cond: float = 5.0, seed: int = 0, *, device: Any = None,
+              dtype: torch.dtype = torch.float64) -> BilevelProblem:
+    """A strongly convex quadratic bilevel problem with a closed-form solution.
+
+        min_x 1/2 ||x - a||^2 + 1/2 ||y - b||^2   s.t.  y in argmin_y 1/2 y^T Q y - y^T B x
+
+    Q is symmetric positive definite with condition number `cond`. Then y*(x) = M x with
+    M = Q^{-1} B, and x* = (I + M^T M)^{-1} (a + M^T b), recorded in `info["x_star"]`
+    (with `info["y_star"]`). Metrics: `distance_to_solution` = ||x - x*||.
+    """
+    _check_dim("dim_x", dim_x)
+    _check_dim("dim_y", dim_y)
+    gen = _generator(seed)
+    U, _ = torch.linalg.qr(torch.randn(dim_y, dim_y, generator=gen, dtype=torch.float64))
+    eig = torch.linspace(1.0, float(cond), dim_y, dtype=torch.float64) if dim_y > 1 else torch.ones(1, dtype=torch.float64)
+    Q = U @ torch.diag(eig) @ U.T
+    B = torch.randn(dim_y, dim_x, generator=gen, dtype=torch.float64)
+    a, b = torch.randn(dim_x, generator=gen, dtype=torch.float64), torch.randn(dim_y, generator=gen, dtype=torch.float64)
+    M = torch.linalg.solve(Q, B)
+    x_star = torch.linalg.solve(torch.eye(dim_x, dtype=torch.float64) + M.T @ M, a + M.T @ b)
+    y_star = M @ x_star
+    x0, y0 = torch.zeros(dim_x, dtype=torch.float64), torch.zeros(dim_y, dtype=torch.float64)
+    Q, B, a, b, x0, y0, x_star_d = (t.to(device=device, dtype=dtype) for t in (Q, B, a, b, x0, y0, x_star))
+
+    def f(x: Tensor, y: Tensor) -> Tensor:
+        return 0.5 * ((x - a) ** 2).sum() + 0.5 * ((y - b) ** 2).sum()
+
+    def g(x: Tensor, y: Tensor) -> Tensor:
+        return 0.5 * y @ (Q @ y) - y @ (B @ x)
+
+    def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
+        return {"distance_to_solution": float((x - x_star_d).norm())}
+
+    return BilevelProblem(f, g, x0, y0, metrics=metrics, name="quadratic",
+                          info={"x_star": x_star, "y_star": y_star, "seed": seed, "cond": cond})

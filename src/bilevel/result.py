@@ -1,0 +1,66 @@
+"""The outcome of a run: the final iterate, a readable status and the logged history."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+
+class Status(enum.Enum):
+    """Why a run ended. Each value is a message a person can read."""
+
+    COMPLETED = "completed: ran max_iter iterations (no tol was given)"
+    CONVERGED = "converged: max(kkt_stationarity, kkt_feasibility) <= tol"
+    MAX_ITER = "not converged: reached max_iter before meeting tol"
+    DIVERGED = "diverged: a non-finite value appeared; the last finite iterate is returned"
+    STOPPED = "stopped: the callback asked to stop"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Result:
+    """What `bilevel.solve` returns.
+
+    Attributes:
+        x, y: the final iterate (the last finite one if the run diverged).
+        status: a `Status`; `str(status)` reads as a sentence.
+        n_iter: iterations performed (for DIVERGED: the iteration that produced the
+            non-finite value).
+        history: column -> list of floats, one entry per logged iteration: `iter`,
+            `time` (seconds, metric evaluation excluded), `f`, `g`, `h`,
+            `kkt_stationarity`, `kkt_feasibility`, oracle counts (`n_f`, `n_g`,
+            `n_grad_f`, `n_grad_g`, `n_hvp`, `oracle_calls`), the solver's own
+            diagnostics and the problem's metrics.
+        message: detail on the status (where a divergence happened, for example).
+        solver: the solver object that produced the result (its hyperparameters).
+        state: the solver's final state, for warm restarts and inspection.
+    """
+
+    x: Tensor
+    y: Tensor
+    status: Status
+    n_iter: int
+    history: dict[str, list[float]]
+    message: str = ""
+    solver: Any = None
+    state: Any = field(default=None, repr=False)
+
+    @property
+    def success(self) -> bool:
+        """True unless the run diverged or failed to meet a given tol."""
+        return self.status in (Status.COMPLETED, Status.CONVERGED, Status.STOPPED)
+
+    def final(self, column: str) -> float:
+        """The last logged value of a history column."""
+        if column not in self.history:
+            raise KeyError(f"Unknown history column: {column!r} (have {sorted(self.history)})")
+        return self.history[column][-1]
+
+    def __repr__(self) -> str:
+        last = {k: self.history[k][-1] for k in ("f", "h", "kkt_stationarity") if self.history.get(k)}
+        return (f"Result(status={self.status.name}, n_iter={self.n_iter}, "
+                + ", ".join(f"{k}={v:.4g}" for k, v in last.items()) + ")")

@@ -1,0 +1,227 @@
+"""pgdqp: perturbed gradient descent with a convex QP step (the seed paper, Algorithm 1)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ..oracles import Oracle, inner
+from ..problem import BilevelProblem
+from .base import Solver, State, check_choice, check_int, check_positive
+
+
+def qp_step(grad_f: tuple[Tensor, Tensor], grad_h: tuple[Tensor, Tensor], alpha_rho: Tensor,
+            y_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """The closed-form solution of the QP of eq. 7 (eq. 8).
+
+        min_d 1/2 ||d + D grad f||^2_{D^-1}  s.t.  <grad h, d> + alpha rho <= 0,
+        lambda = [ -<grad h, D grad f> + alpha rho ]_+ / <grad h, D grad h>,
+        d = -D (grad f + lambda grad h),
+
+    with D = diag(I_x, y_scale I_y); y_scale = 1 is eq. 8 exactly. Where grad h = 0,
+    lambda = 0 and d = -D grad f.
+
+    Returns:
+        (d_x, d_y, lambda).
+    """
+    (fx, fy), (hx, hy) = grad_f, grad_h
+    hdf = inner(hx, fx) + y_scale * inner(hy, fy)
+    hdh = inner(hx, hx) + y_scale * inner(hy, hy)
+    positive = hdh > 0
+    lam = torch.where(positive, torch.clamp(alpha_rho - hdf, min=0) / torch.where(positive, hdh, 1.0), 0.0)
+    return -(fx + lam * hx), -y_scale * (fy + lam * hy), lam
+
+
+@dataclass(frozen=True)
+class PGDQPState(State):
+    """pgdqp's state: also the step counter for schedules and the constants in use."""
+
+    h0: Tensor | None = None          # h(x0, y0) after the warm start, for rho = "warm"
+    lipschitz_f: float = math.nan
+    lipschitz_h: float = math.nan
+    gamma0: float = math.nan          # the step size (before any decay)
+    alpha0: float = math.nan
+
+
+@dataclass(frozen=True)
+class PGDQP(Solver):
+    """Perturbed gradient descent whose direction solves a convex QP in closed form.
+
+    Each iteration solves (eq. 7-8 of the seed paper)
+
+        (dx, dy) = argmin 1/2 ||d + grad f||^2  s.t.  <grad h, d> + alpha rho <= 0,
+        lambda = [ -<grad h, grad f> + alpha rho ]_+ / ||grad h||^2,
+        (x, y) <- (x, y) - gamma (grad f + lambda grad h),
+
+    with h = ||grad_y g||^2 (grad h from one double backward) and
+    rho = ||grad h||^2 (rho="grad", Theorem 4.2) or rho = ||grad h|| sqrt(h(x0, y0))
+    (rho="warm", Theorem 4.5, after a warm start of y0 by gradient descent on g(x0, .)).
+
+    Parameter schedules:
+        "constant": Algorithm 1 as written: gamma = step_size (default 0.01) and
+            alpha = alpha (default 1.0) at every iteration.
+        "theorem": rho="grad": alpha = K^(-1/3), gamma = min(alpha, 1/(L_f + alpha L_h));
+            rho="warm": alpha = K^(-1/6), gamma = min(K^(-2/3), 1/L_f); K = max_iter and
+            L_f, L_h estimated by power iteration with Hessian-vector products at the start
+            unless given.
+        "diminishing" (default): gamma_k = step_size / (1 + k / decay) with
+            step_size = 1/L_f by default, and alpha_k = feasibility / (gamma_k L_h).
+            With a fixed gamma the iterates hover at a distance O(gamma) from the solution
+            because grad h vanishes on the lower-level solution set; keeping the
+            feasibility step gamma alpha near 1/L_h (a gradient step on h) and letting
+            gamma decay removes that floor.
+
+    Args:
+        step_size: gamma (the step on x; also on y unless lower_step_size). Default per schedule.
+        alpha: the QP's margin alpha. Default per schedule.
+        rho: "grad" or "warm". Default "grad".
+        schedule: "constant", "theorem" or "diminishing". Default "diminishing".
+        lower_step_size: a separate step on y; the QP then uses the matching metric
+            D = diag(I, lower_step_size / step_size), which keeps the constraint's
+            guarantee. Default None (same step).
+        decay: iterations over which gamma halves in "diminishing". Default 1000.
+        feasibility: gamma alpha L_h in "diminishing". Default 0.5.
+        lipschitz_f, lipschitz_h: L_f and L_h; estimated when None.
+        power_iters: power iterations for those estimates. Default 20.
+        warm_start_steps: gradient steps on g(x0, .) for rho="warm". Default 1000.
+        warm_start_tol: stop the warm start when h(x0, y0) <= this. Default 1e-10.
+
+    References:
+        Abolfazli, Sharifi, Fazlyab, Hamedani. Perturbed Gradient Descent via Convex
+        Quadratic Approximation for Nonconvex Bilevel Optimization. 2025 (Algorithm 1).
+
+    Example:
+        >>> import bilevel
+        >>> p = bilevel.PROBLEMS["quadratic"](seed=1)
+        >>> r = bilevel.solve(p, bilevel.solvers.PGDQP(), max_iter=3000, log_every=500)
+        >>> float((r.x - p.info["x_star"]).norm()) < 1e-2
+        True
+    """
+
+    step_size: float | None = None
+    alpha: float | None = None
+    rho: str = "grad"
+    schedule: str = "diminishing"
+    lower_step_size: float | None = None
+    decay: float = 1000.0
+    feasibility: float = 0.5
+    lipschitz_f: float | None = None
+    lipschitz_h: float | None = None
+    power_iters: int = 20
+    warm_start_steps: int = 1000
+    warm_start_tol: float = 1e-10
+
+    name: ClassVar[str] = "pgdqp"
+    summary: ClassVar[str] = "perturbed gradient descent with a closed-form convex QP step (seed, Alg. 1)"
+
+    def validate(self) -> None:
+        check_choice(self, "rho", ("grad", "warm"))
+        check_choice(self, "schedule", ("constant", "theorem", "diminishing"))
+        check_positive(self, "step_size", "alpha", "lower_step_size", "lipschitz_f", "lipschitz_h", allow_none=True)
+        check_positive(self, "decay", "feasibility")
+        check_positive(self, "warm_start_tol", allow_zero=True)
+        check_int(self, "power_iters")
+        check_int(self, "warm_start_steps", minimum=0)
+        if self.schedule == "theorem" and (self.step_size is not None or self.alpha is not None):
+            raise ValueError(f"Invalid step_size/alpha: {self.step_size!r}/{self.alpha!r} with schedule='theorem' "
+                             "(the theorem sets both from max_iter; use schedule='constant' to set them)")
+
+    # ----- set-up ---------------------------------------------------------------------
+    def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
+             generator: torch.Generator) -> PGDQPState:
+        x, y = problem.x0, problem.y0
+        h0 = None
+        if self.rho == "warm":
+            y = warm_start(problem, oracle, x, y, self.warm_start_steps, self.warm_start_tol, self.power_iters)
+            gy = oracle.grad_g_y(x, y)
+            h0 = inner(gy, gy)
+        needs_lf = self.lipschitz_f is None and (self.schedule == "theorem" or
+                                                 (self.schedule == "diminishing" and self.step_size is None))
+        needs_lh = self.lipschitz_h is None and (self.schedule == "diminishing" or
+                                                 (self.schedule == "theorem" and self.rho == "grad"))
+        lf = self.lipschitz_f or (power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y), self.power_iters, generator)
+                                  if needs_lf else math.nan)
+        lh = self.lipschitz_h or (power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y), self.power_iters, generator)
+                                  if needs_lh else math.nan)
+        K = max(max_iter, 1)
+        if self.schedule == "constant":
+            gamma, alpha = self.step_size or 0.01, self.alpha or 1.0
+        elif self.schedule == "theorem":
+            if self.rho == "grad":
+                alpha = K ** (-1 / 3)
+                gamma = min(alpha, 1.0 / (lf + alpha * lh))
+            else:
+                alpha = K ** (-1 / 6)
+                gamma = min(K ** (-2 / 3), 1.0 / lf)
+        else:
+            gamma = self.step_size or 1.0 / lf
+            alpha = math.nan  # set per iteration from gamma_k
+        return PGDQPState(x=x, y=y, h0=h0, lipschitz_f=lf, lipschitz_h=lh, gamma0=gamma, alpha0=alpha)
+
+    # ----- one iteration ------------------------------------------------------------------
+    def _parameters(self, state: PGDQPState) -> tuple[float, float]:
+        if self.schedule != "diminishing":
+            return state.gamma0, state.alpha0
+        gamma = state.gamma0 / (1.0 + state.k / self.decay)
+        alpha = self.alpha or self.feasibility / (gamma * state.lipschitz_h)
+        return gamma, alpha
+
+    def _direction(self, oracle: Oracle, state: PGDQPState, gamma: float, alpha: float):
+        x, y = state.x, state.y
+        f, fx, fy = oracle.grad_f(x, y)
+        g, gy, h, hx, hy = oracle.h_and_grad(x, y)
+        y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / gamma
+        hh = inner(hx, hx) + y_scale * inner(hy, hy)
+        rho = hh if self.rho == "grad" else torch.sqrt(hh * state.h0)
+        dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale)
+        # KKT residual of Definition 2.4 with nu = 2 lambda grad_y g (grad h = 2 J^T grad_y g)
+        rx, ry = fx + lam * hx, fy + lam * hy
+        info = {"f": f, "g": g, "h": h, "kkt_stationarity": inner(rx, rx) + inner(ry, ry),
+                "kkt_feasibility": h, "lambda": lam}
+        return dx, dy, 2 * lam * gy, info
+
+    def step(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> PGDQPState:
+        gamma, alpha = self._parameters(state)
+        dx, dy, nu, info = self._direction(oracle, state, gamma, alpha)
+        info["step_size"] = torch.tensor(gamma)
+        info["alpha"] = torch.tensor(alpha)
+        x = problem.project_x(state.x + gamma * dx)
+        y = problem.project_y(state.y + gamma * dy)
+        return replace(state, x=x, y=y, k=state.k + 1, info=info, nu=nu)
+
+    def diagnose(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> dict[str, Tensor]:
+        gamma, alpha = self._parameters(state)
+        return self._direction(oracle, state, gamma, alpha)[3]
+
+
+def power_iteration(matvec, like: tuple[Tensor, Tensor], iters: int, generator: torch.Generator) -> float:
+    """The largest |eigenvalue| of a symmetric operator on (x, y) pairs, by power iteration."""
+    v = tuple(torch.randn(t.shape, generator=generator, dtype=t.dtype, device="cpu").to(t.device) for t in like)
+    estimate = 0.0
+    for _ in range(iters):
+        norm = math.sqrt(sum(float(inner(p, p)) for p in v))
+        if norm == 0 or not math.isfinite(norm):
+            break
+        v = tuple(p / norm for p in v)
+        w = matvec(v)
+        estimate = math.sqrt(sum(float(inner(p, p)) for p in w))
+        v = w
+    return max(estimate, 1e-12)
+
+
+def warm_start(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, steps: int, tol: float,
+               power_iters: int) -> Tensor:
+    """y after gradient descent on g(x, .) with step 1/L (L by power iteration on grad_yy g)."""
+    if steps == 0:
+        return y
+    gen = torch.Generator().manual_seed(0)
+    lip = power_iteration(lambda v: (torch.zeros_like(x), oracle.vjp_grad_y_g(x, y, v[1])[1]), (x, y), power_iters, gen)
+    for _ in range(steps):
+        gy = oracle.grad_g_y(x, y)
+        if float(inner(gy, gy)) <= tol:
+            break
+        y = problem.project_y(y - gy / lip)
+    return y
