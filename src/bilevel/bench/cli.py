@@ -30,6 +30,8 @@ class CLIError(Exception):
 
 def parse_value(text: str) -> Any:
     """'0.1' -> 0.1, '1e-3' -> 0.001, 'true' -> True, 'none' -> None, 'grad' -> 'grad'."""
+    if text.strip().lower() == "none":
+        return None
     value = yaml.safe_load(text)
     if isinstance(value, str):
         try:
