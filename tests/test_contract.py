@@ -151,3 +151,12 @@ def test_problem_builders_are_seeded(name):
     a, b, c = PROBLEMS[name](seed=1), PROBLEMS[name](seed=1), PROBLEMS[name](seed=2)
     assert torch.equal(a.x0, b.x0) and float(a.f(a.x0, a.y0)) == float(b.f(b.x0, b.y0))
     assert float(a.g(a.x0 + 0.1, a.y0 + 0.1)) != float(c.g(c.x0 + 0.1, c.y0 + 0.1))
+
+
+def test_solve_dtype_that_the_problem_data_cannot_follow_is_a_clear_error():
+    problem = PROBLEMS["synthetic-sc"](seed=0)
+    with pytest.raises(ValueError, match=r"Invalid device/dtype: None/torch.float32: .*build the problem"):
+        solve(problem, "pgdqp", max_iter=2, dtype=torch.float32)
+    # where f and g hold no data, moving x0 and y0 is enough
+    r = solve(PROBLEM, "pgdqp", max_iter=2, dtype=torch.float32)
+    assert r.x.dtype == torch.float32

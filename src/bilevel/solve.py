@@ -145,7 +145,12 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
     solver = make_solver(solver, solver_options)
     _check_solve_args(max_iter, tol, log_every, callback)
     if device is not None or dtype is not None:
-        problem = problem.to(device=device, dtype=dtype)
+        try:
+            problem = problem.to(device=device, dtype=dtype)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"Invalid device/dtype: {device!r}/{dtype!r}: the problem cannot be evaluated there "
+                             f"({exc}); build the problem on that device and dtype instead, e.g. "
+                             f"PROBLEMS[name](device=..., dtype=...)") from exc
     oracle = Oracle(problem.f, problem.g)
     cuda = problem.x0.is_cuda
     generator = torch.Generator(device=problem.x0.device)
