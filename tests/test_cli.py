@@ -43,7 +43,7 @@ def test_compare_writes_tidy_table_and_plot(tmp_path, capsys):
     assert set(frame["method"]) == {"pgdqp", "sgf"} and set(frame["seed"]) == {0, 1}
     assert len(frame) == 2 * 2 * 6                       # methods x seeds x logged rows
     assert (out / "compare_oracle_calls.png").stat().st_size > 10_000
-    assert "| sgf | 1 |" in capsys.readouterr().out
+    assert "| sgf |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -188,17 +188,40 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     store.write_atomic(frame, out / "results.parquet")
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else _default_metrics(frame)
-    png = plot_metrics(frame, metrics, out / f"compare_{args.x}.png", x=args.x, title=args.problem)
+    references = problem.info.get("reference_lines")
+    lines = references() if callable(references) else None
+    png = plot_metrics(frame, metrics, out / f"compare_{args.x}.png", x=args.x, title=problem.name,
+                       reference_lines=lines)
     columns = ["method", "seed", "status", "iters"] + [m for m in metrics if m in rows[0]] + ["wall_s"]
-    print(format_table(rows, columns))
+    print(format_table(summarise(rows, columns), ["method"] + [c for c in columns if c not in ("method", "seed", "status")]))
+    if lines:
+        print("\nreference lines: " + "; ".join(f"{label} {value:.4g}" for label, value in next(iter(lines.values())).items()))
     print(f"\nwrote {out / 'results.parquet'} and {png}")
     return 0
 
 
+def summarise(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per method: the mean and standard deviation over seeds of each numeric column."""
+    import statistics
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        group = [r for r in rows if r["method"] == method]
+        row: dict[str, Any] = {"method": method}
+        for c in columns:
+            values = [r[c] for r in group if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)]
+            if c in ("method", "seed", "status") or not values:
+                continue
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            row[c] = f"{statistics.fmean(values):.4g} ± {spread:.2g}" if len(values) > 1 else values[0]
+        out.append(row)
+    return out
+
+
 def _default_metrics(frame) -> list[str]:
-    preferred = ["hypergradient_norm", "upper_objective", "delta_norm", "distance_to_solution", "f", "h"]
+    preferred = ["retrained_accuracy", "test_accuracy", "val_loss", "corruption_auc", "hypergradient_norm",
+                 "upper_objective", "delta_norm", "distance_to_solution", "f", "h"]
     present = [m for m in preferred if m in frame.columns and frame[m].notna().any()]
-    return present[:3]
+    return present[:4]
 
 
 # ----- argument parsing ---------------------------------------------------------------------

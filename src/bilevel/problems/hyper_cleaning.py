@@ -187,7 +187,15 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
             "_data": {"classifier": classifier, "train": (a_tr, b_noisy, b_tr), "val": (a_val, b_val),
                       "test": (a_te, b_te), "retrain_steps": retrain_steps}}
     name = f"hyper-cleaning ({dataset}, {model}{', pca ' + str(pca) if pca else ''})"
-    return BilevelProblem(f, g, x0, classifier.y0.clone(), metrics=metrics, name=name, info=info)
+    problem = BilevelProblem(f, g, x0, classifier.y0.clone(), metrics=metrics, name=name, info=info)
+    info["reference_lines"] = lambda: reference_lines(problem)
+    return problem
+
+
+def reference_lines(problem: BilevelProblem) -> dict[str, dict[str, float]]:
+    """The reference accuracies as plot lines for the accuracy metrics."""
+    refs = reference_accuracies(problem)
+    return {"test_accuracy": refs, "retrained_accuracy": refs}
 
 
 def reference_accuracies(problem: BilevelProblem) -> dict[str, float]:
