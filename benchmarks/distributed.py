@@ -4,7 +4,7 @@
     python benchmarks/distributed.py --procs 1,2 --device cuda     # one GPU per process
 
 Each configuration is launched with torchrun on the toy-cleaning problem (sharded over
-the processes, every process with OMP_NUM_THREADS=1) and reports the seconds per outer
+the processes, every process with OMP_NUM_THREADS=--threads, default 1) and reports the seconds per outer
 iteration of solve (time column of the history: set-up and metrics excluded) and the
 speed-up over one process. Prints a Markdown table.
 """
@@ -47,7 +47,7 @@ def launch(procs: int, args: argparse.Namespace) -> dict:
                "--master-addr", "127.0.0.1", "--master-port", str(port), __file__, "--worker",
                "--max-iter", str(args.max_iter), "--n-train", str(args.n_train), "--n-val", str(args.n_val),
                "--dim", str(args.dim), "--classes", str(args.classes)] + (["--device", args.device] if args.device else [])
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--n-val", type=int, default=20000, help="validation samples (default 20000)")
     parser.add_argument("--dim", type=int, default=100, help="features (default 100)")
     parser.add_argument("--classes", type=int, default=10, help="classes (default 10)")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each process (default 1)")
     parser.add_argument("--device", default=None, help="cuda for one GPU per process (default cpu)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -71,7 +72,7 @@ def main() -> None:
     rows = [launch(int(p), args) for p in args.procs.split(",")]
     base = rows[0]["s_per_iter"] if rows[0]["procs"] == 1 else None  # speed-ups need the 1-process row first
     print(f"toy-cleaning n_train={args.n_train} n_val={args.n_val} dim={args.dim} classes={args.classes}, "
-          f"pgdqp, {args.max_iter} iterations, device={args.device or 'cpu'}")
+          f"pgdqp, {args.max_iter} iterations, device={args.device or 'cpu'}, {args.threads} thread(s) per process")
     print("| processes | s / iteration | speed-up | final f |\n|---|---|---|---|")
     for row in rows:
         speedup = f"{base / row['s_per_iter']:.2f}" if base else "-"

@@ -84,4 +84,4 @@ if __name__ == "__main__":
     else:
         bilevel.PROBLEMS["failing"] = failing(mode)
         sys.exit(cli.main(["run", "--problem", "failing", "--method", "sgf", "--max-iter", "1000", "--no-progress",
-                           "--distributed", "--timeout", "5"]))
+                           "--distributed", "--dist-timeout", "5"]))

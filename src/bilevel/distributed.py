@@ -27,7 +27,7 @@ Example (launched as `torchrun --nproc-per-node 2 script.py`):
 
     >>> import torch.distributed as dist, bilevel
     >>> dist.init_process_group("gloo")                          # doctest: +SKIP
-    >>> p = bilevel.PROBLEMS["toy-cleaning"](rank=dist.get_rank(), world_size=dist.get_world_size())
+    >>> p = bilevel.PROBLEMS["toy-cleaning"](rank=dist.get_rank(), world_size=dist.get_world_size())  # doctest: +SKIP
     >>> r = bilevel.solve(p, "pgdqp", max_iter=100, distributed=True)  # doctest: +SKIP
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ def shard_range(n: int, rank: int, world_size: int) -> slice:
     return slice(start, start + size + (rank < extra))
 
 
-def _group_size() -> tuple[int, int]:
+def _rank_and_world() -> tuple[int, int]:
     """(rank, world_size) of the default process group."""
     return dist.get_rank(), dist.get_world_size()
 
@@ -87,7 +87,7 @@ def all_reduce(*tensors: Tensor, op: Any = None) -> tuple[Tensor, ...]:
     try:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM if op is None else op)
     except Exception as exc:  # gloo/NCCL raise RuntimeError subclasses (DistBackendError, ...)
-        rank, world = _group_size()
+        rank, world = _rank_and_world()
         raise DistributedError(
             f"rank {rank} of {world}: all_reduce failed: another rank stopped or failed, or the process "
             f"group's timeout passed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
@@ -125,7 +125,8 @@ class DistributedOracle(Oracle):
         """Count the block's parent calls as the given increments, not as themselves."""
         before = Counter(self.counts)
         yield
-        self.counts = before
+        self.counts.clear()
+        self.counts.update(before)
         self.counts.update(increments)
 
     # ----- sums over ranks of the parent's results ------------------------------------------
@@ -205,7 +206,7 @@ def run_context(solver: Any, distributed: bool, seed: int | None, x0: Tensor, y0
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError("Invalid distributed: True without a torch.distributed process group (call "
                          "torch.distributed.init_process_group first, or launch with torchrun and --distributed)")
-    rank, world = _group_size()
+    rank, world = _rank_and_world()
     own_seed = seed if seed is not None else torch.initial_seed() % 2 ** 52  # exact in float64
     shared = torch.cat([torch.tensor([float(own_seed)], dtype=torch.float64, device=x0.device),
                         x0.reshape(-1).to(torch.float64), y0.reshape(-1).to(torch.float64)])

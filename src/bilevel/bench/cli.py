@@ -138,7 +138,7 @@ def _init_distributed(args: argparse.Namespace) -> dict[str, int]:
     if not {"rank", "world_size"} <= set(params):
         raise CLIError(f"Invalid --problem with --distributed: {args.problem!r} cannot be sharded "
                        "(its builder takes no rank/world_size arguments)")
-    rank, world_size, args.device = distributed.init_from_env(args.device, args.timeout)
+    rank, world_size, args.device = distributed.init_from_env(args.device, args.dist_timeout)
     return {"rank": rank, "world_size": world_size}
 
 
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over the processes of `torchrun --nproc-per-node N -m bilevel run ...`: "
                         "gloo on CPU, NCCL on CUDA; rank 0 prints and writes")
-    p.add_argument("--timeout", type=float, default=300.0,
+    p.add_argument("--dist-timeout", type=float, default=300.0,
                    help="with --distributed: seconds a rank waits for the others before the run fails (default 300)")
     p.set_defaults(func=cmd_run)
 
@@ -277,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except distributed.DistributedError as exc:  # another rank stopped or failed
         print(f"bilevel: error: {exc}", file=sys.stderr)
+        distributed.shutdown()
         return 1
 
 
