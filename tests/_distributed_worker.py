@@ -17,6 +17,7 @@ from bilevel.bench import cli
 from bilevel.distributed import DistributedOracle
 
 PROBLEM_ARGS = dict(n_train=37, n_val=23, n_test=50, dim=4, classes=3, seed=3)
+HYPER_CLEANING_ARGS = dict(n_train=101, n_val=51, n_test=50, pca=8, hidden=6, retrain_steps=5, dtype=torch.float64)
 
 
 def point(problem, seed=0):
@@ -51,12 +52,25 @@ def runs(problem, max_iter, distributed):
     return out
 
 
+def hyper_cleaning_runs(max_iter, rank=0, world_size=1):
+    """pgdqp on hyper-cleaning (embedded MNIST sample, linear and MLP): (x, y, history) per model."""
+    out = {}
+    for model in ("linear", "mlp"):
+        problem = bilevel.PROBLEMS["hyper-cleaning"](model=model, rank=rank, world_size=world_size,
+                                                     **HYPER_CLEANING_ARGS)
+        r = bilevel.solve(problem, "pgdqp", max_iter=max_iter, log_every=max_iter, seed=1,
+                          distributed=world_size > 1)
+        out[model] = (r.x, r.y, r.history, r.status.name)
+    return out
+
+
 def compare(out_dir, max_iter):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     problem = bilevel.PROBLEMS["toy-cleaning"](rank=rank, world_size=world, **PROBLEM_ARGS)
     oracles, counts = oracle_outputs(DistributedOracle(problem.f, problem.g), problem)
-    torch.save({"oracles": oracles, "counts": counts, "runs": runs(problem, max_iter, True)},
+    torch.save({"oracles": oracles, "counts": counts, "runs": runs(problem, max_iter, True),
+                "hyper_cleaning": hyper_cleaning_runs(max_iter, rank, world)},
                os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 

@@ -53,7 +53,7 @@ def finish(procs, timeout=120):
     return out
 
 
-@pytest.fixture(scope="module", params=[2, 3])
+@pytest.fixture(scope="module", params=[2, pytest.param(3, marks=pytest.mark.slow)])
 def ranks(request, tmp_path_factory):
     """The saved outputs of every rank of one data-parallel run of the worker."""
     world = request.param
@@ -68,7 +68,8 @@ def ranks(request, tmp_path_factory):
 def single():
     problem = bilevel.PROBLEMS["toy-cleaning"](**worker.PROBLEM_ARGS)
     oracles, counts = worker.oracle_outputs(Oracle(problem.f, problem.g), problem)
-    return {"oracles": oracles, "counts": counts, "runs": worker.runs(problem, MAX_ITER, False)}
+    return {"oracles": oracles, "counts": counts, "runs": worker.runs(problem, MAX_ITER, False),
+            "hyper_cleaning": worker.hyper_cleaning_runs(MAX_ITER)}
 
 
 def test_every_rank_holds_the_same_bits(ranks):
@@ -77,8 +78,9 @@ def test_every_rank_holds_the_same_bits(ranks):
         for name, values in first["oracles"].items():
             for a, b in zip(values, other["oracles"][name]):
                 assert torch.equal(a, b), name
-        for name, (x, y, _, _) in first["runs"].items():
-            assert torch.equal(x, other["runs"][name][0]) and torch.equal(y, other["runs"][name][1]), name
+        for name, (x, y, _, _) in [*first["runs"].items(), *first["hyper_cleaning"].items()]:
+            runs = other["runs"] if name in other["runs"] else other["hyper_cleaning"]
+            assert torch.equal(x, runs[name][0]) and torch.equal(y, runs[name][1]), name
 
 
 def test_sharded_oracle_equals_single_process_oracle(ranks, single):
@@ -88,15 +90,21 @@ def test_sharded_oracle_equals_single_process_oracle(ranks, single):
     assert ranks[0]["counts"] == single["counts"]
 
 
-def test_every_solver_runs_data_parallel_like_one_process(ranks, single):
-    assert set(single["runs"]) == set(ranks[0]["runs"]) and single["runs"]
-    for name, (x, y, history, status) in single["runs"].items():
-        dx, dy, dhistory, dstatus = ranks[0]["runs"][name]
+@pytest.mark.parametrize("runs", ["runs", "hyper_cleaning"])
+def test_data_parallel_iterates_equal_single_process_iterates(ranks, single, runs):
+    """Every solver on toy-cleaning, and pgdqp on hyper-cleaning (linear and MLP)."""
+    assert set(single[runs]) == set(ranks[0][runs]) and single[runs]
+    for name, (x, y, history, status) in single[runs].items():
+        dx, dy, dhistory, dstatus = ranks[0][runs][name]
         assert dstatus == status, name
         torch.testing.assert_close(dx, x, rtol=1e-9, atol=1e-11, msg=name)
         torch.testing.assert_close(dy, y, rtol=1e-9, atol=1e-11, msg=name)
         assert set(dhistory) == set(history)
-        for column in ("f", "g", "h", "kkt_stationarity", "oracle_calls"):
+        # the logged kkt_stationarity solves J J^T nu = -J grad f by 50 CG steps: on hyper-cleaning's
+        # near-singular system they amplify round-off (1e-7 linear, 1e-3 MLP), so it is compared
+        # on toy-cleaning only; the method's own residual is compared everywhere
+        columns = ["f", "g", "h", "kkt_stationarity_method", "oracle_calls"]
+        for column in columns + (["kkt_stationarity"] if runs == "runs" else []):
             torch.testing.assert_close(torch.tensor(dhistory[column]), torch.tensor(history[column]),
                                        rtol=1e-8, atol=1e-12, equal_nan=True, msg=f"{name} {column}")
         assert bool(y.abs().max() > 0.01), name  # the run moved
