@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
+from .distributed import run_context
 from .oracles import Oracle
 from .problem import BilevelProblem
 from .result import Result, Status
@@ -73,9 +74,10 @@ def _nonfinite(state: State) -> str:
 class _History:
     """Rows of the history, as columns of floats."""
 
-    def __init__(self, problem: BilevelProblem, kkt: bool):
+    def __init__(self, problem: BilevelProblem, kkt: bool, make_oracle: Callable[..., Oracle] = Oracle):
         self.problem = problem
         self.kkt = kkt
+        self.make_oracle = make_oracle
         self.columns: dict[str, list[float]] = defaultdict(list)
 
     def log(self, k: int, elapsed: float, counts: dict[str, int], info: dict[str, Any], x, y) -> dict[str, float]:
@@ -88,7 +90,7 @@ class _History:
         if self.kkt:
             if "kkt_stationarity" in row:
                 row["kkt_stationarity_method"] = row["kkt_stationarity"]
-            residuals = metrics.kkt_info(Oracle(self.problem.f, self.problem.g), x, y)
+            residuals = metrics.kkt_info(self.make_oracle(self.problem.f, self.problem.g), x, y)
             row.update({name: float(residuals[name]) for name in ("kkt_stationarity", "kkt_feasibility")})
         if self.problem.metrics is not None:
             with torch.no_grad():
@@ -108,7 +110,7 @@ class _History:
 def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000, tol: float | None = None,
           callback: Callable[[State], Any] | None = None, log_every: int = 1, progress: bool = False,
           device: Any = None, dtype: torch.dtype | None = None, seed: int | None = None,
-          kkt: bool = True, **solver_options: Any) -> Result:
+          kkt: bool = True, distributed: bool = False, **solver_options: Any) -> Result:
     """Run a bilevel solver on a problem.
 
     Args:
@@ -129,6 +131,10 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
             this is the best one), by conjugate gradient, not counted and not timed; the
             method's own estimate stays as kkt_stationarity_method. False: report the
             method's estimate only, at no cost. Default True.
+        distributed: run data-parallel over the torch.distributed process group: the
+            problem's f and g are this rank's parts of sums over ranks, the oracle is a
+            `bilevel.distributed.DistributedOracle`, and only rank 0 shows progress.
+            Every rank returns the same Result. Default False.
         **solver_options: hyperparameters of the solver, e.g. step_size=0.1.
 
     Returns:
@@ -151,17 +157,18 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
             raise ValueError(f"Invalid device/dtype: {device!r}/{dtype!r}: the problem cannot be evaluated there "
                              f"({exc}); build the problem on that device and dtype instead, e.g. "
                              f"PROBLEMS[name](device=..., dtype=...)") from exc
-    oracle = Oracle(problem.f, problem.g)
+    context = run_context(solver, distributed, seed, problem.x0, problem.y0)
+    oracle = context.oracle(problem.f, problem.g)
     cuda = problem.x0.is_cuda
     generator = torch.Generator(device=problem.x0.device)
-    generator.manual_seed(seed if seed is not None else torch.initial_seed())
-    history = _History(problem, kkt)
+    generator.manual_seed(context.seed)
+    history = _History(problem, kkt, context.oracle)
 
     start = time.perf_counter()
     state = solver.init(problem, oracle, max_iter=max_iter, generator=generator)
     elapsed = time.perf_counter() - start
     status, message = (Status.COMPLETED if tol is None else Status.MAX_ITER), ""
-    bar = tqdm(total=max_iter, disable=not progress, desc=solver.name, leave=False)
+    bar = tqdm(total=max_iter, disable=not (progress and context.is_main), desc=solver.name, leave=False)
     counts = oracle.snapshot()
     k = 0
     for k in range(max_iter):
@@ -198,7 +205,7 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
     bar.close()
 
     if status in (Status.COMPLETED, Status.MAX_ITER, Status.STOPPED):
-        final = solver.diagnose(problem, Oracle(problem.f, problem.g), state)
+        final = solver.diagnose(problem, context.oracle(problem.f, problem.g), state)
         row = history.log(k, elapsed, counts, final, state.x, state.y)
         if status is Status.MAX_ITER and max(row["kkt_stationarity"], row["kkt_feasibility"]) <= tol:
             status = Status.CONVERGED

@@ -3,6 +3,7 @@
     bilevel list
     bilevel run --problem synthetic-sc --method pgdqp --max-iter 2000 --set step_size=0.05 --out runs/sc
     bilevel compare --problem coreset --methods pgdqp,sgf --seeds 3 --max-iter 2000 --out runs/coreset
+    torchrun --nproc-per-node 2 -m bilevel run --problem toy-cleaning --method pgdqp --distributed
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from .. import PROBLEMS, SOLVERS, solve
+from .. import PROBLEMS, SOLVERS, distributed, solve
 from ..solve import make_solver
 from . import store
 from .plot import X_AXES, plot_metrics
@@ -108,14 +109,16 @@ def _solver_options(text_items: Sequence[str] | None) -> dict[str, Any]:
 
 
 def _run_one(problem_name: str, method: str, seed: int, options: dict[str, Any], problem_args: dict[str, Any],
-             max_iter: int, log_every: int, tol: float | None, progress: bool, device: str | None):
+             max_iter: int, log_every: int, tol: float | None, progress: bool, device: str | None,
+             data_parallel: bool = False):
     problem = build_problem(problem_name, seed, problem_args, device)
     try:
         solver = make_solver(method, options)
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     start = time.perf_counter()
-    result = solve(problem, solver, max_iter=max_iter, log_every=log_every, tol=tol, progress=progress, seed=seed)
+    result = solve(problem, solver, max_iter=max_iter, log_every=log_every, tol=tol, progress=progress, seed=seed,
+                   distributed=data_parallel)
     return problem, solver, result, time.perf_counter() - start
 
 
@@ -127,12 +130,28 @@ def _summary_row(method: str, seed: int, result, wall: float) -> dict[str, Any]:
     return row
 
 
+def _init_distributed(args: argparse.Namespace) -> dict[str, int]:
+    """With --distributed: join torchrun's process group; this rank's shard {rank, world_size}."""
+    if not args.distributed:
+        return {}
+    params = inspect.signature(_lookup(PROBLEMS, args.problem, "--problem")).parameters
+    if not {"rank", "world_size"} <= set(params):
+        raise CLIError(f"Invalid --problem with --distributed: {args.problem!r} cannot be sharded "
+                       "(its builder takes no rank/world_size arguments)")
+    rank, world_size, args.device = distributed.init_from_env(args.device, args.dist_timeout)
+    return {"rank": rank, "world_size": world_size}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     options = _solver_options(args.set)
     problem_args = parse_assignments(args.problem_arg, "--problem-arg")
-    problem, solver, result, wall = _run_one(args.problem, args.method, args.seed, options, problem_args,
-                                             args.max_iter, args.log_every, args.tol, not args.no_progress,
-                                             args.device)
+    shard = _init_distributed(args)
+    problem, solver, result, wall = _run_one(args.problem, args.method, args.seed, options,
+                                             {**problem_args, **shard}, args.max_iter, args.log_every, args.tol,
+                                             not args.no_progress, args.device, args.distributed)
+    if shard.get("rank", 0) != 0:  # only rank 0 prints and writes
+        distributed.shutdown()
+        return 0 if result.status.name != "DIVERGED" else 1
     row = _summary_row(args.method, args.seed, result, wall)
     print(format_table([row], list(row)))
     print(f"\nstatus: {result.message}")
@@ -144,11 +163,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         store.write_json_atomic({
             "config": {"problem": args.problem, "problem_args": problem_args, "method": args.method,
                        "options": options, "hyperparameters": _hyperparameters(solver), "seed": args.seed,
-                       "max_iter": args.max_iter, "log_every": args.log_every, "tol": args.tol},
+                       "max_iter": args.max_iter, "log_every": args.log_every, "tol": args.tol,
+                       "world_size": shard.get("world_size", 1)},
             "status": result.status.name, "message": result.message, "n_iter": result.n_iter,
             "wall_time_s": wall, "final": {k: v[-1] for k, v in result.history.items()},
             "provenance": store.provenance(args.device)}, out / "summary.json")
         print(f"wrote {out / 'history.parquet'} and {out / 'summary.json'}")
+    distributed.shutdown()
     return 0 if result.status.name != "DIVERGED" else 1
 
 
@@ -247,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=None, help="stop when both KKT residuals are <= tol")
     p.add_argument("--out", default=None, help="directory for history.parquet and summary.json")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes of `torchrun --nproc-per-node N -m bilevel run ...`: "
+                        "gloo on CPU, NCCL on CUDA; rank 0 prints and writes")
+    p.add_argument("--dist-timeout", type=float, default=300.0,
+                   help="with --distributed: seconds a rank waits for the others before the run fails (default 300)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="run several methods over seeds, write a tidy table and a plot")
@@ -272,6 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as exc:  # bad hyperparameters or problem arguments
         print(f"bilevel: error: {exc}", file=sys.stderr)
         return 2
+    except distributed.DistributedError as exc:  # another rank stopped or failed
+        print(f"bilevel: error: {exc}", file=sys.stderr)
+        distributed.shutdown()
+        return 1
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import datasets
+from ..distributed import check_shard, shard_range
 from ..flat import FlatModule
 from ..oracles import Oracle
 from ..problem import BilevelProblem
@@ -59,13 +60,16 @@ class Classifier:
 
 
 def weighted_loss(classifier: Classifier, y: Tensor, features: Tensor, labels: Tensor, weights: Tensor,
-                  weight_decay: float) -> Tensor:
-    """(1/N) sum_i weights_i CE_i(y) + weight_decay ||y||^2, each sample weighted by its own weight."""
+                  weight_decay: float, n_total: int | None = None) -> Tensor:
+    """(1/N) sum_i weights_i CE_i(y) + weight_decay ||y||^2, each sample weighted by its own weight.
+
+    N = n_total when the samples are one rank's shard of n_total (default: len(labels)).
+    """
     per_sample = F.cross_entropy(classifier(y, features), labels, reduction="none")
     if per_sample.shape != weights.shape:
         raise ValueError(f"Invalid weights: shape {tuple(weights.shape)} (expected {tuple(per_sample.shape)}, "
                          f"one weight per sample)")
-    return (weights * per_sample).sum() / len(labels) + weight_decay * (y ** 2).sum()
+    return (weights * per_sample).sum() / (n_total or len(labels)) + weight_decay * (y ** 2).sum()
 
 
 def train(classifier: Classifier, features: Tensor, labels: Tensor, weights: Tensor, weight_decay: float,
@@ -97,7 +101,8 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
                    corruption: float = 0.25, n_train: int | None = None, n_val: int | None = None,
                    n_test: int | None = None, seed: int = 0, *, hidden: int = 50, weight_decay: float = 1e-3,
                    corruption_model: str = "uniform", data_dir: str | None = None, download: bool = False,
-                   retrain_steps: int = 100, device: Any = None, dtype: torch.dtype = torch.float32) -> BilevelProblem:
+                   retrain_steps: int = 100, rank: int = 0, world_size: int = 1, device: Any = None,
+                   dtype: torch.dtype = torch.float32) -> BilevelProblem:
     """Data hyper-cleaning on MNIST-type data.
 
     Args:
@@ -115,6 +120,10 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
             relabelled, as the seed's authors did).
         data_dir, download: where the IDX files are (see `bilevel.datasets.load`).
         retrain_steps: L-BFGS iterations of the retraining behind `retrained_accuracy`.
+        rank, world_size: for data-parallel runs (`solve(..., distributed=True)`): f and g
+            are this rank's parts, over its blocks `bilevel.distributed.shard_range` of the
+            training and validation splits, of sums over ranks (scaled by the full split
+            sizes; weight decay on rank 0). x, y and the metrics stay whole. Default 0, 1.
         device, dtype: where the data live (placed once). Default CPU, float32.
 
     The problem's `info` records the split sizes, the corruption rate and model, and the
@@ -136,6 +145,7 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
     _check_int("hidden", hidden, 1)
     _check_int("retrain_steps", retrain_steps, 1)
     _check_int("seed", seed, 0)
+    check_shard(rank, world_size)
     if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
         raise ValueError(f"Invalid weight_decay: {weight_decay!r} (expected a number >= 0)")
     images, labels = datasets.load(dataset, data_dir=data_dir, download=download)
@@ -163,18 +173,23 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
     b_noisy, b_val, b_te, b_tr = (t.to(device) for t in (b_noisy, b_val, b_te, b_tr))
     classifier = Classifier(model, a_tr.shape[1], hidden, gen).to(device, dtype)
 
+    tr, va = shard_range(sizes[0], rank, world_size), shard_range(sizes[1], rank, world_size)
+
     def f(x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(classifier(y, a_val), b_val)
+        if world_size == 1:
+            return F.cross_entropy(classifier(y, a_val), b_val)
+        return F.cross_entropy(classifier(y, a_val[va]), b_val[va], reduction="sum") / sizes[1]
 
     def g(x: Tensor, y: Tensor) -> Tensor:
-        return weighted_loss(classifier, y, a_tr, b_noisy, torch.sigmoid(x), weight_decay)
+        return weighted_loss(classifier, y, a_tr[tr], b_noisy[tr], torch.sigmoid(x[tr]),
+                             weight_decay if rank == 0 else 0.0, n_total=sizes[0])
 
     clean = (~corrupted).numpy()
 
     def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
         from sklearn.metrics import roc_auc_score
         retrained = train(classifier, a_tr, b_noisy, torch.sigmoid(x), weight_decay, retrain_steps)
-        return {"val_loss": float(f(x, y)),
+        return {"val_loss": float(F.cross_entropy(classifier(y, a_val), b_val)),
                 "test_accuracy": accuracy(classifier, y, a_te, b_te),
                 "corruption_auc": float(roc_auc_score(clean, x.detach().cpu().numpy())) if 0 < clean.sum() < len(clean)
                 else float("nan"),
@@ -184,6 +199,7 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
     info = {"dataset": dataset, "model": model, "pca": pca, "n_features": a_tr.shape[1], "n_train": sizes[0],
             "n_val": sizes[1], "n_test": sizes[2], "corruption": corruption, "corruption_model": corruption_model,
             "corrupted_mask": corrupted, "seed": seed, "weight_decay": weight_decay, "hidden": hidden,
+            "rank": rank, "world_size": world_size,
             "_data": {"classifier": classifier, "train": (a_tr, b_noisy, b_tr), "val": (a_val, b_val),
                       "test": (a_te, b_te), "retrain_steps": retrain_steps}}
     name = f"hyper-cleaning ({dataset}, {model}{', pca ' + str(pca) if pca else ''})"
