@@ -22,12 +22,12 @@ venv: $(VENV)/.installed
 DEMO_SETTINGS = \
 	--set pgdqp.schedule=constant --set pgdqp.step_size=1000 --set pgdqp.lower_step_size=1 --set pgdqp.alpha=1 \
 	--set bome.step_size=100 --set bome.lower_step_size=1 --set bome.inner_step_size=1 --set bome.phi=value \
-	--set bome.inner_steps=5 \
-	--set aid_bio.step_size=100 --set aid_bio.inner_steps=10 --set aid_bio.inner_step_size=1
+	--set bome.inner_steps=3 \
+	--set aid_bio.step_size=100 --set aid_bio.inner_steps=5 --set aid_bio.inner_step_size=1
 
 demo: venv
-	$(BIN)/bilevel compare --problem hyper-cleaning --methods pgdqp,bome,aid_bio --seeds 2 --max-iter 500 \
-		--log-every 100 $(DEMO_SETTINGS) \
+	$(BIN)/bilevel compare --problem hyper-cleaning --methods pgdqp,bome,aid_bio --seeds 2 --max-iter 400 \
+		--log-every 50 --no-kkt $(DEMO_SETTINGS) \
 		--metrics val_loss,test_accuracy,retrained_accuracy,corruption_auc --out runs/demo
 
 test: venv

@@ -110,7 +110,7 @@ def _solver_options(text_items: Sequence[str] | None) -> dict[str, Any]:
 
 def _run_one(problem_name: str, method: str, seed: int, options: dict[str, Any], problem_args: dict[str, Any],
              max_iter: int, log_every: int, tol: float | None, progress: bool, device: str | None,
-             data_parallel: bool = False):
+             data_parallel: bool = False, kkt: bool = True):
     problem = build_problem(problem_name, seed, problem_args, device)
     try:
         solver = make_solver(method, options)
@@ -118,7 +118,7 @@ def _run_one(problem_name: str, method: str, seed: int, options: dict[str, Any],
         raise CLIError(str(exc)) from None
     start = time.perf_counter()
     result = solve(problem, solver, max_iter=max_iter, log_every=log_every, tol=tol, progress=progress, seed=seed,
-                   distributed=data_parallel)
+                   distributed=data_parallel, kkt=kkt)
     return problem, solver, result, time.perf_counter() - start
 
 
@@ -148,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     shard = _init_distributed(args)
     problem, solver, result, wall = _run_one(args.problem, args.method, args.seed, options,
                                              {**problem_args, **shard}, args.max_iter, args.log_every, args.tol,
-                                             not args.no_progress, args.device, args.distributed)
+                                             not args.no_progress, args.device, args.distributed, kkt=not args.no_kkt)
     if shard.get("rank", 0) != 0:  # only rank 0 prints and writes
         distributed.shutdown()
         return 0 if result.status.name != "DIVERGED" else 1
@@ -199,7 +199,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for method in methods:
         for seed in range(args.seeds):
             problem, solver, result, wall = _run_one(args.problem, method, seed, per_method[method], problem_args,
-                                                     args.max_iter, args.log_every, None, False, args.device)
+                                                     args.max_iter, args.log_every, None, False, args.device,
+                                                     kkt=not args.no_kkt)
             frames.append(store.tidy(result, method=method, problem=args.problem, seed=seed,
                                      run_id=f"{method}-{seed}", hyperparameters=_hyperparameters(solver),
                                      **store.provenance(args.device)))
@@ -259,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-iter", type=int, default=1000, help="outer iterations (default 1000)")
         p.add_argument("--log-every", type=int, default=10, help="log every N iterations (default 10)")
         p.add_argument("--device", default=None, help="torch device for the problem's data (default cpu)")
+        p.add_argument("--no-kkt", action="store_true",
+                       help="log the method's own KKT estimate instead of the least-squares residual (cheaper)")
 
     p = sub.add_parser("run", help="run one method on one problem")
     common(p)
