@@ -23,6 +23,7 @@ from .. import PROBLEMS, SOLVERS, distributed, solve
 from ..solve import make_solver
 from . import store
 from .plot import X_AXES, plot_metrics
+from .sweep import ConfigError
 
 
 class CLIError(Exception):
@@ -246,6 +247,56 @@ def _default_metrics(frame) -> list[str]:
     return present[:4]
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import load_config, read_results, run_sweep
+    config = load_config(args.config)
+    if args.jobs < 1:
+        raise CLIError(f"Invalid -j: {args.jobs} (expected an integer >= 1)")
+    records = run_sweep(config, args.out, jobs=args.jobs, scheduler=args.scheduler, dask_workers=args.dask_workers,
+                        resume=args.resume, progress=not args.no_progress)
+    failed = [r for r in records if r["status"] == "failed"]
+    for r in failed:
+        print(f"failed: {r['method']} on {r['problem']} seed {r['seed']} ({r['run_id']}): {r['error']}", file=sys.stderr)
+    frame = read_results(args.out)
+    metrics = (config.get("plot") or {}).get("metrics") or _default_metrics(frame)
+    print(format_table(store.summary_table(frame, metrics), ["problem", "method", "config", "runs"] + metrics))
+    plot = config.get("plot") or {}
+    if plot.get("metrics"):
+        for path in _plot_dir(frame, args.out, plot["metrics"], plot.get("x", "iter"), plot["metrics"][0], None):
+            print(f"wrote {path}")
+    print(f"{len(records)} runs this time ({len(failed)} failed); results in {args.out}")
+    return 1 if failed else 0
+
+
+def _plot_dir(frame, out: str, metrics: list[str], x: str, select_by: str | None, mode: str | None) -> list[Path]:
+    if select_by:
+        frame = store.select_best(frame, select_by, mode)
+    paths = []
+    for problem, sub in frame.groupby("problem"):
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in problem)
+        paths.append(plot_metrics(sub, metrics, Path(out) / f"plot_{safe}_{x}.png", x=x, title=problem))
+    return paths
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .sweep import read_results
+    frame = read_results(args.dir)
+    for path in _plot_dir(frame, args.dir, args.metric, args.x, args.select_by or args.metric[0], args.mode):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from .sweep import read_results
+    frame = read_results(args.dir)
+    metrics = args.metrics.split(",") if args.metrics else _default_metrics(frame)
+    missing = [m for m in metrics if m not in frame.columns]
+    if missing:
+        raise CLIError(f"Invalid --metrics entry: {missing[0]!r} (columns: {', '.join(sorted(frame.columns))})")
+    print(format_table(store.summary_table(frame, metrics), ["problem", "method", "config", "runs"] + metrics))
+    return 0
+
+
 # ----- argument parsing ---------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bilevel", description="Gradient-based bilevel optimization.")
@@ -287,6 +338,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--x", default="iter", choices=list(X_AXES), help="x axis of the plot (default iter)")
     p.add_argument("--out", required=True, help="directory for results.parquet and the PNG")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sweep", help="run a YAML grid of problems x methods x hyperparameters x seeds")
+    p.add_argument("config", help="the YAML config (see bilevel.bench.sweep)")
+    p.add_argument("--out", required=True, help="results directory (one Parquet file per run + manifest)")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.add_argument("--dask-workers", type=int, default=None, help="start a local Dask cluster with N workers")
+    p.add_argument("--resume", action="store_true", help="skip runs already finished in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("plot", help="plot a sweep: median and quantile band over seeds per method")
+    p.add_argument("dir", help="a sweep's results directory")
+    p.add_argument("--metric", action="append", required=True, help="a column to plot (repeatable)")
+    p.add_argument("--x", default="iter", choices=list(X_AXES), help="x axis (default iter)")
+    p.add_argument("--select-by", default=None, help="pick each method's best configuration by this final metric "
+                                                     "(default: the first --metric)")
+    p.add_argument("--mode", default=None, choices=["min", "max"], help="best = min or max (default by name)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("table", help="the final-metric table of a sweep, in Markdown")
+    p.add_argument("dir", help="a sweep's results directory")
+    p.add_argument("--metrics", default=None, help="comma-separated columns (default: the problem's)")
+    p.set_defaults(func=cmd_table)
     return parser
 
 
@@ -295,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except CLIError as exc:
+    except (CLIError, ConfigError) as exc:
         print(f"bilevel: error: {exc}", file=sys.stderr)
         return 2
     except (TypeError, ValueError) as exc:  # bad hyperparameters or problem arguments
