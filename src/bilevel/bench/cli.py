@@ -287,13 +287,30 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from .sweep import read_results
+    from .report import command, machine, update_section
+    from .sweep import read_manifest, read_results
     frame = read_results(args.dir)
     metrics = args.metrics.split(",") if args.metrics else _default_metrics(frame)
     missing = [m for m in metrics if m not in frame.columns]
     if missing:
         raise CLIError(f"Invalid --metrics entry: {missing[0]!r} (columns: {', '.join(sorted(frame.columns))})")
-    print(format_table(store.summary_table(frame, metrics), ["problem", "method", "config", "runs"] + metrics))
+    rows = store.summary_table(frame, metrics)
+    walls: dict[tuple, list[float]] = {}
+    for r in read_manifest(args.dir):
+        if r.get("status") == "finished" and "wall_s" in r:
+            key = (r["method"], json.dumps(r["options"], sort_keys=True, default=str))
+            walls.setdefault(key, []).append(r["wall_s"])
+    for row in rows:
+        times = walls.get((row["method"], row["config"]))
+        row["wall s / run"] = sum(times) / len(times) if times else float("nan")
+    table = format_table(rows, ["problem", "method", "config", "runs"] + metrics + ["wall s / run"])
+    print(table)
+    if args.results:
+        title = args.title or f"Sweep {args.dir}"
+        text = "\n".join([f"## {title}", "", f"Command: `{command()}` (after `bilevel sweep` into {args.dir})  ",
+                          f"Machine: {machine()}  ", "Final values: mean ± standard deviation over seeds.", "", table])
+        update_section(args.results, f"table {args.dir}", text)
+        print(f"wrote a section of {args.results}")
     return 0
 
 
@@ -361,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="the final-metric table of a sweep, in Markdown")
     p.add_argument("dir", help="a sweep's results directory")
     p.add_argument("--metrics", default=None, help="comma-separated columns (default: the problem's)")
+    p.add_argument("--results", default=None, help="also write the table as a section of this Markdown file")
+    p.add_argument("--title", default=None, help="the section's title (with --results)")
     p.set_defaults(func=cmd_table)
     return parser
 

@@ -135,31 +135,12 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
         raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected a list of integers)")
     if isinstance(seeds, int) and seeds < 1:
         raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected >= 1)")
-    for name, args in raw["problems"].items():
-        where = _where(source, lines, ("problems", name))
-        if name not in PROBLEMS:
-            raise ConfigError(f"Invalid problem: {where}: {name!r} is not a problem{_suggest(name, PROBLEMS)}")
-        args = args or {}
-        if not isinstance(args, dict):
-            raise ConfigError(f"Invalid value: {where}: {args!r} (expected a mapping of builder arguments)")
-        params = inspect.signature(PROBLEMS[name]).parameters
-        for arg in args:
-            if arg not in params or arg == "seed":
-                valid = [p for p in params if p != "seed"]
-                raise ConfigError(f"Invalid problem argument: {_where(source, lines, ('problems', name, arg))}: "
-                                  f"{arg!r} is not an argument of {name}{_suggest(arg, valid)}")
+    _check_section(raw, "problems", PROBLEMS, "problem", "builder argument",
+                   lambda name: [p for p in inspect.signature(PROBLEMS[name]).parameters if p != "seed"], source, lines)
+    _check_section(raw, "methods", SOLVERS, "solver", "hyperparameter", lambda name: SOLVERS[name].options(),
+                   source, lines)
     for name, options in raw["methods"].items():
         where = _where(source, lines, ("methods", name))
-        if name not in SOLVERS:
-            raise ConfigError(f"Invalid method: {where}: {name!r} is not a solver{_suggest(name, SOLVERS)}")
-        options = options or {}
-        if not isinstance(options, dict):
-            raise ConfigError(f"Invalid value: {where}: {options!r} (expected a mapping of hyperparameters)")
-        valid = SOLVERS[name].options()
-        for option, value in options.items():
-            if option not in valid:
-                raise ConfigError(f"Invalid option: {_where(source, lines, ('methods', name, option))}: "
-                                  f"{option!r} is not a hyperparameter of {name}{_suggest(option, valid)}")
         for combo in _grid(options):                      # every grid point must build
             try:
                 make_solver(name, combo)
@@ -173,6 +154,22 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
             raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', key))}: {value!r} "
                               f"(expected {_type_name(PLOT_KEYS[key])})")
     return raw
+
+
+def _check_section(raw: dict, section: str, registry: dict, what: str, entry: str, valid_keys, source: str,
+                   lines: dict[tuple, int]) -> None:
+    """Each name of raw[section] is in the registry, maps to a mapping, whose keys are valid."""
+    for name, mapping in raw[section].items():
+        where = _where(source, lines, (section, name))
+        if name not in registry:
+            raise ConfigError(f"Invalid {what}: {where}: {name!r} is not a {what}{_suggest(name, registry)}")
+        if not isinstance(mapping or {}, dict):
+            raise ConfigError(f"Invalid value: {where}: {mapping!r} (expected a mapping of {entry}s)")
+        valid = valid_keys(name)
+        for key in mapping or {}:
+            if key not in valid:
+                raise ConfigError(f"Invalid {entry}: {_where(source, lines, (section, name, key))}: "
+                                  f"{key!r} is not a {entry} of {name}{_suggest(key, valid)}")
 
 
 def _grid(mapping: dict[str, Any] | None) -> list[dict[str, Any]]:
