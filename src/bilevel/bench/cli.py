@@ -272,9 +272,12 @@ def _plot_dir(frame, out: str, metrics: list[str], x: str, select_by: str | None
     if select_by:
         frame = store.select_best(frame, select_by, mode)
     paths = []
-    for problem, sub in frame.groupby("problem"):
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in problem)
-        paths.append(plot_metrics(sub, metrics, Path(out) / f"plot_{safe}_{x}.png", x=x, title=problem))
+    for (problem, args), sub in frame.groupby(["problem", "problem_args"]):
+        built = build_problem(problem, 0, json.loads(args))
+        references = built.info.get("reference_lines")
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in problem + ("" if args == "{}" else args))
+        paths.append(plot_metrics(sub, metrics, Path(out) / f"plot_{safe}_{x}.png", x=x, title=built.name,
+                                  reference_lines=references() if callable(references) else None))
     return paths
 
 
