@@ -1,0 +1,82 @@
+"""galet: the generalized alternating method for bilevel problems with PL lower levels."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import torch
+
+from ..linear import ConjugateGradient, Neumann
+from ..oracles import Oracle, inner
+from ..problem import BilevelProblem
+from .base import Solver, State, check_int, check_positive
+
+
+@dataclass(frozen=True)
+class GALET(Solver):
+    """GALET: alternating steps on y, the shadow w, and x.
+
+        y <- N steps of y <- y - inner_step_size grad_y g(x, y)             (warm start)
+        w  = argmin_w 1/2 ||grad_y f + grad_yy g w||^2, approximately:
+             T steps of w <- w - rho grad_yy g (grad_y f + grad_yy g w) from w = 0,
+             which is the Neumann series rho sum_{i<T} (I - rho H^2)^i (-H grad_y f), H = grad_yy g
+        x <- x - step_size (grad_x f + grad_xy g w)
+
+    The shadow w is the minimum-norm least-squares multiplier; it is the method's nu.
+    Implementation choice (the card marks details unverified): the w problem is solved by the
+    `linear_solver` object on the normal equations H^2 w = -H grad_y f; `Neumann(iters=T,
+    step_size=rho)` is exactly the paper's T gradient steps from w = 0, and the default,
+    conjugate gradient with 10 products, reaches the same w in far fewer products (measured:
+    with Neumann(10, 0.01) x stays 0.4 from x* on `quadratic` after 3000 steps).
+
+    Cost per step: N gradients of g, 2T - 1 Hessian-vector products for w (the normal
+    matrix H^2 costs two per product, plus one for the right-hand side), one
+    Jacobian-vector product, one gradient of f.
+
+    Args:
+        step_size: the step on x. Default 0.1.
+        inner_steps: N. Default 10.
+        inner_step_size: the lower-level step. Default 0.1.
+        linear_solver: solves H^2 w = -H grad_y f. Default ConjugateGradient(iters=10);
+            Neumann(iters=T, step_size=rho) is the paper's loop of T gradient steps.
+
+    References:
+        Xiao, Lu, Chen. A Generalized Alternating Method for Bilevel Learning under the
+        Polyak-Lojasiewicz Condition. NeurIPS 2023.
+    """
+
+    step_size: float = 0.1
+    inner_steps: int = 10
+    inner_step_size: float = 0.1
+    linear_solver: Any = field(default_factory=lambda: ConjugateGradient(iters=10, tol=0.0))
+
+    name: ClassVar[str] = "galet"
+    summary: ClassVar[str] = "alternating y, least-squares shadow w and x steps (Xiao et al. 2023)"
+
+    def validate(self) -> None:
+        check_positive(self, "step_size", "inner_step_size")
+        check_int(self, "inner_steps")
+        if not isinstance(self.linear_solver, (ConjugateGradient, Neumann)) and not callable(self.linear_solver):
+            raise TypeError(f"Invalid linear_solver: {self.linear_solver!r} "
+                            f"(expected bilevel.Neumann(...) or bilevel.ConjugateGradient(...))")
+
+    def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int, generator: torch.Generator) -> State:
+        return State(x=problem.x0, y=problem.y0)
+
+    def step(self, problem: BilevelProblem, oracle: Oracle, state: State) -> State:
+        x, y = state.x, state.y
+        g, _, gy = oracle.grad_g(x, y)
+        h = inner(gy, gy)
+        info = {"f": oracle.f(x, y), "g": g, "h": h, "kkt_feasibility": h}
+        y = problem.project_y(y - self.inner_step_size * gy)
+        for _ in range(self.inner_steps - 1):
+            y = problem.project_y(y - self.inner_step_size * oracle.grad_g_y(x, y))
+        _, fx, fy = oracle.grad_f(x, y)
+
+        def hessian(u):
+            return oracle.vjp_grad_y_g(x, y, u)[1]
+
+        w = self.linear_solver(lambda u: hessian(hessian(u)), -hessian(fy))
+        jx, _ = oracle.vjp_grad_y_g(x, y, w)
+        x_new = problem.project_x(x - self.step_size * (fx + jx))
+        return replace(state, x=x_new, y=y, k=state.k + 1, info=info, nu=w)
