@@ -78,8 +78,14 @@ def select_best(frame: pd.DataFrame, metric: str, mode: str | None = None) -> pd
     keys = ["problem", "problem_args", "method"]
     last = final_rows(frame, ["run_id"])
     scores = last.groupby(keys + ["config"], dropna=False)[metric].median().reset_index()
-    best = scores.loc[scores.groupby(keys, dropna=False)[metric].idxmax() if mode == "max"
-                      else scores.groupby(keys, dropna=False)[metric].idxmin()]
+    chosen = []
+    for _, group in scores.groupby(keys, dropna=False):
+        valid = group.dropna(subset=[metric])
+        if valid.empty:          # the metric is not defined for this problem: keep every configuration
+            chosen.append(group)
+        else:
+            chosen.append(valid.loc[[valid[metric].idxmax() if mode == "max" else valid[metric].idxmin()]])
+    best = pd.concat(chosen)
     return frame.merge(best[keys + ["config"]], on=keys + ["config"])
 
 
