@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from .base import Solver, State
+from .f2ba import F2BA
+from .hjfbio import HJFBiO
+from .iaptt_gm import IAPTTGM
+from .meha import MEHA
 from .pgdqp import PGDQP
 from .sgf import SGF
 
-SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (PGDQP, SGF)}
+SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (PGDQP, SGF, IAPTTGM, MEHA, F2BA, HJFBiO)}
 
-__all__ = ["PGDQP", "SGF", "SOLVERS", "Solver", "State"]
+__all__ = ["F2BA", "HJFBiO", "IAPTTGM", "MEHA", "PGDQP", "SGF", "SOLVERS", "Solver", "State"]
