@@ -166,6 +166,7 @@ def test_hjfbio_step_and_cost():
     v_new = v - 0.1 * (Q @ v - (y - b))
     v_new = v_new * min(1.0, 0.5 / float(v_new.norm()))
     torch.testing.assert_close(new.v, v_new)
+    torch.testing.assert_close(new.nu, -v_new)
     rx, ry = (x - a) + B.T @ v, (y - b) - Q @ v
     torch.testing.assert_close(new.info["kkt_stationarity"], rx @ rx + ry @ ry)
     assert cost == {"n_f": 0, "n_g": 0, "n_grad_f": 1, "n_grad_g": 3, "n_hvp": 0, "oracle_calls": 4}

@@ -90,7 +90,7 @@ class HJFBiO(Solver):
         rx, ry = fx - jv, fy - hv
         h = inner(gy, gy)
         info = {"f": f, "g": g, "h": h, "kkt_stationarity": inner(rx, rx) + inner(ry, ry), "kkt_feasibility": h}
+        v = project_ball(v + self.v_step_size * ry, self.radius)
         return replace(state, x=problem.project_x(x - self.step_size * rx),
                        y=problem.project_y(y - self.lower_step_size * gy),
-                       v=project_ball(v + self.v_step_size * ry, self.radius),
-                       k=state.k + 1, info=info, nu=-v)
+                       v=v, k=state.k + 1, info=info, nu=-v)
