@@ -17,9 +17,18 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Data hyper-cleaning on the embedded MNIST sample (2000/1000/2000, 25% wrong labels, linear
+# model on the 784 pixels): pgdqp against BOME and AID-BiO over 2 seeds, a table and a plot.
+DEMO_SETTINGS = \
+	--set pgdqp.schedule=constant --set pgdqp.step_size=1000 --set pgdqp.lower_step_size=1 --set pgdqp.alpha=1 \
+	--set bome.step_size=100 --set bome.lower_step_size=1 --set bome.inner_step_size=1 --set bome.phi=value \
+	--set bome.inner_steps=3 \
+	--set aid_bio.step_size=100 --set aid_bio.inner_steps=5 --set aid_bio.inner_step_size=1
+
 demo: venv
-	$(BIN)/bilevel compare --problem synthetic-sc --methods pgdqp,sgf --seeds 3 --max-iter 3000 \
-		--log-every 50 --out runs/demo
+	$(BIN)/bilevel compare --problem hyper-cleaning --methods pgdqp,bome,aid_bio --seeds 2 --max-iter 400 \
+		--log-every 50 --no-kkt $(DEMO_SETTINGS) \
+		--metrics val_loss,test_accuracy,retrained_accuracy,corruption_auc --out runs/demo
 
 test: venv
 	$(BIN)/python -m pytest -x

@@ -4,7 +4,7 @@
 """
 from importlib.metadata import PackageNotFoundError, version
 
-from . import solvers
+from . import distributed, solvers
 from .linear import ConjugateGradient, Neumann
 from .oracles import Oracle
 from .problem import BilevelProblem
@@ -20,5 +20,5 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 __all__ = [
     "BilevelProblem", "ConjugateGradient", "Neumann", "Oracle", "PROBLEMS", "Result", "SOLVERS",
-    "Status", "make_solver", "solve", "solvers", "__version__",
+    "Status", "distributed", "make_solver", "solve", "solvers", "__version__",
 ]

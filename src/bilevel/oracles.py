@@ -174,6 +174,19 @@ class Oracle:
             hx, hy = _grads(inner(gy, gy), (x_, y_), create_graph=True)
             return _grads(inner(hx, vx.detach()) + inner(hy, vy.detach()), (x_, y_))
 
+    def hvp_inner_grad_y_g(self, x: Tensor, y: Tensor, w: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
+        """The Hessian of <grad_y g, w> (w held fixed) times (vx, vy) (third derivatives of g).
+
+        With w = grad_y g this is the third-order part of hvp_h:
+        hvp_h(v) = 2 J^T J v + 2 hvp_inner_grad_y_g(grad_y g, v).
+        """
+        self.counts["n_hvp"] += 1
+        with torch.enable_grad():
+            x_, y_ = _leaf(x), _leaf(y)
+            (gy,) = _grads(self._g(x_, y_), (y_,), create_graph=True)
+            jx, jy = _grads(inner(gy, w.detach()), (x_, y_), create_graph=True)
+            return _grads(inner(jx, vx.detach()) + inner(jy, vy.detach()), (x_, y_))
+
     def fd_vjp_grad_y_g(self, x: Tensor, y: Tensor, v: Tensor, delta: float) -> tuple[Tensor, Tensor]:
         """(grad_yx g^T v, grad_yy g v) by central differences of grad g along y:
 

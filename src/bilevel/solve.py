@@ -11,6 +11,8 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from . import metrics
+from .distributed import run_context
 from .oracles import Oracle
 from .problem import BilevelProblem
 from .result import Result, Status
@@ -72,20 +74,27 @@ def _nonfinite(state: State) -> str:
 class _History:
     """Rows of the history, as columns of floats."""
 
-    def __init__(self, problem: BilevelProblem):
+    def __init__(self, problem: BilevelProblem, kkt: bool, make_oracle: Callable[..., Oracle] = Oracle):
         self.problem = problem
+        self.kkt = kkt
+        self.make_oracle = make_oracle
         self.columns: dict[str, list[float]] = defaultdict(list)
-        self.metric_time = 0.0
 
     def log(self, k: int, elapsed: float, counts: dict[str, int], info: dict[str, Any], x, y) -> dict[str, float]:
+        """One row: iteration, time and counts to reach (x, y), the step's diagnostics,
+        the least-squares KKT residuals (if asked) and the problem's metrics. The last two
+        use their own oracle and are not counted or timed."""
         row: dict[str, float] = {"iter": float(k), "time": elapsed}
         row.update({name: float(v) for name, v in counts.items()})
         row.update({name: float(v) for name, v in info.items()})
+        if self.kkt:
+            if "kkt_stationarity" in row:
+                row["kkt_stationarity_method"] = row["kkt_stationarity"]
+            residuals = metrics.kkt_info(self.make_oracle(self.problem.f, self.problem.g), x, y)
+            row.update({name: float(residuals[name]) for name in ("kkt_stationarity", "kkt_feasibility")})
         if self.problem.metrics is not None:
-            t = time.perf_counter()
             with torch.no_grad():
                 row.update({name: float(v) for name, v in self.problem.metrics(x, y).items()})
-            self.metric_time += time.perf_counter() - t
         n_rows = len(self.columns["iter"])
         for name, value in row.items():
             column = self.columns[name]
@@ -101,7 +110,7 @@ class _History:
 def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000, tol: float | None = None,
           callback: Callable[[State], Any] | None = None, log_every: int = 1, progress: bool = False,
           device: Any = None, dtype: torch.dtype | None = None, seed: int | None = None,
-          **solver_options: Any) -> Result:
+          kkt: bool = True, distributed: bool = False, **solver_options: Any) -> Result:
     """Run a bilevel solver on a problem.
 
     Args:
@@ -117,6 +126,15 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
         device, dtype: move x0, y0 and the bounds (data inside f and g stay put: build
             the problem on the device). Default: as the problem is.
         seed: seed of the generator handed to stochastic solvers. Default None.
+        kkt: at logged iterations, report kkt_stationarity with the least-squares
+            multiplier nu = argmin ||grad f + J^T nu|| (Definition 2.4 asks for some nu;
+            this is the best one), by conjugate gradient, not counted and not timed; the
+            method's own estimate stays as kkt_stationarity_method. False: report the
+            method's estimate only, at no cost. Default True.
+        distributed: run data-parallel over the torch.distributed process group: the
+            problem's f and g are this rank's parts of sums over ranks, the oracle is a
+            `bilevel.distributed.DistributedOracle`, and only rank 0 shows progress.
+            Every rank returns the same Result. Default False.
         **solver_options: hyperparameters of the solver, e.g. step_size=0.1.
 
     Returns:
@@ -133,18 +151,24 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
     solver = make_solver(solver, solver_options)
     _check_solve_args(max_iter, tol, log_every, callback)
     if device is not None or dtype is not None:
-        problem = problem.to(device=device, dtype=dtype)
-    oracle = Oracle(problem.f, problem.g)
+        try:
+            problem = problem.to(device=device, dtype=dtype)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ValueError(f"Invalid device/dtype: {device!r}/{dtype!r}: the problem cannot be evaluated there "
+                             f"({exc}); build the problem on that device and dtype instead, e.g. "
+                             f"PROBLEMS[name](device=..., dtype=...)") from exc
+    context = run_context(solver, distributed, seed, problem.x0, problem.y0)
+    oracle = context.oracle(problem.f, problem.g)
     cuda = problem.x0.is_cuda
     generator = torch.Generator(device=problem.x0.device)
-    generator.manual_seed(seed if seed is not None else torch.initial_seed())
-    history = _History(problem)
+    generator.manual_seed(context.seed)
+    history = _History(problem, kkt, context.oracle)
 
     start = time.perf_counter()
     state = solver.init(problem, oracle, max_iter=max_iter, generator=generator)
     elapsed = time.perf_counter() - start
     status, message = (Status.COMPLETED if tol is None else Status.MAX_ITER), ""
-    bar = tqdm(total=max_iter, disable=not progress, desc=solver.name, leave=False)
+    bar = tqdm(total=max_iter, disable=not (progress and context.is_main), desc=solver.name, leave=False)
     counts = oracle.snapshot()
     k = 0
     for k in range(max_iter):
@@ -181,7 +205,7 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
     bar.close()
 
     if status in (Status.COMPLETED, Status.MAX_ITER, Status.STOPPED):
-        final = solver.diagnose(problem, Oracle(problem.f, problem.g), state)
+        final = solver.diagnose(problem, context.oracle(problem.f, problem.g), state)
         row = history.log(k, elapsed, counts, final, state.x, state.y)
         if status is Status.MAX_ITER and max(row["kkt_stationarity"], row["kkt_feasibility"]) <= tol:
             status = Status.CONVERGED

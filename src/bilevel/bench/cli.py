@@ -3,6 +3,7 @@
     bilevel list
     bilevel run --problem synthetic-sc --method pgdqp --max-iter 2000 --set step_size=0.05 --out runs/sc
     bilevel compare --problem coreset --methods pgdqp,sgf --seeds 3 --max-iter 2000 --out runs/coreset
+    torchrun --nproc-per-node 2 -m bilevel run --problem toy-cleaning --method pgdqp --distributed
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from typing import Any, Sequence
 
 import yaml
 
-from .. import PROBLEMS, SOLVERS, solve
+from .. import PROBLEMS, SOLVERS, distributed, solve
 from ..solve import make_solver
 from . import store
 from .plot import X_AXES, plot_metrics
+from .sweep import ConfigError
 
 
 class CLIError(Exception):
@@ -30,6 +32,8 @@ class CLIError(Exception):
 
 def parse_value(text: str) -> Any:
     """'0.1' -> 0.1, '1e-3' -> 0.001, 'true' -> True, 'none' -> None, 'grad' -> 'grad'."""
+    if text.strip().lower() == "none":
+        return None
     value = yaml.safe_load(text)
     if isinstance(value, str):
         try:
@@ -106,14 +110,16 @@ def _solver_options(text_items: Sequence[str] | None) -> dict[str, Any]:
 
 
 def _run_one(problem_name: str, method: str, seed: int, options: dict[str, Any], problem_args: dict[str, Any],
-             max_iter: int, log_every: int, tol: float | None, progress: bool, device: str | None):
+             max_iter: int, log_every: int, tol: float | None, progress: bool, device: str | None,
+             data_parallel: bool = False, kkt: bool = True):
     problem = build_problem(problem_name, seed, problem_args, device)
     try:
         solver = make_solver(method, options)
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     start = time.perf_counter()
-    result = solve(problem, solver, max_iter=max_iter, log_every=log_every, tol=tol, progress=progress, seed=seed)
+    result = solve(problem, solver, max_iter=max_iter, log_every=log_every, tol=tol, progress=progress, seed=seed,
+                   distributed=data_parallel, kkt=kkt)
     return problem, solver, result, time.perf_counter() - start
 
 
@@ -125,12 +131,28 @@ def _summary_row(method: str, seed: int, result, wall: float) -> dict[str, Any]:
     return row
 
 
+def _init_distributed(args: argparse.Namespace) -> dict[str, int]:
+    """With --distributed: join torchrun's process group; this rank's shard {rank, world_size}."""
+    if not args.distributed:
+        return {}
+    params = inspect.signature(_lookup(PROBLEMS, args.problem, "--problem")).parameters
+    if not {"rank", "world_size"} <= set(params):
+        raise CLIError(f"Invalid --problem with --distributed: {args.problem!r} cannot be sharded "
+                       "(its builder takes no rank/world_size arguments)")
+    rank, world_size, args.device = distributed.init_from_env(args.device, args.dist_timeout)
+    return {"rank": rank, "world_size": world_size}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     options = _solver_options(args.set)
     problem_args = parse_assignments(args.problem_arg, "--problem-arg")
-    problem, solver, result, wall = _run_one(args.problem, args.method, args.seed, options, problem_args,
-                                             args.max_iter, args.log_every, args.tol, not args.no_progress,
-                                             args.device)
+    shard = _init_distributed(args)
+    problem, solver, result, wall = _run_one(args.problem, args.method, args.seed, options,
+                                             {**problem_args, **shard}, args.max_iter, args.log_every, args.tol,
+                                             not args.no_progress, args.device, args.distributed, kkt=not args.no_kkt)
+    if shard.get("rank", 0) != 0:  # only rank 0 prints and writes
+        distributed.shutdown()
+        return 0 if result.status.name != "DIVERGED" else 1
     row = _summary_row(args.method, args.seed, result, wall)
     print(format_table([row], list(row)))
     print(f"\nstatus: {result.message}")
@@ -142,11 +164,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         store.write_json_atomic({
             "config": {"problem": args.problem, "problem_args": problem_args, "method": args.method,
                        "options": options, "hyperparameters": _hyperparameters(solver), "seed": args.seed,
-                       "max_iter": args.max_iter, "log_every": args.log_every, "tol": args.tol},
+                       "max_iter": args.max_iter, "log_every": args.log_every, "tol": args.tol,
+                       "world_size": shard.get("world_size", 1)},
             "status": result.status.name, "message": result.message, "n_iter": result.n_iter,
             "wall_time_s": wall, "final": {k: v[-1] for k, v in result.history.items()},
             "provenance": store.provenance(args.device)}, out / "summary.json")
         print(f"wrote {out / 'history.parquet'} and {out / 'summary.json'}")
+    distributed.shutdown()
     return 0 if result.status.name != "DIVERGED" else 1
 
 
@@ -176,7 +200,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for method in methods:
         for seed in range(args.seeds):
             problem, solver, result, wall = _run_one(args.problem, method, seed, per_method[method], problem_args,
-                                                     args.max_iter, args.log_every, None, False, args.device)
+                                                     args.max_iter, args.log_every, None, False, args.device,
+                                                     kkt=not args.no_kkt)
             frames.append(store.tidy(result, method=method, problem=args.problem, seed=seed,
                                      run_id=f"{method}-{seed}", hyperparameters=_hyperparameters(solver),
                                      **store.provenance(args.device)))
@@ -186,17 +211,107 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     store.write_atomic(frame, out / "results.parquet")
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else _default_metrics(frame)
-    png = plot_metrics(frame, metrics, out / f"compare_{args.x}.png", x=args.x, title=args.problem)
+    references = problem.info.get("reference_lines")
+    lines = references() if callable(references) else None
+    png = plot_metrics(frame, metrics, out / f"compare_{args.x}.png", x=args.x, title=problem.name,
+                       reference_lines=lines)
     columns = ["method", "seed", "status", "iters"] + [m for m in metrics if m in rows[0]] + ["wall_s"]
-    print(format_table(rows, columns))
+    print(format_table(summarise(rows, columns), ["method"] + [c for c in columns if c not in ("method", "seed", "status")]))
+    if lines:
+        print("\nreference lines: " + "; ".join(f"{label} {value:.4g}" for label, value in next(iter(lines.values())).items()))
     print(f"\nwrote {out / 'results.parquet'} and {png}")
     return 0
 
 
+def summarise(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per method: the mean and standard deviation over seeds of each numeric column."""
+    import statistics
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        group = [r for r in rows if r["method"] == method]
+        row: dict[str, Any] = {"method": method}
+        for c in columns:
+            values = [r[c] for r in group if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)]
+            if c in ("method", "seed", "status") or not values:
+                continue
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            row[c] = f"{statistics.fmean(values):.4g} ± {spread:.2g}" if len(values) > 1 else values[0]
+        out.append(row)
+    return out
+
+
 def _default_metrics(frame) -> list[str]:
-    preferred = ["hypergradient_norm", "upper_objective", "delta_norm", "distance_to_solution", "f", "h"]
+    preferred = ["retrained_accuracy", "test_accuracy", "val_loss", "corruption_auc", "hypergradient_norm",
+                 "upper_objective", "delta_norm", "distance_to_solution", "f", "h"]
     present = [m for m in preferred if m in frame.columns and frame[m].notna().any()]
-    return present[:3]
+    return present[:4]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import load_config, read_results, run_sweep
+    config = load_config(args.config)
+    if args.jobs < 1:
+        raise CLIError(f"Invalid -j: {args.jobs} (expected an integer >= 1)")
+    records = run_sweep(config, args.out, jobs=args.jobs, scheduler=args.scheduler, dask_workers=args.dask_workers,
+                        resume=args.resume, progress=not args.no_progress)
+    failed = [r for r in records if r["status"] == "failed"]
+    for r in failed:
+        print(f"failed: {r['method']} on {r['problem']} seed {r['seed']} ({r['run_id']}): {r['error']}", file=sys.stderr)
+    frame = read_results(args.out)
+    metrics = (config.get("plot") or {}).get("metrics") or _default_metrics(frame)
+    print(format_table(store.summary_table(frame, metrics), ["problem", "method", "config", "runs"] + metrics))
+    plot = config.get("plot") or {}
+    if plot.get("metrics"):
+        for path in _plot_dir(frame, args.out, plot["metrics"], plot.get("x", "iter"), plot["metrics"][0], None):
+            print(f"wrote {path}")
+    print(f"{len(records)} runs this time ({len(failed)} failed); results in {args.out}")
+    return 1 if failed else 0
+
+
+def _plot_dir(frame, out: str, metrics: list[str], x: str, select_by: str | None, mode: str | None) -> list[Path]:
+    if select_by:
+        frame = store.select_best(frame, select_by, mode)
+    paths = []
+    for problem, sub in frame.groupby("problem"):
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in problem)
+        paths.append(plot_metrics(sub, metrics, Path(out) / f"plot_{safe}_{x}.png", x=x, title=problem))
+    return paths
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .sweep import read_results
+    frame = read_results(args.dir)
+    for path in _plot_dir(frame, args.dir, args.metric, args.x, args.select_by or args.metric[0], args.mode):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from .report import command, machine, update_section
+    from .sweep import read_manifest, read_results
+    frame = read_results(args.dir)
+    metrics = args.metrics.split(",") if args.metrics else _default_metrics(frame)
+    missing = [m for m in metrics if m not in frame.columns]
+    if missing:
+        raise CLIError(f"Invalid --metrics entry: {missing[0]!r} (columns: {', '.join(sorted(frame.columns))})")
+    rows = store.summary_table(frame, metrics)
+    walls: dict[tuple, list[float]] = {}
+    for r in read_manifest(args.dir):
+        if r.get("status") == "finished" and "wall_s" in r:
+            key = (r["method"], json.dumps(r["options"], sort_keys=True, default=str))
+            walls.setdefault(key, []).append(r["wall_s"])
+    for row in rows:
+        times = walls.get((row["method"], row["config"]))
+        row["wall s / run"] = sum(times) / len(times) if times else float("nan")
+    table = format_table(rows, ["problem", "method", "config", "runs"] + metrics + ["wall s / run"])
+    print(table)
+    if args.results:
+        title = args.title or f"Sweep {args.dir}"
+        text = "\n".join([f"## {title}", "", f"Command: `{command()}` (after `bilevel sweep` into {args.dir})  ",
+                          f"Machine: {machine()}  ", "Final values: mean ± standard deviation over seeds.", "", table])
+        update_section(args.results, f"table {args.dir}", text)
+        print(f"wrote a section of {args.results}")
+    return 0
 
 
 # ----- argument parsing ---------------------------------------------------------------------
@@ -213,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-iter", type=int, default=1000, help="outer iterations (default 1000)")
         p.add_argument("--log-every", type=int, default=10, help="log every N iterations (default 10)")
         p.add_argument("--device", default=None, help="torch device for the problem's data (default cpu)")
+        p.add_argument("--no-kkt", action="store_true",
+                       help="log the method's own KKT estimate instead of the least-squares residual (cheaper)")
 
     p = sub.add_parser("run", help="run one method on one problem")
     common(p)
@@ -222,6 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=None, help="stop when both KKT residuals are <= tol")
     p.add_argument("--out", default=None, help="directory for history.parquet and summary.json")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes of `torchrun --nproc-per-node N -m bilevel run ...`: "
+                        "gloo on CPU, NCCL on CUDA; rank 0 prints and writes")
+    p.add_argument("--dist-timeout", type=float, default=300.0,
+                   help="with --distributed: seconds a rank waits for the others before the run fails (default 300)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="run several methods over seeds, write a tidy table and a plot")
@@ -233,6 +355,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--x", default="iter", choices=list(X_AXES), help="x axis of the plot (default iter)")
     p.add_argument("--out", required=True, help="directory for results.parquet and the PNG")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sweep", help="run a YAML grid of problems x methods x hyperparameters x seeds")
+    p.add_argument("config", help="the YAML config (see bilevel.bench.sweep)")
+    p.add_argument("--out", required=True, help="results directory (one Parquet file per run + manifest)")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.add_argument("--dask-workers", type=int, default=None, help="start a local Dask cluster with N workers")
+    p.add_argument("--resume", action="store_true", help="skip runs already finished in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("plot", help="plot a sweep: median and quantile band over seeds per method")
+    p.add_argument("dir", help="a sweep's results directory")
+    p.add_argument("--metric", action="append", required=True, help="a column to plot (repeatable)")
+    p.add_argument("--x", default="iter", choices=list(X_AXES), help="x axis (default iter)")
+    p.add_argument("--select-by", default=None, help="pick each method's best configuration by this final metric "
+                                                     "(default: the first --metric)")
+    p.add_argument("--mode", default=None, choices=["min", "max"], help="best = min or max (default by name)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("table", help="the final-metric table of a sweep, in Markdown")
+    p.add_argument("dir", help="a sweep's results directory")
+    p.add_argument("--metrics", default=None, help="comma-separated columns (default: the problem's)")
+    p.add_argument("--results", default=None, help="also write the table as a section of this Markdown file")
+    p.add_argument("--title", default=None, help="the section's title (with --results)")
+    p.set_defaults(func=cmd_table)
     return parser
 
 
@@ -241,12 +389,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except CLIError as exc:
+    except (CLIError, ConfigError) as exc:
         print(f"bilevel: error: {exc}", file=sys.stderr)
         return 2
     except (TypeError, ValueError) as exc:  # bad hyperparameters or problem arguments
         print(f"bilevel: error: {exc}", file=sys.stderr)
         return 2
+    except distributed.DistributedError as exc:  # another rank stopped or failed
+        print(f"bilevel: error: {exc}", file=sys.stderr)
+        distributed.shutdown()
+        return 1
 
 
 if __name__ == "__main__":

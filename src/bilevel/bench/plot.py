@@ -14,8 +14,9 @@ def band(frame: pd.DataFrame, x: str, metric: str, quantiles: tuple[float, float
          points: int = 200) -> pd.DataFrame:
     """Median and quantiles of `metric` over runs, on a common grid of `x`.
 
-    Each run is interpolated (step-wise, last value carried) on the grid so that runs
-    logged at different times or oracle counts can be combined.
+    Each run is interpolated linearly on the grid (NaN outside its own range, except that
+    on the iteration axis a finished run keeps its last value) so that runs logged at
+    different times or oracle counts can be combined.
     """
     runs = [g.sort_values(x) for _, g in frame.groupby("run_id")]
     lo = min(float(r[x].min()) for r in runs)
@@ -24,9 +25,7 @@ def band(frame: pd.DataFrame, x: str, metric: str, quantiles: tuple[float, float
     values = []
     for r in runs:
         xs, ys = r[x].to_numpy(float), r[metric].to_numpy(float)
-        idx = np.searchsorted(xs, grid, side="right") - 1
-        v = np.where(idx >= 0, ys[np.clip(idx, 0, len(ys) - 1)], np.nan)
-        v[grid > xs[-1]] = np.nan if x != "iter" else ys[-1]
+        v = np.interp(grid, xs, ys, left=np.nan, right=ys[-1] if x == "iter" else np.nan)
         values.append(v)
     stack = np.vstack(values)
     with np.errstate(all="ignore"):
@@ -60,8 +59,12 @@ def plot_metrics(frame: pd.DataFrame, metrics: Sequence[str], path: str | Path, 
     missing = [m for m in metrics if m not in frame.columns]
     if missing:
         raise ValueError(f"Invalid metric: {missing[0]!r} (columns present: {', '.join(sorted(frame.columns))})")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    ncols = min(len(metrics), 2 if len(metrics) == 4 else 3)
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
         for name, sub in frame.groupby(group, sort=True):
             data = sub.dropna(subset=[metric])
             if data.empty:

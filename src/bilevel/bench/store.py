@@ -60,3 +60,41 @@ def write_json_atomic(obj: Any, path: str | Path) -> Path:
 def final_rows(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """The last logged row of each run (grouped by `by`)."""
     return frame.sort_values("iter").groupby(by, as_index=False).tail(1)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracy- and AUC-like metrics are maximised; everything else is minimised."""
+    return any(word in metric for word in ("accuracy", "auc"))
+
+
+def select_best(frame: pd.DataFrame, metric: str, mode: str | None = None) -> pd.DataFrame:
+    """Per (problem, method), keep the runs of the hyperparameter configuration whose final
+    `metric`, as a median over seeds, is best (max for accuracy-like metrics unless mode says)."""
+    if metric not in frame.columns:
+        raise ValueError(f"Invalid metric: {metric!r} (columns present: {', '.join(sorted(frame.columns))})")
+    mode = mode or ("max" if higher_is_better(metric) else "min")
+    if mode not in ("min", "max"):
+        raise ValueError(f"Invalid mode: {mode!r} (expected 'min' or 'max')")
+    keys = ["problem", "problem_args", "method"]
+    last = final_rows(frame, ["run_id"])
+    scores = last.groupby(keys + ["config"], dropna=False)[metric].median().reset_index()
+    best = scores.loc[scores.groupby(keys, dropna=False)[metric].idxmax() if mode == "max"
+                      else scores.groupby(keys, dropna=False)[metric].idxmin()]
+    return frame.merge(best[keys + ["config"]], on=keys + ["config"])
+
+
+def summary_table(frame: pd.DataFrame, metrics: list[str]) -> list[dict[str, Any]]:
+    """One row per (problem, method, configuration): runs, and mean ± std over seeds of each
+    metric's final value."""
+    last = final_rows(frame, ["run_id"])
+    rows = []
+    for (problem, args, method, config), sub in last.groupby(["problem", "problem_args", "method", "config"],
+                                                            sort=True, dropna=False):
+        row: dict[str, Any] = {"problem": problem + ("" if args in ("{}", None) else f" {args}"),
+                               "method": method, "config": config, "runs": len(sub)}
+        for m in metrics:
+            if m in sub:
+                values = sub[m].astype(float)
+                row[m] = f"{values.mean():.4g} ± {values.std(ddof=1):.2g}" if len(values) > 1 else f"{values.iloc[0]:.4g}"
+        rows.append(row)
+    return rows

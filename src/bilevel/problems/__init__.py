@@ -4,13 +4,17 @@ from __future__ import annotations
 from typing import Callable
 
 from ..problem import BilevelProblem
+from .hyper_cleaning import hyper_cleaning
 from .synthetic import coreset, quadratic, synthetic_nc, synthetic_sc
+from .toy_cleaning import toy_cleaning
 
 PROBLEMS: dict[str, Callable[..., BilevelProblem]] = {
     "synthetic-sc": synthetic_sc,
     "synthetic-nc": synthetic_nc,
     "coreset": coreset,
     "quadratic": quadratic,
+    "hyper-cleaning": hyper_cleaning,
+    "toy-cleaning": toy_cleaning,
 }
 
-__all__ = ["PROBLEMS", "coreset", "quadratic", "synthetic_nc", "synthetic_sc"]
+__all__ = ["PROBLEMS", "coreset", "hyper_cleaning", "quadratic", "synthetic_nc", "synthetic_sc", "toy_cleaning"]

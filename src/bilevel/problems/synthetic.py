@@ -38,6 +38,15 @@ def _matrix_with_condition(n: int, cond: float, gen: torch.Generator) -> Tensor:
     return u @ torch.diag(s) @ v.T
 
 
+def _synthetic_data(dim: int, cond: float, seed: int, device: Any, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """H (cond(H) = cond), c, d, x0, y0 of appendix C, drawn from `seed`."""
+    _check_dim("dim", dim)
+    gen = _generator(seed)
+    H = _matrix_with_condition(dim, cond, gen)
+    c, d, x0, y0 = (torch.randn(dim, generator=gen, dtype=torch.float64) for _ in range(4))
+    return tuple(t.to(device=device, dtype=dtype) for t in (H, c, d, x0, y0))
+
+
 def _upper(c: Tensor, d: Tensor):
     """f(x, y) = sin(c^T x + d^T y) + log(||x + y||^2 + 1)."""
     def f(x: Tensor, y: Tensor) -> Tensor:
@@ -55,12 +64,7 @@ def synthetic_sc(dim: int = 20, cond: float = 10.0, seed: int = 0, *, device: An
     F(x, y) = grad_x f + H^{-T} grad_y f (eq. 1, here in closed form) is the metric
     `hypergradient_norm`; `distance_to_lower` is ||y - y*(x)||.
     """
-    _check_dim("dim", dim)
-    gen = _generator(seed)
-    H = _matrix_with_condition(dim, cond, gen)
-    c, d = torch.randn(dim, generator=gen, dtype=torch.float64), torch.randn(dim, generator=gen, dtype=torch.float64)
-    x0, y0 = torch.randn(dim, generator=gen, dtype=torch.float64), torch.randn(dim, generator=gen, dtype=torch.float64)
-    H, c, d, x0, y0 = (t.to(device=device, dtype=dtype) for t in (H, c, d, x0, y0))
+    H, c, d, x0, y0 = _synthetic_data(dim, cond, seed, device, dtype)
     f = _upper(c, d)
 
     def g(x: Tensor, y: Tensor) -> Tensor:
@@ -87,12 +91,7 @@ def synthetic_nc(dim: int = 20, cond: float = 10.0, seed: int = 0, *, device: An
     stationarity residual at the least-squares multiplier (||Delta|| of the paper's
     Fig. 4), and `h`.
     """
-    _check_dim("dim", dim)
-    gen = _generator(seed)
-    H = _matrix_with_condition(dim, cond, gen)
-    c, d = torch.randn(dim, generator=gen, dtype=torch.float64), torch.randn(dim, generator=gen, dtype=torch.float64)
-    x0, y0 = torch.randn(dim, generator=gen, dtype=torch.float64), torch.randn(dim, generator=gen, dtype=torch.float64)
-    H, c, d, x0, y0 = (t.to(device=device, dtype=dtype) for t in (H, c, d, x0, y0))
+    H, c, d, x0, y0 = _synthetic_data(dim, cond, seed, device, dtype)
     f = _upper(c, d)
 
     def g(x: Tensor, y: Tensor) -> Tensor:

@@ -1,7 +1,9 @@
 """SOLVERS: name -> solver class, one import line per solver."""
 from __future__ import annotations
 
+from .aid_bio import AIDBiO
 from .base import Solver, State
+from .bome import BOME
 from .f2ba import F2BA
 from .hjfbio import HJFBiO
 from .iaptt_gm import IAPTTGM
@@ -9,6 +11,6 @@ from .meha import MEHA
 from .pgdqp import PGDQP
 from .sgf import SGF
 
-SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (PGDQP, SGF, IAPTTGM, MEHA, F2BA, HJFBiO)}
+SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (PGDQP, SGF, BOME, AIDBiO, IAPTTGM, MEHA, F2BA, HJFBiO)}
 
-__all__ = ["F2BA", "HJFBiO", "IAPTTGM", "MEHA", "PGDQP", "SGF", "SOLVERS", "Solver", "State"]
+__all__ = ["AIDBiO", "BOME", "F2BA", "HJFBiO", "IAPTTGM", "MEHA", "PGDQP", "SGF", "SOLVERS", "Solver", "State"]

@@ -46,6 +46,9 @@ class Solver(abc.ABC):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    # True when the solver touches the problem only through the oracle, so that it runs
+    # data-parallel (solve(..., distributed=True)); False makes such a run a clear error.
+    supports_distributed: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.validate()

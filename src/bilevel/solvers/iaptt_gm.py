@@ -41,7 +41,7 @@ class IAPTTGM(Solver):
 
     Cost per iteration: T gradients of g with graph, T values of f, one gradient of f,
     p* second-order products (the backward), plus one value of f and one gradient of g
-    for the diagnostics at (x, y).
+    for the diagnostics at (x, y). Not data-parallel (`supports_distributed = False`).
 
     Args:
         step_size: the step on x. Default 0.1.
@@ -67,6 +67,9 @@ class IAPTTGM(Solver):
     inner_step_size: float = 0.1
 
     name: ClassVar[str] = "iaptt_gm"
+    # the unrolled backward (Oracle.unrolled_grad) differentiates the local g through T
+    # steps; summing it over ranks would need a reduce inside every step's reverse pass
+    supports_distributed: ClassVar[bool] = False
     summary: ClassVar[str] = "unrolled GD from a learned start, pessimistic truncation (Liu et al. 2021)"
 
     def validate(self) -> None:

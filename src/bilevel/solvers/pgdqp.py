@@ -43,6 +43,7 @@ class PGDQPState(State):
     lipschitz_f: float = math.nan
     lipschitz_h: float = math.nan
     gamma0: float = math.nan          # the step size (before any decay)
+    velocity: tuple | None = None     # heavy-ball memory (x, y) when momentum > 0
     alpha0: float = math.nan
 
 
@@ -67,12 +68,15 @@ class PGDQP(Solver):
             rho="warm": alpha = K^(-1/6), gamma = min(K^(-2/3), 1/L_f); K = max_iter and
             L_f, L_h estimated by power iteration with Hessian-vector products at the start
             unless given.
-        "diminishing" (default): gamma_k = step_size / (1 + k / decay) with
-            step_size = 1/L_f by default, and alpha_k = feasibility / (gamma_k L_h).
-            With a fixed gamma the iterates hover at a distance O(gamma) from the solution
-            because grad h vanishes on the lower-level solution set; keeping the
-            feasibility step gamma alpha near 1/L_h (a gradient step on h) and letting
-            gamma decay removes that floor.
+        "diminishing" (default, practical): gamma_k = step_size / (1 + k / decay) with
+            step_size = 1/L_f by default; alpha_k = feasibility / (gamma_k L_h), so that
+            where the constraint is active the step is a projected gradient step on f plus
+            a gradient step of fixed length feasibility / L_h on h; and heavy-ball
+            momentum 0.9 on the whole step. With a fixed gamma the iterates hover at a
+            distance O(gamma) from the solution (grad h vanishes on the lower-level
+            solution set while lambda grows); the decaying gamma removes that floor and
+            the fixed feasibility step keeps h falling. Measured (benchmarks/RESULTS.md):
+            on closed-form quadratics 20000 iterations land within about 1e-3 of x*.
 
     Args:
         step_size: gamma (the step on x; also on y unless lower_step_size). Default per schedule.
@@ -82,8 +86,10 @@ class PGDQP(Solver):
         lower_step_size: a separate step on y; the QP then uses the matching metric
             D = diag(I, lower_step_size / step_size), which keeps the constraint's
             guarantee. Default None (same step).
-        decay: iterations over which gamma halves in "diminishing". Default 1000.
+        decay: in "diminishing", gamma has halved after this many iterations. Default 10.
         feasibility: gamma alpha L_h in "diminishing". Default 0.5.
+        momentum: heavy-ball coefficient. Default 0.9 for "diminishing", 0 otherwise
+            (Algorithm 1 as written).
         lipschitz_f, lipschitz_h: L_f and L_h; estimated when None.
         power_iters: power iterations for those estimates. Default 20.
         warm_start_steps: gradient steps on g(x0, .) for rho="warm". Default 1000.
@@ -106,13 +112,14 @@ class PGDQP(Solver):
     rho: str = "grad"
     schedule: str = "diminishing"
     lower_step_size: float | None = None
-    decay: float = 1000.0
+    decay: float = 10.0
     feasibility: float = 0.5
     lipschitz_f: float | None = None
     lipschitz_h: float | None = None
     power_iters: int = 20
     warm_start_steps: int = 1000
     warm_start_tol: float = 1e-10
+    momentum: float | None = None
 
     name: ClassVar[str] = "pgdqp"
     summary: ClassVar[str] = "perturbed gradient descent with a closed-form convex QP step (seed, Alg. 1)"
@@ -125,6 +132,8 @@ class PGDQP(Solver):
         check_positive(self, "warm_start_tol", allow_zero=True)
         check_int(self, "power_iters")
         check_int(self, "warm_start_steps", minimum=0)
+        if self.momentum is not None and not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise ValueError(f"Invalid momentum: {self.momentum!r} (expected a number in [0, 1) or None)")
         if self.schedule == "theorem" and (self.step_size is not None or self.alpha is not None):
             raise ValueError(f"Invalid step_size/alpha: {self.step_size!r}/{self.alpha!r} with schedule='theorem' "
                              "(the theorem sets both from max_iter; use schedule='constant' to set them)")
@@ -162,6 +171,11 @@ class PGDQP(Solver):
         return PGDQPState(x=x, y=y, h0=h0, lipschitz_f=lf, lipschitz_h=lh, gamma0=gamma, alpha0=alpha)
 
     # ----- one iteration ------------------------------------------------------------------
+    def _momentum(self) -> float:
+        if self.momentum is not None:
+            return self.momentum
+        return 0.9 if self.schedule == "diminishing" else 0.0
+
     def _parameters(self, state: PGDQPState) -> tuple[float, float]:
         if self.schedule != "diminishing":
             return state.gamma0, state.alpha0
@@ -180,17 +194,20 @@ class PGDQP(Solver):
         # KKT residual of Definition 2.4 with nu = 2 lambda grad_y g (grad h = 2 J^T grad_y g)
         rx, ry = fx + lam * hx, fy + lam * hy
         info = {"f": f, "g": g, "h": h, "kkt_stationarity": inner(rx, rx) + inner(ry, ry),
-                "kkt_feasibility": h, "lambda": lam}
+                "kkt_feasibility": h, "lambda": lam, "step_size": torch.tensor(gamma, dtype=torch.float64),
+                "alpha": torch.as_tensor(alpha, dtype=torch.float64)}
         return dx, dy, 2 * lam * gy, info
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> PGDQPState:
         gamma, alpha = self._parameters(state)
         dx, dy, nu, info = self._direction(oracle, state, gamma, alpha)
-        info["step_size"] = torch.tensor(gamma)
-        info["alpha"] = torch.tensor(alpha)
-        x = problem.project_x(state.x + gamma * dx)
-        y = problem.project_y(state.y + gamma * dy)
-        return replace(state, x=x, y=y, k=state.k + 1, info=info, nu=nu)
+        vx, vy = gamma * dx, gamma * dy
+        momentum = self._momentum()
+        if momentum > 0 and state.velocity is not None:
+            vx, vy = vx + momentum * state.velocity[0], vy + momentum * state.velocity[1]
+        x = problem.project_x(state.x + vx)
+        y = problem.project_y(state.y + vy)
+        return replace(state, x=x, y=y, k=state.k + 1, info=info, nu=nu, velocity=(x - state.x, y - state.y))
 
     def diagnose(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> dict[str, Tensor]:
         gamma, alpha = self._parameters(state)

@@ -1,0 +1,33 @@
+"""Write a named section of a Markdown report (benchmarks/RESULTS.md), replacing an older copy."""
+from __future__ import annotations
+
+import platform
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+
+def machine() -> str:
+    """A one-line description of this machine for result tables."""
+    import os
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def command() -> str:
+    """The command line that is running, for result tables."""
+    return "python " + " ".join(sys.argv)
+
+
+def update_section(path: str | Path, key: str, markdown: str) -> Path:
+    """Put `markdown` between `<!-- key -->` markers in `path`, replacing what was there."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else "# Measured results\n"
+    start, end = f"<!-- {key} -->", f"<!-- /{key} -->"
+    block = f"{start}\n{markdown.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    return path

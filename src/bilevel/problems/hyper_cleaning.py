@@ -1,0 +1,229 @@
+"""Data hyper-cleaning (the seed paper's section 5): learn per-sample weights of a corrupted
+training set so that a classifier trained on the weighted set does well on clean validation data.
+
+    min_x  (1/N_val) sum_{val} CE(model_y(a_i), b_i)
+    s.t.   y in argmin_y (1/N_tr) sum_{train} sigmoid(x_i) CE(model_y(a_i), b~_i) + wd ||y||^2
+
+x in R^{N_tr} (one weight per training sample, each sample weighted by its own x_i), y the
+classifier: a linear map (d x 10, no bias) or a one-hidden-layer ReLU network whose
+parameters travel as one flat vector.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import datasets
+from ..distributed import check_shard, shard_range
+from ..flat import FlatModule
+from ..oracles import Oracle
+from ..problem import BilevelProblem
+
+NUM_CLASSES = 10
+DEFAULT_SPLITS = {"mnist5k": (2000, 1000, 2000)}
+FULL_SPLITS = (20000, 5000, 10000)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"Invalid {name}: {value!r} (expected an integer >= {minimum})")
+
+
+class Classifier:
+    """logits(y, features) for the linear model (y of shape (d, 10)) or the MLP (flat y)."""
+
+    def __init__(self, model: str, n_features: int, hidden: int, generator: torch.Generator):
+        self.model = model
+        if model == "linear":
+            self.y0 = torch.zeros(n_features, NUM_CLASSES)
+            self.net = None
+        else:
+            torch_state = torch.random.get_rng_state()
+            torch.manual_seed(int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator)))
+            module = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, NUM_CLASSES))
+            torch.random.set_rng_state(torch_state)
+            self.net = FlatModule(module)
+            self.y0 = self.net.flatten()
+
+    def __call__(self, y: Tensor, features: Tensor) -> Tensor:
+        return features @ y if self.net is None else self.net(y, features)
+
+    def to(self, device: Any, dtype: torch.dtype) -> "Classifier":
+        self.y0 = self.y0.to(device=device, dtype=dtype)
+        if self.net is not None:
+            self.net.module.to(device=device, dtype=dtype)
+        return self
+
+
+def weighted_loss(classifier: Classifier, y: Tensor, features: Tensor, labels: Tensor, weights: Tensor,
+                  weight_decay: float, n_total: int | None = None) -> Tensor:
+    """(1/N) sum_i weights_i CE_i(y) + weight_decay ||y||^2, each sample weighted by its own weight.
+
+    N = n_total when the samples are one rank's shard of n_total (default: len(labels)).
+    """
+    per_sample = F.cross_entropy(classifier(y, features), labels, reduction="none")
+    if per_sample.shape != weights.shape:
+        raise ValueError(f"Invalid weights: shape {tuple(weights.shape)} (expected {tuple(per_sample.shape)}, "
+                         f"one weight per sample)")
+    return (weights * per_sample).sum() / (n_total or len(labels)) + weight_decay * (y ** 2).sum()
+
+
+def train(classifier: Classifier, features: Tensor, labels: Tensor, weights: Tensor, weight_decay: float,
+          steps: int) -> Tensor:
+    """Minimise the weighted loss over y from the classifier's initial y0 by L-BFGS (deterministic)."""
+    oracle = Oracle(lambda x, y: (y ** 2).sum(),
+                    lambda x, y: weighted_loss(classifier, y, features, labels, weights, weight_decay))
+    dummy = torch.zeros(1, dtype=features.dtype, device=features.device)
+    y = classifier.y0.clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([y], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-7, tolerance_change=1e-10)
+
+    def closure() -> Tensor:
+        value, _, gy = oracle.grad_g(dummy, y.detach())
+        y.grad = gy
+        return value
+
+    optimizer.step(closure)
+    return y.detach()
+
+
+def accuracy(classifier: Classifier, y: Tensor, features: Tensor, labels: Tensor) -> float:
+    """Fraction of samples whose arg-max logit is the label."""
+    with torch.no_grad():
+        return float((classifier(y, features).argmax(dim=1) == labels).to(torch.float64).mean())
+
+
+def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | None = None,
+                   corruption: float = 0.25, n_train: int | None = None, n_val: int | None = None,
+                   n_test: int | None = None, seed: int = 0, *, hidden: int = 50, weight_decay: float = 1e-3,
+                   corruption_model: str = "uniform", data_dir: str | None = None, download: bool = False,
+                   retrain_steps: int = 100, rank: int = 0, world_size: int = 1, device: Any = None,
+                   dtype: torch.dtype = torch.float32) -> BilevelProblem:
+    """Data hyper-cleaning on MNIST-type data.
+
+    Args:
+        dataset: "mnist5k" (embedded 5000-image sample, default), "mnist" or "fashion-mnist".
+        model: "linear" (y is d x 10, no bias) or "mlp" (one hidden ReLU layer, flat y).
+        pca: number of principal components (fitted on the training split only), or None
+            for the raw 784 pixels. The paper's low-dimensional setting uses 82.
+        corruption: fraction of training labels corrupted. Default 0.25.
+        n_train, n_val, n_test: split sizes; default 2000/1000/2000 on mnist5k and
+            20000/5000/10000 otherwise. The split is a seeded shuffle.
+        seed: seeds the split, the corruption and the MLP's initial parameters.
+        hidden: hidden width of the MLP. Default 50.
+        weight_decay: the lower level's ||y||^2 weight. Default 0.001.
+        corruption_model: "uniform" (a random wrong label) or "permutation" (whole classes
+            relabelled, as the seed's authors did).
+        data_dir, download: where the IDX files are (see `bilevel.datasets.load`).
+        retrain_steps: L-BFGS iterations of the retraining behind `retrained_accuracy`.
+        rank, world_size: for data-parallel runs (`solve(..., distributed=True)`): f and g
+            are this rank's parts, over its blocks `bilevel.distributed.shard_range` of the
+            training and validation splits, of sums over ranks (scaled by the full split
+            sizes; weight decay on rank 0). x, y and the metrics stay whole. Default 0, 1.
+        device, dtype: where the data live (placed once). Default CPU, float32.
+
+    The problem's `info` records the split sizes, the corruption rate and model, and the
+    corrupted-sample mask (True where the label was changed). Its `metrics` report
+    `val_loss`, `test_accuracy` (of the running y), `corruption_auc` (ROC AUC of x as a score
+    of cleanliness) and `retrained_accuracy` (test accuracy of a classifier retrained from
+    its initial parameters with the learned weights sigmoid(x) fixed: the value of the
+    bilevel objective that the running y's accuracy does not show).
+
+    Example:
+        >>> problem = hyper_cleaning(pca=82, seed=1)
+        >>> problem.info["n_train"], problem.info["corrupted_mask"].float().mean().item()
+        (2000, 0.25)
+    """
+    if model not in ("linear", "mlp"):
+        raise ValueError(f"Invalid model: {model!r} (expected 'linear' or 'mlp')")
+    if pca is not None:
+        _check_int("pca", pca, 1)
+    _check_int("hidden", hidden, 1)
+    _check_int("retrain_steps", retrain_steps, 1)
+    _check_int("seed", seed, 0)
+    check_shard(rank, world_size)
+    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+        raise ValueError(f"Invalid weight_decay: {weight_decay!r} (expected a number >= 0)")
+    images, labels = datasets.load(dataset, data_dir=data_dir, download=download)
+    sizes = list(DEFAULT_SPLITS.get(dataset, FULL_SPLITS))
+    for i, (name, value) in enumerate((("n_train", n_train), ("n_val", n_val), ("n_test", n_test))):
+        if value is not None:
+            _check_int(name, value, 1)
+            sizes[i] = value
+    if sum(sizes) > len(labels):
+        raise ValueError(f"Invalid n_train/n_val/n_test: {sizes} (they add up to {sum(sizes)}, but {dataset!r} "
+                         f"has {len(labels)} samples)")
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=gen).numpy()
+    parts = np.split(order[: sum(sizes)], np.cumsum(sizes)[:-1])
+    features = [images[idx] for idx in parts]
+    if pca is not None:
+        if pca > min(sizes[0], images.shape[1]):
+            raise ValueError(f"Invalid pca: {pca} (expected at most min(n_train, {images.shape[1]}))")
+        from sklearn.decomposition import PCA
+        projection = PCA(n_components=pca, random_state=seed).fit(features[0])   # training split only
+        features = [projection.transform(a).astype(np.float32) for a in features]
+    a_tr, a_val, a_te = (torch.as_tensor(a, dtype=dtype, device=device) for a in features)
+    b_tr, b_val, b_te = (torch.as_tensor(labels[idx]) for idx in parts)
+    b_noisy, corrupted = datasets.corrupt_labels(b_tr, corruption, NUM_CLASSES, gen, corruption_model)
+    b_noisy, b_val, b_te, b_tr = (t.to(device) for t in (b_noisy, b_val, b_te, b_tr))
+    classifier = Classifier(model, a_tr.shape[1], hidden, gen).to(device, dtype)
+
+    tr, va = shard_range(sizes[0], rank, world_size), shard_range(sizes[1], rank, world_size)
+
+    def f(x: Tensor, y: Tensor) -> Tensor:
+        if world_size == 1:
+            return F.cross_entropy(classifier(y, a_val), b_val)
+        return F.cross_entropy(classifier(y, a_val[va]), b_val[va], reduction="sum") / sizes[1]
+
+    def g(x: Tensor, y: Tensor) -> Tensor:
+        return weighted_loss(classifier, y, a_tr[tr], b_noisy[tr], torch.sigmoid(x[tr]),
+                             weight_decay if rank == 0 else 0.0, n_total=sizes[0])
+
+    clean = (~corrupted).numpy()
+
+    def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
+        from sklearn.metrics import roc_auc_score
+        retrained = train(classifier, a_tr, b_noisy, torch.sigmoid(x), weight_decay, retrain_steps)
+        return {"val_loss": float(F.cross_entropy(classifier(y, a_val), b_val)),
+                "test_accuracy": accuracy(classifier, y, a_te, b_te),
+                "corruption_auc": float(roc_auc_score(clean, x.detach().cpu().numpy())) if 0 < clean.sum() < len(clean)
+                else float("nan"),
+                "retrained_accuracy": accuracy(classifier, retrained, a_te, b_te)}
+
+    x0 = torch.zeros(sizes[0], dtype=dtype, device=device)
+    info = {"dataset": dataset, "model": model, "pca": pca, "n_features": a_tr.shape[1], "n_train": sizes[0],
+            "n_val": sizes[1], "n_test": sizes[2], "corruption": corruption, "corruption_model": corruption_model,
+            "corrupted_mask": corrupted, "seed": seed, "weight_decay": weight_decay, "hidden": hidden,
+            "rank": rank, "world_size": world_size,
+            "_data": {"classifier": classifier, "train": (a_tr, b_noisy, b_tr), "val": (a_val, b_val),
+                      "test": (a_te, b_te), "retrain_steps": retrain_steps}}
+    name = f"hyper-cleaning ({dataset}, {model}{', pca ' + str(pca) if pca else ''})"
+    problem = BilevelProblem(f, g, x0, classifier.y0.clone(), metrics=metrics, name=name, info=info)
+    info["reference_lines"] = lambda: reference_lines(problem)
+    return problem
+
+
+def reference_lines(problem: BilevelProblem) -> dict[str, dict[str, float]]:
+    """The reference accuracies as plot lines for the accuracy metrics."""
+    refs = reference_accuracies(problem)
+    return {"test_accuracy": refs, "retrained_accuracy": refs}
+
+
+def reference_accuracies(problem: BilevelProblem) -> dict[str, float]:
+    """Test accuracy of the classifier trained on the corrupted training set (every weight
+    sigmoid(0) = 1/2, the start x0 = 0), on the validation set only, and on the clean training
+    samples only (weight 1 on clean, 0 on corrupted: an oracle), for reference lines."""
+    data = problem.info["_data"]
+    classifier, steps, wd = data["classifier"], data["retrain_steps"], problem.info["weight_decay"]
+    (a_tr, b_noisy, _), (a_val, b_val), (a_te, b_te) = data["train"], data["val"], data["test"]
+    clean = (~problem.info["corrupted_mask"]).to(a_tr.device, a_tr.dtype)
+    runs = {"train on corrupted set": (a_tr, b_noisy, torch.full_like(clean, 0.5)),
+            "train on validation only": (a_val, b_val, torch.ones(len(b_val), dtype=a_tr.dtype, device=a_tr.device)),
+            "train on clean samples (oracle)": (a_tr, b_noisy, clean)}
+    return {label: accuracy(classifier, train(classifier, a, b, w, wd, steps), a_te, b_te)
+            for label, (a, b, w) in runs.items()}

@@ -1,0 +1,85 @@
+"""bome: bilevel optimization made easy (a first-order value-function method)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import torch
+
+from ..oracles import Oracle, inner
+from ..problem import BilevelProblem
+from .base import Solver, State, check_choice, check_int, check_positive
+
+
+@dataclass(frozen=True)
+class BOME(Solver):
+    """BOME: a first-order method on the value-function constraint q(x, y) <= 0.
+
+        y_hat = T steps of y_hat <- y_hat - inner_step_size grad_y g(x, y_hat), from y_hat = y
+        q(x, y) = g(x, y) - g(x, y_hat)              (y_hat held fixed)
+        grad q = (grad_x g(x, y) - grad_x g(x, y_hat), grad_y g(x, y))
+        lambda = [ phi - <grad f, grad q> ]_+ / (||grad q||^2 + 1e-8)
+        x <- x - step_size (grad_x f + lambda grad_x q)
+        y <- y - lower_step_size (grad_y f + lambda grad_y q)
+
+    with phi = eta ||grad q||^2 (phi="grad", the paper's toy problems) or phi = eta q
+    (phi="value", its data-cleaning variant, eta the paper's u1).
+
+    Cost per step: T + 1 gradients of g (the one at (x, y) serves both grad q and the
+    first inner step; one more grad_x g at y_hat), one gradient of f, no second-order products.
+
+    Args:
+        step_size: the step on x (and on y unless lower_step_size). Default 0.05 (the
+            paper's coreset setting).
+        lower_step_size: a separate step on y (the paper's data-cleaning runs use an upper
+            step of 10 to 1000 and a lower step of 0.01). Default None (same as step_size).
+        inner_steps: T. Default 10.
+        inner_step_size: the inner step on y_hat. Default 0.05.
+        eta: the multiplier of phi. Default 0.5.
+        phi: "grad" or "value". Default "grad".
+
+    References:
+        Liu, Ye, Wright, Stone, Liu. BOME! Bilevel Optimization Made Easy: A Simple
+        First-Order Approach. NeurIPS 2022.
+    """
+
+    step_size: float = 0.05
+    lower_step_size: float | None = None
+    inner_steps: int = 10
+    inner_step_size: float = 0.05
+    eta: float = 0.5
+    phi: str = "grad"
+
+    name: ClassVar[str] = "bome"
+    summary: ClassVar[str] = "first-order value-function method, T inner steps (Liu et al. 2022)"
+
+    def validate(self) -> None:
+        check_positive(self, "step_size", "inner_step_size")
+        check_positive(self, "lower_step_size", allow_none=True)
+        check_positive(self, "eta", allow_zero=True)
+        check_int(self, "inner_steps")
+        check_choice(self, "phi", ("grad", "value"))
+
+    def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int, generator: torch.Generator) -> State:
+        return State(x=problem.x0, y=problem.y0)
+
+    def step(self, problem: BilevelProblem, oracle: Oracle, state: State) -> State:
+        x, y = state.x, state.y
+        f, fx, fy = oracle.grad_f(x, y)
+        g, gx, gy = oracle.grad_g(x, y)
+        y_hat = problem.project_y(y - self.inner_step_size * gy)
+        for _ in range(self.inner_steps - 1):
+            y_hat = problem.project_y(y_hat - self.inner_step_size * oracle.grad_g_y(x, y_hat))
+        qx, qy = gx - oracle.grad_g_x(x, y_hat), gy
+        qq = inner(qx, qx) + inner(qy, qy)
+        if self.phi == "grad":
+            phi = self.eta * qq
+        else:
+            phi = self.eta * (g - oracle.g(x, y_hat))
+        lam = torch.clamp(phi - inner(fx, qx) - inner(fy, qy), min=0) / (qq + 1e-8)
+        h = inner(gy, gy)
+        info = {"f": f, "g": g, "h": h, "kkt_feasibility": h, "lambda": lam}
+        x_new = problem.project_x(x - self.step_size * (fx + lam * qx))
+        y_step = self.step_size if self.lower_step_size is None else self.lower_step_size
+        y_new = problem.project_y(y - y_step * (fy + lam * qy))
+        return replace(state, x=x_new, y=y_new, k=state.k + 1, info=info)

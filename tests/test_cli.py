@@ -1,0 +1,62 @@
+"""The command line: list, run and compare write what they say, and errors are one clear line."""
+import json
+
+import pandas as pd
+import pytest
+
+from bilevel.bench.cli import main, parse_value
+
+
+def test_parse_value():
+    assert parse_value("0.1") == 0.1 and parse_value("1e-3") == 1e-3 and parse_value("10") == 10
+    assert parse_value("true") is True and parse_value("none") is None and parse_value("grad") == "grad"
+
+
+def test_list_names_solvers_and_problems(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("pgdqp", "sgf", "synthetic-sc", "synthetic-nc", "coreset"):
+        assert name in out
+
+
+def test_run_writes_history_and_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "--problem", "coreset", "--method", "pgdqp", "--max-iter", "300", "--log-every", "50",
+                 "--set", "schedule=constant", "--set", "step_size=0.05", "--out", str(out), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| pgdqp |" in printed and "COMPLETED" in printed
+    history = pd.read_parquet(out / "history.parquet")
+    assert list(history["iter"]) == [0, 50, 100, 150, 200, 250, 300]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["options"] == {"schedule": "constant", "step_size": 0.05}
+    assert summary["status"] == "COMPLETED" and summary["provenance"]["torch_version"]
+    assert summary["final"]["upper_objective"] == pytest.approx(history["upper_objective"].iloc[-1])
+
+
+def test_compare_writes_tidy_table_and_plot(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", "--problem", "coreset", "--methods", "pgdqp,sgf", "--seeds", "2",
+                 "--max-iter", "100", "--log-every", "20", "--out", str(out), "--x", "oracle_calls"])
+    assert code == 0
+    frame = pd.read_parquet(out / "results.parquet")
+    assert set(frame["method"]) == {"pgdqp", "sgf"} and set(frame["seed"]) == {0, 1}
+    assert len(frame) == 2 * 2 * 6                       # methods x seeds x logged rows
+    assert (out / "compare_oracle_calls.png").stat().st_size > 10_000
+    assert "| sgf |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--problem", "corset", "--method", "pgdqp"], "Invalid --problem: 'corset'.*did you mean 'coreset'"),
+    (["run", "--problem", "coreset", "--method", "pgdqp", "--set", "step_size"], "Invalid --set: 'step_size'"),
+    (["run", "--problem", "coreset", "--method", "pgdqp", "--set", "stepsize=1"], "Invalid option for pgdqp: 'stepsize'"),
+    (["run", "--problem", "coreset", "--method", "pgdqp", "--problem-arg", "size=3"], "Invalid --problem-arg for coreset: 'size'"),
+    (["compare", "--problem", "coreset", "--methods", "pgdqp,bomee", "--out", "x"], "Invalid --methods entry: 'bomee'"),
+    (["compare", "--problem", "coreset", "--methods", "pgdqp", "--set", "sgf.alpha=1", "--out", "x"], "Invalid --set: 'sgf.alpha'"),
+])
+def test_errors_are_one_line_with_exit_status_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bilevel: error: ")
+    import re
+    assert re.search(message, err), err

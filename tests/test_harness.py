@@ -1,0 +1,130 @@
+"""The sweep harness: config checks, grid expansion, executors, crash-safe resume, plots and tables."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from bilevel.bench.cli import main
+from bilevel.bench.sweep import ConfigError, check_config, expand, load_config, read_manifest, read_results, run_sweep
+
+BASE = {"max_iter": 30, "log_every": 10, "seeds": 2, "problems": {"coreset": {}},
+        "methods": {"pgdqp": {"schedule": ["constant", "diminishing"]}, "sgf": {}}}
+
+
+def write(tmp_path, config, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False) if isinstance(config, dict) else config)
+    return path
+
+
+BAD = [
+    ({**BASE, "max_iters": 3}, r"unknown key 'max_iters'.*did you mean 'max_iter'"),
+    ({**BASE, "max_iter": "10"}, r"max_iter .*'10' \(expected int\)"),
+    ({**BASE, "max_iter": 0}, r"max_iter .*0 \(expected >= 1\)"),
+    ({**BASE, "seeds": [0, "a"]}, r"seeds .*expected a list of integers"),
+    ({k: v for k, v in BASE.items() if k != "methods"}, r"missing key 'methods'"),
+    ({**BASE, "methods": {"pgdq": {}}}, r"methods.pgdq .*'pgdq' is not a solver; did you mean 'pgdqp'"),
+    ({**BASE, "methods": {"pgdqp": {"stepsize": 1}}}, r"methods.pgdqp.stepsize .*did you mean 'step_size'"),
+    ({**BASE, "methods": {"pgdqp": {"step_size": [0.1, -1.0]}}}, r"Invalid step_size: -1.0"),
+    ({**BASE, "problems": {"corset": {}}}, r"problems.corset .*did you mean 'coreset'"),
+    ({**BASE, "problems": {"coreset": {"n_point": 3}}}, r"problems.coreset.n_point .*did you mean 'n_points'"),
+    ({**BASE, "plot": {"metric": ["h"]}}, r"plot.metric .*did you mean 'metrics'"),
+    ("- just\n- a list\n", r"expected a mapping"),
+]
+
+
+@pytest.mark.parametrize("config, message", BAD)
+def test_bad_configs_say_where_and_suggest(tmp_path, config, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, config))
+
+
+def test_error_names_the_line(tmp_path):
+    text = "max_iter: 10\nproblems:\n  coreset: {}\nmethods:\n  pgdqp:\n    stepsize: 1\n"
+    with pytest.raises(ConfigError, match=r"c.yaml: methods.pgdqp.stepsize \(line 6\)"):
+        load_config(write(tmp_path, text))
+
+
+def test_grid_expansion_and_stable_ids():
+    runs = expand(check_config(BASE))
+    assert len(runs) == (2 + 1) * 2
+    assert len({r.run_id for r in runs}) == len(runs)
+    assert [r.run_id for r in expand(check_config(BASE))] == [r.run_id for r in runs]
+    changed = expand(check_config({**BASE, "max_iter": 31}))
+    assert not {r.run_id for r in changed} & {r.run_id for r in runs}
+
+
+def test_local_and_dask_sweeps_give_the_same_table(tmp_path):
+    config = check_config(BASE)
+    run_sweep(config, tmp_path / "local", progress=False)
+    run_sweep(config, tmp_path / "dask", dask_workers=2, progress=False)
+    cols = ["run_id", "iter", "f", "h", "upper_objective", "method", "seed", "config"]
+    a = read_results(tmp_path / "local")[cols].sort_values(["run_id", "iter"]).reset_index(drop=True)
+    b = read_results(tmp_path / "dask")[cols].sort_values(["run_id", "iter"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == 6 * 4
+
+
+def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    config = check_config({**BASE, "methods": {"pgdqp": {"schedule": "constant", "step_size": 1e30}},
+                           "problems": {"synthetic-sc": {"dim": [3, 0]}}, "seeds": 1})
+    records = run_sweep(config, tmp_path, progress=False)
+    statuses = sorted(r["status"] for r in records)
+    assert statuses == ["failed", "finished"]
+    failed = next(r for r in records if r["status"] == "failed")
+    assert "Invalid dim: 0" in failed["error"]
+    assert len(read_manifest(tmp_path)) == 2
+
+
+def test_sweep_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path):
+    config = {**BASE, "max_iter": 400, "log_every": 50, "seeds": 3,
+              "methods": {"pgdqp": {"schedule": ["constant", "diminishing"]}, "sgf": {}, "bome": {}}}
+    path = write(tmp_path, config)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "bilevel", "sweep", str(path), "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_manifest(out)) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (out / "runs").glob("*.parquet")}
+    assert 2 <= len(before) < 12, "the sweep should have been killed part way"
+    assert subprocess.run(cmd[:-1] + ["--resume", "--no-progress"], env=env, capture_output=True).returncode == 0
+    after = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (out / "runs").glob("*.parquet")}
+    assert len(after) == 12
+    assert all(after[name] == stamp for name, stamp in before.items())       # finished files untouched
+    finished = [r["run_id"] for r in read_manifest(out) if r["status"] == "finished"]
+    assert sorted(finished) == sorted(set(finished)) and len(finished) == 12  # each run exactly once
+    frame = read_results(out)
+    assert frame.groupby("run_id").size().eq(9).all()
+
+
+def test_plot_and_table_commands(tmp_path, capsys):
+    path = write(tmp_path, {**BASE, "plot": {"metrics": ["upper_objective"]}})
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["table", str(tmp_path / "o"), "--metrics", "upper_objective"]) == 0
+    table = capsys.readouterr().out
+    frame = read_results(tmp_path / "o")
+    last = frame.sort_values("iter").groupby("run_id").tail(1)
+    sgf = last[last["method"] == "sgf"]["upper_objective"]
+    assert f"| coreset | sgf | {{}} | 2 | {sgf.mean():.4g} ± {sgf.std():.2g} |" in table
+    assert main(["plot", str(tmp_path / "o"), "--metric", "upper_objective", "--x", "time"]) == 0
+    png = tmp_path / "o" / "plot_coreset_time.png"
+    assert png.stat().st_size > 10_000
+    # the best configuration of pgdqp by final upper objective is the one plotted
+    from bilevel.bench.store import select_best
+    chosen = select_best(frame, "upper_objective")
+    pg = last[last["method"] == "pgdqp"].groupby("config")["upper_objective"].median()
+    assert set(chosen[chosen["method"] == "pgdqp"]["config"]) == {pg.idxmin()}
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--no-progress"]) == 2   # no --resume
+    assert "already holds" in capsys.readouterr().err

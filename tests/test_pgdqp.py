@@ -1,0 +1,132 @@
+"""pgdqp: the QP step in closed form, the schedules, and convergence to known answers."""
+import math
+
+import pytest
+import torch
+
+from bilevel import BilevelProblem, PROBLEMS, Status, solve
+from bilevel.oracles import Oracle
+from bilevel.solvers import PGDQP
+from bilevel.solvers.pgdqp import qp_step
+
+D = torch.float64
+
+
+def test_qp_step_matches_eq8_when_the_constraint_is_active():
+    fx, fy = torch.tensor([1.0, 0.0], dtype=D), torch.tensor([0.0], dtype=D)
+    hx, hy = torch.tensor([-1.0, 0.0], dtype=D), torch.tensor([0.0], dtype=D)
+    # <grad h, grad f> = -1, alpha rho = 0.5: lambda = (1 + 0.5) / 1 = 1.5
+    dx, dy, lam = qp_step((fx, fy), (hx, hy), torch.tensor(0.5, dtype=D))
+    assert float(lam) == 1.5
+    torch.testing.assert_close(dx, torch.tensor([0.5, 0.0], dtype=D))
+    # the constraint holds with equality: <grad h, d> + alpha rho = 0
+    assert abs(float(hx @ dx + 0.5)) < 1e-15
+
+
+def test_qp_step_is_gradient_descent_when_inactive_or_grad_h_is_zero():
+    fx, fy = torch.tensor([1.0, 2.0], dtype=D), torch.tensor([3.0], dtype=D)
+    hx, hy = torch.tensor([1.0, 1.0], dtype=D), torch.tensor([1.0], dtype=D)
+    dx, dy, lam = qp_step((fx, fy), (hx, hy), torch.tensor(0.1, dtype=D))  # <h, f> = 6 > 0.1: inactive
+    assert float(lam) == 0.0
+    torch.testing.assert_close(torch.cat([dx, dy]), -torch.cat([fx, fy]))
+    zero = torch.zeros(2, dtype=D), torch.zeros(1, dtype=D)
+    dx, dy, lam = qp_step((fx, fy), zero, torch.tensor(0.0, dtype=D))
+    assert float(lam) == 0.0 and torch.equal(dx, -fx) and torch.equal(dy, -fy)
+
+
+def test_qp_step_with_y_scaling_solves_the_scaled_qp():
+    gen = torch.Generator().manual_seed(0)
+    fx, fy, hx, hy = (torch.randn(3, generator=gen, dtype=D) for _ in range(4))
+    r = 0.25
+    dx, dy, lam = qp_step((fx, fy), (hx, hy), torch.tensor(2.0, dtype=D), y_scale=r)
+    assert float(lam) > 0
+    assert abs(float(hx @ dx + hy @ dy + 2.0)) < 1e-12                 # active constraint, equality
+    torch.testing.assert_close(dy, -r * (fy + lam * hy))
+
+
+def test_one_constant_step_is_algorithm_1_by_hand():
+    """On g = 1/2 ||y - A x||^2 and f = 1/2||x||^2 + 1/2||y - b||^2, compute eq. 8 by hand."""
+    A = torch.tensor([[1.0, 2.0], [0.0, 1.0]], dtype=D)
+    b = torch.tensor([1.0, -1.0], dtype=D)
+    x0, y0 = torch.tensor([0.5, -0.5], dtype=D), torch.tensor([1.0, 1.0], dtype=D)
+    problem = BilevelProblem(lambda x, y: 0.5 * (x @ x) + 0.5 * ((y - b) ** 2).sum(),
+                             lambda x, y: 0.5 * ((y - A @ x) ** 2).sum(), x0, y0)
+    gamma, alpha = 0.1, 0.7
+    r = y0 - A @ x0                                     # grad_y g
+    hx, hy = 2 * (-A).T @ r, 2 * r                      # grad h = 2 J^T grad_y g, J = [-A, I]
+    fx, fy = x0, y0 - b
+    rho = hx @ hx + hy @ hy
+    lam = max(0.0, float(-(hx @ fx + hy @ fy) + alpha * rho)) / float(rho)
+    x1, y1 = x0 - gamma * (fx + lam * hx), y0 - gamma * (fy + lam * hy)
+    result = solve(problem, "pgdqp", max_iter=1, schedule="constant", step_size=gamma, alpha=alpha)
+    torch.testing.assert_close(result.x, x1)
+    torch.testing.assert_close(result.y, y1)
+    assert math.isclose(result.history["lambda"][0], lam, rel_tol=1e-12)
+    # one step costs one grad f and one double backward (grad_y g and its backward)
+    assert (result.history["n_grad_f"][1], result.history["n_grad_g"][1], result.history["n_hvp"][1]) == (1, 1, 1)
+
+
+def _distance(problem, result):
+    return float((result.x - problem.info["x_star"]).norm())
+
+
+@pytest.mark.parametrize("kwargs", [dict(seed=0), dict(dim_x=10, dim_y=8, cond=10.0, seed=3),
+                                    dict(dim_x=3, dim_y=6, cond=3.0, seed=7)])
+def test_default_reaches_closed_form_solution_of_quadratic(kwargs):
+    problem = PROBLEMS["quadratic"](**kwargs)
+    result = solve(problem, "pgdqp", max_iter=20000, log_every=1000)
+    assert result.status is Status.COMPLETED
+    assert _distance(problem, result) < 1e-2
+
+
+def test_constant_step_hovers_and_theorem_schedule_improves_with_max_iter():
+    problem = PROBLEMS["quadratic"](seed=2)
+    errors = [_distance(problem, solve(problem, "pgdqp", max_iter=k, log_every=k, schedule="theorem"))
+              for k in (1000, 10000)]
+    assert errors[1] < 0.7 * errors[0]
+
+
+def test_warm_rho_warm_starts_y0_and_converges():
+    problem = PROBLEMS["quadratic"](seed=5)
+    result = solve(problem, "pgdqp", max_iter=3000, log_every=3000, rho="warm", schedule="constant",
+                   step_size=0.05, alpha=0.5)
+    assert result.history["h"][0] < 1e-9          # the warm start made h(x0, y0) small
+    assert _distance(problem, result) < 0.2
+
+
+def test_nonconvex_lower_level_reaches_approximate_kkt_point():
+    # the default decay of 10 leaves h near 1e-4 here after 20000 iterations; a slower decay
+    # with a full feasibility step reaches an exact KKT point (benchmarks/RESULTS.md)
+    problem = PROBLEMS["synthetic-nc"](seed=0)
+    result = solve(problem, "pgdqp", max_iter=20000, log_every=2000, decay=30.0, feasibility=1.0)
+    assert result.final("h") <= 1e-6
+    assert result.final("delta_norm") ** 2 <= 1e-3
+
+
+def test_many_lower_level_solutions_reaches_approximate_kkt_point():
+    """g = 1/2 ||P y - x||^2 with P of rank 1 in R^3: the lower level has a line of solutions."""
+    P = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=D)
+    target = torch.tensor([1.0, -2.0, 3.0], dtype=D)
+    problem = BilevelProblem(lambda x, y: ((y - target) ** 2).sum() + (x ** 2).sum(),
+                             lambda x, y: 0.5 * ((P @ y - x) ** 2).sum(),
+                             torch.zeros(2, dtype=D), torch.zeros(3, dtype=D))
+    result = solve(problem, "pgdqp", max_iter=20000, log_every=2000)
+    assert result.final("h") <= 1e-6
+    assert result.final("kkt_stationarity") <= 1e-3
+    # the optimistic solution: y3 = 3, y1 + y2 = x1 = 2 x*, x2 = 0 with x1 = (y1 + y2) minimising
+    # (y1 - 1)^2 + (y2 + 2)^2 + x1^2  ->  y1 - y2 = 3, y1 + y2 = -1/3
+    torch.testing.assert_close(result.y, torch.tensor([4 / 3, -5 / 3, 3.0], dtype=D), atol=1e-2, rtol=0)
+
+
+def test_coreset_reaches_its_known_optimum():
+    problem = PROBLEMS["coreset"](seed=0)
+    result = solve(problem, "pgdqp", max_iter=1000, log_every=100)
+    assert result.final("upper_objective") < 1e-6
+
+
+def test_lipschitz_estimates_match_the_quadratic():
+    problem = PROBLEMS["quadratic"](seed=0)
+    state = PGDQP().init(problem, Oracle(problem.f, problem.g), max_iter=10,
+                         generator=torch.Generator().manual_seed(0))
+    assert abs(state.lipschitz_f - 1.0) < 1e-6       # f = 1/2||x - a||^2 + 1/2||y - b||^2
+    assert state.lipschitz_h > 0
