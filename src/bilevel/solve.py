@@ -6,11 +6,13 @@ import difflib
 import math
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from . import checkpoint as checkpoints
 from . import metrics
 from .distributed import run_context
 from .oracles import Oracle
@@ -110,7 +112,8 @@ class _History:
 def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000, tol: float | None = None,
           callback: Callable[[State], Any] | None = None, log_every: int = 1, progress: bool = False,
           device: Any = None, dtype: torch.dtype | None = None, seed: int | None = None,
-          kkt: bool = True, distributed: bool = False, **solver_options: Any) -> Result:
+          kkt: bool = True, distributed: bool = False, checkpoint: str | Path | None = None,
+          checkpoint_every: int = 100, **solver_options: Any) -> Result:
     """Run a bilevel solver on a problem.
 
     Args:
@@ -135,6 +138,12 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
             problem's f and g are this rank's parts of sums over ranks, the oracle is a
             `bilevel.distributed.DistributedOracle`, and only rank 0 shows progress.
             Every rank returns the same Result. Default False.
+        checkpoint: a file for checkpoints. The run saves its state there every
+            `checkpoint_every` iterations and at the end (atomically); when the file exists
+            at the start, the run continues from it (same solver, problem, log_every and
+            seed; max_iter may be larger), to the same iterates as an uninterrupted run.
+            Default None.
+        checkpoint_every: iterations between checkpoints. Default 100.
         **solver_options: hyperparameters of the solver, e.g. step_size=0.1.
 
     Returns:
@@ -150,6 +159,8 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
     """
     solver = make_solver(solver, solver_options)
     _check_solve_args(max_iter, tol, log_every, callback)
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
+        raise ValueError(f"Invalid checkpoint_every: {checkpoint_every!r} (expected an integer >= 1)")
     if device is not None or dtype is not None:
         try:
             problem = problem.to(device=device, dtype=dtype)
@@ -164,14 +175,30 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
     generator.manual_seed(context.seed)
     history = _History(problem, kkt, context.oracle)
 
-    start = time.perf_counter()
-    state = solver.init(problem, oracle, max_iter=max_iter, generator=generator)
-    elapsed = time.perf_counter() - start
+    stamp = checkpoints.fingerprint(solver, problem, log_every, context.seed)
+    if checkpoint is not None and Path(checkpoint).exists():
+        saved = checkpoints.load(checkpoint, stamp)
+        state, first, elapsed = saved["state"], saved["k"], saved["elapsed"]
+        history.columns.update(saved["history"])
+        oracle.counts.update(saved["counts"])
+        generator.set_state(saved["generator"])
+    else:
+        start = time.perf_counter()
+        state = solver.init(problem, oracle, max_iter=max_iter, generator=generator)
+        first, elapsed = 0, time.perf_counter() - start
+
+    def save_checkpoint(k_done: int) -> None:
+        if checkpoint is not None and context.is_main:
+            checkpoints.save(checkpoint, {"fingerprint": stamp, "state": state, "k": k_done, "elapsed": elapsed,
+                                          "history": dict(history.columns), "counts": dict(oracle.counts),
+                                          "generator": generator.get_state()})
+
     status, message = (Status.COMPLETED if tol is None else Status.MAX_ITER), ""
-    bar = tqdm(total=max_iter, disable=not (progress and context.is_main), desc=solver.name, leave=False)
+    bar = tqdm(total=max_iter, initial=min(first, max_iter), disable=not (progress and context.is_main),
+               desc=solver.name, leave=False)
     counts = oracle.snapshot()
-    k = 0
-    for k in range(max_iter):
+    k = first
+    for k in range(first, max_iter):
         start = time.perf_counter()
         new = solver.step(problem, oracle, state)
         bad = _nonfinite(new)  # one host sync per iteration: the guard against NaN answers
@@ -195,12 +222,16 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
         elapsed += step_time
         counts = oracle.snapshot()
         state = new
+        if (k + 1) % checkpoint_every == 0:
+            save_checkpoint(k + 1)
         if callback is not None and callback(state):
             status = Status.STOPPED
             k += 1
             break
     else:
-        k = max_iter
+        k = max(max_iter, first)
+    if status is not Status.DIVERGED:
+        save_checkpoint(k)
     bar.update(k - bar.n)
     bar.close()
 

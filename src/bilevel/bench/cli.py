@@ -111,7 +111,8 @@ def _solver_options(text_items: Sequence[str] | None) -> dict[str, Any]:
 
 def _run_one(problem_name: str, method: str, seed: int, options: dict[str, Any], problem_args: dict[str, Any],
              max_iter: int, log_every: int, tol: float | None, progress: bool, device: str | None,
-             data_parallel: bool = False, kkt: bool = True):
+             data_parallel: bool = False, kkt: bool = True, checkpoint: str | None = None,
+             checkpoint_every: int = 100):
     problem = build_problem(problem_name, seed, problem_args, device)
     try:
         solver = make_solver(method, options)
@@ -119,7 +120,7 @@ def _run_one(problem_name: str, method: str, seed: int, options: dict[str, Any],
         raise CLIError(str(exc)) from None
     start = time.perf_counter()
     result = solve(problem, solver, max_iter=max_iter, log_every=log_every, tol=tol, progress=progress, seed=seed,
-                   distributed=data_parallel, kkt=kkt)
+                   distributed=data_parallel, kkt=kkt, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     return problem, solver, result, time.perf_counter() - start
 
 
@@ -149,7 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     shard = _init_distributed(args)
     problem, solver, result, wall = _run_one(args.problem, args.method, args.seed, options,
                                              {**problem_args, **shard}, args.max_iter, args.log_every, args.tol,
-                                             not args.no_progress, args.device, args.distributed, kkt=not args.no_kkt)
+                                             not args.no_progress, args.device, args.distributed, kkt=not args.no_kkt,
+                                             checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     if shard.get("rank", 0) != 0:  # only rank 0 prints and writes
         distributed.shutdown()
         return 0 if result.status.name != "DIVERGED" else 1
@@ -272,9 +274,12 @@ def _plot_dir(frame, out: str, metrics: list[str], x: str, select_by: str | None
     if select_by:
         frame = store.select_best(frame, select_by, mode)
     paths = []
-    for problem, sub in frame.groupby("problem"):
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in problem)
-        paths.append(plot_metrics(sub, metrics, Path(out) / f"plot_{safe}_{x}.png", x=x, title=problem))
+    for (problem, args), sub in frame.groupby(["problem", "problem_args"]):
+        built = build_problem(problem, 0, json.loads(args))
+        references = built.info.get("reference_lines")
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in problem + ("" if args == "{}" else args))
+        paths.append(plot_metrics(sub, metrics, Path(out) / f"plot_{safe}_{x}.png", x=x, title=built.name,
+                                  reference_lines=references() if callable(references) else None))
     return paths
 
 
@@ -344,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "gloo on CPU, NCCL on CUDA; rank 0 prints and writes")
     p.add_argument("--dist-timeout", type=float, default=300.0,
                    help="with --distributed: seconds a rank waits for the others before the run fails (default 300)")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="save the run there every --checkpoint-every iterations; rerun to continue from it")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="iterations between checkpoints (default 100)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="run several methods over seeds, write a tidy table and a plot")
