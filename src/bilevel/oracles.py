@@ -7,7 +7,8 @@ against oracle calls as well as iterations and time:
     n_grad_f        gradients of f (x and y parts together, or one part)
     n_grad_g        gradients of g (x and y parts together, or one part)
     n_hvp           second-order products of g: Hessian-vector, Jacobian-vector, and
-                    the double backward that gives grad h
+                    the double backward that gives grad h (a backward through one unrolled
+                    lower-level step counts as one)
 
 No method forms a Hessian. With h = ||grad_y g||^2 the gradient of h is
 
@@ -18,6 +19,7 @@ obtained by one backward pass through the graph of grad_y g (a double backward).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -41,6 +43,26 @@ def _grads(out: Tensor, inputs: tuple[Tensor, ...], create_graph: bool = False) 
 def inner(a: Tensor, b: Tensor) -> Tensor:
     """<a, b> for tensors of any (equal) shape, as a 0-d tensor."""
     return torch.vdot(a.reshape(-1), b.reshape(-1))
+
+
+@dataclass(frozen=True)
+class Unrolled:
+    """An unrolled lower-level trajectory y_0 = z, y_t = P(y_{t-1} - s grad_y g(x, y_{t-1})).
+
+    Attributes:
+        f_values: f(x, y_t) for t = 1..T, shape (T,).
+        index: the step p (1..T) whose f(x, y_p) was differentiated.
+        y_selected: y_p.
+        y_last: y_T.
+        grad_x, grad_z: the total derivatives of f(x, y_p(x, z)) in x and in z.
+    """
+
+    f_values: Tensor
+    index: int
+    y_selected: Tensor
+    y_last: Tensor
+    grad_x: Tensor
+    grad_z: Tensor
 
 
 class Oracle:
@@ -164,6 +186,55 @@ class Oracle:
             (gy,) = _grads(self._g(x_, y_), (y_,), create_graph=True)
             jx, jy = _grads(inner(gy, w.detach()), (x_, y_), create_graph=True)
             return _grads(inner(jx, vx.detach()) + inner(jy, vy.detach()), (x_, y_))
+
+    def fd_vjp_grad_y_g(self, x: Tensor, y: Tensor, v: Tensor, delta: float) -> tuple[Tensor, Tensor]:
+        """(grad_yx g^T v, grad_yy g v) by central differences of grad g along y:
+
+            [grad g(x, y + delta v) - grad g(x, y - delta v)] / (2 delta),
+
+        exact up to round-off where g is quadratic in y. Two gradients of g, no second order.
+        """
+        _, gx_plus, gy_plus = self.grad_g(x, y + delta * v)
+        _, gx_minus, gy_minus = self.grad_g(x, y - delta * v)
+        return (gx_plus - gx_minus) / (2 * delta), (gy_plus - gy_minus) / (2 * delta)
+
+    def unrolled_grad(self, x: Tensor, z: Tensor, steps: int, step_size: float,
+                      project: Callable[[Tensor], Tensor] | None = None,
+                      select: Callable[[Tensor], int] | None = None) -> Unrolled:
+        """Unroll `steps` projected gradient steps on g(x, .) from y_0 = z and differentiate
+        f(x, y_p) through them in x and z (reverse mode through the trajectory).
+
+        Args:
+            x, z: the upper variable and the initial point y_0.
+            steps: T >= 1.
+            step_size: s.
+            project: the projection P onto the lower feasible set (identity when None).
+            select: maps f_values (shape (T,)) to the index p in 1..T to differentiate;
+                default p = T.
+
+        Counts: T gradients of g (with graph), T values of f, one gradient of f at
+        (x, y_p) and p second-order products (the backward through p steps).
+        """
+        project = project or (lambda t: t)
+        self.counts["n_grad_g"] += steps
+        self.counts["n_f"] += steps
+        with torch.enable_grad():
+            x_, z_ = _leaf(x), _leaf(z)
+            trajectory = [z_]
+            for _ in range(steps):
+                y_prev = trajectory[-1]
+                (gy,) = _grads(self._g(x_, y_prev), (y_prev,), create_graph=True)
+                trajectory.append(project(y_prev - step_size * gy))
+            with torch.no_grad():
+                f_values = torch.stack([self._f(x, y_t.detach()) for y_t in trajectory[1:]])
+            index = steps if select is None else int(select(f_values))
+            if not 1 <= index <= steps:
+                raise ValueError(f"Invalid select: returned {index} (expected an index in 1..{steps})")
+            self.counts["n_grad_f"] += 1
+            self.counts["n_hvp"] += index
+            grad_x, grad_z = _grads(self._f(x_, trajectory[index]), (x_, z_))
+        return Unrolled(f_values=f_values, index=index, y_selected=trajectory[index].detach(),
+                        y_last=trajectory[-1].detach(), grad_x=grad_x, grad_z=grad_z)
 
     # ----- bookkeeping -------------------------------------------------------------------
     def snapshot(self) -> dict[str, int]:

@@ -4,11 +4,18 @@ from __future__ import annotations
 from .aid_bio import AIDBiO
 from .base import Solver, State
 from .bome import BOME
+from .f2ba import F2BA
 from .galet import GALET
+from .hjfbio import HJFBiO
+from .iaptt_gm import IAPTTGM
+from .meha import MEHA
 from .pgdqp import PGDQP
 from .sgf import SGF
 from .vpbgd import VPBGD
 
-SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (PGDQP, SGF, BOME, AIDBiO, VPBGD, GALET)}
+SOLVERS: dict[str, type[Solver]] = {
+    cls.name: cls for cls in (PGDQP, SGF, BOME, AIDBiO, VPBGD, GALET, IAPTTGM, MEHA, F2BA, HJFBiO)
+}
 
-__all__ = ["AIDBiO", "BOME", "GALET", "PGDQP", "SGF", "SOLVERS", "Solver", "State", "VPBGD"]
+__all__ = ["AIDBiO", "BOME", "F2BA", "GALET", "HJFBiO", "IAPTTGM", "MEHA", "PGDQP", "SGF", "SOLVERS",
+           "Solver", "State", "VPBGD"]
