@@ -97,8 +97,12 @@ def test_data_parallel_iterates_equal_single_process_iterates(ranks, single, run
     for name, (x, y, history, status) in single[runs].items():
         dx, dy, dhistory, dstatus = ranks[0][runs][name]
         assert dstatus == status, name
-        torch.testing.assert_close(dx, x, rtol=1e-9, atol=1e-11, msg=name)
-        torch.testing.assert_close(dy, y, rtol=1e-9, atol=1e-11, msg=name)
+        # galet solves the normal equations H^2 w = -H grad_y f by conjugate gradient, which squares
+        # the condition number: the round-off of summing over ranks in another order grows with it
+        # (measured: 4.5e-7 absolute on x of size 0.06)
+        rtol, atol = (1e-4, 1e-6) if name == "galet" else (1e-9, 1e-11)
+        torch.testing.assert_close(dx, x, rtol=rtol, atol=atol, msg=name)
+        torch.testing.assert_close(dy, y, rtol=rtol, atol=atol, msg=name)
         assert set(dhistory) == set(history)
         # the logged kkt_stationarity solves J J^T nu = -J grad f by 50 CG steps: on hyper-cleaning's
         # near-singular system they amplify round-off (1e-7 linear, 1e-3 MLP), so it is compared
@@ -106,7 +110,8 @@ def test_data_parallel_iterates_equal_single_process_iterates(ranks, single, run
         columns = ["f", "g", "h", "kkt_stationarity_method", "oracle_calls"]
         for column in columns + (["kkt_stationarity"] if runs == "runs" else []):
             torch.testing.assert_close(torch.tensor(dhistory[column]), torch.tensor(history[column]),
-                                       rtol=1e-8, atol=1e-12, equal_nan=True, msg=f"{name} {column}")
+                                       rtol=max(rtol, 1e-8), atol=max(atol, 1e-12), equal_nan=True,
+                                       msg=f"{name} {column}")
         assert bool(y.abs().max() > 0.01), name  # the run moved
 
 
