@@ -160,3 +160,24 @@ def test_solve_dtype_that_the_problem_data_cannot_follow_is_a_clear_error():
     # where f and g hold no data, moving x0 and y0 is enough
     r = solve(PROBLEM, "pgdqp", max_iter=2, dtype=torch.float32)
     assert r.x.dtype == torch.float32
+
+
+BAD_BUILDERS = [
+    ("quadratic", dict(dim_x=0), ValueError, r"Invalid dim_x: 0 \(expected an integer >= 1\)"),
+    ("quadratic", dict(cond=0.5), ValueError, r"Invalid cond: 0.5 \(expected a number >= 1\)"),
+    ("synthetic-sc", dict(dim=2.5), ValueError, r"Invalid dim: 2.5"),
+    ("synthetic-nc", dict(seed="a"), TypeError, r"Invalid seed: 'a' \(expected an integer\)"),
+    ("coreset", dict(n_points=1), ValueError, r"Invalid n_points: 1 \(expected an integer >= 2\)"),
+    ("hyper-cleaning", dict(model="cnn"), ValueError, r"Invalid model: 'cnn' \(expected 'linear' or 'mlp'\)"),
+    ("hyper-cleaning", dict(corruption=1.5), ValueError, r"Invalid corruption: 1.5 \(expected a fraction"),
+    ("hyper-cleaning", dict(dataset="cifar"), ValueError, r"Invalid dataset: 'cifar'"),
+    ("hyper-cleaning", dict(dataset="mnist"), ValueError, r"Invalid data_dir: None for dataset 'mnist'"),
+    ("hyper-cleaning", dict(pca=0), ValueError, r"Invalid pca: 0 \(expected an integer >= 1\)"),
+    ("hyper-cleaning", dict(corruption_model="flip"), ValueError, r"Invalid corruption_model: 'flip'"),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, exc, message", BAD_BUILDERS)
+def test_bad_builder_arguments(name, kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        PROBLEMS[name](**kwargs)

@@ -27,10 +27,14 @@ def _check_dim(name: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(f"Invalid {name}: {value!r} (expected an integer >= {minimum})")
 
 
+def _check_cond(cond: Any) -> None:
+    if not (isinstance(cond, (int, float)) and not isinstance(cond, bool) and cond >= 1):
+        raise ValueError(f"Invalid cond: {cond!r} (expected a number >= 1)")
+
+
 def _matrix_with_condition(n: int, cond: float, gen: torch.Generator) -> Tensor:
     """A random n x n matrix whose singular values span [1, cond] (so cond(H) = cond)."""
-    if not (isinstance(cond, (int, float)) and cond >= 1):
-        raise ValueError(f"Invalid cond: {cond!r} (expected a number >= 1)")
+    _check_cond(cond)
     u, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
     s = torch.cat([torch.tensor([1.0, float(cond)], dtype=torch.float64),
@@ -152,6 +156,7 @@ def quadratic(dim_x: int = 5, dim_y: int = 5, cond: float = 5.0, seed: int = 0, 
     """
     _check_dim("dim_x", dim_x)
     _check_dim("dim_y", dim_y)
+    _check_cond(cond)
     gen = _generator(seed)
     U, _ = torch.linalg.qr(torch.randn(dim_y, dim_y, generator=gen, dtype=torch.float64))
     eig = torch.linspace(1.0, float(cond), dim_y, dtype=torch.float64) if dim_y > 1 else torch.ones(1, dtype=torch.float64)
