@@ -39,7 +39,7 @@ def test_bome_step_by_hand_and_cost():
     torch.testing.assert_close(r.y, y - a * (fy + lam * qy))
     # T + 1 gradients of g (the one at (x, y) doubles as the first inner step), one grad f, no HVP
     assert counts(r) == {"n_f": 0, "n_grad_f": 1, "n_grad_g": T + 1, "n_hvp": 0}
-    r10 = solve(problem(), "bome", max_iter=1, kkt=False)
+    r10 = solve(problem(), "bome", max_iter=1, kkt=False, inner_steps=10)
     assert counts(r10)["n_grad_g"] == 11 and counts(r10)["n_hvp"] == 0
 
 
@@ -94,10 +94,11 @@ def test_galet_step_by_hand_and_cost():
     assert counts(r) == {"n_f": 1, "n_grad_f": 1, "n_grad_g": N, "n_hvp": 2 * (T - 1) + 2}
 
 
-@pytest.mark.parametrize("method", ["aid_bio", "vpbgd", "galet"])
-def test_defaults_reach_the_closed_form_solution(method):
-    p = PROBLEMS["quadratic"](seed=0)
-    iters = {"aid_bio": 5000, "vpbgd": 5000, "galet": 1000}[method]
+@pytest.mark.parametrize("method", ["aid_bio", "vpbgd", "galet", "bome"])
+@pytest.mark.parametrize("kwargs", [dict(seed=0), dict(dim_x=10, dim_y=8, cond=10.0, seed=3)])
+def test_defaults_reach_the_closed_form_solution(method, kwargs):
+    p = PROBLEMS["quadratic"](**kwargs)
+    iters = {"aid_bio": 3000, "vpbgd": 5000, "galet": 1000, "bome": 20000}[method]
     r = solve(p, method, max_iter=iters, log_every=iters, kkt=False)
     assert float((r.x - p.info["x_star"]).norm()) < 5e-2
 

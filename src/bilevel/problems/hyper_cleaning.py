@@ -166,7 +166,7 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
             raise ValueError(f"Invalid pca: {pca} (expected at most min(n_train, {images.shape[1]}))")
         from sklearn.decomposition import PCA
         projection = PCA(n_components=pca, random_state=seed).fit(features[0])   # training split only
-        features = [projection.transform(a).astype(np.float32) for a in features]
+        features = [projection.transform(a) for a in features]   # cast once, to the problem dtype
     a_tr, a_val, a_te = (torch.as_tensor(a, dtype=dtype, device=device) for a in features)
     b_tr, b_val, b_te = (torch.as_tensor(labels[idx]) for idx in parts)
     b_noisy, corrupted = datasets.corrupt_labels(b_tr, corruption, NUM_CLASSES, gen, corruption_model)

@@ -29,8 +29,10 @@ class AIDBiO(Solver):
         step_size: the step on x. Default 0.1.
         inner_steps: T. Default 10 (the paper uses 200 for data hyper-cleaning).
         inner_step_size: the lower-level step. Default 0.1.
-        linear_solver: an object solving A v = b from products A u, e.g.
-            `bilevel.ConjugateGradient(iters=3)` (default, N = 3) or `bilevel.Neumann(...)`.
+        linear_solver: an object solving A v = b from products A u: default
+            `bilevel.ConjugateGradient(iters=10)` (stops early at relative residual 1e-10),
+            or `bilevel.Neumann(...)`. The paper's N = 3 leaves v inexact, and the fixed point
+            of x biased: 7.4e-2 from x* on a quadratic with cond 10 after 20000 steps (measured).
 
     References:
         Ji, Yang, Liang. Bilevel Optimization: Convergence Analysis and Enhanced Design.
@@ -40,7 +42,7 @@ class AIDBiO(Solver):
     step_size: float = 0.1
     inner_steps: int = 10
     inner_step_size: float = 0.1
-    linear_solver: Any = field(default_factory=lambda: ConjugateGradient(iters=3, tol=0.0))
+    linear_solver: Any = field(default_factory=lambda: ConjugateGradient(iters=10))
 
     name: ClassVar[str] = "aid_bio"
     summary: ClassVar[str] = "approximate implicit differentiation, CG on the Hessian (Ji et al. 2021)"

