@@ -204,3 +204,31 @@ def test_fig5_config_runs_through_sweep_and_plot(tmp_path, capsys):
     metric = config["plot"]["metrics"][0]
     assert main(["plot", str(tmp_path / "o"), "--metric", metric, "--x", "oracle_calls"]) == 0
     assert (tmp_path / "o" / "plot_coreset_oracle_calls.png").stat().st_size > 10_000
+
+
+def test_table_counts_diverged_runs(tmp_path, capsys):
+    config = {**BASE, "seeds": 2, "problems": {"synthetic-sc": {"dim": 3}},
+              "methods": {"pgdqp": {"schedule": "constant", "step_size": [1e30, 0.01]}}}
+    run_sweep(check_config(config), tmp_path, progress=False)
+    statuses = read_results(tmp_path).groupby("config")["status"].unique()
+    assert list(statuses['{"schedule": "constant", "step_size": 1e+30}']) == ["DIVERGED"]
+    assert list(statuses['{"schedule": "constant", "step_size": 0.01}']) == ["COMPLETED"]
+    assert main(["table", str(tmp_path), "--metrics", "h"]) == 0
+    table = capsys.readouterr().out
+    assert '| synthetic-sc {"dim": 3} | pgdqp | {"schedule": "constant", "step_size": 1e+30} | 2 (2 diverged) |' in table
+    assert '| synthetic-sc {"dim": 3} | pgdqp | {"schedule": "constant", "step_size": 0.01} | 2 |' in table
+
+
+def test_table_wall_time_is_per_problem(tmp_path, capsys):
+    config = {**SMALL, "problems": {"coreset": {}, "quadratic": {"dim_x": [2, 3]}}, "methods": {"sgf": {}}}
+    run_sweep(check_config(config), tmp_path, progress=False)
+    assert main(["table", str(tmp_path), "--metrics", "h"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "| sgf |" in line]
+    walls = {}
+    for r in read_manifest(tmp_path):
+        args = json.dumps(r["problem_args"], sort_keys=True)
+        walls[r["problem"] + ("" if args == "{}" else f" {args}")] = r["wall_s"]
+    assert len(lines) == len(walls) == 3
+    for line in lines:
+        problem, wall = line.split(" | ")[0].lstrip("| "), line.split(" | ")[-1].rstrip(" |")
+        assert wall == f"{walls[problem]:.4g}"
