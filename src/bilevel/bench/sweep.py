@@ -374,9 +374,11 @@ def _collect(futures: dict, finished: Iterable, slots: int, counts: dict[str, in
 
 
 def read_results(out: str | Path):
-    """The tidy table of a sweep: one row per (run, logged iteration)."""
+    """The tidy table of a sweep: one row per (run, logged iteration), for the runs that the
+    manifest records as finished (a stray file of another configuration is left out)."""
     import pandas as pd
-    files = sorted((Path(out) / "runs").glob("*.parquet"))
+    finished = {r["run_id"] for r in read_manifest(out) if r.get("status") == "finished"}
+    files = sorted(p for p in (Path(out) / "runs").glob("*.parquet") if p.stem in finished)
     if not files:
         raise ConfigError(f"Invalid results directory: {str(out)!r} (no finished runs in {out}/runs)")
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)

@@ -1,0 +1,129 @@
+"""bome, aid_bio, vpbgd, galet: one step by hand on a quadratic, oracle counts against each
+method's stated cost, convergence on problems with known answers, and bad hyperparameters."""
+import pytest
+import torch
+
+from bilevel import BilevelProblem, ConjugateGradient, Neumann, PROBLEMS, solve
+from bilevel.bench.cli import main
+from bilevel.solvers import AIDBiO, BOME, GALET, VPBGD
+
+D = torch.float64
+A = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=D)
+Q = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=D)
+b = torch.tensor([1.0, -1.0], dtype=D)
+X0, Y0 = torch.tensor([0.5, -0.5], dtype=D), torch.tensor([1.0, 2.0], dtype=D)
+
+
+def problem():
+    """f = 1/2||x||^2 + 1/2||y - b||^2, g = 1/2 y^T Q y - y^T A x: grad_y g = Q y - A x."""
+    return BilevelProblem(lambda x, y: 0.5 * (x @ x) + 0.5 * ((y - b) ** 2).sum(),
+                          lambda x, y: 0.5 * y @ Q @ y - y @ A @ x, X0, Y0)
+
+
+def counts(result):
+    return {k: int(result.history[k][1]) for k in ("n_f", "n_grad_f", "n_grad_g", "n_hvp")}
+
+
+def test_bome_step_by_hand_and_cost():
+    s, a, T, eta = 0.1, 0.05, 3, 0.5
+    x, y = X0, Y0
+    y_hat = y
+    for _ in range(T):
+        y_hat = y_hat - s * (Q @ y_hat - A @ x)
+    qx, qy = -A.T @ y + A.T @ y_hat, Q @ y - A @ x           # grad g(x, y) - (grad_x g(x, y_hat), 0)
+    fx, fy = x, y - b
+    qq = qx @ qx + qy @ qy
+    lam = max(0.0, float(eta * qq - fx @ qx - fy @ qy)) / (float(qq) + 1e-8)
+    r = solve(problem(), BOME(step_size=a, inner_steps=T, inner_step_size=s, eta=eta), max_iter=1, kkt=False)
+    torch.testing.assert_close(r.x, x - a * (fx + lam * qx))
+    torch.testing.assert_close(r.y, y - a * (fy + lam * qy))
+    # T + 1 gradients of g (the one at (x, y) doubles as the first inner step), one grad f, no HVP
+    assert counts(r) == {"n_f": 0, "n_grad_f": 1, "n_grad_g": T + 1, "n_hvp": 0}
+    r10 = solve(problem(), "bome", max_iter=1, kkt=False)
+    assert counts(r10)["n_grad_g"] == 11 and counts(r10)["n_hvp"] == 0
+
+
+def test_aid_bio_step_by_hand_and_cost():
+    s, a, T, N = 0.2, 0.1, 4, 2
+    x, y = X0, Y0
+    for _ in range(T):
+        y = y - s * (Q @ y - A @ x)
+    v = torch.linalg.solve(Q, y - b)                           # CG is exact in N = 2 steps here
+    hyper = x - (-A.T @ v)                                     # grad_x f - grad_xy g v
+    r = solve(problem(), AIDBiO(step_size=a, inner_steps=T, inner_step_size=s,
+                                linear_solver=ConjugateGradient(iters=N, tol=0.0)), max_iter=1, kkt=False)
+    torch.testing.assert_close(r.y, y)
+    torch.testing.assert_close(r.x, X0 - a * hyper)
+    torch.testing.assert_close(r.state.nu, -v)
+    assert counts(r) == {"n_f": 1, "n_grad_f": 1, "n_grad_g": T, "n_hvp": N + 1}
+
+
+def test_vpbgd_step_by_hand_and_cost():
+    a, beta, gamma, T = 0.3, 0.2, 4.0, 2
+    x, y, w = X0, Y0, Y0
+    for _ in range(T):
+        w = w - beta * (Q @ w - A @ x)
+    s = min(1 / gamma, 1.0)
+    gx, gy, gx_w = -A.T @ y, Q @ y - A @ x, -A.T @ w
+    r = solve(problem(), VPBGD(step_size=a, inner_steps=T, inner_step_size=beta, penalty=gamma), max_iter=1,
+              kkt=False)
+    torch.testing.assert_close(r.x, x - a * s * (x + gamma * (gx - gx_w)))
+    torch.testing.assert_close(r.y, y - a * s * ((y - b) + gamma * gy))
+    torch.testing.assert_close(r.state.w, w)
+    assert counts(r) == {"n_f": 0, "n_grad_f": 1, "n_grad_g": T + 2, "n_hvp": 0}
+    # the penalty rises linearly over penalty_warmup iterations
+    r = solve(problem(), VPBGD(penalty=4.0, penalty_warmup=4), max_iter=4, kkt=False)
+    assert r.history["penalty"][:4] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_galet_step_by_hand_and_cost():
+    s, a, N, T, rho = 0.2, 0.1, 3, 4, 0.05
+    x, y = X0, Y0
+    for _ in range(N):
+        y = y - s * (Q @ y - A @ x)
+    fy = y - b
+    w = torch.zeros(2, dtype=D)
+    for _ in range(T):                                          # the paper's loop from w = 0
+        w = w - rho * Q @ (fy + Q @ w)
+    r = solve(problem(), GALET(step_size=a, inner_steps=N, inner_step_size=s,
+                               linear_solver=Neumann(iters=T, step_size=rho)), max_iter=1, kkt=False)
+    torch.testing.assert_close(r.state.nu, w)
+    torch.testing.assert_close(r.x, X0 - a * (X0 + (-A.T @ w)))
+    torch.testing.assert_close(r.y, y)
+    # N gradients; H^2 products 2 (T - 1), the right-hand side 1, grad_xy g w 1
+    assert counts(r) == {"n_f": 1, "n_grad_f": 1, "n_grad_g": N, "n_hvp": 2 * (T - 1) + 2}
+
+
+@pytest.mark.parametrize("method", ["aid_bio", "vpbgd", "galet"])
+def test_defaults_reach_the_closed_form_solution(method):
+    p = PROBLEMS["quadratic"](seed=0)
+    iters = {"aid_bio": 5000, "vpbgd": 5000, "galet": 1000}[method]
+    r = solve(p, method, max_iter=iters, log_every=iters, kkt=False)
+    assert float((r.x - p.info["x_star"]).norm()) < 5e-2
+
+
+@pytest.mark.parametrize("method", ["aid_bio", "galet", "vpbgd", "bome"])
+def test_coreset_reaches_its_optimum(method):
+    r = solve(PROBLEMS["coreset"](seed=1), method, max_iter=2000, log_every=2000, kkt=False)
+    assert r.final("upper_objective") < 1e-3
+
+
+@pytest.mark.parametrize("cls, kwargs, message", [
+    (BOME, dict(step_size=0.0), r"Invalid step_size: 0.0"),
+    (BOME, dict(phi="hessian"), r"Invalid phi: 'hessian'"),
+    (BOME, dict(inner_steps=0), r"Invalid inner_steps: 0"),
+    (AIDBiO, dict(inner_step_size=-1.0), r"Invalid inner_step_size: -1.0"),
+    (AIDBiO, dict(linear_solver="cg"), r"Invalid linear_solver: 'cg'"),
+    (VPBGD, dict(penalty=-2.0), r"Invalid penalty: -2.0"),
+    (VPBGD, dict(penalty_warmup=-1), r"Invalid penalty_warmup: -1"),
+    (GALET, dict(inner_steps=1.5), r"Invalid inner_steps: 1.5"),
+])
+def test_bad_hyperparameters_name_the_argument(cls, kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        cls(**kwargs)
+
+
+@pytest.mark.parametrize("method", ["bome", "aid_bio", "vpbgd", "galet"])
+def test_cli_runs_on_coreset(method, capsys):
+    assert main(["run", "--problem", "coreset", "--method", method, "--max-iter", "200", "--no-progress"]) == 0
+    assert f"| {method} |" in capsys.readouterr().out
