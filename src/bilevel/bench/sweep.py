@@ -323,6 +323,7 @@ def _execute(specs: list[RunSpec], out: str, jobs: int, scheduler: str | None, d
 
     `counts["running"]` is kept at min(free slots, runs outstanding). A run whose worker
     dies (killed, out of memory) yields a failed record instead of stopping the sweep.
+    `run(spec, out) -> record` is what the workers execute (default `run_and_write`).
     """
     run = run or run_and_write
     if scheduler or dask_workers:
