@@ -128,3 +128,107 @@ def test_plot_and_table_commands(tmp_path, capsys):
     assert set(chosen[chosen["method"] == "pgdqp"]["config"]) == {pg.idxmin()}
     assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--no-progress"]) == 2   # no --resume
     assert "already holds" in capsys.readouterr().err
+
+
+# ----- helper harness: scheduler address, YAML numbers, torn manifest, dead workers, paper configs ----
+SMALL = {**BASE, "seeds": 1}
+COLUMNS = ["run_id", "iter", "f", "h", "upper_objective", "method", "seed", "config"]
+
+
+def _table(out):
+    return read_results(out)[COLUMNS].sort_values(["run_id", "iter"]).reset_index(drop=True)
+
+
+def test_sweep_on_a_running_scheduler_gives_the_local_table(tmp_path):
+    from dask.distributed import LocalCluster
+    config = check_config(SMALL)
+    run_sweep(config, tmp_path / "local", progress=False)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=None) as cluster:                # a scheduler listening on loopback TCP
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        records = run_sweep(config, tmp_path / "dask", scheduler=cluster.scheduler_address, progress=False)
+    assert sorted(r["status"] for r in records) == ["finished"] * 3
+    pd.testing.assert_frame_equal(_table(tmp_path / "local"), _table(tmp_path / "dask"))
+
+
+def test_yaml_exponent_numbers_are_floats_with_the_ids_of_their_decimal_form(tmp_path):
+    text = "max_iter: 10\nproblems:\n  coreset: {}\nmethods:\n  sgf: {step_size: [1e-3, 2.5E-2], alpha: 1e+0}\n"
+    runs = expand(load_config(write(tmp_path, text)))
+    assert [dict(r.options) for r in runs] == [{"alpha": 1.0, "step_size": 0.001}, {"alpha": 1.0, "step_size": 0.025}]
+    decimal = "max_iter: 10\nproblems:\n  coreset: {}\nmethods:\n  sgf: {step_size: [0.001, 0.025], alpha: 1.0}\n"
+    assert [r.run_id for r in runs] == [r.run_id for r in expand(load_config(write(tmp_path, decimal, "d.yaml")))]
+
+
+def test_a_torn_manifest_line_does_not_swallow_the_next_record(tmp_path):
+    config = check_config(SMALL)
+    run_sweep(config, tmp_path, progress=False)
+    manifest = tmp_path / "manifest.jsonl"
+    text = manifest.read_bytes()
+    manifest.write_bytes(text[:-25])                       # killed while writing the last line
+    assert len(read_manifest(tmp_path)) == 2
+    assert run_sweep(config, tmp_path, resume=True, progress=False) == []   # nothing to run again
+    finished = [r["run_id"] for r in read_manifest(tmp_path) if r["status"] == "finished"]
+    assert sorted(finished) == sorted(s.run_id for s in expand(config))     # each run once, none lost
+
+
+def test_a_dead_worker_fails_its_run_and_the_sweep_goes_on(tmp_path):
+    from _harness_crash import die_on_seed_zero
+    from bilevel.bench.sweep import _execute
+    specs = expand(check_config({**SMALL, "seeds": [0, 1], "methods": {"sgf": {}}}))
+    counts = {"running": 0}
+    records = list(_execute(specs, str(tmp_path), 2, None, None, counts, run=die_on_seed_zero))
+    assert sorted(r["run_id"] for r in records) == sorted(s.run_id for s in specs)
+    dead = next(r for r in records if r["seed"] == 0)
+    assert dead["status"] == "failed" and "BrokenProcessPool" in dead["error"] and "--resume" in dead["error"]
+    assert counts["running"] == 0
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_paper_configs_are_valid_and_expand(path):
+    config = load_config(path)
+    runs = expand(config)
+    assert runs and len({r.run_id for r in runs}) == len(runs)
+    plot = config.get("plot") or {}
+    assert plot.get("x", "iter") in ("iter", "time", "oracle_calls")
+
+
+def test_fig5_config_runs_through_sweep_and_plot(tmp_path, capsys):
+    text = (Path(__file__).parent.parent / "configs" / "fig5_coreset.yaml").read_text()
+    config = yaml.safe_load(text)
+    small = write(tmp_path, {**config, "max_iter": 20, "log_every": 10, "seeds": 2})
+    assert main(["sweep", str(small), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for method in config["methods"]:
+        assert f"| coreset | {method} | {{}} | 2 |" in out
+    metric = config["plot"]["metrics"][0]
+    assert main(["plot", str(tmp_path / "o"), "--metric", metric, "--x", "oracle_calls"]) == 0
+    assert (tmp_path / "o" / "plot_coreset_oracle_calls.png").stat().st_size > 10_000
+
+
+def test_table_counts_diverged_runs(tmp_path, capsys):
+    config = {**BASE, "seeds": 2, "problems": {"synthetic-sc": {"dim": 3}},
+              "methods": {"pgdqp": {"schedule": "constant", "step_size": [1e30, 0.01]}}}
+    run_sweep(check_config(config), tmp_path, progress=False)
+    statuses = read_results(tmp_path).groupby("config")["status"].unique()
+    assert list(statuses['{"schedule": "constant", "step_size": 1e+30}']) == ["DIVERGED"]
+    assert list(statuses['{"schedule": "constant", "step_size": 0.01}']) == ["COMPLETED"]
+    assert main(["table", str(tmp_path), "--metrics", "h"]) == 0
+    table = capsys.readouterr().out
+    assert '| synthetic-sc {"dim": 3} | pgdqp | {"schedule": "constant", "step_size": 1e+30} | 2 (2 diverged) |' in table
+    assert '| synthetic-sc {"dim": 3} | pgdqp | {"schedule": "constant", "step_size": 0.01} | 2 |' in table
+
+
+def test_table_wall_time_is_per_problem(tmp_path, capsys):
+    config = {**SMALL, "problems": {"coreset": {}, "quadratic": {"dim_x": [2, 3]}}, "methods": {"sgf": {}}}
+    run_sweep(check_config(config), tmp_path, progress=False)
+    assert main(["table", str(tmp_path), "--metrics", "h"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "| sgf |" in line]
+    walls = {}
+    for r in read_manifest(tmp_path):
+        args = json.dumps(r["problem_args"], sort_keys=True)
+        walls[r["problem"] + ("" if args == "{}" else f" {args}")] = r["wall_s"]
+    assert len(lines) == len(walls) == 3
+    for line in lines:
+        problem, wall = line.split(" | ")[0].lstrip("| "), line.split(" | ")[-1].rstrip(" |")
+        assert wall == f"{walls[problem]:.4g}"

@@ -303,10 +303,12 @@ def cmd_table(args: argparse.Namespace) -> int:
     walls: dict[tuple, list[float]] = {}
     for r in read_manifest(args.dir):
         if r.get("status") == "finished" and "wall_s" in r:
-            key = (r["method"], json.dumps(r["options"], sort_keys=True, default=str))
+            problem_args = json.dumps(r["problem_args"], sort_keys=True, default=str)
+            problem = r["problem"] + ("" if problem_args == "{}" else f" {problem_args}")  # as in summary_table
+            key = (problem, r["method"], json.dumps(r["options"], sort_keys=True, default=str))
             walls.setdefault(key, []).append(r["wall_s"])
     for row in rows:
-        times = walls.get((row["method"], row["config"]))
+        times = walls.get((row["problem"], row["method"], row["config"]))
         row["wall s / run"] = sum(times) / len(times) if times else float("nan")
     table = format_table(rows, ["problem", "method", "config", "runs"] + metrics + ["wall s / run"])
     print(table)

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -89,18 +90,26 @@ def select_best(frame: pd.DataFrame, metric: str, mode: str | None = None) -> pd
     return frame.merge(best[keys + ["config"]], on=keys + ["config"])
 
 
+def _runs(last: pd.DataFrame) -> str:
+    """'3', or '3 (1 diverged)' when some runs ended with a non-finite value."""
+    diverged = int((last["status"] == "DIVERGED").sum()) if "status" in last else 0
+    return f"{len(last)}" + (f" ({diverged} diverged)" if diverged else "")
+
+
 def summary_table(frame: pd.DataFrame, metrics: list[str]) -> list[dict[str, Any]]:
-    """One row per (problem, method, configuration): runs, and mean ± std over seeds of each
-    metric's final value."""
+    """One row per (problem, method, configuration): runs (and how many diverged), and
+    mean ± std over seeds of each metric's final value."""
     last = final_rows(frame, ["run_id"])
     rows = []
     for (problem, args, method, config), sub in last.groupby(["problem", "problem_args", "method", "config"],
                                                             sort=True, dropna=False):
         row: dict[str, Any] = {"problem": problem + ("" if args in ("{}", None) else f" {args}"),
-                               "method": method, "config": config, "runs": len(sub)}
+                               "method": method, "config": config, "runs": _runs(sub)}
         for m in metrics:
             if m in sub:
                 values = sub[m].astype(float)
-                row[m] = f"{values.mean():.4g} ± {values.std(ddof=1):.2g}" if len(values) > 1 else f"{values.iloc[0]:.4g}"
+                with np.errstate(all="ignore"):    # inf from a diverged run: the table says so
+                    row[m] = (f"{values.mean():.4g} ± {values.std(ddof=1):.2g}" if len(values) > 1
+                              else f"{values.iloc[0]:.4g}")
         rows.append(row)
     return rows

@@ -25,6 +25,7 @@ import inspect
 import itertools
 import json
 import os
+import re
 import time
 import traceback
 from pathlib import Path
@@ -135,6 +136,7 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
         raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected a list of integers)")
     if isinstance(seeds, int) and seeds < 1:
         raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected >= 1)")
+    raw = {**raw, "problems": _numbers(raw["problems"]), "methods": _numbers(raw["methods"])}
     _check_section(raw, "problems", PROBLEMS, "problem", "builder argument",
                    lambda name: [p for p in inspect.signature(PROBLEMS[name]).parameters if p != "seed"], source, lines)
     _check_section(raw, "methods", SOLVERS, "solver", "hyperparameter", lambda name: SOLVERS[name].options(),
@@ -154,6 +156,19 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
             raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', key))}: {value!r} "
                               f"(expected {_type_name(PLOT_KEYS[key])})")
     return raw
+
+
+_EXPONENT_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _numbers(section: dict[str, Any]) -> dict[str, Any]:
+    """Numbers such as 1e-3 (YAML 1.1 reads them as strings: no dot) become floats."""
+    def number(value: Any) -> Any:
+        if isinstance(value, list):
+            return [number(v) for v in value]
+        return float(value) if isinstance(value, str) and _EXPONENT_NUMBER.match(value) else value
+    return {name: ({k: number(v) for k, v in mapping.items()} if isinstance(mapping, dict) else mapping)
+            for name, mapping in section.items()}
 
 
 def _check_section(raw: dict, section: str, registry: dict, what: str, entry: str, valid_keys, source: str,
@@ -241,8 +256,16 @@ def read_manifest(out: str | Path) -> list[dict[str, Any]]:
 
 
 def _append_manifest(out: Path, record: dict[str, Any]) -> None:
-    with open(out / "manifest.jsonl", "a") as fh:
-        fh.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+    """Append one JSON line, flushed and fsynced. A torn last line (a process killed while
+    writing) is closed first, so that it cannot swallow the record appended after it."""
+    path = out / "manifest.jsonl"
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
+    with open(path, "a") as fh:
+        fh.write(("\n" if torn else "") + json.dumps(record, sort_keys=True, default=str) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -284,7 +307,6 @@ def run_sweep(config: dict[str, Any], out: str | Path, *, jobs: int = 1, schedul
     def collect(record: dict[str, Any]) -> None:
         _append_manifest(out, record)
         counts["finished" if record["status"] == "finished" else "failed"] += 1
-        counts["running"] = max(counts["running"] - 1, 0)
         bar.update(1)
         bar.set_postfix(counts, refresh=True)
         records.append(record)
@@ -296,8 +318,14 @@ def run_sweep(config: dict[str, Any], out: str | Path, *, jobs: int = 1, schedul
 
 
 def _execute(specs: list[RunSpec], out: str, jobs: int, scheduler: str | None, dask_workers: int | None,
-             counts: dict[str, int]):
-    """Yield records as runs finish, from the chosen executor (one code path per run)."""
+             counts: dict[str, int], run=None):
+    """Yield records as runs finish, from the chosen executor (one code path per run).
+
+    `counts["running"]` is kept at min(free slots, runs outstanding). A run whose worker
+    dies (killed, out of memory) yields a failed record instead of stopping the sweep.
+    `run(spec, out) -> record` is what the workers execute (default `run_and_write`).
+    """
+    run = run or run_and_write
     if scheduler or dask_workers:
         from dask.distributed import Client, LocalCluster, as_completed
         cluster = None
@@ -308,11 +336,10 @@ def _execute(specs: list[RunSpec], out: str, jobs: int, scheduler: str | None, d
                                    host="127.0.0.1", dashboard_address=None)
             client = Client(cluster)
         try:
-            futures = [client.submit(run_and_write, spec, out, pure=False, key=f"run-{spec.run_id}")
-                       for spec in specs]
-            counts["running"] = len(futures)
-            for future in as_completed(futures):
-                yield future.result()
+            slots = max(sum(client.nthreads().values()), 1)
+            futures = {client.submit(run, spec, out, pure=False, key=f"run-{spec.run_id}"): spec
+                       for spec in specs}
+            yield from _collect(futures, as_completed(futures), slots, counts)
         finally:
             client.close()
             if cluster is not None:
@@ -321,14 +348,30 @@ def _execute(specs: list[RunSpec], out: str, jobs: int, scheduler: str | None, d
         import concurrent.futures
         import multiprocessing
         with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run_and_write, spec, out) for spec in specs]
-            counts["running"] = min(jobs, len(futures))
-            for future in concurrent.futures.as_completed(futures):
-                yield future.result()
+            futures = {pool.submit(run, spec, out): spec for spec in specs}
+            yield from _collect(futures, concurrent.futures.as_completed(futures), jobs, counts)
     else:
-        for spec in specs:
+        for i, spec in enumerate(specs):
             counts["running"] = 1
-            yield run_and_write(spec, out)
+            record = run(spec, out)
+            counts["running"] = min(1, len(specs) - i - 1)
+            yield record
+
+
+def _collect(futures: dict, finished: Iterable, slots: int, counts: dict[str, int]):
+    """Records of futures in the order they finish; an executor error becomes a failed record."""
+    outstanding = len(futures)
+    counts["running"] = min(slots, outstanding)
+    for future in finished:
+        try:
+            record = future.result()
+        except Exception as exc:  # the worker died or the pool broke: the run failed, the sweep goes on
+            record = {**futures[future].describe(), "status": "failed",
+                      "error": f"{type(exc).__name__}: {exc} (the worker running it stopped; "
+                               f"`--resume` runs it again)"}
+        outstanding -= 1
+        counts["running"] = min(slots, outstanding)
+        yield record
 
 
 def read_results(out: str | Path):
