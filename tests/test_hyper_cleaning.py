@@ -101,6 +101,17 @@ def test_split_sizes_mask_and_pca_fitted_on_train_only():
         hyper_cleaning(model="cnn")
 
 
+def test_pca_features_do_not_depend_on_the_number_of_blas_threads():
+    """The same seed builds the same problem on every machine: the PCA fit is a full SVD in
+    float64 (the randomized solver in float32 differed by 1e-4 between 1 and 2 threads)."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1):
+        one = small_problem(pca=8, dtype=torch.float64).info["_data"]["train"][0]
+    with threadpool_limits(limits=2):
+        two = small_problem(pca=8, dtype=torch.float64).info["_data"]["train"][0]
+    torch.testing.assert_close(one, two, rtol=0, atol=1e-12)
+
+
 def test_metrics_match_independent_computations():
     p = small_problem(pca=20)
     gen = torch.Generator().manual_seed(3)

@@ -165,8 +165,11 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
         if pca > min(sizes[0], images.shape[1]):
             raise ValueError(f"Invalid pca: {pca} (expected at most min(n_train, {images.shape[1]}))")
         from sklearn.decomposition import PCA
-        projection = PCA(n_components=pca, random_state=seed).fit(features[0])   # training split only
-        features = [projection.transform(a) for a in features]   # cast once, to the problem dtype
+        # fitted on the training split only, in float64 by a full (LAPACK) SVD: the randomized
+        # solver, or float32, gives features that differ with the number of BLAS threads
+        # (measured: 1e-4 and 2e-6), so the same seed would not give the same problem
+        projection = PCA(n_components=pca, svd_solver="full").fit(features[0].astype(np.float64))
+        features = [projection.transform(a.astype(np.float64)) for a in features]   # cast once below
     a_tr, a_val, a_te = (torch.as_tensor(a, dtype=dtype, device=device) for a in features)
     b_tr, b_val, b_te = (torch.as_tensor(labels[idx]) for idx in parts)
     b_noisy, corrupted = datasets.corrupt_labels(b_tr, corruption, NUM_CLASSES, gen, corruption_model)
