@@ -27,7 +27,7 @@ DEMO_SETTINGS = \
 
 demo: venv
 	$(BIN)/bilevel compare --problem hyper-cleaning --methods pgdqp,bome,aid_bio --seeds 2 --max-iter 400 \
-		--log-every 50 --no-kkt $(DEMO_SETTINGS) \
+		--log-every 50 --kkt none $(DEMO_SETTINGS) \
 		--metrics val_loss,test_accuracy,retrained_accuracy,corruption_auc --out runs/demo
 
 test: venv

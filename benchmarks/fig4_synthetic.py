@@ -27,7 +27,7 @@ from bilevel.bench.report import command, machine, update_section
 def run(problem_name: str, method: str, label: str, seed: int, max_iter: int, **options) -> pd.DataFrame:
     problem = bilevel.PROBLEMS[problem_name](seed=seed)
     start = time.perf_counter()
-    result = bilevel.solve(problem, method, max_iter=max_iter, log_every=max(max_iter // 100, 1), kkt=False,
+    result = bilevel.solve(problem, method, max_iter=max_iter, log_every=max(max_iter // 100, 1), kkt="none",
                            seed=seed, **options)
     frame = store.tidy(result, method=label, problem=problem_name, seed=seed, run_id=f"{label}-{seed}")
     frame["wall_s"] = time.perf_counter() - start

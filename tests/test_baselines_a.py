@@ -34,12 +34,12 @@ def test_bome_step_by_hand_and_cost():
     fx, fy = x, y - b
     qq = qx @ qx + qy @ qy
     lam = max(0.0, float(eta * qq - fx @ qx - fy @ qy)) / (float(qq) + 1e-8)
-    r = solve(problem(), BOME(step_size=a, inner_steps=T, inner_step_size=s, eta=eta), max_iter=1, kkt=False)
+    r = solve(problem(), BOME(step_size=a, inner_steps=T, inner_step_size=s, eta=eta), max_iter=1, kkt="none")
     torch.testing.assert_close(r.x, x - a * (fx + lam * qx))
     torch.testing.assert_close(r.y, y - a * (fy + lam * qy))
     # T + 1 gradients of g (the one at (x, y) doubles as the first inner step), one grad f, no HVP
     assert counts(r) == {"n_f": 0, "n_grad_f": 1, "n_grad_g": T + 1, "n_hvp": 0}
-    r10 = solve(problem(), "bome", max_iter=1, kkt=False, inner_steps=10)
+    r10 = solve(problem(), "bome", max_iter=1, kkt="none", inner_steps=10)
     assert counts(r10)["n_grad_g"] == 11 and counts(r10)["n_hvp"] == 0
 
 
@@ -51,7 +51,7 @@ def test_aid_bio_step_by_hand_and_cost():
     v = torch.linalg.solve(Q, y - b)                           # CG is exact in N = 2 steps here
     hyper = x - (-A.T @ v)                                     # grad_x f - grad_xy g v
     r = solve(problem(), AIDBiO(step_size=a, inner_steps=T, inner_step_size=s,
-                                linear_solver=ConjugateGradient(iters=N, tol=0.0)), max_iter=1, kkt=False)
+                                linear_solver=ConjugateGradient(iters=N, tol=0.0)), max_iter=1, kkt="none")
     torch.testing.assert_close(r.y, y)
     torch.testing.assert_close(r.x, X0 - a * hyper)
     torch.testing.assert_close(r.state.nu, -v)
@@ -66,13 +66,13 @@ def test_vpbgd_step_by_hand_and_cost():
     s = min(1 / gamma, 1.0)
     gx, gy, gx_w = -A.T @ y, Q @ y - A @ x, -A.T @ w
     r = solve(problem(), VPBGD(step_size=a, inner_steps=T, inner_step_size=beta, penalty=gamma), max_iter=1,
-              kkt=False)
+              kkt="none")
     torch.testing.assert_close(r.x, x - a * s * (x + gamma * (gx - gx_w)))
     torch.testing.assert_close(r.y, y - a * s * ((y - b) + gamma * gy))
     torch.testing.assert_close(r.state.w, w)
     assert counts(r) == {"n_f": 0, "n_grad_f": 1, "n_grad_g": T + 2, "n_hvp": 0}
     # the penalty rises linearly over penalty_warmup iterations
-    r = solve(problem(), VPBGD(penalty=4.0, penalty_warmup=4), max_iter=4, kkt=False)
+    r = solve(problem(), VPBGD(penalty=4.0, penalty_warmup=4), max_iter=4, kkt="none")
     assert r.history["penalty"][:4] == [0.0, 1.0, 2.0, 3.0]
 
 
@@ -86,7 +86,7 @@ def test_galet_step_by_hand_and_cost():
     for _ in range(T):                                          # the paper's loop from w = 0
         w = w - rho * Q @ (fy + Q @ w)
     r = solve(problem(), GALET(step_size=a, inner_steps=N, inner_step_size=s,
-                               linear_solver=Neumann(iters=T, step_size=rho)), max_iter=1, kkt=False)
+                               linear_solver=Neumann(iters=T, step_size=rho)), max_iter=1, kkt="none")
     torch.testing.assert_close(r.state.nu, w)
     torch.testing.assert_close(r.x, X0 - a * (X0 + (-A.T @ w)))
     torch.testing.assert_close(r.y, y)
@@ -99,13 +99,13 @@ def test_galet_step_by_hand_and_cost():
 def test_defaults_reach_the_closed_form_solution(method, kwargs):
     p = PROBLEMS["quadratic"](**kwargs)
     iters = {"aid_bio": 3000, "vpbgd": 5000, "galet": 1000, "bome": 20000}[method]
-    r = solve(p, method, max_iter=iters, log_every=iters, kkt=False)
+    r = solve(p, method, max_iter=iters, log_every=iters, kkt="none")
     assert float((r.x - p.info["x_star"]).norm()) < 5e-2
 
 
 @pytest.mark.parametrize("method", ["aid_bio", "galet", "vpbgd", "bome"])
 def test_coreset_reaches_its_optimum(method):
-    r = solve(PROBLEMS["coreset"](seed=1), method, max_iter=2000, log_every=2000, kkt=False)
+    r = solve(PROBLEMS["coreset"](seed=1), method, max_iter=2000, log_every=2000, kkt="none")
     assert r.final("upper_objective") < 1e-3
 
 

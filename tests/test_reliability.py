@@ -62,7 +62,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
 def test_cli_run_killed_with_sigkill_continues_from_its_checkpoint(tmp_path):
     ck, out_a, out_b = tmp_path / "ck.pt", tmp_path / "a", tmp_path / "b"
     base = [sys.executable, "-m", "bilevel", "run", "--problem", "synthetic-sc", "--method", "pgdqp",
-            "--max-iter", "2000", "--log-every", "100", "--no-progress", "--no-kkt"]
+            "--max-iter", "6000", "--log-every", "100", "--no-progress", "--kkt", "none"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(base + ["--checkpoint", str(ck), "--checkpoint-every", "200", "--out", str(out_a)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -18,12 +18,14 @@ obtained by one backward pass through the graph of grad_y g (a double backward).
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.func import grad, grad_and_value, jvp, vjp
 
 COUNTERS = ("n_f", "n_g", "n_grad_f", "n_grad_g", "n_hvp")
 
@@ -41,8 +43,10 @@ def _grads(out: Tensor, inputs: tuple[Tensor, ...], create_graph: bool = False) 
 
 
 def inner(a: Tensor, b: Tensor) -> Tensor:
-    """<a, b> for tensors of any (equal) shape, as a 0-d tensor."""
-    return torch.vdot(a.reshape(-1), b.reshape(-1))
+    """<a, b> for real tensors of any (equal) shape, as a 0-d tensor."""
+    if a.dim() != 1:
+        a, b = a.reshape(-1), b.reshape(-1)
+    return torch.dot(a, b)
 
 
 @dataclass(frozen=True)
@@ -242,6 +246,131 @@ class Oracle:
         out = {name: int(self.counts[name]) for name in COUNTERS}
         out["oracle_calls"] = sum(out.values())
         return out
+
+
+class _CompiledOrEager:
+    """fn compiled by torch.compile, falling back for good to fn itself (with a warning that
+    says why) the first time compilation or the compiled call fails."""
+
+    def __init__(self, name: str, fn: Callable, failures: dict[str, str]):
+        self.name, self.eager, self.failures = name, fn, failures
+        self.compiled = torch.compile(fn, dynamic=False)
+
+    def __call__(self, *args: Tensor):
+        if self.name not in self.failures:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:  # compilation is best-effort: the eager function is the reference
+                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                self.failures[self.name] = reason
+                warnings.warn(f"compile=True: {self.name} runs uncompiled ({reason})", RuntimeWarning, stacklevel=3)
+        return self.eager(*args)
+
+
+class FuncOracle(Oracle):
+    """The oracle of `Oracle`, built from torch.func transforms instead of torch.autograd.
+
+    Its derivatives are pure functions of their tensor arguments, so they compose with
+    `torch.func.vmap` (used by `bilevel.solve_batch`) and `torch.compile` (used by
+    `solve(..., compile=True)`). Hessian- and Jacobian-vector products are forward-over-
+    reverse (`jvp` of `grad`). Eager, it is slower than `Oracle` on every problem measured
+    (benchmarks/RESULTS.md), which is why `Oracle` is the default. Counts as `Oracle`.
+
+    Args:
+        f, g: the objectives, (x, y) -> scalar tensor.
+        compile: compile each derivative with torch.compile; a derivative whose compilation
+            fails runs uncompiled, and `compile_failures` (name -> reason) says why.
+    """
+
+    def __init__(self, f: Callable[[Tensor, Tensor], Tensor], g: Callable[[Tensor, Tensor], Tensor],
+                 compile: bool = False):
+        super().__init__(f, g)
+        grad_y_g = grad(g, argnums=1)
+
+        def h(x: Tensor, y: Tensor) -> Tensor:
+            gy = grad_y_g(x, y)
+            return inner(gy, gy)
+
+        grad_f_xy, grad_h_xy = grad(f, argnums=(0, 1)), grad(h, argnums=(0, 1))
+
+        def with_value(fn: Callable) -> Callable:
+            def value_and_grads(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                (gx, gy), value = grad_and_value(fn, argnums=(0, 1))(x, y)
+                return value, gx, gy
+            return value_and_grads
+
+        def h_and_grad(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+            def h_with_parts(x: Tensor, y: Tensor):
+                gy, value = grad_and_value(g, argnums=1)(x, y)
+                return inner(gy, gy), (value, gy)
+            (hx, hy), (h, (value, gy)) = grad_and_value(h_with_parts, argnums=(0, 1), has_aux=True)(x, y)
+            return value, gy, h, hx, hy
+
+        def vjp_grad_y_g(x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+            return vjp(grad_y_g, x, y)[1](v)
+
+        def jvp_grad_y_g(x: Tensor, y: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
+            return jvp(grad_y_g, (x, y), (dx, dy))[1]
+
+        def hvp_f(x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
+            return jvp(grad_f_xy, (x, y), (vx, vy))[1]
+
+        def hvp_h(x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
+            return jvp(grad_h_xy, (x, y), (vx, vy))[1]
+
+        def hvp_inner_grad_y_g(x: Tensor, y: Tensor, w: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
+            grad_inner = grad(lambda x, y: inner(grad_y_g(x, y), w), argnums=(0, 1))
+            return jvp(grad_inner, (x, y), (vx, vy))[1]
+
+        pure = {"grad_f": with_value(f), "grad_g": with_value(g), "grad_g_y": grad_y_g,
+                "grad_g_x": grad(g, argnums=0), "h_and_grad": h_and_grad, "vjp_grad_y_g": vjp_grad_y_g,
+                "jvp_grad_y_g": jvp_grad_y_g, "hvp_f": hvp_f, "hvp_h": hvp_h,
+                "hvp_inner_grad_y_g": hvp_inner_grad_y_g}
+        self.compile_failures: dict[str, str] = {}
+        if compile:
+            pure = {name: _CompiledOrEager(name, fn, self.compile_failures) for name, fn in pure.items()}
+        self._pure = pure
+
+    def grad_f(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        self.counts["n_grad_f"] += 1
+        return self._pure["grad_f"](x.detach(), y.detach())
+
+    def grad_g(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        self.counts["n_grad_g"] += 1
+        return self._pure["grad_g"](x.detach(), y.detach())
+
+    def grad_g_y(self, x: Tensor, y: Tensor) -> Tensor:
+        self.counts["n_grad_g"] += 1
+        return self._pure["grad_g_y"](x.detach(), y.detach())
+
+    def grad_g_x(self, x: Tensor, y: Tensor) -> Tensor:
+        self.counts["n_grad_g"] += 1
+        return self._pure["grad_g_x"](x.detach(), y.detach())
+
+    def h_and_grad(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        self.counts["n_grad_g"] += 1
+        self.counts["n_hvp"] += 1
+        return self._pure["h_and_grad"](x.detach(), y.detach())
+
+    def vjp_grad_y_g(self, x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.counts["n_hvp"] += 1
+        return self._pure["vjp_grad_y_g"](x.detach(), y.detach(), v.detach())
+
+    def jvp_grad_y_g(self, x: Tensor, y: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
+        self.counts["n_hvp"] += 1
+        return self._pure["jvp_grad_y_g"](x.detach(), y.detach(), dx.detach(), dy.detach())
+
+    def hvp_f(self, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
+        self.counts["n_hvp"] += 1
+        return self._pure["hvp_f"](x.detach(), y.detach(), vx.detach(), vy.detach())
+
+    def hvp_h(self, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
+        self.counts["n_hvp"] += 1
+        return self._pure["hvp_h"](x.detach(), y.detach(), vx.detach(), vy.detach())
+
+    def hvp_inner_grad_y_g(self, x: Tensor, y: Tensor, w: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
+        self.counts["n_hvp"] += 1
+        return self._pure["hvp_inner_grad_y_g"](x.detach(), y.detach(), w.detach(), vx.detach(), vy.detach())
 
 
 def depends_on(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> tuple[bool, bool]:

@@ -1,13 +1,14 @@
 """solve(): the one loop over outer iterations (stopping, callback, history, timing, progress)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as checkpoints
 from . import metrics
 from .distributed import run_context
-from .oracles import Oracle
+from .oracles import FuncOracle, Oracle
 from .problem import BilevelProblem
 from .result import Result, Status
 from .solvers import SOLVERS
@@ -63,36 +64,68 @@ def _check_solve_args(max_iter: Any, tol: Any, log_every: Any, callback: Any) ->
 
 
 def _nonfinite(state: State) -> str:
-    """'' if the state's iterate and diagnostics are finite, else what is not."""
-    parts = [state.x.reshape(-1), state.y.reshape(-1)]
-    parts += [v.reshape(-1).to(state.x.dtype) for v in state.info.values()]
-    if bool(torch.isfinite(torch.cat(parts)).all()):
+    """'' if the state's iterate and diagnostics are finite, else what is not.
+
+    One fused check (a concatenation and one reduction) and one host sync per iteration:
+    the guard that keeps NaN out of every answer.
+    """
+    tensors = [state.x.reshape(-1), state.y.reshape(-1)]
+    tensors += [v.reshape(-1).to(state.x.device) for v in state.info.values() if isinstance(v, torch.Tensor)]
+    numbers = [v for v in state.info.values() if not isinstance(v, torch.Tensor)]
+    if bool(torch.isfinite(torch.cat(tensors)).all()) and all(math.isfinite(v) for v in numbers):
         return ""
-    bad = [name for name, v in (("x", state.x), ("y", state.y), *state.info.items())
-           if not bool(torch.isfinite(v).all())]
-    return ", ".join(bad)
+    return ", ".join(name for name, v in (("x", state.x), ("y", state.y), *state.info.items())
+                     if not (bool(torch.isfinite(v).all()) if isinstance(v, torch.Tensor) else math.isfinite(v)))
+
+
+def denormals_are_flushed() -> bool:
+    """Whether the CPU currently flushes subnormal floats to zero (torch has no getter:
+    a subnormal float64 times one is zero exactly when flushing is on)."""
+    return bool(torch.tensor([2.0 ** -1060], dtype=torch.float64).mul(1.0)[0] == 0)
+
+
+@contextlib.contextmanager
+def _flushing_denormals(enabled: bool) -> Iterator[None]:
+    """Flush subnormal floats to zero inside the block (when enabled), then restore the setting.
+
+    Arithmetic on subnormals is slow on x86 CPUs: a hyper-cleaning run whose weights
+    sigmoid(x) decay below 1e-38 (float32) slowed about threefold (benchmarks/RESULTS.md).
+    """
+    if not enabled:
+        yield
+        return
+    before = denormals_are_flushed()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
+KKT_MODES = ("method", "least_squares", "none")
 
 
 class _History:
     """Rows of the history, as columns of floats."""
 
-    def __init__(self, problem: BilevelProblem, kkt: bool, make_oracle: Callable[..., Oracle] = Oracle):
+    def __init__(self, problem: BilevelProblem, kkt: str, make_oracle: Callable[..., Oracle] = Oracle):
         self.problem = problem
         self.kkt = kkt
         self.make_oracle = make_oracle
         self.columns: dict[str, list[float]] = defaultdict(list)
 
-    def log(self, k: int, elapsed: float, counts: dict[str, int], info: dict[str, Any], x, y) -> dict[str, float]:
+    def log(self, k: int, elapsed: float, counts: dict[str, int], info: dict[str, Any], x, y, nu) -> dict[str, float]:
         """One row: iteration, time and counts to reach (x, y), the step's diagnostics,
-        the least-squares KKT residuals (if asked) and the problem's metrics. The last two
-        use their own oracle and are not counted or timed."""
+        the KKT residuals that `kkt` asks for and the problem's metrics. The last two use
+        their own oracle and are neither counted nor timed."""
         row: dict[str, float] = {"iter": float(k), "time": elapsed}
         row.update({name: float(v) for name, v in counts.items()})
         row.update({name: float(v) for name, v in info.items()})
-        if self.kkt:
+        if self.kkt == "least_squares" or (self.kkt == "method" and "kkt_stationarity" not in row):
             if "kkt_stationarity" in row:
                 row["kkt_stationarity_method"] = row["kkt_stationarity"]
-            residuals = metrics.kkt_info(self.make_oracle(self.problem.f, self.problem.g), x, y)
+            oracle = self.make_oracle(self.problem.f, self.problem.g)
+            residuals = metrics.kkt_info(oracle, x, y, nu if self.kkt == "method" else None)
             row.update({name: float(residuals[name]) for name in ("kkt_stationarity", "kkt_feasibility")})
         if self.problem.metrics is not None:
             with torch.no_grad():
@@ -112,8 +145,9 @@ class _History:
 def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000, tol: float | None = None,
           callback: Callable[[State], Any] | None = None, log_every: int = 1, progress: bool = False,
           device: Any = None, dtype: torch.dtype | None = None, seed: int | None = None,
-          kkt: bool = True, distributed: bool = False, checkpoint: str | Path | None = None,
-          checkpoint_every: int = 100, **solver_options: Any) -> Result:
+          kkt: str = "method", distributed: bool = False, checkpoint: str | Path | None = None,
+          checkpoint_every: int = 100, compile: bool = False, flush_denormal: bool = True,
+          **solver_options: Any) -> Result:
     """Run a bilevel solver on a problem.
 
     Args:
@@ -129,11 +163,14 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
         device, dtype: move x0, y0 and the bounds (data inside f and g stay put: build
             the problem on the device). Default: as the problem is.
         seed: seed of the generator handed to stochastic solvers. Default None.
-        kkt: at logged iterations, report kkt_stationarity with the least-squares
-            multiplier nu = argmin ||grad f + J^T nu|| (Definition 2.4 asks for some nu;
-            this is the best one), by conjugate gradient, not counted and not timed; the
-            method's own estimate stays as kkt_stationarity_method. False: report the
-            method's estimate only, at no cost. Default True.
+        kkt: the residuals of Definition 2.4 at logged iterations, kkt_stationarity =
+            ||grad f + J^T nu||^2 and kkt_feasibility = h, for a multiplier nu:
+            "method": the multiplier the method defines (free where its step computes the
+            residual, one product otherwise), the least-squares one where it defines none;
+            "least_squares": nu = argmin ||grad f + J^T nu|| for every method (comparable
+            across methods; about 100 products a row by conjugate gradient), the method's
+            own value kept as kkt_stationarity_method; "none": only what the step computes.
+            Neither counted nor timed. Default "method".
         distributed: run data-parallel over the torch.distributed process group: the
             problem's f and g are this rank's parts of sums over ranks, the oracle is a
             `bilevel.distributed.DistributedOracle`, and only rank 0 shows progress.
@@ -144,6 +181,13 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
             seed; max_iter may be larger), to the same iterates as an uninterrupted run.
             Default None.
         checkpoint_every: iterations between checkpoints. Default 100.
+        compile: evaluate the oracle through torch.func transforms compiled by
+            torch.compile (`bilevel.oracles.FuncOracle`). Compilation takes seconds (counted
+            in `time`); a derivative that fails to compile runs uncompiled, with a warning
+            and the reason in `Result.message`. Default False.
+        flush_denormal: flush subnormal floats to zero during the run (restored after),
+            which keeps x86 CPUs from slowing down when values decay towards zero.
+            Default True.
         **solver_options: hyperparameters of the solver, e.g. step_size=0.1.
 
     Returns:
@@ -161,6 +205,17 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
     _check_solve_args(max_iter, tol, log_every, callback)
     if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
         raise ValueError(f"Invalid checkpoint_every: {checkpoint_every!r} (expected an integer >= 1)")
+    if kkt not in KKT_MODES:
+        raise ValueError(f"Invalid kkt: {kkt!r} (expected one of {', '.join(map(repr, KKT_MODES))})")
+    if tol is not None and kkt == "none":
+        raise ValueError(f"Invalid tol: {tol!r} with kkt='none' (tol is checked against the KKT residuals; "
+                         "use kkt='method' or kkt='least_squares')")
+    for name, value in (("compile", compile), ("flush_denormal", flush_denormal)):
+        if not isinstance(value, bool):
+            raise TypeError(f"Invalid {name}: {value!r} (expected True or False)")
+    if compile and distributed:
+        raise ValueError("Invalid compile: True with distributed=True (the data-parallel oracle is not compiled; "
+                         "pass one of them)")
     if device is not None or dtype is not None:
         try:
             problem = problem.to(device=device, dtype=dtype)
@@ -169,7 +224,22 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
                              f"({exc}); build the problem on that device and dtype instead, e.g. "
                              f"PROBLEMS[name](device=..., dtype=...)") from exc
     context = run_context(solver, distributed, seed, problem.x0, problem.y0)
-    oracle = context.oracle(problem.f, problem.g)
+    oracle = FuncOracle(problem.f, problem.g, compile=True) if compile else context.oracle(problem.f, problem.g)
+    with _flushing_denormals(flush_denormal):
+        result = _run(problem, solver, oracle, context, max_iter=max_iter, tol=tol, callback=callback,
+                      log_every=log_every, progress=progress, kkt=kkt, checkpoint=checkpoint,
+                      checkpoint_every=checkpoint_every)
+    failures = getattr(oracle, "compile_failures", {})
+    if failures:
+        note = "; ".join(f"{name}: {reason}" for name, reason in failures.items())
+        result = dataclasses.replace(result, message=f"{result.message} (compile=True: ran uncompiled: {note})")
+    return result
+
+
+def _run(problem: BilevelProblem, solver: Solver, oracle: Oracle, context: Any, *, max_iter: int,
+         tol: float | None, callback: Callable[[State], Any] | None, log_every: int, progress: bool, kkt: str,
+         checkpoint: str | Path | None, checkpoint_every: int) -> Result:
+    """The loop of `solve`, after its arguments are checked."""
     cuda = problem.x0.is_cuda
     generator = torch.Generator(device=problem.x0.device)
     generator.manual_seed(context.seed)
@@ -206,7 +276,7 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
             torch.cuda.synchronize()
         step_time = time.perf_counter() - start
         if k % log_every == 0 or bad:
-            row = history.log(k, elapsed, counts, new.info, state.x, state.y)
+            row = history.log(k, elapsed, counts, new.info, state.x, state.y, new.nu)
             bar.set_postfix({n: f"{row[n]:.3g}" for n in ("f", "h") if n in row}, refresh=False)
             bar.update(k + 1 - bar.n)
             if tol is not None and not bad and max(row.get("kkt_stationarity", math.inf),
@@ -237,9 +307,8 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
 
     if status in (Status.COMPLETED, Status.MAX_ITER, Status.STOPPED):
         final = solver.diagnose(problem, context.oracle(problem.f, problem.g), state)
-        row = history.log(k, elapsed, counts, final, state.x, state.y)
+        row = history.log(k, elapsed, counts, final, state.x, state.y, state.nu)
         if status is Status.MAX_ITER and max(row["kkt_stationarity"], row["kkt_feasibility"]) <= tol:
             status = Status.CONVERGED
-    n_iter = k
-    return Result(x=state.x, y=state.y, status=status, n_iter=n_iter, history=history.as_dict(),
+    return Result(x=state.x, y=state.y, status=status, n_iter=k, history=history.as_dict(),
                   message=message or str(status), solver=solver, state=state)

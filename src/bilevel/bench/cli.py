@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import yaml
 
 from .. import PROBLEMS, SOLVERS, distributed, solve
-from ..solve import make_solver
+from ..solve import KKT_MODES, make_solver
 from . import store
 from .plot import X_AXES, plot_metrics
 from .sweep import ConfigError
@@ -111,7 +111,7 @@ def _solver_options(text_items: Sequence[str] | None) -> dict[str, Any]:
 
 def _run_one(problem_name: str, method: str, seed: int, options: dict[str, Any], problem_args: dict[str, Any],
              max_iter: int, log_every: int, tol: float | None, progress: bool, device: str | None,
-             data_parallel: bool = False, kkt: bool = True, checkpoint: str | None = None,
+             data_parallel: bool = False, kkt: str = "method", checkpoint: str | None = None,
              checkpoint_every: int = 100):
     problem = build_problem(problem_name, seed, problem_args, device)
     try:
@@ -150,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     shard = _init_distributed(args)
     problem, solver, result, wall = _run_one(args.problem, args.method, args.seed, options,
                                              {**problem_args, **shard}, args.max_iter, args.log_every, args.tol,
-                                             not args.no_progress, args.device, args.distributed, kkt=not args.no_kkt,
+                                             not args.no_progress, args.device, args.distributed, kkt=args.kkt,
                                              checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
     if shard.get("rank", 0) != 0:  # only rank 0 prints and writes
         distributed.shutdown()
@@ -203,7 +203,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for seed in range(args.seeds):
             problem, solver, result, wall = _run_one(args.problem, method, seed, per_method[method], problem_args,
                                                      args.max_iter, args.log_every, None, False, args.device,
-                                                     kkt=not args.no_kkt)
+                                                     kkt=args.kkt)
             frames.append(store.tidy(result, method=method, problem=args.problem, seed=seed,
                                      run_id=f"{method}-{seed}", hyperparameters=_hyperparameters(solver),
                                      **store.provenance(args.device)))
@@ -335,8 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-iter", type=int, default=1000, help="outer iterations (default 1000)")
         p.add_argument("--log-every", type=int, default=10, help="log every N iterations (default 10)")
         p.add_argument("--device", default=None, help="torch device for the problem's data (default cpu)")
-        p.add_argument("--no-kkt", action="store_true",
-                       help="log the method's own KKT estimate instead of the least-squares residual (cheaper)")
+        p.add_argument("--kkt", default="method", choices=list(KKT_MODES),
+                       help="KKT residuals at logged iterations: the method's multiplier (default), the "
+                            "least-squares one for every method (comparable, about 100 products a row), or none")
 
     p = sub.add_parser("run", help="run one method on one problem")
     common(p)

@@ -7,7 +7,7 @@ Config (YAML):
     max_iter: 500
     log_every: 50
     seeds: 3                       # a count (0..2) or a list [0, 5, 7]
-    kkt: true                      # least-squares KKT residuals at logged iterations (default true)
+    kkt: method                    # KKT residuals at logged iterations: method, least_squares or none
     problems:
       coreset: {}                  # builder arguments; a list is a grid
       synthetic-sc: {dim: [10, 20]}
@@ -34,10 +34,10 @@ from typing import Any, Iterable
 import yaml
 
 from .. import PROBLEMS, SOLVERS
-from ..solve import make_solver
+from ..solve import KKT_MODES, make_solver
 from . import store
 
-TOP_KEYS = {"name": str, "max_iter": int, "log_every": int, "seeds": (int, list), "kkt": bool,
+TOP_KEYS = {"name": str, "max_iter": int, "log_every": int, "seeds": (int, list), "kkt": str,
             "problems": dict, "methods": dict, "plot": dict, "description": str}
 PLOT_KEYS = {"metrics": list, "x": str}
 REQUIRED = ("max_iter", "problems", "methods")
@@ -58,7 +58,7 @@ class RunSpec:
     seed: int
     max_iter: int
     log_every: int
-    kkt: bool
+    kkt: str
 
     @property
     def run_id(self) -> str:
@@ -128,6 +128,9 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
     for key in REQUIRED:
         if key not in raw:
             raise ConfigError(f"Invalid config: {source}: missing key {key!r}")
+    if raw.get("kkt", "method") not in KKT_MODES:
+        raise ConfigError(f"Invalid value: {_where(source, lines, ('kkt',))}: {raw['kkt']!r} "
+                          f"(expected one of {', '.join(KKT_MODES)}){_suggest(raw['kkt'], KKT_MODES)}")
     for key in ("max_iter", "log_every"):
         if key in raw and raw[key] < 1:
             raise ConfigError(f"Invalid value: {_where(source, lines, (key,))}: {raw[key]!r} (expected >= 1)")
@@ -207,7 +210,7 @@ def expand(config: dict[str, Any]) -> list[RunSpec]:
                     for seed in seeds:
                         runs.append(RunSpec(problem, tuple(sorted(problem_args.items())), method,
                                             tuple(sorted(opts.items())), seed, config["max_iter"],
-                                            config.get("log_every", 10), config.get("kkt", True)))
+                                            config.get("log_every", 10), config.get("kkt", "method")))
     return runs
 
 

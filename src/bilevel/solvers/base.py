@@ -27,7 +27,7 @@ class State:
     Attributes:
         x, y: the current iterate z_k.
         k: the number of steps taken.
-        info: diagnostics (0-d tensors) of the previous iterate z_{k-1}, computed by the
+        info: diagnostics (0-d tensors or floats) of the previous iterate z_{k-1}, computed by the
             step that left it: `f`, `g`, `h`, `kkt_stationarity`, `kkt_feasibility` and
             method-specific values (lambda, step size, ...). Logged without recomputation.
         nu: the multiplier estimate of grad_y g = 0 that the method defines, or None.

@@ -88,7 +88,7 @@ class IAPTTGM(Solver):
         h = inner(gy, gy)
         info = {"f": f, "g": g, "h": h,
                 "kkt_stationarity": inner(run.grad_x, run.grad_x) + inner(run.grad_z, run.grad_z),
-                "kkt_feasibility": h, "truncation": torch.tensor(float(run.index))}
+                "kkt_feasibility": h, "truncation": float(run.index)}
         x = problem.project_x(state.x - self.step_size * run.grad_x)
         z = problem.project_y(state.z - self.lower_step_size * run.grad_z)
         return replace(state, x=x, y=run.y_last, z=z, k=state.k + 1, info=info)

@@ -100,7 +100,7 @@ class MEHA(Solver):
         nu = c * (y - theta)
         h = inner(gy, gy)
         info = {"f": f, "g": g, "h": h, "kkt_stationarity": metrics.kkt_stationarity(oracle, x, y, nu, (fx, fy)),
-                "kkt_feasibility": h, "penalty": torch.tensor(c)}
+                "kkt_feasibility": h, "penalty": c}
         return replace(state, x=problem.project_x(x - self.step_size * d_x),
                        y=problem.project_y(y - self.lower_step_size * d_y),
                        theta=theta, k=state.k + 1, info=info, nu=nu)

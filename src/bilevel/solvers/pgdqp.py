@@ -191,11 +191,10 @@ class PGDQP(Solver):
         hh = inner(hx, hx) + y_scale * inner(hy, hy)
         rho = hh if self.rho == "grad" else torch.sqrt(hh * state.h0)
         dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale)
-        # KKT residual of Definition 2.4 with nu = 2 lambda grad_y g (grad h = 2 J^T grad_y g)
-        rx, ry = fx + lam * hx, fy + lam * hy
-        info = {"f": f, "g": g, "h": h, "kkt_stationarity": inner(rx, rx) + inner(ry, ry),
-                "kkt_feasibility": h, "lambda": lam, "step_size": torch.tensor(gamma, dtype=torch.float64),
-                "alpha": torch.as_tensor(alpha, dtype=torch.float64)}
+        # KKT residual of Definition 2.4 with nu = 2 lambda grad_y g (grad h = 2 J^T grad_y g):
+        # grad f + lambda grad h = (-dx, -dy / y_scale)
+        info = {"f": f, "g": g, "h": h, "kkt_stationarity": inner(dx, dx) + inner(dy, dy) / y_scale ** 2,
+                "kkt_feasibility": h, "lambda": lam, "step_size": gamma, "alpha": alpha}
         return dx, dy, 2 * lam * gy, info
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> PGDQPState:

@@ -75,7 +75,7 @@ class VPBGD(Solver):
         g, gx, gy = oracle.grad_g(x, y)
         gx_w = oracle.grad_g_x(x, w)
         h = inner(gy, gy)
-        info = {"f": f, "g": g, "h": h, "kkt_feasibility": h, "penalty": torch.tensor(gamma, dtype=torch.float64)}
+        info = {"f": f, "g": g, "h": h, "kkt_feasibility": h, "penalty": gamma}
         y_step = self.step_size if self.lower_step_size is None else self.lower_step_size
         x_new = problem.project_x(x - self.step_size * s * (fx + gamma * (gx - gx_w)))
         y_new = problem.project_y(y - y_step * s * (fy + gamma * gy))
