@@ -37,6 +37,10 @@ BAD_PROBLEMS = [
     (dict(y_bounds=5.0), TypeError, r"Invalid y_bounds: 5.0 \(expected a \(low, high\) pair"),
     (dict(metrics="acc"), TypeError, r"Invalid metrics: 'acc'"),
     (dict(g=lambda x, y: (y ** 2).sum()[3]), ValueError, r"Invalid g: calling g\(x0, y0\) raised IndexError"),
+    (dict(f=lambda x, y: (x.sum() > 0).long()), TypeError, r"Invalid f: f\(x0, y0\) returned dtype torch.int64"),
+    (dict(f=lambda x, y: torch.tensor(x.numpy().sum()) + y.sum()), ValueError,
+     r"Invalid f: f\(x, y\) cannot be differentiated \(RuntimeError: Can't call numpy\(\)"),
+    (dict(x_bounds=("0", "1")), TypeError, r"Invalid x_bounds: low bound '0' \(expected a number or a tensor\)"),
 ]
 
 
@@ -63,15 +67,86 @@ BAD_SOLVES = [
     (dict(schedule="cosine"), ValueError, r"Invalid schedule: 'cosine'"),
     (dict(schedule="theorem", step_size=0.1), ValueError, r"with schedule='theorem'"),
     (dict(power_iters=0), ValueError, r"Invalid power_iters: 0 \(expected an integer >= 1\)"),
+    (dict(solver=PGDQP), TypeError, r"Invalid solver: the class PGDQP \(pass an instance, PGDQP\(\), or the name 'pgdqp'\)"),
+    (dict(solver="PGDQP"), ValueError, r"Invalid solver: 'PGDQP' .*did you mean 'pgdqp'"),
+    (dict(x_bounds=(0.0, 1.0)), TypeError, r"'x_bounds' is an argument of BilevelProblem\(...\), not of solve\(\)"),
+    (dict(seed="abc"), TypeError, r"Invalid seed: 'abc' \(expected an integer >= 0 or None\)"),
+    (dict(device="gpu"), ValueError, r"Invalid device: 'gpu' \(expected a torch device such as 'cpu'"),
+    (dict(dtype="float32"), TypeError, r"Invalid dtype: 'float32' \(expected a floating torch dtype"),
+    (dict(kkt=False), ValueError, r"Invalid kkt: False \(expected one of 'method', 'least_squares', 'none'\)"),
+    (dict(kkt="none", tol=1e-6), ValueError, r"Invalid tol: 1e-06 with kkt='none'"),
+    (dict(compile="yes"), TypeError, r"Invalid compile: 'yes' \(expected True or False\)"),
 ]
 
 
 @pytest.mark.parametrize("kwargs, exc, message", BAD_SOLVES)
 def test_bad_solve_inputs(kwargs, exc, message):
+    """Each bad argument of solve() is refused before any work, with a message naming it."""
     kwargs = dict(kwargs)
     solver = kwargs.pop("solver", "pgdqp")
     with pytest.raises(exc, match=message):
         solve(PROBLEM, solver, max_iter=kwargs.pop("max_iter", 5), **kwargs)
+
+
+def test_problem_and_integer_arguments():
+    with pytest.raises(TypeError, match=r"Invalid problem: <function f_ok .*expected a bilevel.BilevelProblem"):
+        solve(f_ok, "pgdqp")
+    import numpy as np
+    assert solve(PROBLEM, "pgdqp", max_iter=np.int64(3), log_every=np.int32(2)).n_iter == 3   # NumPy integers
+
+
+def test_the_callers_tensors_are_never_changed():
+    x0 = torch.zeros(2, dtype=D)
+
+    def f_in_place(x, y):
+        x.sub_(1.0)
+        return (x ** 2).sum() + (y ** 2).sum()
+    with pytest.raises(ValueError, match=r"Invalid f: f\(x, y\) cannot be differentiated .*x = x - 1, not x.sub_\(1\)"):
+        BilevelProblem(f_in_place, g_ok, x0, Y0)
+    assert torch.equal(x0, torch.zeros(2, dtype=D))
+    problem = BilevelProblem(f_ok, g_ok, x0, Y0)
+    x0.fill_(7.0)          # a later change to the caller's tensor does not leak into the problem
+    assert torch.equal(problem.x0, torch.zeros(2, dtype=D))
+
+
+def test_suspicious_objectives_warn():
+    with pytest.warns(UserWarning, match="f\\(x0, y0\\) does not depend on y"):
+        BilevelProblem(lambda x, y: (x ** 2).sum() + float(y.sum()), g_ok, X0, Y0)
+    with pytest.warns(UserWarning, match="g is flat in y at \\(x0, y0\\)"):
+        BilevelProblem(f_ok, lambda x, y: ((y - x) ** 2).sum() * 0.0 + (x ** 2).sum(), X0, Y0)
+
+
+def test_bad_metrics_are_named():
+    def build(metrics):
+        return BilevelProblem(f_ok, g_ok, X0, Y0, metrics=metrics)
+    with pytest.raises(ValueError, match=r"Invalid metrics: 'f' is already a history column"):
+        solve(build(lambda x, y: {"f": 1.0}), "pgdqp", max_iter=2)
+    with pytest.raises(TypeError, match=r"Invalid metrics: value of 'acc' is 'high' \(expected a number"):
+        solve(build(lambda x, y: {"acc": "high"}), "pgdqp", max_iter=2)
+    with pytest.raises(TypeError, match=r"Invalid metrics: metrics\(x, y\) returned NoneType"):
+        solve(build(lambda x, y: None), "pgdqp", max_iter=2)
+
+
+def test_exceptions_from_user_code_say_where_in_the_run():
+    def callback(state):
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom") as info:
+        solve(PROBLEM, "pgdqp", max_iter=5, callback=callback)
+    if hasattr(info.value, "__notes__"):
+        assert info.value.__notes__ == ["bilevel.solve: raised in the callback after iteration 1"]
+
+
+def test_a_maximising_lower_level_is_pointed_out():
+    problem = BilevelProblem(f_ok, lambda x, y: -0.5 * ((y - x) ** 2).sum(), X0, Y0)
+    r = solve(problem, "pgdqp", max_iter=50)
+    assert "y is not a minimiser of g(x, .)" in r.message and "pass -g" in r.message
+    assert "not a minimiser" not in solve(PROBLEM, "pgdqp", max_iter=50).message
+
+
+def test_curvature_that_overflows_is_a_clear_error():
+    problem = BilevelProblem(lambda x, y: (torch.exp(x) * 1e300).sum() + (y ** 2).sum(), g_ok, X0, Y0)
+    with pytest.raises(ValueError, match=r"Invalid problem for pgdqp: the estimate of lipschitz_f .* is inf"):
+        solve(problem, "pgdqp", max_iter=3)
 
 
 def test_name_and_object_are_the_same_call():
@@ -113,6 +188,20 @@ def test_tol_converges_and_callback_stops():
     assert r.status is Status.STOPPED and r.n_iter == 7 and r.state.k == 7
     r = solve(PROBLEM, "pgdqp", max_iter=3, tol=1e-30)
     assert r.status is Status.MAX_ITER and not r.success
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_an_objective_that_turns_nan_ends_on_a_finite_answer(name):
+    """f = ... + log(2 - x_1) is NaN once x_1 > 2 (x heads for 3): the answer and the last logged row
+    are the last iterate where f and g are finite, for every solver."""
+    def f(x, y):
+        return ((x - 3) ** 2).sum() + ((y - 3) ** 2).sum() + torch.log(2.0 - x[0])
+    problem = BilevelProblem(f, g_ok, X0, Y0)
+    r = solve(problem, name, max_iter=20000, log_every=50, kkt="none")
+    assert r.status is Status.DIVERGED, r.message
+    assert math.isfinite(float(f(r.x, r.y))) and math.isfinite(r.final("f"))
+    assert all(math.isfinite(v) for v in r.history["f"])
+    assert "non-finite f" in r.message
 
 
 def test_divergence_returns_last_finite_iterate():
@@ -164,9 +253,9 @@ def test_solve_dtype_that_the_problem_data_cannot_follow_is_a_clear_error():
 
 BAD_BUILDERS = [
     ("quadratic", dict(dim_x=0), ValueError, r"Invalid dim_x: 0 \(expected an integer >= 1\)"),
-    ("quadratic", dict(cond=0.5), ValueError, r"Invalid cond: 0.5 \(expected a number >= 1\)"),
+    ("quadratic", dict(cond=0.5), ValueError, r"Invalid cond: 0.5 \(expected a finite number >= 1\)"),
     ("synthetic-sc", dict(dim=2.5), ValueError, r"Invalid dim: 2.5"),
-    ("synthetic-nc", dict(seed="a"), TypeError, r"Invalid seed: 'a' \(expected an integer\)"),
+    ("synthetic-nc", dict(seed="a"), ValueError, r"Invalid seed: 'a' \(expected an integer >= 0\)"),
     ("coreset", dict(n_points=1), ValueError, r"Invalid n_points: 1 \(expected an integer >= 2\)"),
     ("hyper-cleaning", dict(model="cnn"), ValueError, r"Invalid model: 'cnn' \(expected 'linear' or 'mlp'\)"),
     ("hyper-cleaning", dict(corruption=1.5), ValueError, r"Invalid corruption: 1.5 \(expected a fraction"),

@@ -382,3 +382,13 @@ def depends_on(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> 
             return False, False
         gx, gy = torch.autograd.grad(out.sum(), (x_, y_), allow_unused=True)
     return gx is not None, gy is not None
+
+
+def flat_in_y(g: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> bool:
+    """Whether grad_y g and grad_yy g v (v a fixed random direction) are both exactly zero at (x, y)."""
+    v = torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=y.dtype).to(y.device)
+    with torch.enable_grad():
+        x_, y_ = _leaf(x), _leaf(y)
+        (gy,) = _grads(g(x_, y_), (y_,), create_graph=True)
+        (hv,) = _grads(inner(gy, v), (y_,))
+    return not bool(gy.any()) and not bool(hv.any())

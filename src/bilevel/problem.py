@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -35,7 +36,10 @@ def _check_bounds(name: str, bounds: Any, like: Tensor) -> tuple[Tensor | None, 
         if b is None:
             out.append(None)
             continue
-        t = torch.as_tensor(b, dtype=like.dtype, device=like.device)
+        try:
+            t = torch.as_tensor(b, dtype=like.dtype, device=like.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"Invalid {name}: {side} bound {b!r} (expected a number or a tensor)") from None
         try:
             torch.broadcast_shapes(t.shape, like.shape)
         except RuntimeError:
@@ -104,22 +108,29 @@ class BilevelProblem:
             raise ValueError(f"Invalid y0: device {self.y0.device} differs from x0's {self.x0.device} (expected the same device)")
         object.__setattr__(self, "x_bounds", _check_bounds("x_bounds", self.x_bounds, self.x0))
         object.__setattr__(self, "y_bounds", _check_bounds("y_bounds", self.y_bounds, self.y0))
-        object.__setattr__(self, "x0", _clamp(self.x0.detach(), self.x_bounds))
-        object.__setattr__(self, "y0", _clamp(self.y0.detach(), self.y_bounds))
+        # private copies: the caller's tensors are never changed, and later changes to them do not leak in
+        object.__setattr__(self, "x0", _clamp(self.x0.detach().clone(), self.x_bounds))
+        object.__setattr__(self, "y0", _clamp(self.y0.detach().clone(), self.y_bounds))
         for arg in ("f", "g"):
             self._check_objective(arg)
-        dep_x, dep_y = oracles.depends_on(self.g, self.x0, self.y0)
+        dep_x, dep_y = self._depends_on("g")
         if not dep_y:
             raise ValueError("Invalid g: g(x0, y0) does not depend on y (the lower level must be a function of y)")
-        fx, fy = oracles.depends_on(self.f, self.x0, self.y0)
+        fx, fy = self._depends_on("f")
         if not (fx or fy):
             raise ValueError("Invalid f: f(x0, y0) depends on neither x nor y (nothing to optimise)")
+        if not fy:
+            warnings.warn("f(x0, y0) does not depend on y: the lower level cannot change the upper objective "
+                          "(did .item(), .detach() or .numpy() on y drop its gradient?)", UserWarning, stacklevel=3)
+        if oracles.flat_in_y(self.g, self.x0, self.y0):
+            warnings.warn("g is flat in y at (x0, y0): grad_y g and grad_yy g v are zero there (does g use y only "
+                          "through 0 * y, round, argmax or a comparison?)", UserWarning, stacklevel=3)
 
     def _check_objective(self, arg: str) -> None:
         fn = getattr(self, arg)
         try:
             with torch.no_grad():
-                out = fn(self.x0, self.y0)
+                out = fn(self.x0.clone(), self.y0.clone())
         except Exception as exc:  # the user's function failed: say where, keep the cause
             raise ValueError(f"Invalid {arg}: calling {arg}(x0, y0) raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(out, Tensor):
@@ -127,8 +138,19 @@ class BilevelProblem:
         if out.numel() != 1 or out.dim() > 1:
             raise ValueError(f"Invalid {arg}: {arg}(x0, y0) returned shape {tuple(out.shape)} "
                              f"(expected a scalar; reduce with .sum() or .mean())")
+        if not out.is_floating_point():
+            raise TypeError(f"Invalid {arg}: {arg}(x0, y0) returned dtype {out.dtype} (expected a floating scalar; "
+                            f"comparisons, argmax and integer casts are not differentiable)")
         if not math.isfinite(float(out)):
             raise ValueError(f"Invalid {arg}: {arg}(x0, y0) = {float(out)} (expected a finite value at the start)")
+
+    def _depends_on(self, arg: str) -> tuple[bool, bool]:
+        try:
+            return oracles.depends_on(getattr(self, arg), self.x0.clone(), self.y0.clone())
+        except Exception as exc:
+            raise ValueError(f"Invalid {arg}: {arg}(x, y) cannot be differentiated ({type(exc).__name__}: "
+                             f"{str(exc).strip().splitlines()[0]}); write it with differentiable torch operations: "
+                             f"no .numpy() or .item(), no in-place changes to x or y (x = x - 1, not x.sub_(1))") from exc
 
     # ----- helpers used by solvers and solve ---------------------------------------------
     def project_x(self, x: Tensor) -> Tensor:

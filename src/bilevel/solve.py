@@ -8,13 +8,13 @@ import math
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as checkpoints
-from . import metrics
+from . import checks, metrics
 from .distributed import run_context
 from .oracles import FuncOracle, Oracle
 from .problem import BilevelProblem
@@ -31,40 +31,53 @@ def make_solver(solver: str | Solver, options: dict[str, Any] | None = None) -> 
     options = dict(options or {})
     if isinstance(solver, str):
         if solver not in SOLVERS:
-            near = difflib.get_close_matches(solver, SOLVERS, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ValueError(f"Invalid solver: {solver!r} (expected one of {', '.join(sorted(SOLVERS))}){hint}")
+            raise ValueError(f"Invalid solver: {solver!r} (expected one of {', '.join(sorted(SOLVERS))})"
+                             f"{suggest(solver, SOLVERS)}")
         cls = SOLVERS[solver]
         _check_options(cls, options)
         return cls(**options)
     if isinstance(solver, Solver):
         _check_options(type(solver), options)
         return dataclasses.replace(solver, **options) if options else solver
+    if isinstance(solver, type) and issubclass(solver, Solver):
+        raise TypeError(f"Invalid solver: the class {solver.__name__} (pass an instance, {solver.__name__}(), "
+                        f"or the name {solver.name!r})")
     raise TypeError(f"Invalid solver: {solver!r} (expected a registered name such as 'pgdqp' or a Solver object)")
+
+
+def suggest(name: str, valid: Any) -> str:
+    """'; did you mean ...?' for the valid name nearest to `name` (case, '-' and '_' ignored), or ''."""
+    def key(text: str) -> str:
+        return str(text).lower().replace("-", "_")
+    keys = {key(v): v for v in valid}
+    near = difflib.get_close_matches(key(name), list(keys), n=1)
+    return f"; did you mean {keys[near[0]]!r}?" if near else ""
 
 
 def _check_options(cls: type[Solver], options: dict[str, Any]) -> None:
     valid = cls.options()
     unknown = [k for k in options if k not in valid]
     if unknown:
-        near = difflib.get_close_matches(unknown[0], valid, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise TypeError(f"Invalid option for {cls.name}: {unknown[0]!r} (valid options: {', '.join(valid)}){hint}")
+        if unknown[0] in {f.name for f in dataclasses.fields(BilevelProblem)}:
+            raise TypeError(f"Invalid option for {cls.name}: {unknown[0]!r} is an argument of "
+                            f"BilevelProblem(...), not of solve()")
+        raise TypeError(f"Invalid option for {cls.name}: {unknown[0]!r} (valid options: {', '.join(valid)})"
+                        f"{suggest(unknown[0], valid)}")
 
 
-def _check_solve_args(max_iter: Any, tol: Any, log_every: Any, callback: Any) -> None:
-    if not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 0:
-        raise ValueError(f"Invalid max_iter: {max_iter!r} (expected an integer >= 0)")
-    if tol is not None and not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"Invalid tol: {tol!r} (expected a finite number >= 0 or None)")
-    if not isinstance(log_every, int) or isinstance(log_every, bool) or log_every < 1:
-        raise ValueError(f"Invalid log_every: {log_every!r} (expected an integer >= 1)")
+def _check_solve_args(problem: Any, max_iter: Any, tol: Any, log_every: Any, callback: Any) -> None:
+    if not isinstance(problem, BilevelProblem):
+        raise TypeError(f"Invalid problem: {problem!r} (expected a bilevel.BilevelProblem, e.g. "
+                        f"BilevelProblem(f, g, x0, y0), or one from bilevel.PROBLEMS)")
+    checks.integer("max_iter", max_iter, 0)
+    checks.number("tol", tol, minimum=0, allow_none=True)
+    checks.integer("log_every", log_every, 1)
     if callback is not None and not callable(callback):
         raise TypeError(f"Invalid callback: {callback!r} (expected a callable (state) -> bool or None)")
 
 
-def _nonfinite(state: State) -> str:
-    """'' if the state's iterate and diagnostics are finite, else what is not.
+def _nonfinite(state: State) -> tuple[str, str]:
+    """What is not finite in (the iterate, the diagnostics) of a state: names, or '' for none.
 
     One fused check (a concatenation and one reduction) and one host sync per iteration:
     the guard that keeps NaN out of every answer.
@@ -73,9 +86,22 @@ def _nonfinite(state: State) -> str:
     tensors += [v.reshape(-1).to(state.x.device) for v in state.info.values() if isinstance(v, torch.Tensor)]
     numbers = [v for v in state.info.values() if not isinstance(v, torch.Tensor)]
     if bool(torch.isfinite(torch.cat(tensors)).all()) and all(math.isfinite(v) for v in numbers):
-        return ""
-    return ", ".join(name for name, v in (("x", state.x), ("y", state.y), *state.info.items())
-                     if not (bool(torch.isfinite(v).all()) if isinstance(v, torch.Tensor) else math.isfinite(v)))
+        return "", ""
+
+    def bad(items: Any) -> str:
+        return ", ".join(name for name, v in items
+                         if not (bool(torch.isfinite(v).all()) if isinstance(v, torch.Tensor) else math.isfinite(v)))
+    return bad((("x", state.x), ("y", state.y))), bad(state.info.items())
+
+
+def _with_context(call: Callable[[], Any], where: str) -> Any:
+    """call(); an exception from it carries a note saying where in the run it happened."""
+    try:
+        return call()
+    except Exception as exc:
+        if hasattr(exc, "add_note"):  # Python >= 3.11
+            exc.add_note(f"bilevel.solve: raised {where}")
+        raise
 
 
 def denormals_are_flushed() -> bool:
@@ -128,14 +154,31 @@ class _History:
             residuals = metrics.kkt_info(oracle, x, y, nu if self.kkt == "method" else None)
             row.update({name: float(residuals[name]) for name in ("kkt_stationarity", "kkt_feasibility")})
         if self.problem.metrics is not None:
-            with torch.no_grad():
-                row.update({name: float(v) for name, v in self.problem.metrics(x, y).items()})
+            row.update(self._metrics(x, y, row))
         n_rows = len(self.columns["iter"])
         for name, value in row.items():
             column = self.columns[name]
             column.extend([math.nan] * (n_rows - len(column)))  # a column that appears late
             column.append(value)
         return row
+
+    def _metrics(self, x, y, row: dict[str, float]) -> dict[str, float]:
+        """The problem's metrics at (x, y), checked: a mapping of new names to numbers."""
+        with torch.no_grad():
+            values = self.problem.metrics(x, y)
+        if not isinstance(values, Mapping):
+            raise TypeError(f"Invalid metrics: metrics(x, y) returned {type(values).__name__} "
+                            f"(expected a dict of name -> number)")
+        out = {}
+        for name, value in values.items():
+            if name in row:
+                raise ValueError(f"Invalid metrics: {name!r} is already a history column (rename the metric)")
+            try:
+                out[name] = float(value)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"Invalid metrics: value of {name!r} is {value!r} (expected a number or a "
+                                f"one-element tensor)") from None
+        return out
 
     def as_dict(self) -> dict[str, list[float]]:
         n = len(self.columns["iter"])
@@ -202,7 +245,9 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
         True
     """
     solver = make_solver(solver, solver_options)
-    _check_solve_args(max_iter, tol, log_every, callback)
+    _check_solve_args(problem, max_iter, tol, log_every, callback)
+    seed = checks.seed("seed", seed)
+    device, dtype = checks.device("device", device), checks.floating_dtype("dtype", dtype)
     if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
         raise ValueError(f"Invalid checkpoint_every: {checkpoint_every!r} (expected an integer >= 1)")
     if kkt not in KKT_MODES:
@@ -267,34 +312,51 @@ def _run(problem: BilevelProblem, solver: Solver, oracle: Oracle, context: Any, 
     bar = tqdm(total=max_iter, initial=min(first, max_iter), disable=not (progress and context.is_main),
                desc=solver.name, leave=False)
     counts = oracle.snapshot()
+    # the iterate before `state` as (state, counts, elapsed), and the diagnostics that describe it:
+    # the answer if the diagnostics of `state` turn out non-finite
+    previous, new_info_of_previous = None, {}
     k = first
     for k in range(first, max_iter):
         start = time.perf_counter()
-        new = solver.step(problem, oracle, state)
-        bad = _nonfinite(new)  # one host sync per iteration: the guard against NaN answers
+        new = _with_context(lambda: solver.step(problem, oracle, state), f"in iteration {k + 1} of {solver.name}")
+        bad_point, bad_info = _nonfinite(new)  # one host sync per iteration: the guard against NaN answers
         if cuda:
             torch.cuda.synchronize()
         step_time = time.perf_counter() - start
-        if k % log_every == 0 or bad:
+        if bad_info:  # the diagnostics of state (f, g, ... at iterate k) are not finite: return iterate k - 1
+            status = Status.DIVERGED
+            if previous is None:  # nothing finite before: report the start as it is
+                history.log(k, elapsed, counts, new.info, state.x, state.y, new.nu)
+                message = (f"non-finite {bad_info} at the iterate of iteration {k} (the start): the gradient of f "
+                           f"or g is not finite there; returning it")
+            else:
+                state, counts, elapsed = previous
+                if not history.columns["iter"] or history.columns["iter"][-1] != k - 1:
+                    history.log(k - 1, elapsed, counts, new_info_of_previous, state.x, state.y, state.nu)
+                message = (f"non-finite {bad_info} at the iterate of iteration {k}: returning the finite "
+                           f"iterate of iteration {k - 1}")
+            break
+        if k % log_every == 0 or bad_point:
             row = history.log(k, elapsed, counts, new.info, state.x, state.y, new.nu)
             bar.set_postfix({n: f"{row[n]:.3g}" for n in ("f", "h") if n in row}, refresh=False)
             bar.update(k + 1 - bar.n)
-            if tol is not None and not bad and max(row.get("kkt_stationarity", math.inf),
-                                                   row.get("kkt_feasibility", math.inf)) <= tol:
+            if tol is not None and not bad_point and max(row.get("kkt_stationarity", math.inf),
+                                                         row.get("kkt_feasibility", math.inf)) <= tol:
                 status = Status.CONVERGED
                 break
-        if bad:
+        if bad_point:
             status = Status.DIVERGED
-            message = (f"non-finite {bad} at iteration {k + 1}: returning the finite iterate "
+            message = (f"non-finite {bad_point} at iteration {k + 1}: returning the finite iterate "
                        f"of iteration {k}; try a smaller step_size")
             k += 1
             break
+        previous, new_info_of_previous = (state, counts, elapsed), new.info
         elapsed += step_time
         counts = oracle.snapshot()
         state = new
         if (k + 1) % checkpoint_every == 0:
             save_checkpoint(k + 1)
-        if callback is not None and callback(state):
+        if callback is not None and _with_context(lambda: callback(state), f"in the callback after iteration {k + 1}"):
             status = Status.STOPPED
             k += 1
             break
@@ -306,9 +368,14 @@ def _run(problem: BilevelProblem, solver: Solver, oracle: Oracle, context: Any, 
     bar.close()
 
     if status in (Status.COMPLETED, Status.MAX_ITER, Status.STOPPED):
-        final = solver.diagnose(problem, context.oracle(problem.f, problem.g), state)
+        diagnostics_oracle = context.oracle(problem.f, problem.g)
+        final = solver.diagnose(problem, diagnostics_oracle, state)
         row = history.log(k, elapsed, counts, final, state.x, state.y, state.nu)
         if status is Status.MAX_ITER and max(row["kkt_stationarity"], row["kkt_feasibility"]) <= tol:
             status = Status.CONVERGED
+        curvature, scale = metrics.lower_curvature(diagnostics_oracle, state.x, state.y)
+        if curvature < -1e-3 * scale and curvature < -1e-10:
+            message = (f"{status}; note: y is not a minimiser of g(x, .): its curvature along a random direction "
+                       f"is {curvature:.3g} < 0 (a saddle or a maximiser; if the lower level maximises, pass -g)")
     return Result(x=state.x, y=state.y, status=status, n_iter=k, history=history.as_dict(),
                   message=message or str(status), solver=solver, state=state)

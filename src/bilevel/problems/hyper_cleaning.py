@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import datasets
+from .. import checks, datasets
 from ..distributed import check_shard, shard_range
 from ..flat import FlatModule
 from ..oracles import Oracle
@@ -26,11 +26,6 @@ from ..problem import BilevelProblem
 NUM_CLASSES = 10
 DEFAULT_SPLITS = {"mnist5k": (2000, 1000, 2000)}
 FULL_SPLITS = (20000, 5000, 10000)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"Invalid {name}: {value!r} (expected an integer >= {minimum})")
 
 
 class Classifier:
@@ -141,18 +136,18 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
     if model not in ("linear", "mlp"):
         raise ValueError(f"Invalid model: {model!r} (expected 'linear' or 'mlp')")
     if pca is not None:
-        _check_int("pca", pca, 1)
-    _check_int("hidden", hidden, 1)
-    _check_int("retrain_steps", retrain_steps, 1)
-    _check_int("seed", seed, 0)
+        checks.integer("pca", pca, 1)
+    checks.integer("hidden", hidden, 1)
+    checks.integer("retrain_steps", retrain_steps, 1)
+    checks.integer("seed", seed, 0)
     check_shard(rank, world_size)
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-        raise ValueError(f"Invalid weight_decay: {weight_decay!r} (expected a number >= 0)")
+    checks.number("weight_decay", weight_decay, minimum=0)
+    device, dtype = checks.device("device", device), checks.floating_dtype("dtype", dtype)
     images, labels = datasets.load(dataset, data_dir=data_dir, download=download)
     sizes = list(DEFAULT_SPLITS.get(dataset, FULL_SPLITS))
     for i, (name, value) in enumerate((("n_train", n_train), ("n_val", n_val), ("n_test", n_test))):
         if value is not None:
-            _check_int(name, value, 1)
+            checks.integer(name, value, 1)
             sizes[i] = value
     if sum(sizes) > len(labels):
         raise ValueError(f"Invalid n_train/n_val/n_test: {sizes} (they add up to {sum(sizes)}, but {dataset!r} "

@@ -1,40 +1,40 @@
 """The seed paper's synthetic problems (appendix C) and a quadratic with a closed-form answer.
 
 Every builder is seeded, builds its data with a private generator, and accepts
-`device` and `dtype` (float64 by default: these problems are small).
+`device` and `dtype` (float64 by default: these problems are small). Their f and g are
+`functools.partial` of module-level functions with the data as tensor keywords, which
+lets `bilevel.solve_batch` stack the data of many seeds and solve them together.
 """
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .. import checks
 from ..metrics import kkt_info
 from ..oracles import Oracle
 from ..problem import BilevelProblem
 
 
-def _generator(seed: int) -> torch.Generator:
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"Invalid seed: {seed!r} (expected an integer)")
-    return torch.Generator().manual_seed(seed)
+def _generator(seed: Any) -> torch.Generator:
+    return torch.Generator().manual_seed(checks.integer("seed", seed, 0))
 
 
-def _check_dim(name: str, value: Any, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"Invalid {name}: {value!r} (expected an integer >= {minimum})")
+def _placement(device: Any, dtype: Any) -> dict[str, Any]:
+    """device and dtype checked, as keyword arguments of Tensor.to."""
+    return {"device": checks.device("device", device), "dtype": checks.floating_dtype("dtype", dtype)}
 
 
-def _check_cond(cond: Any) -> None:
-    if not (isinstance(cond, (int, float)) and not isinstance(cond, bool) and cond >= 1):
-        raise ValueError(f"Invalid cond: {cond!r} (expected a number >= 1)")
+def _check_cond(cond: Any) -> float:
+    return checks.number("cond", cond, minimum=1)
 
 
 def _matrix_with_condition(n: int, cond: float, gen: torch.Generator) -> Tensor:
     """A random n x n matrix whose singular values span [1, cond] (so cond(H) = cond)."""
-    _check_cond(cond)
     u, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
     s = torch.cat([torch.tensor([1.0, float(cond)], dtype=torch.float64),
@@ -44,18 +44,28 @@ def _matrix_with_condition(n: int, cond: float, gen: torch.Generator) -> Tensor:
 
 def _synthetic_data(dim: int, cond: float, seed: int, device: Any, dtype: torch.dtype) -> tuple[Tensor, ...]:
     """H (cond(H) = cond), c, d, x0, y0 of appendix C, drawn from `seed`."""
-    _check_dim("dim", dim)
+    checks.integer("dim", dim, 1)
+    cond = _check_cond(cond)
+    placement = _placement(device, dtype)
     gen = _generator(seed)
     H = _matrix_with_condition(dim, cond, gen)
     c, d, x0, y0 = (torch.randn(dim, generator=gen, dtype=torch.float64) for _ in range(4))
-    return tuple(t.to(device=device, dtype=dtype) for t in (H, c, d, x0, y0))
+    return tuple(t.to(**placement) for t in (H, c, d, x0, y0))
 
 
-def _upper(c: Tensor, d: Tensor):
+def sin_log_upper(x: Tensor, y: Tensor, *, c: Tensor, d: Tensor) -> Tensor:
     """f(x, y) = sin(c^T x + d^T y) + log(||x + y||^2 + 1)."""
-    def f(x: Tensor, y: Tensor) -> Tensor:
-        return torch.sin(c @ x + d @ y) + torch.log1p(((x + y) ** 2).sum())
-    return f
+    return torch.sin(c @ x + d @ y) + torch.log1p(((x + y) ** 2).sum())
+
+
+def least_squares_lower(x: Tensor, y: Tensor, *, H: Tensor) -> Tensor:
+    """g(x, y) = 1/2 ||H y - x||^2."""
+    return 0.5 * ((H @ y - x) ** 2).sum()
+
+
+def cosine_lower(x: Tensor, y: Tensor, *, H: Tensor) -> Tensor:
+    """g(x, y) = cos(1/2 ||H y - x||^2)."""
+    return torch.cos(0.5 * ((H @ y - x) ** 2).sum())
 
 
 def synthetic_sc(dim: int = 20, cond: float = 10.0, seed: int = 0, *, device: Any = None,
@@ -69,10 +79,7 @@ def synthetic_sc(dim: int = 20, cond: float = 10.0, seed: int = 0, *, device: An
     `hypergradient_norm`; `distance_to_lower` is ||y - y*(x)||.
     """
     H, c, d, x0, y0 = _synthetic_data(dim, cond, seed, device, dtype)
-    f = _upper(c, d)
-
-    def g(x: Tensor, y: Tensor) -> Tensor:
-        return 0.5 * ((H @ y - x) ** 2).sum()
+    f, g = partial(sin_log_upper, c=c, d=d), partial(least_squares_lower, H=H)
 
     def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
         _, gx, gy = Oracle(f, g).grad_f(x, y)
@@ -91,19 +98,16 @@ def synthetic_nc(dim: int = 20, cond: float = 10.0, seed: int = 0, *, device: An
         min_x sin(c^T x + d^T y) + log(||x + y||^2 + 1)   s.t.  y in argmin_y cos(1/2 ||H y - x||^2)
 
     Data as in `synthetic_sc`. The lower level's stationary points are H y = x and the
-    spheres 1/2 ||H y - x||^2 = k pi. Metrics: `delta_norm`, the norm of the KKT
+    spheres 1/2 ||H y - x||^2 = k pi. Metric: `delta_norm`, the norm of the KKT
     stationarity residual at the least-squares multiplier (||Delta|| of the paper's
-    Fig. 4), and `h`.
+    Fig. 4); h is in every history.
     """
     H, c, d, x0, y0 = _synthetic_data(dim, cond, seed, device, dtype)
-    f = _upper(c, d)
-
-    def g(x: Tensor, y: Tensor) -> Tensor:
-        return torch.cos(0.5 * ((H @ y - x) ** 2).sum())
+    f, g = partial(sin_log_upper, c=c, d=d), partial(cosine_lower, H=H)
 
     def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
         info = kkt_info(Oracle(f, g), x, y)
-        return {"delta_norm": math.sqrt(max(float(info["kkt_stationarity"]), 0.0)), "h": float(info["h"])}
+        return {"delta_norm": math.sqrt(max(float(info["kkt_stationarity"]), 0.0))}
 
     return BilevelProblem(f, g, x0, y0, metrics=metrics, name="synthetic-nc",
                           info={"dim": dim, "cond": cond, "seed": seed})
@@ -120,20 +124,16 @@ def coreset(seed: int = 0, *, n_points: int = 4, device: Any = None,
     target is drawn inside the hull, so the optimum value is 0. Metrics:
     `upper_objective` = ||A softmax(x) - target||^2 and `distance_to_lower`.
     """
-    _check_dim("n_points", n_points, minimum=2)
+    checks.integer("n_points", n_points, 2)
+    placement = _placement(device, dtype)
     gen = _generator(seed)
     A = torch.randn(2, n_points, generator=gen, dtype=torch.float64)
     weights = torch.softmax(torch.randn(n_points, generator=gen, dtype=torch.float64), dim=0)
     target = A @ weights
     x0 = torch.zeros(n_points, dtype=torch.float64)
     y0 = torch.zeros(2, dtype=torch.float64)
-    A, target, x0, y0 = (t.to(device=device, dtype=dtype) for t in (A, target, x0, y0))
-
-    def f(x: Tensor, y: Tensor) -> Tensor:
-        return ((y - target) ** 2).sum()
-
-    def g(x: Tensor, y: Tensor) -> Tensor:
-        return ((y - A @ torch.softmax(x, dim=0)) ** 2).sum()
+    A, target, x0, y0 = (t.to(**placement) for t in (A, target, x0, y0))
+    f, g = partial(distance_upper, target=target), partial(convex_hull_lower, A=A)
 
     def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
         y_star = A @ torch.softmax(x, dim=0)
@@ -154,9 +154,10 @@ def quadratic(dim_x: int = 5, dim_y: int = 5, cond: float = 5.0, seed: int = 0, 
     M = Q^{-1} B, and x* = (I + M^T M)^{-1} (a + M^T b), recorded in `info["x_star"]`
     (with `info["y_star"]`). Metrics: `distance_to_solution` = ||x - x*||.
     """
-    _check_dim("dim_x", dim_x)
-    _check_dim("dim_y", dim_y)
-    _check_cond(cond)
+    checks.integer("dim_x", dim_x, 1)
+    checks.integer("dim_y", dim_y, 1)
+    cond = _check_cond(cond)
+    placement = _placement(device, dtype)
     gen = _generator(seed)
     U, _ = torch.linalg.qr(torch.randn(dim_y, dim_y, generator=gen, dtype=torch.float64))
     eig = torch.linspace(1.0, float(cond), dim_y, dtype=torch.float64) if dim_y > 1 else torch.ones(1, dtype=torch.float64)
@@ -167,16 +168,31 @@ def quadratic(dim_x: int = 5, dim_y: int = 5, cond: float = 5.0, seed: int = 0, 
     x_star = torch.linalg.solve(torch.eye(dim_x, dtype=torch.float64) + M.T @ M, a + M.T @ b)
     y_star = M @ x_star
     x0, y0 = torch.zeros(dim_x, dtype=torch.float64), torch.zeros(dim_y, dtype=torch.float64)
-    Q, B, a, b, x0, y0, x_star_d = (t.to(device=device, dtype=dtype) for t in (Q, B, a, b, x0, y0, x_star))
-
-    def f(x: Tensor, y: Tensor) -> Tensor:
-        return 0.5 * ((x - a) ** 2).sum() + 0.5 * ((y - b) ** 2).sum()
-
-    def g(x: Tensor, y: Tensor) -> Tensor:
-        return 0.5 * y @ (Q @ y) - y @ (B @ x)
+    Q, B, a, b, x0, y0, x_star_d = (t.to(**placement) for t in (Q, B, a, b, x0, y0, x_star))
+    f, g = partial(quadratic_upper, a=a, b=b), partial(quadratic_lower, Q=Q, B=B)
 
     def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
         return {"distance_to_solution": float((x - x_star_d).norm())}
 
     return BilevelProblem(f, g, x0, y0, metrics=metrics, name="quadratic",
                           info={"x_star": x_star, "y_star": y_star, "seed": seed, "cond": cond})
+
+
+def distance_upper(x: Tensor, y: Tensor, *, target: Tensor) -> Tensor:
+    """f(x, y) = ||y - target||^2."""
+    return ((y - target) ** 2).sum()
+
+
+def convex_hull_lower(x: Tensor, y: Tensor, *, A: Tensor) -> Tensor:
+    """g(x, y) = ||y - A softmax(x)||^2."""
+    return ((y - A @ torch.softmax(x, dim=0)) ** 2).sum()
+
+
+def quadratic_upper(x: Tensor, y: Tensor, *, a: Tensor, b: Tensor) -> Tensor:
+    """f(x, y) = 1/2 ||x - a||^2 + 1/2 ||y - b||^2."""
+    return 0.5 * ((x - a) ** 2).sum() + 0.5 * ((y - b) ** 2).sum()
+
+
+def quadratic_lower(x: Tensor, y: Tensor, *, Q: Tensor, B: Tensor) -> Tensor:
+    """g(x, y) = 1/2 y^T Q y - y^T B x."""
+    return 0.5 * y @ (Q @ y) - y @ (B @ x)

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from ..distributed import check_shard, shard_range
 from ..problem import BilevelProblem
-from .synthetic import _check_dim, _generator
+from .. import checks
+from .synthetic import _generator, _placement
 
 
 def toy_cleaning(seed: int = 0, *, n_train: int = 400, n_val: int = 200, n_test: int = 1000, dim: int = 10,
@@ -51,13 +52,14 @@ def toy_cleaning(seed: int = 0, *, n_train: int = 400, n_val: int = 200, n_test:
         Hyperparameter Optimization. ICML 2017 (data hyper-cleaning).
     """
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test), ("dim", dim)):
-        _check_dim(name, value)
-    _check_dim("classes", classes, minimum=2)
+        checks.integer(name, value, 1)
+    checks.integer("classes", classes, 2)
     if not (isinstance(corruption, (int, float)) and 0 <= corruption < 1):
         raise ValueError(f"Invalid corruption: {corruption!r} (expected a number in [0, 1))")
     if not (isinstance(reg, (int, float)) and reg >= 0):
         raise ValueError(f"Invalid reg: {reg!r} (expected a number >= 0)")
     check_shard(rank, world_size)
+    as_data = _placement(device, dtype)
 
     gen = _generator(seed)
     means = 1.5 * torch.randn(classes, dim, generator=gen, dtype=torch.float64)
@@ -74,8 +76,8 @@ def toy_cleaning(seed: int = 0, *, n_train: int = 400, n_val: int = 200, n_test:
     s_train = torch.where(corrupted, (clean + shift) % classes, clean)
 
     tr, va = shard_range(n_train, rank, world_size), shard_range(n_val, rank, world_size)
-    as_data = dict(device=device, dtype=dtype)
     a_tr, a_va, a_te = a_train[tr].to(**as_data), a_val[va].to(**as_data), a_test.to(**as_data)
+    device = as_data["device"]
     s_tr, t_va, t_te = s_train[tr].to(device), t_val[va].to(device), t_test.to(device)
     is_clean = (~corrupted).to(device)
     ridge = reg if rank == 0 else 0.0

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .. import metrics
+from .. import checks, metrics
 from ..oracles import Oracle
 from ..problem import BilevelProblem
 
@@ -83,23 +82,14 @@ class Solver(abc.ABC):
 def check_positive(obj: Any, *names: str, allow_none: bool = False, allow_zero: bool = False) -> None:
     """Each named field is a finite number > 0 (>= 0 with allow_zero; None allowed if asked)."""
     for name in names:
-        value = getattr(obj, name)
-        if value is None and allow_none:
-            continue
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        ok = ok and (value >= 0 if allow_zero else value > 0)
-        if not ok:
-            expected = ">= 0" if allow_zero else "> 0"
-            raise ValueError(f"Invalid {name}: {value!r} (expected a finite number {expected}"
-                             + (" or None)" if allow_none else ")"))
+        checks.number(name, getattr(obj, name), positive=not allow_zero, minimum=0 if allow_zero else None,
+                      allow_none=allow_none)
 
 
 def check_int(obj: Any, *names: str, minimum: int = 1) -> None:
-    """Each named field is an int >= minimum."""
+    """Each named field is an integer >= minimum."""
     for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"Invalid {name}: {value!r} (expected an integer >= {minimum})")
+        checks.integer(name, getattr(obj, name), minimum)
 
 
 def check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:

@@ -155,6 +155,10 @@ class PGDQP(Solver):
                                   if needs_lf else math.nan)
         lh = self.lipschitz_h or (power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y), self.power_iters, generator)
                                   if needs_lh else math.nan)
+        for name, value, needed in (("lipschitz_f", lf, needs_lf), ("lipschitz_h", lh, needs_lh)):
+            if needed and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"Invalid problem for pgdqp: the estimate of {name} at (x0, y0) is {value} (the "
+                                 f"curvature overflows there); give {name}=... or schedule='constant' with step_size")
         K = max(max_iter, 1)
         if self.schedule == "constant":
             gamma, alpha = self.step_size or 0.01, self.alpha or 1.0
