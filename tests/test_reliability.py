@@ -130,6 +130,11 @@ def test_qp_step_is_the_qp_solution(fx, fy, hx, hy, alpha_rho, y_scale, scale, c
     lam = float(lam)
     assert lam >= 0
     hdh = float(hx @ hx + y_scale * (hy @ hy))
+    if hdh == 0:  # grad h = 0: no direction can meet a positive margin; eq. 8 takes lambda = 0
+        assert lam == 0.0
+        torch.testing.assert_close(dx, -fx)
+        torch.testing.assert_close(dy, -y_scale * fy)
+        return
     size = (float(hx.norm() + hy.norm()) * float(fx.norm() + fy.norm() + 1) * max(y_scale, 1) + alpha_rho) * 1e-9
     constraint = float(hx @ dx + hy @ dy) + alpha_rho
     assert constraint <= size                                      # feasible
