@@ -20,8 +20,15 @@ def fingerprint(solver: Any, problem: Any, log_every: int, seed: int) -> dict[st
             "log_every": log_every, "seed": seed}
 
 
+def _not_a_directory(path: str | Path) -> None:
+    if Path(path).is_dir():
+        raise ValueError(f"Invalid checkpoint: {str(path)!r} is a directory "
+                         f"(expected a file such as {str(Path(path) / 'run.pt')!r})")
+
+
 def save(path: str | Path, payload: dict[str, Any]) -> None:
     """torch.save to a temporary file in the same directory, then an atomic rename."""
+    _not_a_directory(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -36,6 +43,7 @@ def save(path: str | Path, payload: dict[str, Any]) -> None:
 
 def load(path: str | Path, expected: dict[str, Any]) -> dict[str, Any]:
     """Read a checkpoint written by `save` and check that it belongs to this run."""
+    _not_a_directory(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:

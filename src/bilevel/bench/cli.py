@@ -8,22 +8,28 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import inspect
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 import yaml
 
 from .. import PROBLEMS, SOLVERS, distributed, solve
+from ..problems import closest_name
 from ..solve import KKT_MODES, make_solver
 from . import store
 from .plot import X_AXES, plot_metrics
-from .sweep import ConfigError
+from .sweep import DTYPES, ConfigError, problem_kwargs
+
+# columns that every run's history may have (some only on some rows), whatever the solver
+HISTORY_COLUMNS = ("iter", "time", "f", "g", "h", "kkt_stationarity", "kkt_feasibility", "kkt_stationarity_method",
+                   "n_f", "n_g", "n_grad_f", "n_grad_g", "n_hvp", "oracle_calls")
 
 
 class CLIError(Exception):
@@ -54,28 +60,96 @@ def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
+def _hint(name: Any, valid: Sequence[str]) -> str:
+    near = closest_name(name, valid)
+    return f"; did you mean {near!r}?" if near is not None and near != name else ""
+
+
 def _lookup(registry: dict[str, Any], name: str, what: str) -> Any:
     if name not in registry:
-        near = difflib.get_close_matches(name, registry, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise CLIError(f"Invalid {what}: {name!r} (expected one of {', '.join(sorted(registry))}){hint}")
+        raise CLIError(f"Invalid {what}: {name!r} (expected one of {', '.join(sorted(registry))})"
+                       f"{_hint(name, list(registry))}")
     return registry[name]
 
 
+def parse_problem_args(items: Sequence[str] | None, seed_flag: str) -> dict[str, Any]:
+    """--problem-arg items; seed and device have flags of their own, which would silently win."""
+    args = parse_assignments(items, "--problem-arg")
+    for key, flag in (("seed", seed_flag), ("device", "--device")):
+        if key in args:
+            raise CLIError(f"Invalid --problem-arg: {key!r} (use {flag})")
+    return args
+
+
 def build_problem(name: str, seed: int, args: dict[str, Any], device: str | None = None):
-    """PROBLEMS[name](seed=seed, **args), with argument errors that name the argument."""
+    """PROBLEMS[name](seed=seed, **args), with argument errors that name the argument.
+
+    A dtype given by name ('float32', 'float64') becomes the torch dtype.
+    """
     builder = _lookup(PROBLEMS, name, "--problem")
     params = inspect.signature(builder).parameters
     unknown = [k for k in args if k not in params]
     if unknown:
         valid = [p for p in params if p != "seed"]
-        raise CLIError(f"Invalid --problem-arg for {name}: {unknown[0]!r} (valid: {', '.join(valid)})")
-    kwargs = dict(args)
+        raise CLIError(f"Invalid --problem-arg for {name}: {unknown[0]!r} (valid: {', '.join(valid)})"
+                       f"{_hint(unknown[0], valid)}")
+    dtype = args.get("dtype")
+    if "dtype" in args and not isinstance(dtype, torch.dtype) and not (isinstance(dtype, str) and dtype in DTYPES):
+        raise CLIError(f"Invalid --problem-arg dtype: {dtype!r} (expected one of {', '.join(DTYPES)})"
+                       f"{_hint(dtype, list(DTYPES))}")
+    kwargs = problem_kwargs(args)
     if "seed" in params:
         kwargs["seed"] = seed
     if device is not None and "device" in params:
         kwargs["device"] = device
     return builder(**kwargs)
+
+
+def check_device(text: str | None) -> str | None:
+    """--device, checked before anything runs: a torch device that this machine has."""
+    if text is None:
+        return None
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        hint = "; did you mean 'cuda'?" if text.strip().lower() == "gpu" else ""
+        raise CLIError(f"Invalid --device: {text!r} (expected cpu, cuda or cuda:N){hint}") from None
+    if device.type == "meta":
+        raise CLIError(f"Invalid --device: {text!r} (meta tensors hold no values; expected cpu, cuda or cuda:N)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"Invalid --device: {text!r} (CUDA is not available on this machine)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise CLIError(f"Invalid --device: {text!r} (this machine has {count} CUDA device"
+                           f"{'s' if count != 1 else ''}: cuda:0 to cuda:{count - 1})")
+    elif device.type != "cpu":
+        available = getattr(getattr(torch, device.type, None), "is_available", None)
+        if callable(available) and not available():
+            raise CLIError(f"Invalid --device: {text!r} ({device.type} is not available on this machine)")
+    return text
+
+
+def prepare_out(path: str | Path, flag: str = "--out") -> Path:
+    """Create the output directory before anything runs, so that no computed result is lost."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"Invalid {flag}: {str(path)!r} is a file (expected a directory for the results)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"Invalid {flag}: {str(path)!r} cannot be created ({exc.strerror or exc})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CLIError(f"Invalid {flag}: {str(path)!r} is not writable")
+    return out
+
+
+def _os_message(exc: OSError) -> str:
+    """'No such file or directory: '/x'' for an OSError from the system; the message itself otherwise."""
+    if exc.strerror and exc.filename is not None:
+        files = repr(str(exc.filename)) + (f" -> {str(exc.filename2)!r}" if exc.filename2 is not None else "")
+        return f"{exc.strerror}: {files}"
+    return str(exc) or type(exc).__name__
 
 
 def _first_line(obj: Any) -> str:
@@ -109,15 +183,19 @@ def _solver_options(text_items: Sequence[str] | None) -> dict[str, Any]:
     return parse_assignments(text_items, "--set")
 
 
-def _run_one(problem_name: str, method: str, seed: int, options: dict[str, Any], problem_args: dict[str, Any],
+def _make_solver(method: str, options: dict[str, Any]):
+    """The solver object, built before anything runs; errors name the option."""
+    try:
+        return make_solver(method, options)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _run_one(problem_name: str, solver, seed: int, problem_args: dict[str, Any],
              max_iter: int, log_every: int, tol: float | None, progress: bool, device: str | None,
              data_parallel: bool = False, kkt: str = "method", checkpoint: str | None = None,
              checkpoint_every: int = 100):
     problem = build_problem(problem_name, seed, problem_args, device)
-    try:
-        solver = make_solver(method, options)
-    except (TypeError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
     start = time.perf_counter()
     result = solve(problem, solver, max_iter=max_iter, log_every=log_every, tol=tol, progress=progress, seed=seed,
                    distributed=data_parallel, kkt=kkt, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
@@ -146,9 +224,24 @@ def _init_distributed(args: argparse.Namespace) -> dict[str, int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     options = _solver_options(args.set)
-    problem_args = parse_assignments(args.problem_arg, "--problem-arg")
+    problem_args = parse_problem_args(args.problem_arg, "--seed")
+    check_device(args.device)
+    _lookup(PROBLEMS, args.problem, "--problem")
+    _lookup(SOLVERS, args.method, "--method")
+    solver = _make_solver(args.method, options)
+    if args.out:
+        prepare_out(args.out)
+    if args.checkpoint:  # a directory there is an error of checkpoint.load, before the run
+        parent = Path(args.checkpoint).parent
+        if parent.exists() and not parent.is_dir():
+            raise CLIError(f"Invalid --checkpoint: {args.checkpoint!r} (its directory {str(parent)!r} is a file)")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CLIError(f"Invalid --checkpoint: {args.checkpoint!r} (its directory cannot be created: "
+                           f"{exc.strerror or exc})") from None
     shard = _init_distributed(args)
-    problem, solver, result, wall = _run_one(args.problem, args.method, args.seed, options,
+    problem, solver, result, wall = _run_one(args.problem, solver, args.seed,
                                              {**problem_args, **shard}, args.max_iter, args.log_every, args.tol,
                                              not args.no_progress, args.device, args.distributed, kkt=args.kkt,
                                              checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every)
@@ -195,49 +288,101 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not dot or method not in per_method:
             raise CLIError(f"Invalid --set: {key!r} (expected METHOD.OPTION=VALUE with METHOD one of {', '.join(methods)})")
         per_method[method][option] = value
-    problem_args = parse_assignments(args.problem_arg, "--problem-arg")
+    problem_args = parse_problem_args(args.problem_arg, "--seeds")
     if args.seeds < 1:
         raise CLIError(f"Invalid --seeds: {args.seeds} (expected an integer >= 1)")
+    # everything that can be wrong is checked before the first run
+    solvers = {method: _make_solver(method, per_method[method]) for method in methods}
+    check_device(args.device)
+    _lookup(PROBLEMS, args.problem, "--problem")
+    out = prepare_out(args.out)
+    metrics = None
+    if args.metrics is not None:
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        _check_metrics(metrics, args, solvers, problem_args)
     frames, rows = [], []
-    for method in methods:
+    for method, solver in solvers.items():
         for seed in range(args.seeds):
-            problem, solver, result, wall = _run_one(args.problem, method, seed, per_method[method], problem_args,
-                                                     args.max_iter, args.log_every, None, False, args.device,
-                                                     kkt=args.kkt)
+            problem, _, result, wall = _run_one(args.problem, solver, seed, problem_args, args.max_iter,
+                                                args.log_every, None, False, args.device, kkt=args.kkt)
             frames.append(store.tidy(result, method=method, problem=args.problem, seed=seed,
                                      run_id=f"{method}-{seed}", hyperparameters=_hyperparameters(solver),
                                      **store.provenance(args.device)))
             rows.append(_summary_row(method, seed, result, wall))
             print(f"  {method} seed {seed}: {result.status.name} in {wall:.1f}s", file=sys.stderr)
     frame = pd.concat(frames, ignore_index=True)
-    out = Path(args.out)
     store.write_atomic(frame, out / "results.parquet")
-    metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else _default_metrics(frame)
+    metrics = metrics or _default_metrics(frame)
     references = problem.info.get("reference_lines")
     lines = references() if callable(references) else None
-    png = plot_metrics(frame, metrics, out / f"compare_{args.x}.png", x=args.x, title=problem.name,
+    png = plot_metrics(finite(frame, metrics), metrics, out / f"compare_{args.x}.png", x=args.x, title=problem.name,
                        reference_lines=lines)
-    columns = ["method", "seed", "status", "iters"] + [m for m in metrics if m in rows[0]] + ["wall_s"]
-    print(format_table(summarise(rows, columns), ["method"] + [c for c in columns if c not in ("method", "seed", "status")]))
+    columns = ["method", "seed", "status", "iters"] + [m for m in metrics if any(m in r for r in rows)] + ["wall_s"]
+    print(format_table(summarise(rows, columns),
+                       ["method", "runs"] + [c for c in columns if c not in ("method", "seed", "status")]))
     if lines:
         print("\nreference lines: " + "; ".join(f"{label} {value:.4g}" for label, value in next(iter(lines.values())).items()))
     print(f"\nwrote {out / 'results.parquet'} and {png}")
     return 0
 
 
+def _check_metrics(metrics: list[str], args: argparse.Namespace, solvers: dict[str, Any],
+                   problem_args: dict[str, Any]) -> None:
+    """--metrics names columns that the runs will have: probed by one iteration of each method."""
+    if not metrics:
+        raise CLIError(f"Invalid --metrics: {args.metrics!r} (expected comma-separated column names, e.g. f,h)")
+    problem = build_problem(args.problem, 0, problem_args, args.device)
+    columns = set(HISTORY_COLUMNS)
+    for solver in solvers.values():
+        columns |= set(solve(problem, solver, max_iter=1, log_every=1, kkt=args.kkt, seed=0).history)
+    unknown = [m for m in metrics if m not in columns]
+    if unknown:
+        raise CLIError(f"Invalid --metrics entry: {unknown[0]!r} (columns: {', '.join(sorted(columns))})"
+                       f"{_hint(unknown[0], sorted(columns))}")
+
+
+# beyond this magnitude a value (a diverging run's last finite iterates, e.g. 7e306) cannot be drawn:
+# matplotlib's margins of a log axis overflow, and the axis comes out wrong
+PLOT_LIMIT = 1e150
+
+
+def finite(frame, metrics: Sequence[str]):
+    """A copy of frame for plotting: non-finite metric values (a diverged run's inf), and values
+    beyond +-PLOT_LIMIT, are missing, point by point, so that plots draw the rest of every run."""
+    import numpy as np
+    frame = frame.copy()
+    for m in metrics:
+        if m in frame.columns:
+            values = frame[m].astype(float)
+            with np.errstate(invalid="ignore"):
+                frame[m] = values.where(np.isfinite(values) & (values.abs() <= PLOT_LIMIT))
+    return frame
+
+
+def _runs(group: list[dict[str, Any]]) -> str:
+    """'3', or '3 (1 diverged)': the status count of one method's runs."""
+    diverged = sum(r.get("status") == "DIVERGED" for r in group)
+    return f"{len(group)}" + (f" ({diverged} diverged)" if diverged else "")
+
+
 def summarise(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per method: the mean and standard deviation over seeds of each numeric column."""
-    import statistics
+    """One row per method: how many runs (and how many diverged), and the mean and standard
+    deviation over seeds of each numeric column (inf when a run diverged to inf)."""
+    import numpy as np
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         group = [r for r in rows if r["method"] == method]
-        row: dict[str, Any] = {"method": method}
+        row: dict[str, Any] = {"method": method, "runs": _runs(group)}
         for c in columns:
             values = [r[c] for r in group if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)]
             if c in ("method", "seed", "status") or not values:
                 continue
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            row[c] = f"{statistics.fmean(values):.4g} ± {spread:.2g}" if len(values) > 1 else values[0]
+            if len(values) > 1:
+                with np.errstate(all="ignore"):
+                    array = np.asarray(values, dtype=float)
+                    row[c] = f"{array.mean():.4g} ± {array.std(ddof=1):.2g}"
+            else:
+                row[c] = values[0]
         out.append(row)
     return out
 
@@ -259,6 +404,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     failed = [r for r in records if r["status"] == "failed"]
     for r in failed:
         print(f"failed: {r['method']} on {r['problem']} seed {r['seed']} ({r['run_id']}): {r['error']}", file=sys.stderr)
+    if failed and len(failed) == len(records):  # no table to show: say why instead
+        what = f"all {len(failed)} runs failed; first" if len(failed) > 1 else "the 1 run failed"
+        print(f"bilevel: error: {what}: {failed[0]['error']}", file=sys.stderr)
+        return 1
     frame = read_results(args.out)
     metrics = (config.get("plot") or {}).get("metrics") or _default_metrics(frame)
     print(format_table(store.summary_table(frame, metrics), ["problem", "method", "config", "runs"] + metrics))
@@ -278,7 +427,8 @@ def _plot_dir(frame, out: str, metrics: list[str], x: str, select_by: str | None
         built = build_problem(problem, 0, json.loads(args))
         references = built.info.get("reference_lines")
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in problem + ("" if args == "{}" else args))
-        paths.append(plot_metrics(sub, metrics, Path(out) / f"plot_{safe}_{x}.png", x=x, title=built.name,
+        paths.append(plot_metrics(finite(sub, metrics), metrics, Path(out) / f"plot_{safe}_{x}.png", x=x,
+                                  title=built.name,
                                   reference_lines=references() if callable(references) else None))
     return paths
 
@@ -291,9 +441,20 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_results_file(path: str) -> None:
+    """--results is a Markdown file in an existing directory (checked before the table is made)."""
+    target = Path(path)
+    if target.is_dir():
+        raise CLIError(f"Invalid --results: {path!r} is a directory (expected a Markdown file, e.g. RESULTS.md)")
+    if not target.parent.is_dir():
+        raise CLIError(f"Invalid --results: {path!r} (no directory {str(target.parent)!r} to write it in)")
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from .report import command, machine, update_section
     from .sweep import read_manifest, read_results
+    if args.results:
+        _check_results_file(args.results)
     frame = read_results(args.dir)
     metrics = args.metrics.split(",") if args.metrics else _default_metrics(frame)
     missing = [m for m in metrics if m not in frame.columns]
@@ -410,6 +571,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bilevel: error: {exc}", file=sys.stderr)
         distributed.shutdown()
         return 1
+    except OSError as exc:  # last resort: a file or directory that cannot be read or written
+        print(f"bilevel: error: {_os_message(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

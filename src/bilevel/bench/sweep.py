@@ -9,7 +9,7 @@ Config (YAML):
     seeds: 3                       # a count (0..2) or a list [0, 5, 7]
     kkt: method                    # KKT residuals at logged iterations: method, least_squares or none
     problems:
-      coreset: {}                  # builder arguments; a list is a grid
+      coreset: {}                  # builder arguments; a list is a grid (dtype: float32 or float64)
       synthetic-sc: {dim: [10, 20]}
     methods:
       pgdqp: {schedule: [constant, diminishing], step_size: 0.05}
@@ -19,7 +19,6 @@ Config (YAML):
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import inspect
 import itertools
@@ -31,16 +30,20 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
 import yaml
 
 from .. import PROBLEMS, SOLVERS
+from ..problems import closest_name
 from ..solve import KKT_MODES, make_solver
 from . import store
+from .plot import X_AXES
 
 TOP_KEYS = {"name": str, "max_iter": int, "log_every": int, "seeds": (int, list), "kkt": str,
             "problems": dict, "methods": dict, "plot": dict, "description": str}
 PLOT_KEYS = {"metrics": list, "x": str}
 REQUIRED = ("max_iter", "problems", "methods")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
 class ConfigError(ValueError):
@@ -91,8 +94,36 @@ def _where(source: str, lines: dict[tuple, int], path: tuple) -> str:
 
 
 def _suggest(name: str, valid: Iterable[str]) -> str:
-    near = difflib.get_close_matches(str(name), list(valid), n=1)
-    return f"; did you mean {near[0]!r}?" if near else ""
+    near = closest_name(name, valid)
+    return f"; did you mean {near!r}?" if near is not None and near != name else ""
+
+
+def problem_kwargs(args: dict[str, Any]) -> dict[str, Any]:
+    """Builder arguments from a config or the command line: a dtype name becomes the torch dtype."""
+    dtype = args.get("dtype")
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return {**args, "dtype": DTYPES[dtype]}
+    return dict(args)
+
+
+def _duplicate_keys(node: yaml.Node | None, source: str, seen: set[int] | None = None) -> None:
+    """Raise on a mapping that repeats a key (PyYAML would silently keep the last one)."""
+    seen = set() if seen is None else seen
+    if node is None or id(node) in seen:      # an alias refers to a node already walked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in keys:
+                    raise ConfigError(f"Invalid config: {source}: duplicate key {key.value!r} "
+                                      f"(line {key.start_mark.line + 1})")
+                keys.add(key.value)
+            _duplicate_keys(value, source, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _duplicate_keys(item, source, seen)
 
 
 def _type_name(t: Any) -> str:
@@ -104,9 +135,16 @@ def load_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"Invalid config: {str(path)!r} (no such file)")
-    text = path.read_text()
+    if path.is_dir():
+        raise ConfigError(f"Invalid config: {str(path)!r} is a directory (expected a YAML file such as "
+                          f"configs/fig5_coreset.yaml)")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Invalid config: {str(path)!r} cannot be read ({type(exc).__name__}: {exc})") from None
     try:
         node = yaml.compose(text)
+        _duplicate_keys(node, str(path))
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"Invalid config: {path}: not valid YAML ({exc})") from None
@@ -144,6 +182,11 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
                    lambda name: [p for p in inspect.signature(PROBLEMS[name]).parameters if p != "seed"], source, lines)
     _check_section(raw, "methods", SOLVERS, "solver", "hyperparameter", lambda name: SOLVERS[name].options(),
                    source, lines)
+    for name, args in raw["problems"].items():
+        for dtype in _values((args or {}).get("dtype")):
+            if dtype is not None and not (isinstance(dtype, str) and dtype in DTYPES):
+                raise ConfigError(f"Invalid value: {_where(source, lines, ('problems', name, 'dtype'))}: {dtype!r} "
+                                  f"(expected one of {', '.join(DTYPES)}){_suggest(dtype, DTYPES)}")
     for name, options in raw["methods"].items():
         where = _where(source, lines, ("methods", name))
         for combo in _grid(options):                      # every grid point must build
@@ -158,7 +201,19 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
         if not isinstance(value, PLOT_KEYS[key]):
             raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', key))}: {value!r} "
                               f"(expected {_type_name(PLOT_KEYS[key])})")
+    plot = raw.get("plot") or {}
+    if "x" in plot and plot["x"] not in X_AXES:
+        raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', 'x'))}: {plot['x']!r} "
+                          f"(expected one of {', '.join(X_AXES)}){_suggest(plot['x'], X_AXES)}")
+    if not all(isinstance(m, str) for m in plot.get("metrics", [])):
+        raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', 'metrics'))}: {plot['metrics']!r} "
+                          f"(expected a list of column names, e.g. [f, h])")
     return raw
+
+
+def _values(value: Any) -> list[Any]:
+    """A grid entry's values: the list itself, or the one value."""
+    return value if isinstance(value, list) else [value]
 
 
 _EXPONENT_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -181,8 +236,9 @@ def _check_section(raw: dict, section: str, registry: dict, what: str, entry: st
         where = _where(source, lines, (section, name))
         if name not in registry:
             raise ConfigError(f"Invalid {what}: {where}: {name!r} is not a {what}{_suggest(name, registry)}")
-        if not isinstance(mapping or {}, dict):
-            raise ConfigError(f"Invalid value: {where}: {mapping!r} (expected a mapping of {entry}s)")
+        if mapping is not None and not isinstance(mapping, dict):
+            raise ConfigError(f"Invalid value: {where}: {mapping!r} (expected a mapping of {entry}s, "
+                              f"e.g. {{}}, or nothing)")
         valid = valid_keys(name)
         for key in mapping or {}:
             if key not in valid:
@@ -225,7 +281,7 @@ def run_and_write(spec: RunSpec, out: str) -> dict[str, Any]:
     start = time.perf_counter()
     record = spec.describe()
     try:
-        problem = PROBLEMS[spec.problem](seed=spec.seed, **dict(spec.problem_args))
+        problem = PROBLEMS[spec.problem](seed=spec.seed, **problem_kwargs(dict(spec.problem_args)))
         solver = make_solver(spec.method, dict(spec.options))
         result = solve(problem, solver, max_iter=spec.max_iter, log_every=spec.log_every, kkt=spec.kkt,
                        seed=spec.seed)
@@ -291,11 +347,16 @@ def run_sweep(config: dict[str, Any], out: str | Path, *, jobs: int = 1, schedul
     from tqdm.auto import tqdm
     out = Path(out)
     specs = expand(config)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"Invalid --out: {str(out)!r} is a file (expected a directory for the results)")
     done = finished_ids(out)
     if done and not resume:
         raise ConfigError(f"Invalid --out: {str(out)!r} already holds {len(done)} finished runs "
                           f"(use --resume to continue that sweep, or another directory)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"Invalid --out: {str(out)!r} cannot be created ({exc.strerror or exc})") from None
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     recorded = {r["run_id"] for r in read_manifest(out) if r.get("status") == "finished"}
     for run_id in done - recorded:          # killed between the file's rename and its manifest line
