@@ -27,11 +27,6 @@ from . import store
 from .plot import X_AXES, plot_metrics
 from .sweep import DTYPES, ConfigError, problem_kwargs
 
-# columns that every run's history may have (some only on some rows), whatever the solver
-HISTORY_COLUMNS = ("iter", "time", "f", "g", "h", "kkt_stationarity", "kkt_feasibility", "kkt_stationarity_method",
-                   "n_f", "n_g", "n_grad_f", "n_grad_g", "n_hvp", "oracle_calls")
-
-
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
@@ -299,7 +294,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     metrics = None
     if args.metrics is not None:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-        _check_metrics(metrics, args, solvers, problem_args)
+        if not metrics:
+            raise CLIError(f"Invalid --metrics: {args.metrics!r} (expected comma-separated column names, e.g. f,h)")
     frames, rows = [], []
     for method, solver in solvers.items():
         for seed in range(args.seeds):
@@ -313,9 +309,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     frame = pd.concat(frames, ignore_index=True)
     store.write_atomic(frame, out / "results.parquet")
     metrics = metrics or _default_metrics(frame)
+    unknown = [m for m in metrics if m not in frame.columns]
+    if unknown:  # the runs are saved: only the plot and table are missing
+        raise CLIError(f"Invalid --metrics entry: {unknown[0]!r} (columns: {', '.join(sorted(frame.columns))})"
+                       f"{_hint(unknown[0], sorted(frame.columns))}; the runs are saved in {out / 'results.parquet'}")
     references = problem.info.get("reference_lines")
     lines = references() if callable(references) else None
-    png = plot_metrics(finite(frame, metrics), metrics, out / f"compare_{args.x}.png", x=args.x, title=problem.name,
+    png = plot_metrics(frame, metrics, out / f"compare_{args.x}.png", x=args.x, title=problem.name,
                        reference_lines=lines)
     columns = ["method", "seed", "status", "iters"] + [m for m in metrics if any(m in r for r in rows)] + ["wall_s"]
     print(format_table(summarise(rows, columns),
@@ -324,39 +324,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print("\nreference lines: " + "; ".join(f"{label} {value:.4g}" for label, value in next(iter(lines.values())).items()))
     print(f"\nwrote {out / 'results.parquet'} and {png}")
     return 0
-
-
-def _check_metrics(metrics: list[str], args: argparse.Namespace, solvers: dict[str, Any],
-                   problem_args: dict[str, Any]) -> None:
-    """--metrics names columns that the runs will have: probed by one iteration of each method."""
-    if not metrics:
-        raise CLIError(f"Invalid --metrics: {args.metrics!r} (expected comma-separated column names, e.g. f,h)")
-    problem = build_problem(args.problem, 0, problem_args, args.device)
-    columns = set(HISTORY_COLUMNS)
-    for solver in solvers.values():
-        columns |= set(solve(problem, solver, max_iter=1, log_every=1, kkt=args.kkt, seed=0).history)
-    unknown = [m for m in metrics if m not in columns]
-    if unknown:
-        raise CLIError(f"Invalid --metrics entry: {unknown[0]!r} (columns: {', '.join(sorted(columns))})"
-                       f"{_hint(unknown[0], sorted(columns))}")
-
-
-# beyond this magnitude a value (a diverging run's last finite iterates, e.g. 7e306) cannot be drawn:
-# matplotlib's margins of a log axis overflow, and the axis comes out wrong
-PLOT_LIMIT = 1e150
-
-
-def finite(frame, metrics: Sequence[str]):
-    """A copy of frame for plotting: non-finite metric values (a diverged run's inf), and values
-    beyond +-PLOT_LIMIT, are missing, point by point, so that plots draw the rest of every run."""
-    import numpy as np
-    frame = frame.copy()
-    for m in metrics:
-        if m in frame.columns:
-            values = frame[m].astype(float)
-            with np.errstate(invalid="ignore"):
-                frame[m] = values.where(np.isfinite(values) & (values.abs() <= PLOT_LIMIT))
-    return frame
 
 
 def _runs(group: list[dict[str, Any]]) -> str:
@@ -427,7 +394,7 @@ def _plot_dir(frame, out: str, metrics: list[str], x: str, select_by: str | None
         built = build_problem(problem, 0, json.loads(args))
         references = built.info.get("reference_lines")
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in problem + ("" if args == "{}" else args))
-        paths.append(plot_metrics(finite(sub, metrics), metrics, Path(out) / f"plot_{safe}_{x}.png", x=x,
+        paths.append(plot_metrics(sub, metrics, Path(out) / f"plot_{safe}_{x}.png", x=x,
                                   title=built.name,
                                   reference_lines=references() if callable(references) else None))
     return paths

@@ -8,6 +8,16 @@ import numpy as np
 import pandas as pd
 
 X_AXES = {"iter": "iteration", "time": "time (s)", "oracle_calls": "oracle calls"}
+# beyond this magnitude a value (a diverging run's last finite iterates, e.g. 7e306) cannot be
+# drawn: the margins of a log axis overflow and the axis comes out wrong
+DRAWABLE = 1e150
+
+
+def drawable(values: pd.Series) -> pd.Series:
+    """values with the non-finite ones, and those beyond +-DRAWABLE, made missing."""
+    values = values.astype(float)
+    with np.errstate(invalid="ignore"):
+        return values.where(np.isfinite(values) & (values.abs() <= DRAWABLE))
 
 
 def band(frame: pd.DataFrame, x: str, metric: str, quantiles: tuple[float, float] = (0.25, 0.75),
@@ -59,6 +69,7 @@ def plot_metrics(frame: pd.DataFrame, metrics: Sequence[str], path: str | Path, 
     missing = [m for m in metrics if m not in frame.columns]
     if missing:
         raise ValueError(f"Invalid metric: {missing[0]!r} (columns present: {', '.join(sorted(frame.columns))})")
+    frame = frame.assign(**{m: drawable(frame[m]) for m in metrics})   # a diverged run draws up to its end
     ncols = min(len(metrics), 2 if len(metrics) == 4 else 3)
     nrows = -(-len(metrics) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.6 * nrows), squeeze=False)
