@@ -5,6 +5,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import distributed, solvers
+from .batch import solve_batch
 from .linear import ConjugateGradient, Neumann
 from .oracles import Oracle
 from .problem import BilevelProblem
@@ -20,5 +21,5 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 __all__ = [
     "BilevelProblem", "ConjugateGradient", "Neumann", "Oracle", "PROBLEMS", "Result", "SOLVERS",
-    "Status", "distributed", "make_solver", "solve", "solvers", "__version__",
+    "Status", "distributed", "make_solver", "solve", "solve_batch", "solvers", "__version__",
 ]

@@ -161,6 +161,17 @@ class BilevelProblem:
         """Projection of y onto y_bounds (identity without bounds)."""
         return _clamp(y, self.y_bounds)
 
+    def with_objectives(self, f: Objective, g: Objective, x0: Tensor, y0: Tensor) -> "BilevelProblem":
+        """This checked problem with other f, g and start, NOT checked again: for views that
+        share its structure, built inside torch.func transforms where the checks cannot run
+        (bilevel.solve_batch)."""
+        view = object.__new__(BilevelProblem)
+        for name, value in vars(self).items():
+            object.__setattr__(view, name, value)
+        for name, value in (("f", f), ("g", g), ("x0", x0), ("y0", y0), ("metrics", None)):
+            object.__setattr__(view, name, value)
+        return view
+
     def with_start(self, x0: Tensor | None = None, y0: Tensor | None = None) -> "BilevelProblem":
         """The same problem from another starting point."""
         return replace(self, x0=self.x0 if x0 is None else x0, y0=self.y0 if y0 is None else y0)

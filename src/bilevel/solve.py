@@ -111,7 +111,7 @@ def denormals_are_flushed() -> bool:
 
 
 @contextlib.contextmanager
-def _flushing_denormals(enabled: bool) -> Iterator[None]:
+def flushing_denormals(enabled: bool) -> Iterator[None]:
     """Flush subnormal floats to zero inside the block (when enabled), then restore the setting.
 
     Arithmetic on subnormals is slow on x86 CPUs: a hyper-cleaning run whose weights
@@ -131,7 +131,7 @@ def _flushing_denormals(enabled: bool) -> Iterator[None]:
 KKT_MODES = ("method", "least_squares", "none")
 
 
-class _History:
+class History:
     """Rows of the history, as columns of floats."""
 
     def __init__(self, problem: BilevelProblem, kkt: str, make_oracle: Callable[..., Oracle] = Oracle):
@@ -270,7 +270,7 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
                              f"PROBLEMS[name](device=..., dtype=...)") from exc
     context = run_context(solver, distributed, seed, problem.x0, problem.y0)
     oracle = FuncOracle(problem.f, problem.g, compile=True) if compile else context.oracle(problem.f, problem.g)
-    with _flushing_denormals(flush_denormal):
+    with flushing_denormals(flush_denormal):
         result = _run(problem, solver, oracle, context, max_iter=max_iter, tol=tol, callback=callback,
                       log_every=log_every, progress=progress, kkt=kkt, checkpoint=checkpoint,
                       checkpoint_every=checkpoint_every)
@@ -288,7 +288,7 @@ def _run(problem: BilevelProblem, solver: Solver, oracle: Oracle, context: Any, 
     cuda = problem.x0.is_cuda
     generator = torch.Generator(device=problem.x0.device)
     generator.manual_seed(context.seed)
-    history = _History(problem, kkt, context.oracle)
+    history = History(problem, kkt, context.oracle)
 
     stamp = checkpoints.fingerprint(solver, problem, log_every, context.seed)
     if checkpoint is not None and Path(checkpoint).exists():

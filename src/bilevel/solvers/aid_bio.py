@@ -54,6 +54,11 @@ class AIDBiO(Solver):
             raise TypeError(f"Invalid linear_solver: {self.linear_solver!r} "
                             f"(expected bilevel.ConjugateGradient(...) or bilevel.Neumann(...))")
 
+    def batch_support(self) -> str:
+        if isinstance(self.linear_solver, ConjugateGradient):
+            return "conjugate gradient stops on a test of each member's residual (Neumann(...) runs batched)"
+        return ""
+
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int, generator: torch.Generator) -> State:
         return State(x=problem.x0, y=problem.y0)
 

@@ -64,6 +64,11 @@ class Solver(abc.ABC):
     def step(self, problem: BilevelProblem, oracle: Oracle, state: State) -> State:
         """One outer iteration: the next state, with `info` describing `state`."""
 
+    def batch_support(self) -> str:
+        """'' when `bilevel.solve_batch` can run this solver under torch.func.vmap (its init and
+        step use tensor operations and no data-dependent Python control flow), else why not."""
+        return ""
+
     def diagnose(self, problem: BilevelProblem, oracle: Oracle, state: State) -> dict[str, Tensor]:
         """Diagnostics at `state`'s iterate without moving (used for the final row).
 

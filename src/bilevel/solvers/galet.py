@@ -60,6 +60,11 @@ class GALET(Solver):
             raise TypeError(f"Invalid linear_solver: {self.linear_solver!r} "
                             f"(expected bilevel.Neumann(...) or bilevel.ConjugateGradient(...))")
 
+    def batch_support(self) -> str:
+        if isinstance(self.linear_solver, ConjugateGradient):
+            return "conjugate gradient stops on a test of each member's residual (Neumann(...) runs batched)"
+        return ""
+
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int, generator: torch.Generator) -> State:
         return State(x=problem.x0, y=problem.y0)
 

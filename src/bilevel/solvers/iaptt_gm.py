@@ -76,6 +76,9 @@ class IAPTTGM(Solver):
         check_positive(self, "step_size", "lower_step_size", "inner_step_size")
         check_int(self, "inner_steps")
 
+    def batch_support(self) -> str:
+        return "the pessimistic truncation picks its step index per trajectory, and the unrolled backward uses autograd"
+
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> IAPTTGMState:
         return IAPTTGMState(x=problem.x0, y=problem.y0, z=problem.y0)

@@ -39,12 +39,12 @@ def qp_step(grad_f: tuple[Tensor, Tensor], grad_h: tuple[Tensor, Tensor], alpha_
 class PGDQPState(State):
     """pgdqp's state: also the step counter for schedules and the constants in use."""
 
-    h0: Tensor | None = None          # h(x0, y0) after the warm start, for rho = "warm"
-    lipschitz_f: float = math.nan
-    lipschitz_h: float = math.nan
-    gamma0: float = math.nan          # the step size (before any decay)
-    velocity: tuple | None = None     # heavy-ball memory (x, y) when momentum > 0
-    alpha0: float = math.nan
+    h0: Tensor | None = None               # h(x0, y0) after the warm start, for rho = "warm"
+    lipschitz_f: float | Tensor | None = None   # None where the schedule does not use it
+    lipschitz_h: float | Tensor | None = None
+    gamma0: float | Tensor = math.nan      # the step size (before any decay)
+    velocity: tuple | None = None          # heavy-ball memory (x, y) when momentum > 0
+    alpha0: float | Tensor | None = None   # None in "diminishing": set per iteration
 
 
 @dataclass(frozen=True)
@@ -147,16 +147,17 @@ class PGDQP(Solver):
             y = warm_start(problem, oracle, x, y, self.warm_start_steps, self.warm_start_tol, self.power_iters)
             gy = oracle.grad_g_y(x, y)
             h0 = inner(gy, gy)
-        needs_lf = self.lipschitz_f is None and (self.schedule == "theorem" or
-                                                 (self.schedule == "diminishing" and self.step_size is None))
-        needs_lh = self.lipschitz_h is None and (self.schedule == "diminishing" or
-                                                 (self.schedule == "theorem" and self.rho == "grad"))
-        lf = self.lipschitz_f or (power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y), self.power_iters, generator)
-                                  if needs_lf else math.nan)
-        lh = self.lipschitz_h or (power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y), self.power_iters, generator)
-                                  if needs_lh else math.nan)
-        for name, value, needed in (("lipschitz_f", lf, needs_lf), ("lipschitz_h", lh, needs_lh)):
-            if needed and not (math.isfinite(value) and value > 0):
+        needs_lf = self.schedule == "theorem" or (self.schedule == "diminishing" and self.step_size is None)
+        needs_lh = self.schedule == "diminishing" or (self.schedule == "theorem" and self.rho == "grad")
+        lf = lh = None
+        if needs_lf:
+            lf = self.lipschitz_f or _as_float(power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y),
+                                                               self.power_iters, generator))
+        if needs_lh:
+            lh = self.lipschitz_h or _as_float(power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y),
+                                                               self.power_iters, generator))
+        for name, value in (("lipschitz_f", lf), ("lipschitz_h", lh)):
+            if isinstance(value, float) and not (math.isfinite(value) and value > 0):  # (under vmap: solve_batch checks)
                 raise ValueError(f"Invalid problem for pgdqp: the estimate of {name} at (x0, y0) is {value} (the "
                                  f"curvature overflows there); give {name}=... or schedule='constant' with step_size")
         K = max(max_iter, 1)
@@ -165,13 +166,12 @@ class PGDQP(Solver):
         elif self.schedule == "theorem":
             if self.rho == "grad":
                 alpha = K ** (-1 / 3)
-                gamma = min(alpha, 1.0 / (lf + alpha * lh))
+                gamma = _minimum(alpha, 1.0 / (lf + alpha * lh))
             else:
                 alpha = K ** (-1 / 6)
-                gamma = min(K ** (-2 / 3), 1.0 / lf)
+                gamma = _minimum(K ** (-2 / 3), 1.0 / lf)
         else:
-            gamma = self.step_size or 1.0 / lf
-            alpha = math.nan  # set per iteration from gamma_k
+            gamma, alpha = self.step_size or 1.0 / lf, None
         return PGDQPState(x=x, y=y, h0=h0, lipschitz_f=lf, lipschitz_h=lh, gamma0=gamma, alpha0=alpha)
 
     # ----- one iteration ------------------------------------------------------------------
@@ -212,24 +212,45 @@ class PGDQP(Solver):
         y = problem.project_y(state.y + vy)
         return replace(state, x=x, y=y, k=state.k + 1, info=info, nu=nu, velocity=(x - state.x, y - state.y))
 
+    def batch_support(self) -> str:
+        if self.rho == "warm":
+            return "rho='warm' warm-starts y0 by a loop that stops on a test of each member's h"
+        return ""
+
     def diagnose(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> dict[str, Tensor]:
         gamma, alpha = self._parameters(state)
         return self._direction(oracle, state, gamma, alpha)[3]
 
 
-def power_iteration(matvec, like: tuple[Tensor, Tensor], iters: int, generator: torch.Generator) -> float:
-    """The largest |eigenvalue| of a symmetric operator on (x, y) pairs, by power iteration."""
+def power_iteration(matvec, like: tuple[Tensor, Tensor], iters: int, generator: torch.Generator) -> Tensor:
+    """The largest |eigenvalue| of a symmetric operator on (x, y) pairs, by `iters` steps of power
+    iteration from a random start, as a 0-d tensor (tensor operations only, so that it runs
+    under torch.func.vmap)."""
     v = tuple(torch.randn(t.shape, generator=generator, dtype=t.dtype, device="cpu").to(t.device) for t in like)
-    estimate = 0.0
+    estimate = torch.zeros((), dtype=like[0].dtype, device=like[0].device)
     for _ in range(iters):
-        norm = math.sqrt(sum(float(inner(p, p)) for p in v))
-        if norm == 0 or not math.isfinite(norm):
-            break
-        v = tuple(p / norm for p in v)
+        norm = torch.sqrt(sum(inner(p, p) for p in v))
+        v = tuple(p / torch.clamp(norm, min=torch.finfo(norm.dtype).tiny) for p in v)
         w = matvec(v)
-        estimate = math.sqrt(sum(float(inner(p, p)) for p in w))
+        # ||A v_k|| grows with k for symmetric A: the running maximum keeps an overflow (inf) once seen
+        estimate = torch.maximum(estimate, torch.sqrt(sum(inner(p, p) for p in w)))
         v = w
-    return max(estimate, 1e-12)
+    return torch.clamp(estimate, min=1e-12)
+
+
+def _as_float(value: Tensor) -> float | Tensor:
+    """A 0-d tensor as a Python float; the tensor itself under torch.func.vmap (one value per member)."""
+    try:
+        return float(value)
+    except RuntimeError:  # a batched tensor has no single value
+        return value
+
+
+def _minimum(a: float | Tensor, b: float | Tensor) -> float | Tensor:
+    """min(a, b) for floats or (batched) 0-d tensors."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return torch.minimum(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+    return min(a, b)
 
 
 def warm_start(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, steps: int, tol: float,
@@ -238,7 +259,8 @@ def warm_start(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, st
     if steps == 0:
         return y
     gen = torch.Generator().manual_seed(0)
-    lip = power_iteration(lambda v: (torch.zeros_like(x), oracle.vjp_grad_y_g(x, y, v[1])[1]), (x, y), power_iters, gen)
+    lip = float(power_iteration(lambda v: (torch.zeros_like(x), oracle.vjp_grad_y_g(x, y, v[1])[1]), (x, y),
+                                power_iters, gen))
     for _ in range(steps):
         gy = oracle.grad_g_y(x, y)
         if float(inner(gy, gy)) <= tol:

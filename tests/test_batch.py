@@ -1,0 +1,110 @@
+"""solve_batch: members solved together under torch.func.vmap equal the runs solved alone."""
+import math
+from functools import partial
+
+import pytest
+import torch
+
+import bilevel
+from bilevel import BilevelProblem, PROBLEMS, Status, solve, solve_batch
+
+D = torch.float64
+SEEDS = [0, 1, 2, 3]
+
+
+def quadratic(seed):
+    return PROBLEMS["quadratic"](seed=seed)
+
+
+@pytest.mark.parametrize("method, options", [("sgf", {}), ("pgdqp", dict(schedule="constant", step_size=0.05)),
+                                             ("pgdqp", dict(schedule="theorem")), ("vpbgd", {}), ("meha", {}),
+                                             ("hjfbio", {}), ("f2ba", dict(inner_steps=3)),
+                                             ("bome", dict(inner_steps=3))])
+def test_members_equal_runs_solved_alone(method, options):
+    batch = solve_batch(quadratic, method, seeds=SEEDS, max_iter=60, log_every=20, seed=0, **options)
+    # derivatives by torch.func here and autograd alone differ by round-off, which hjfbio's finite
+    # differences (delta = 1e-5) amplify a hundred thousand times
+    rtol, atol = (1e-8, 1e-10) if method == "hjfbio" else (1e-10, 1e-12)
+    for s, member in zip(SEEDS, batch):
+        alone = solve(quadratic(s), method, max_iter=60, log_every=20, seed=0, kkt="none", **options)
+        assert member.status is alone.status is Status.COMPLETED
+        torch.testing.assert_close(member.x, alone.x, rtol=rtol, atol=atol)
+        torch.testing.assert_close(member.y, alone.y, rtol=rtol, atol=atol)
+        assert member.history["iter"] == alone.history["iter"] == [0.0, 20.0, 40.0, 60.0]
+        assert member.history["oracle_calls"] == alone.history["oracle_calls"]
+        for column in ("f", "h", "distance_to_solution"):      # the member's own metric
+            assert member.history[column] == pytest.approx(alone.history[column], rel=100 * rtol, abs=atol)
+
+
+def test_pgdqp_default_members_reach_their_solutions():
+    """pgdqp's default momentum amplifies round-off (torch.func here, autograd alone), so members
+    and lone runs part ways in the middle; both close in on each seed's x* alike (measured after
+    3000 iterations: 0.0049/0.0050, 0.0245/0.0245, 0.0055/0.0055, 0.0030/0.0031)."""
+    batch = solve_batch(quadratic, "pgdqp", seeds=SEEDS, max_iter=3000, log_every=3000, seed=0)
+    for s, member in zip(SEEDS, batch):
+        alone = solve(quadratic(s), "pgdqp", max_iter=3000, log_every=3000, seed=0, kkt="none")
+        x_star = quadratic(s).info["x_star"]
+        error, error_alone = float((member.x - x_star).norm()), float((alone.x - x_star).norm())
+        assert error < 3e-2 and error == pytest.approx(error_alone, rel=0.1)
+        assert member.history["distance_to_solution"][-1] == pytest.approx(error)
+
+
+def test_starting_points_of_one_problem():
+    base = quadratic(0)
+
+    def start(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return base.with_start(x0=torch.randn(base.x0.shape, generator=gen, dtype=D))
+    batch = solve_batch(start, "sgf", seeds=SEEDS, max_iter=40, log_every=40)
+    for s, member in zip(SEEDS, batch):
+        alone = solve(start(s), "sgf", max_iter=40, log_every=40, kkt="none")
+        torch.testing.assert_close(member.x, alone.x, rtol=1e-10, atol=1e-12)
+    assert not torch.equal(batch[0].x, batch[1].x)
+
+
+def scaled_upper(x, y, *, c):
+    return c * ((x - 1) ** 2).sum() + ((y - 1) ** 2).sum()
+
+
+def tracking_lower(x, y):
+    return 0.5 * ((y - x) ** 2).sum()
+
+
+def test_a_diverging_member_stops_alone_on_a_finite_iterate():
+    """f = c ||x - 1||^2 with c = seed: sgf's step 0.25 is stable for c <= 3 and blows up beyond."""
+    def build(seed):
+        return BilevelProblem(partial(scaled_upper, c=torch.tensor(float(seed), dtype=D)), tracking_lower,
+                              torch.zeros(3, dtype=D), torch.zeros(3, dtype=D))
+    batch = solve_batch(build, "sgf", seeds=[1, 2, 40, 80], max_iter=300, log_every=10, step_size=0.25)
+    assert [r.status for r in batch] == [Status.COMPLETED, Status.COMPLETED, Status.DIVERGED, Status.DIVERGED]
+    for r in batch:
+        assert torch.isfinite(r.x).all() and torch.isfinite(r.y).all()
+        assert all(math.isfinite(v) for v in r.history["f"])
+    assert batch[2].n_iter < 300 and "iteration" in batch[2].message
+    torch.testing.assert_close(batch[0].x, torch.ones(3, dtype=D), atol=1e-6, rtol=0)
+
+
+def test_what_cannot_be_batched_is_refused_clearly():
+    with pytest.raises(ValueError, match=r"Invalid solver for solve_batch: aid_bio \(conjugate gradient stops .*Neumann"):
+        solve_batch(quadratic, "aid_bio", seeds=SEEDS)
+    with pytest.raises(ValueError, match=r"Invalid solver for solve_batch: pgdqp \(rho='warm'"):
+        solve_batch(quadratic, "pgdqp", seeds=SEEDS, rho="warm", schedule="constant")
+    with pytest.raises(ValueError, match=r"Invalid problem_factory: x0 of seed 1 has shape \(4,\)"):
+        solve_batch(lambda s: PROBLEMS["quadratic"](dim_x=3 + s, seed=s), "sgf", seeds=[0, 1])
+
+    def closures(seed):
+        a = torch.full((2,), float(seed), dtype=D)
+        return BilevelProblem(lambda x, y: ((x - a) ** 2).sum() + (y ** 2).sum(), tracking_lower,
+                              torch.zeros(2, dtype=D), torch.zeros(2, dtype=D))
+    with pytest.raises(ValueError, match=r"Invalid problem_factory: the seeds' f differ, and are not functools.partial"):
+        solve_batch(closures, "sgf", seeds=[0, 1])
+    with pytest.raises(ValueError, match=r"Invalid seeds: \[\]"):
+        solve_batch(quadratic, "sgf", seeds=[])
+
+
+def test_aid_bio_with_neumann_runs_batched():
+    solver = bilevel.solvers.AIDBiO(linear_solver=bilevel.Neumann(iters=10, step_size=0.1))
+    batch = solve_batch(quadratic, solver, seeds=SEEDS[:2], max_iter=30, log_every=30, seed=0)
+    for s, member in zip(SEEDS[:2], batch):
+        alone = solve(quadratic(s), solver, max_iter=30, log_every=30, seed=0, kkt="none")
+        torch.testing.assert_close(member.x, alone.x, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,71 @@
+"""Speed features that must not change answers: the torch.func oracle, compile=True with its
+fallback, and the flushing of subnormal floats during a run."""
+import pytest
+import torch
+
+import bilevel
+from bilevel import PROBLEMS, solve
+from bilevel.oracles import FuncOracle, Oracle
+from bilevel.solve import denormals_are_flushed
+
+METHODS = ["grad_f", "grad_g", "grad_g_y", "grad_g_x", "h_and_grad", "vjp_grad_y_g", "jvp_grad_y_g", "hvp_f",
+           "hvp_h", "hvp_inner_grad_y_g"]
+
+
+@pytest.mark.parametrize("name", ["synthetic-nc", "toy-cleaning"])
+def test_func_oracle_equals_autograd_oracle(name):
+    problem = PROBLEMS[name](seed=0)
+    gen = torch.Generator().manual_seed(1)
+    x = problem.x0 + 0.3 * torch.randn(problem.x0.shape, generator=gen, dtype=problem.x0.dtype)
+    y = problem.y0 + 0.3 * torch.randn(problem.y0.shape, generator=gen, dtype=problem.y0.dtype)
+    vx, vy = torch.randn_like(x), torch.randn_like(y)
+    args = {"grad_f": (x, y), "grad_g": (x, y), "grad_g_y": (x, y), "grad_g_x": (x, y), "h_and_grad": (x, y),
+            "vjp_grad_y_g": (x, y, vy), "jvp_grad_y_g": (x, y, vx, vy), "hvp_f": (x, y, vx, vy),
+            "hvp_h": (x, y, vx, vy), "hvp_inner_grad_y_g": (x, y, vy, vx, vy)}
+    autograd, func = Oracle(problem.f, problem.g), FuncOracle(problem.f, problem.g)
+    for method in METHODS:
+        a, b = getattr(autograd, method)(*args[method]), getattr(func, method)(*args[method])
+        for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            torch.testing.assert_close(v, u, rtol=1e-9, atol=1e-9, msg=method)
+    assert func.snapshot() == autograd.snapshot()
+
+
+def test_compiled_run_equals_the_eager_run():
+    problem = PROBLEMS["quadratic"](seed=0)
+    eager = solve(problem, "pgdqp", max_iter=40, log_every=10, seed=0)
+    compiled = solve(problem, "pgdqp", max_iter=40, log_every=10, seed=0, compile=True)
+    assert "compile=True" not in compiled.message
+    torch.testing.assert_close(compiled.x, eager.x, rtol=1e-9, atol=1e-12)
+    assert compiled.history["oracle_calls"] == eager.history["oracle_calls"]
+
+
+def test_compile_falls_back_and_says_why(monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler found")
+        return compiled
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    problem = PROBLEMS["quadratic"](seed=0)
+    with pytest.warns(RuntimeWarning, match=r"compile=True: grad_f runs uncompiled \(RuntimeError: no C\+\+ compiler"):
+        result = solve(problem, "sgf", max_iter=20, log_every=10, compile=True)
+    assert "ran uncompiled: grad_f: RuntimeError: no C++ compiler found" in result.message
+    eager = solve(problem, "sgf", max_iter=20, log_every=10)
+    torch.testing.assert_close(result.x, eager.x, rtol=1e-10, atol=1e-12)
+
+
+def test_denormals_are_flushed_during_a_run_and_restored_after():
+    torch.set_flush_denormal(False)
+    seen = []
+    problem = PROBLEMS["quadratic"](seed=0)
+    solve(problem, "sgf", max_iter=3, callback=lambda state: seen.append(denormals_are_flushed()))
+    assert seen == [True, True, True] and not denormals_are_flushed()
+    solve(problem, "sgf", max_iter=2, flush_denormal=False, callback=lambda state: seen.append(denormals_are_flushed()))
+    assert seen[3:] == [False, False]
+    tiny = torch.tensor([1e-310], dtype=torch.float64)
+    assert float(tiny * 1.0) != 0.0                          # the process's setting is left as it was
+    torch.set_flush_denormal(True)
+    try:
+        solve(problem, "sgf", max_iter=2)
+        assert denormals_are_flushed()                       # restored to the caller's choice
+    finally:
+        torch.set_flush_denormal(False)
