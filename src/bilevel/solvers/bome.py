@@ -23,7 +23,9 @@ class BOME(Solver):
         y <- y - lower_step_size (grad_y f + lambda grad_y q)
 
     with phi = eta ||grad q||^2 (phi="grad", the paper's toy problems) or phi = eta q
-    (phi="value", its data-cleaning variant, eta the paper's u1).
+    (phi="value", its data-cleaning variant, eta the paper's u1). To first order in y - y_hat,
+    grad q = J^T (y - y_hat) with J the Jacobian of grad_y g, so the multiplier of
+    grad_y g = 0 that the step defines is nu = lambda (y - y_hat) (kkt="method" uses it).
 
     Cost per step: T + 1 gradients of g (the one at (x, y) serves both grad q and the
     first inner step; one more grad_x g at y_hat), one gradient of f, no second-order products.
@@ -85,4 +87,4 @@ class BOME(Solver):
         x_new = problem.project_x(x - self.step_size * (fx + lam * qx))
         y_step = self.step_size if self.lower_step_size is None else self.lower_step_size
         y_new = problem.project_y(y - y_step * (fy + lam * qy))
-        return replace(state, x=x_new, y=y_new, k=state.k + 1, info=info)
+        return replace(state, x=x_new, y=y_new, k=state.k + 1, info=info, nu=lam * (y - y_hat))

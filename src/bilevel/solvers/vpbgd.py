@@ -29,6 +29,9 @@ class VPBGD(Solver):
         x <- Proj[x - step_size s (grad_x f + gamma_k (grad_x g(x, y) - grad_x g(x, w)))]
         y <- Proj[y - lower_step_size s (grad_y f + gamma_k grad_y g(x, y))]
 
+    The penalty's gradient gamma (grad g(x, y) - (grad_x g(x, w), 0)) is gamma J^T (y - w) to
+    first order in y - w, so the multiplier of grad_y g = 0 it defines is nu = gamma (y - w).
+
     Cost per step: T + 2 gradients of g (T at w, one at (x, y), grad_x g at w), one gradient
     of f; no second-order products.
 
@@ -79,4 +82,4 @@ class VPBGD(Solver):
         y_step = self.step_size if self.lower_step_size is None else self.lower_step_size
         x_new = problem.project_x(x - self.step_size * s * (fx + gamma * (gx - gx_w)))
         y_new = problem.project_y(y - y_step * s * (fy + gamma * gy))
-        return replace(state, x=x_new, y=y_new, w=w, k=state.k + 1, info=info)
+        return replace(state, x=x_new, y=y_new, w=w, k=state.k + 1, info=info, nu=gamma * (y - w))
