@@ -36,5 +36,23 @@ test: venv
 test-fast: venv
 	$(BIN)/python -m pytest -x -m "not slow"
 
+# Performance benchmarks; each prints its table and writes its section of benchmarks/RESULTS.md.
+bench: venv
+	$(BIN)/python benchmarks/autodiff.py
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/iteration_cost.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/batch.py
+	$(BIN)/python benchmarks/time_to_target.py
+
+# The seed paper's figures (PNGs under runs/, tables in benchmarks/RESULTS.md); hours on 2 cores.
+figures: venv
+	$(BIN)/python benchmarks/fig4_synthetic.py
+	for c in fig2-pca fig2-784 fig3-mlp fig5-coreset; do \
+		$(BIN)/bilevel sweep configs/$$(echo $$c | tr - _).yaml --out runs/$$c -j 2 --resume && \
+		$(BIN)/bilevel table runs/$$c --results benchmarks/RESULTS.md --title "configs/$$(echo $$c | tr - _).yaml" \
+		|| exit 1; \
+	done
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
