@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -30,6 +31,11 @@ class State:
             step that left it: `f`, `g`, `h`, `kkt_stationarity`, `kkt_feasibility` and
             method-specific values (lambda, step size, ...). Logged without recomputation.
         nu: the multiplier estimate of grad_y g = 0 that the method defines, or None.
+        lipschitz_g: L_g, the largest |eigenvalue| of grad_yy g at (x0, y0), estimated by
+            `init` where a default step size is a multiple of 1/L_g (`lower_curvature`);
+            None where no step depends on it. A float, or a 0-d tensor under vmap.
+        lipschitz_f_y: likewise the largest |eigenvalue| of grad_yy f at (x0, y0), for the
+            methods whose y step descends f (divided by a penalty) plus g; None elsewhere.
     """
 
     x: Tensor
@@ -37,6 +43,8 @@ class State:
     k: int = 0
     info: dict[str, Tensor] = field(default_factory=dict)
     nu: Tensor | None = None
+    lipschitz_g: float | Tensor | None = None
+    lipschitz_f_y: float | Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,56 @@ class Solver(abc.ABC):
     def options(cls) -> tuple[str, ...]:
         """Names of the hyperparameters."""
         return tuple(f.name for f in dataclasses.fields(cls))
+
+
+# ----- curvature estimates for default step sizes -----------------------------------------
+def lower_curvature(oracle: Oracle, x: Tensor, y: Tensor, generator: torch.Generator, *, of: str = "g",
+                    iters: int = 20) -> float | Tensor:
+    """The largest |eigenvalue| of grad_yy g (of="g": L_g) or of grad_yy f (of="f") at (x, y).
+
+    `iters` steps of power iteration on Hessian-vector products (one product each, counted
+    by the oracle as n_hvp) from a random start drawn from `generator`. Power iteration
+    approaches the value from below: after 20 steps it is typically within a few percent,
+    so a step 1/L_g from it stays well inside the stable range (0, 2/L_g) of gradient
+    descent on an L_g-smooth function. Tensor operations only, so that it runs under
+    torch.func.vmap (`bilevel.solve_batch`), where it returns the 0-d tensor of each
+    member; otherwise a Python float. Raises ValueError where the estimate is not finite
+    (the curvature overflows at (x0, y0)), naming the step sizes to give instead.
+
+    The estimate is taken once, at the start: where g is not quadratic its curvature can grow
+    along the run (g = 1/4 (||y||^2 - 1 - x^2)^2: 0.5 at the start, about 13 at the
+    solution), and steps from it can then diverge; give the steps explicitly there.
+    """
+    from .pgdqp import _as_float, power_iteration  # vmappable; here, not at the top: pgdqp imports base
+
+    if of == "g":
+        def matvec(v):
+            return (oracle.vjp_grad_y_g(x, y, v[0])[1],)
+    elif of == "f":
+        zero = torch.zeros_like(x)
+
+        def matvec(v):
+            return (oracle.hvp_f(x, y, zero, v[0])[1],)
+    else:
+        raise ValueError(f"Invalid of: {of!r} (expected 'g' or 'f')")
+    value = _as_float(power_iteration(matvec, (y,), iters, generator))
+    if isinstance(value, float) and not math.isfinite(value):  # (under vmap: solve_batch checks)
+        raise ValueError(f"Invalid problem: the estimate of the largest eigenvalue of grad_yy {of} at (x0, y0) is "
+                         f"{value} (the curvature overflows there); give the step sizes explicitly")
+    return value
+
+
+def step_or(value: float | None, curvature: float | Tensor | None, multiple: float = 1.0) -> float | Tensor:
+    """A step size: `value` when given, else multiple / curvature (the default of a step that
+    is None, from the estimate that `init` stored)."""
+    return value if value is not None else multiple / curvature
+
+
+def capped(step: float, curvature: float | Tensor) -> float | Tensor:
+    """min(step, 1 / curvature), for floats or (batched) 0-d tensors, without dividing by 0."""
+    if isinstance(curvature, Tensor):
+        return step / torch.clamp(step * curvature, min=1.0)
+    return step / max(1.0, step * curvature)
 
 
 # ----- hyperparameter checks, shared by every solver --------------------------------------

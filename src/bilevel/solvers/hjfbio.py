@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_positive
+from .base import Solver, State, check_positive, lower_curvature, step_or
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,15 @@ class HJFBiO(Solver):
 
     Args:
         step_size: the step on x. Default 0.05.
-        lower_step_size: the step on y. Default 0.1.
-        v_step_size: tau, the step on v. Default 0.1.
+        lower_step_size: the step on y. Default None: 1/L_g, with L_g the largest
+            |eigenvalue| of grad_yy g at (x0, y0), estimated at the start by 20 steps of power
+            iteration on Hessian-vector products (`State.lipschitz_g`): a gradient step on the
+            L_g-smooth g(x, .), stable below 2/L_g, with rate 1 - mu_g/L_g at 1/L_g.
+        v_step_size: tau, the step on v. Default None: 1/L_g, the gradient step on the
+            quadratic 1/2 v^T grad_yy g v - <grad_y f, v>, whose Hessian grad_yy g has norm
+            L_g. (Both were a fixed 0.1, which diverges once L_g > 20.) The step on x stays
+            a fixed number: where y and v track their targets slowly (mu_g/L_g small) x
+            can run ahead of them.
         radius: r, the bound on ||v||. Default 100.0.
         delta: the finite-difference step. Default 1e-5 (for float64; use ~1e-3 in float32).
 
@@ -67,8 +74,8 @@ class HJFBiO(Solver):
     """
 
     step_size: float = 0.05
-    lower_step_size: float = 0.1
-    v_step_size: float = 0.1
+    lower_step_size: float | None = None
+    v_step_size: float | None = None
     radius: float = 100.0
     delta: float = 1e-5
 
@@ -76,11 +83,15 @@ class HJFBiO(Solver):
     summary: ClassVar[str] = "Hessian/Jacobian-free: finite-difference products, projected v (Huang 2024)"
 
     def validate(self) -> None:
-        check_positive(self, "step_size", "lower_step_size", "v_step_size", "radius", "delta")
+        check_positive(self, "step_size", "radius", "delta")
+        check_positive(self, "lower_step_size", "v_step_size", allow_none=True)
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> HJFBiOState:
-        return HJFBiOState(x=problem.x0, y=problem.y0, v=torch.zeros_like(problem.y0))
+        x, y = problem.x0, problem.y0
+        needs = self.lower_step_size is None or self.v_step_size is None
+        lg = lower_curvature(oracle, x, y, generator) if needs else None
+        return HJFBiOState(x=x, y=y, v=torch.zeros_like(y), lipschitz_g=lg)
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: HJFBiOState) -> HJFBiOState:
         x, y, v = state.x, state.y, state.v
@@ -90,7 +101,7 @@ class HJFBiO(Solver):
         rx, ry = fx - jv, fy - hv
         h = inner(gy, gy)
         info = {"f": f, "g": g, "h": h, "kkt_stationarity": inner(rx, rx) + inner(ry, ry), "kkt_feasibility": h}
-        v = project_ball(v + self.v_step_size * ry, self.radius)
+        v = project_ball(v + step_or(self.v_step_size, state.lipschitz_g) * ry, self.radius)
         return replace(state, x=problem.project_x(x - self.step_size * rx),
-                       y=problem.project_y(y - self.lower_step_size * gy),
+                       y=problem.project_y(y - step_or(self.lower_step_size, state.lipschitz_g) * gy),
                        v=v, k=state.k + 1, info=info, nu=-v)

@@ -10,7 +10,7 @@ from torch import Tensor
 from .. import metrics
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_positive
+from .base import Solver, State, check_positive, lower_curvature
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,23 @@ class MEHA(Solver):
     p = 0.48, alpha = beta = 5e-4, tuned for that problem; with those, 20000 iterations
     barely move x on the library's quadratic, so the defaults keep p = 0.48 and take
     larger steps and a smaller c_0, which reach x* there within 3000 iterations:
-    alpha = beta = 0.05, eta = 0.1, gamma = 1, c_0 = 1.
+    alpha = 0.05, gamma = 1, c_0 = 1, and the lower-level steps eta and beta from L_g (they
+    were the fixed 0.1 and 0.05, which diverge once L_g > 20). gamma and c_0 stay fixed
+    numbers: in units of g's scale the penalty c_k (g - v_gamma) is weak when g is small
+    (an O(1/c_k) bias: 0.8 from x* with g scaled by 0.01, measured in the robustness study).
 
     Args:
         step_size: alpha, the step on x. Default 0.05.
-        lower_step_size: beta, the step on y. Default 0.05.
-        inner_step_size: eta, the step on theta. Default 0.1.
+        lower_step_size: beta, the step on y. Default None: 1 / (L_g + 1/gamma + L_f,y / c_0),
+            a bound on the y-curvature of d_y (grad_yy f / c_k + grad_yy g - I / gamma, with
+            c_k >= c_0), so that the explicit y step is stable. L_g and L_f,y are the largest
+            |eigenvalues| of grad_yy g and grad_yy f at (x0, y0), estimated at the start by 20
+            steps of power iteration on Hessian-vector products (`State.lipschitz_g`,
+            `State.lipschitz_f_y`).
+        inner_step_size: eta, the step on theta. Default None: 1 / (L_g + 1/gamma), the
+            gradient step on theta -> g(x, theta) + ||theta - y||^2 / (2 gamma), which is
+            (L_g + 1/gamma)-smooth (and strongly convex where g is rho_g-weakly convex with
+            rho_g < 1/gamma, as the paper assumes).
         gamma: the Moreau envelope's parameter. Default 1.0.
         c0: c_0, the first penalty weight. Default 1.0.
         power: p in c_k = c_0 (k + 1)^p, in [0, 1/2). Default 0.48.
@@ -69,8 +80,8 @@ class MEHA(Solver):
     """
 
     step_size: float = 0.05
-    lower_step_size: float = 0.05
-    inner_step_size: float = 0.1
+    lower_step_size: float | None = None
+    inner_step_size: float | None = None
     gamma: float = 1.0
     c0: float = 1.0
     power: float = 0.48
@@ -79,19 +90,31 @@ class MEHA(Solver):
     summary: ClassVar[str] = "Moreau envelope penalty, single loop, Hessian-free (Liu et al. 2024)"
 
     def validate(self) -> None:
-        check_positive(self, "step_size", "lower_step_size", "inner_step_size", "gamma", "c0")
+        check_positive(self, "step_size", "gamma", "c0")
+        check_positive(self, "lower_step_size", "inner_step_size", allow_none=True)
         check_positive(self, "power", allow_zero=True)
         if self.power >= 0.5:
             raise ValueError(f"Invalid power: {self.power!r} (expected 0 <= power < 0.5)")
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> MEHAState:
-        return MEHAState(x=problem.x0, y=problem.y0, theta=problem.y0)
+        x, y = problem.x0, problem.y0
+        lg = lf = None
+        if self.inner_step_size is None or self.lower_step_size is None:
+            lg = lower_curvature(oracle, x, y, generator)
+        if self.lower_step_size is None:
+            lf = lower_curvature(oracle, x, y, generator, of="f")
+        return MEHAState(x=x, y=y, theta=y, lipschitz_g=lg, lipschitz_f_y=lf)
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: MEHAState) -> MEHAState:
         x, y = state.x, state.y
         c = self.c0 * (state.k + 1) ** self.power
-        theta = problem.project_y(state.theta - self.inner_step_size
+        eta, beta = self.inner_step_size, self.lower_step_size
+        if eta is None:
+            eta = 1.0 / (state.lipschitz_g + 1.0 / self.gamma)
+        if beta is None:
+            beta = 1.0 / (state.lipschitz_g + 1.0 / self.gamma + state.lipschitz_f_y / self.c0)
+        theta = problem.project_y(state.theta - eta
                                   * (oracle.grad_g_y(x, state.theta) + (state.theta - y) / self.gamma))
         f, fx, fy = oracle.grad_f(x, y)
         g, gx, gy = oracle.grad_g(x, y)
@@ -102,5 +125,5 @@ class MEHA(Solver):
         info = {"f": f, "g": g, "h": h, "kkt_stationarity": metrics.kkt_stationarity(oracle, x, y, nu, (fx, fy)),
                 "kkt_feasibility": h, "penalty": c}
         return replace(state, x=problem.project_x(x - self.step_size * d_x),
-                       y=problem.project_y(y - self.lower_step_size * d_y),
+                       y=problem.project_y(y - beta * d_y),
                        theta=theta, k=state.k + 1, info=info, nu=nu)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_int, check_positive
+from .base import Solver, State, check_int, check_positive, lower_curvature, step_or
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,18 @@ class VPBGD(Solver):
 
     Args:
         step_size: the step on x. Default 0.1 (the paper's data-cleaning upper rate).
-        lower_step_size: the step on y. Default None (same as step_size).
+        lower_step_size: the step on y. Default None: 1 / (s_k (L_f,y + gamma_k L_g)), so
+            that s_k lower_step_size, the step of the y update on f + gamma_k g, is 1/L of
+            that function's y-curvature L_f,y + gamma_k L_g (the paper's step on the penalised
+            problem is <= 1/L_gamma, L_gamma >= L_f + gamma L_g; with gamma_k >= 1 this is
+            the step 1/(L_f,y / gamma_k + L_g) on f / gamma_k + g). L_g and L_f,y are the
+            largest |eigenvalues| of grad_yy g and grad_yy f at (x0, y0), estimated at the
+            start by 20 steps of power iteration on Hessian-vector products
+            (`State.lipschitz_g`, `State.lipschitz_f_y`). The former default, step_size, diverges
+            once L_g > 20.
         inner_steps: T. Default 1 (the paper's setting).
-        inner_step_size: the step on w. Default 0.1.
+        inner_step_size: the step on w. Default None: 1/L_g (gradient descent on the
+            L_g-smooth g(x, .), analysed with a step <= 1/L_g).
         penalty: gamma (its final value with a warm-up). Default 10.
         penalty_warmup: iterations over which gamma rises linearly from 0, as in the
             authors' code; 0 keeps it constant, as in the theory. Default 0.
@@ -51,7 +60,7 @@ class VPBGD(Solver):
     step_size: float = 0.1
     lower_step_size: float | None = None
     inner_steps: int = 1
-    inner_step_size: float = 0.1
+    inner_step_size: float | None = None
     penalty: float = 10.0
     penalty_warmup: int = 0
 
@@ -59,19 +68,26 @@ class VPBGD(Solver):
     summary: ClassVar[str] = "value-function penalty gradient descent, persistent w (Shen & Chen 2023)"
 
     def validate(self) -> None:
-        check_positive(self, "step_size", "inner_step_size", "penalty")
-        check_positive(self, "lower_step_size", allow_none=True)
+        check_positive(self, "step_size", "penalty")
+        check_positive(self, "lower_step_size", "inner_step_size", allow_none=True)
         check_int(self, "inner_steps")
         check_int(self, "penalty_warmup", minimum=0)
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> VPBGDState:
-        return VPBGDState(x=problem.x0, y=problem.y0, w=problem.y0)
+        x, y = problem.x0, problem.y0
+        lg = lf = None
+        if self.inner_step_size is None or self.lower_step_size is None:
+            lg = lower_curvature(oracle, x, y, generator)
+        if self.lower_step_size is None:
+            lf = lower_curvature(oracle, x, y, generator, of="f")
+        return VPBGDState(x=x, y=y, w=y, lipschitz_g=lg, lipschitz_f_y=lf)
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: VPBGDState) -> VPBGDState:
         x, y, w = state.x, state.y, state.w
+        w_step = step_or(self.inner_step_size, state.lipschitz_g)
         for _ in range(self.inner_steps):
-            w = problem.project_y(w - self.inner_step_size * oracle.grad_g_y(x, w))
+            w = problem.project_y(w - w_step * oracle.grad_g_y(x, w))
         gamma = self.penalty * (min(1.0, state.k / self.penalty_warmup) if self.penalty_warmup else 1.0)
         s = min(1.0 / gamma, 1.0) if gamma > 0 else 1.0
         f, fx, fy = oracle.grad_f(x, y)
@@ -79,7 +95,9 @@ class VPBGD(Solver):
         gx_w = oracle.grad_g_x(x, w)
         h = inner(gy, gy)
         info = {"f": f, "g": g, "h": h, "kkt_feasibility": h, "penalty": gamma}
-        y_step = self.step_size if self.lower_step_size is None else self.lower_step_size
         x_new = problem.project_x(x - self.step_size * s * (fx + gamma * (gx - gx_w)))
-        y_new = problem.project_y(y - y_step * s * (fy + gamma * gy))
+        if self.lower_step_size is None:   # s * y_step = 1 / (L_f,y + gamma L_g)
+            y_new = problem.project_y(y - (fy + gamma * gy) / (state.lipschitz_f_y + gamma * state.lipschitz_g))
+        else:
+            y_new = problem.project_y(y - self.lower_step_size * s * (fy + gamma * gy))
         return replace(state, x=x_new, y=y_new, w=w, k=state.k + 1, info=info, nu=gamma * (y - w))

@@ -1,0 +1,107 @@
+"""The baselines' lower-level steps default to multiples of 1/L_g, L_g estimated at (x0, y0):
+they converge where L_g is large, are invariant to the scale of g, and cost nothing when given."""
+import math
+
+import pytest
+import torch
+
+import bilevel
+from bilevel import BilevelProblem, PROBLEMS, solve
+from bilevel.oracles import Oracle
+from bilevel.solvers.base import lower_curvature
+
+D = torch.float64
+BASELINES = ("bome", "aid_bio", "vpbgd", "galet", "iaptt_gm", "meha", "f2ba", "hjfbio")
+
+
+def stiff_quadratic(seed=0, n=3, m=4, low=50.0, high=100.0, coupling=5.0):
+    """f = 1/2||x - a||^2 + 1/2||y - b||^2, g = 1/2 y^T Q y - y^T B x with eig(Q) in [low, high]:
+    L_g = high. y*(x) = M x, M = Q^-1 B, x* = (I + M^T M)^-1 (a + M^T b)."""
+    gen = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=D))
+    Q = U @ torch.diag(torch.linspace(low, high, m, dtype=D)) @ U.T
+    B = coupling * torch.randn(m, n, generator=gen, dtype=D) / math.sqrt(n)
+    a, b = torch.randn(n, generator=gen, dtype=D), torch.randn(m, generator=gen, dtype=D)
+    M = torch.linalg.solve(Q, B)
+    x_star = torch.linalg.solve(torch.eye(n, dtype=D) + M.T @ M, a + M.T @ b)
+    problem = BilevelProblem(lambda x, y: 0.5 * ((x - a) ** 2).sum() + 0.5 * ((y - b) ** 2).sum(),
+                             lambda x, y: 0.5 * y @ (Q @ y) - y @ (B @ x),
+                             torch.zeros(n, dtype=D), torch.zeros(m, dtype=D))
+    return problem, x_star, Q
+
+
+ITERS = {"bome": 2000, "aid_bio": 300, "vpbgd": 3000, "galet": 300, "iaptt_gm": 300, "meha": 3000, "f2ba": 500,
+         "hjfbio": 2000}
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_defaults_converge_where_the_lower_level_is_stiff(method):
+    """L_g = 100: the former fixed lower steps (0.05 to 0.1 > 2 / L_g) diverged within a few
+    iterations for every baseline; steps from the estimate of L_g converge."""
+    problem, x_star, _ = stiff_quadratic()
+    r = solve(problem, method, max_iter=ITERS[method], log_every=ITERS[method], kkt="none")
+    assert r.success, r.message
+    assert float((r.x - x_star).norm()) < 2e-2
+    assert r.state.lipschitz_g == pytest.approx(100.0, rel=5e-2)
+
+
+@pytest.mark.parametrize("method", ["aid_bio", "galet", "iaptt_gm", "hjfbio"])
+def test_hypergradient_methods_are_invariant_to_the_scale_of_g(method):
+    """Scaling g by 2^k (same lower-level solutions, same x*) scales the estimate of L_g, and so
+    divides the lower steps, by exactly 2^k: the methods whose x step follows the implicit
+    hypergradient take the same iterates (a fixed lower step would not: too large for 64 g,
+    too small for g / 64)."""
+    base = PROBLEMS["quadratic"](seed=0)
+    runs = []
+    for scale in (1.0, 64.0, 1 / 64):
+        problem = BilevelProblem(base.f, lambda x, y, s=scale: s * base.g(x, y), base.x0, base.y0)
+        runs.append(solve(problem, method, max_iter=40, log_every=40, kkt="none", seed=3))
+    for scale, r in zip((64.0, 1 / 64), runs[1:]):
+        assert r.state.lipschitz_g == runs[0].state.lipschitz_g * scale
+        torch.testing.assert_close(r.x, runs[0].x, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(r.y, runs[0].y, rtol=1e-12, atol=1e-14)
+
+
+STEPS = {"bome": dict(inner_step_size=0.01, lower_step_size=0.01), "aid_bio": dict(inner_step_size=0.01),
+         "vpbgd": dict(inner_step_size=0.01, lower_step_size=0.01), "galet": dict(inner_step_size=0.01),
+         "iaptt_gm": dict(inner_step_size=0.01), "meha": dict(inner_step_size=0.01, lower_step_size=0.01),
+         "f2ba": dict(inner_step_size=0.01), "hjfbio": dict(lower_step_size=0.01, v_step_size=0.01)}
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_given_steps_are_used_as_given_and_cost_no_estimate(method):
+    problem, _, _ = stiff_quadratic()
+    oracle = Oracle(problem.f, problem.g)
+    solver = bilevel.SOLVERS[method](**STEPS[method])
+    state = solver.init(problem, oracle, max_iter=1, generator=torch.Generator().manual_seed(0))
+    assert state.lipschitz_g is None and state.lipschitz_f_y is None
+    assert oracle.snapshot()["n_hvp"] == 0
+    # with the defaults: 20 power-iteration products for L_g (and 20 for f's y-curvature where
+    # a y step descends f / penalty + g)
+    oracle = Oracle(problem.f, problem.g)
+    state = bilevel.SOLVERS[method]().init(problem, oracle, max_iter=1, generator=torch.Generator().manual_seed(0))
+    uses_f = method in ("vpbgd", "meha", "f2ba")
+    assert oracle.snapshot()["n_hvp"] == (40 if uses_f else 20)
+    assert (state.lipschitz_f_y is not None) == uses_f
+
+
+def test_lower_curvature_estimates_the_largest_eigenvalue_from_below():
+    problem, _, Q = stiff_quadratic(low=1.0, high=100.0)
+    oracle = Oracle(problem.f, problem.g)
+    estimate = lower_curvature(oracle, problem.x0, problem.y0, torch.Generator().manual_seed(0))
+    assert isinstance(estimate, float)
+    assert 0.95 * 100.0 <= estimate <= 100.0 * (1 + 1e-12)
+    f_curvature = lower_curvature(oracle, problem.x0, problem.y0, torch.Generator().manual_seed(0), of="f")
+    assert f_curvature == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="Invalid of"):
+        lower_curvature(oracle, problem.x0, problem.y0, torch.Generator(), of="h")
+
+
+def test_defaults_run_batched_with_one_estimate_per_member():
+    results = bilevel.solve_batch(lambda seed: PROBLEMS["quadratic"](seed=seed, cond=8.0), "hjfbio", seeds=[0, 1],
+                                  max_iter=5, log_every=5, seed=0)
+    for seed, r in zip([0, 1], results):
+        single = solve(PROBLEMS["quadratic"](seed=seed, cond=8.0), "hjfbio", max_iter=5, log_every=5, kkt="none",
+                       seed=0)
+        assert float(r.state.lipschitz_g) == pytest.approx(single.state.lipschitz_g, rel=1e-10)
+        assert float(r.state.lipschitz_g) == pytest.approx(8.0, rel=5e-2)
