@@ -131,3 +131,43 @@ def test_lipschitz_estimates_match_the_quadratic():
                          generator=torch.Generator().manual_seed(0))
     assert abs(state.lipschitz_f - 1.0) < 1e-6       # f = 1/2||x - a||^2 + 1/2||y - b||^2
     assert state.lipschitz_h > 0
+
+
+def _ring():
+    """g = 1/4 (||y||^2 - 1 - x^2)^2: a circle of lower-level solutions whose curvature grows
+    from the start (L_h about 2.5 at (x0, y0)) to the solution (about 660)."""
+    c = torch.tensor([3.0, 0.0], dtype=D)
+    return BilevelProblem(lambda x, y: 0.5 * ((x - 2.0) ** 2).sum() + 0.5 * ((y - c) ** 2).sum(),
+                          lambda x, y: 0.25 * ((y ** 2).sum() - 1 - (x ** 2).sum()) ** 2,
+                          torch.zeros(1, dtype=D), torch.tensor([0.5, 0.5], dtype=D))
+
+
+def test_default_adapts_to_curvature_that_grows_beyond_the_start():
+    problem = _ring()
+    fixed = solve(problem, "pgdqp", max_iter=2000, log_every=500, adaptive=False)
+    assert fixed.status is Status.DIVERGED and fixed.n_iter < 20      # the start's L_h: steps far too long
+    result = solve(problem, "pgdqp", max_iter=2000, log_every=500)
+    assert result.status is Status.COMPLETED
+    assert float(result.state.lipschitz_h) > 100 * fixed.state.lipschitz_h   # raised by the secants
+    # x* minimises 1/2 (x - 2)^2 + 1/2 (3 - sqrt(1 + x^2))^2 (closed-form stationarity, by bisection)
+    lo, hi = 0.0, 3.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        r = math.sqrt(1 + mid * mid)
+        lo, hi = (mid, hi) if (mid - 2) - (3 - r) * mid / r < 0 else (lo, mid)
+    assert abs(float(result.x[0]) - lo) < 1e-2
+    assert result.final("h") < 1e-3
+
+
+def test_given_constants_stay_fixed_and_estimated_ones_only_grow():
+    problem = _ring()
+    result = solve(problem, "pgdqp", max_iter=50, log_every=10, lipschitz_h=5000.0)
+    assert result.state.lipschitz_h == 5000.0                          # a given bound is kept
+    assert result.history["alpha"][1] == pytest.approx(0.5 / (result.history["step_size"][1] * 5000.0))
+    start = solve(problem, "pgdqp", max_iter=1, seed=0, adaptive=False).state      # the estimates at (x0, y0)
+    adaptive = solve(problem, "pgdqp", max_iter=50, log_every=10, seed=0)
+    assert float(adaptive.state.lipschitz_h) > start.lipschitz_h
+    assert float(adaptive.state.lipschitz_f) >= start.lipschitz_f
+    # the constant and theorem schedules keep their constants (Algorithm 1 and the theorems as written)
+    theorem = solve(PROBLEMS["quadratic"](seed=0), "pgdqp", max_iter=50, schedule="theorem")
+    assert isinstance(theorem.state.lipschitz_h, float) and theorem.state.grads is None

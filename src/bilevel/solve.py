@@ -290,7 +290,6 @@ def _run(problem: BilevelProblem, solver: Solver, oracle: Oracle, context: Any, 
          tol: float | None, callback: Callable[[State], Any] | None, log_every: int, progress: bool, kkt: str,
          checkpoint: str | Path | None, checkpoint_every: int) -> Result:
     """The loop of `solve`, after its arguments are checked."""
-    cuda = problem.x0.is_cuda
     generator = torch.Generator(device=problem.x0.device)
     generator.manual_seed(context.seed)
     history = History(problem, kkt, context.oracle)
@@ -324,9 +323,9 @@ def _run(problem: BilevelProblem, solver: Solver, oracle: Oracle, context: Any, 
     for k in range(first, max_iter):
         start = time.perf_counter()
         new = _with_context(lambda: solver.step(problem, oracle, state), f"in iteration {k + 1} of {solver.name}")
-        bad_point, bad_info = _nonfinite(new)  # one host sync per iteration: the guard against NaN answers
-        if cuda:
-            torch.cuda.synchronize()
+        # the guard against NaN answers; its one host sync per iteration also ends the step's GPU work,
+        # so that step_time is the step's
+        bad_point, bad_info = _nonfinite(new)
         step_time = time.perf_counter() - start
         if bad_info:  # the diagnostics of state (f, g, ... at iterate k) are not finite: return iterate k - 1
             status = Status.DIVERGED
