@@ -28,12 +28,12 @@ class AIDBiO(Solver):
     Args:
         step_size: the step on x. Default 0.1.
         inner_steps: T. Default 10 (the paper uses 200 for data hyper-cleaning).
-        inner_step_size: alpha, the lower-level step. Default None: 1/L_g, with L_g the largest
+        inner_step_size: alpha, the lower-level step. Default None: min(0.1, 1/L_g), with L_g the largest
             |eigenvalue| of grad_yy g at (x0, y0), estimated at the start by 20 steps of power
             iteration on Hessian-vector products (`State.lipschitz_g`): the
             paper's analysis takes alpha <= 1/L_g for gradient descent on the L_g-smooth,
-            strongly convex g(x, .) (a fixed 0.1 diverges once L_g > 20, and barely moves y
-            when L_g ~ 0.1).
+            strongly convex g(x, .) (a fixed 0.1 diverges once L_g > 20; the cap 0.1 keeps
+            the steps safe where g's curvature grows away from the start).
         linear_solver: an object solving A v = b from products A u: default
             `bilevel.ConjugateGradient(iters=100)` (stops early at relative residual 1e-10,
             so about min(dim y, a few sqrt(cond)) products where grad_yy g is well
@@ -78,7 +78,7 @@ class AIDBiO(Solver):
         g, _, gy = oracle.grad_g(x, y)
         h = inner(gy, gy)
         info = {"f": oracle.f(x, y), "g": g, "h": h, "kkt_feasibility": h}
-        s = step_or(self.inner_step_size, state.lipschitz_g)
+        s = step_or(self.inner_step_size, state.lipschitz_g, 0.1)
         y = problem.project_y(y - s * gy)
         for _ in range(self.inner_steps - 1):
             y = problem.project_y(y - s * oracle.grad_g_y(x, y))

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import checks, metrics
-from ..oracles import Oracle
+from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
 
 
@@ -92,6 +92,30 @@ class Solver(abc.ABC):
 
 
 # ----- curvature estimates for default step sizes -----------------------------------------
+def power_iteration(matvec, like: tuple[Tensor, Tensor], iters: int, generator: torch.Generator) -> Tensor:
+    """The largest |eigenvalue| of a symmetric operator on (x, y) pairs, by `iters` steps of power
+    iteration from a random start, as a 0-d tensor (tensor operations only, so that it runs
+    under torch.func.vmap)."""
+    v = tuple(torch.randn(t.shape, generator=generator, dtype=t.dtype, device="cpu").to(t.device) for t in like)
+    estimate = torch.zeros((), dtype=like[0].dtype, device=like[0].device)
+    for _ in range(iters):
+        norm = torch.sqrt(sum(inner(p, p) for p in v))
+        v = tuple(p / torch.clamp(norm, min=torch.finfo(norm.dtype).tiny) for p in v)
+        w = matvec(v)
+        # ||A v_k|| grows with k for symmetric A: the running maximum keeps an overflow (inf) once seen
+        estimate = torch.maximum(estimate, torch.sqrt(sum(inner(p, p) for p in w)))
+        v = w
+    return torch.clamp(estimate, min=1e-12)
+
+
+def as_float(value: Tensor) -> float | Tensor:
+    """A 0-d tensor as a Python float; the tensor itself under torch.func.vmap (one value per member)."""
+    try:
+        return float(value)
+    except RuntimeError:  # a batched tensor has no single value
+        return value
+
+
 def lower_curvature(oracle: Oracle, x: Tensor, y: Tensor, generator: torch.Generator, *, of: str = "g",
                     iters: int = 20) -> float | Tensor:
     """The largest |eigenvalue| of grad_yy g (of="g": L_g) or of grad_yy f (of="f") at (x, y).
@@ -106,11 +130,8 @@ def lower_curvature(oracle: Oracle, x: Tensor, y: Tensor, generator: torch.Gener
     (the curvature overflows at (x0, y0)), naming the step sizes to give instead.
 
     The estimate is taken once, at the start: where g is not quadratic its curvature can grow
-    along the run (g = 1/4 (||y||^2 - 1 - x^2)^2: 0.5 at the start, about 13 at the
-    solution), and steps from it can then diverge; give the steps explicitly there.
+    along the run, which is why the default steps (`step_or`) are also capped.
     """
-    from .pgdqp import _as_float, power_iteration  # vmappable; here, not at the top: pgdqp imports base
-
     if of == "g":
         def matvec(v):
             return (oracle.vjp_grad_y_g(x, y, v[0])[1],)
@@ -121,17 +142,20 @@ def lower_curvature(oracle: Oracle, x: Tensor, y: Tensor, generator: torch.Gener
             return (oracle.hvp_f(x, y, zero, v[0])[1],)
     else:
         raise ValueError(f"Invalid of: {of!r} (expected 'g' or 'f')")
-    value = _as_float(power_iteration(matvec, (y,), iters, generator))
+    value = as_float(power_iteration(matvec, (y,), iters, generator))
     if isinstance(value, float) and not math.isfinite(value):  # (under vmap: solve_batch checks)
         raise ValueError(f"Invalid problem: the estimate of the largest eigenvalue of grad_yy {of} at (x0, y0) is "
                          f"{value} (the curvature overflows there); give the step sizes explicitly")
     return value
 
 
-def step_or(value: float | None, curvature: float | Tensor | None, multiple: float = 1.0) -> float | Tensor:
-    """A step size: `value` when given, else multiple / curvature (the default of a step that
-    is None, from the estimate that `init` stored)."""
-    return value if value is not None else multiple / curvature
+def step_or(value: float | None, curvature: float | Tensor | None, cap: float) -> float | Tensor:
+    """A step size: `value` when given, else min(cap, 1 / curvature), the default of a step
+    that is None, from the estimate that `init` stored. The cap (the fixed default the
+    methods used to take) guards a nonconvex g whose curvature is small at the start and
+    grows along the run (g = 1/4 (||y||^2 - 1 - x^2)^2: 0.5 at the start, about 13 at the
+    solution, where a step 1/0.5 diverges and 0.1 converges)."""
+    return value if value is not None else capped(cap, curvature)
 
 
 def capped(step: float, curvature: float | Tensor) -> float | Tensor:

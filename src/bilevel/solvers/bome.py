@@ -40,7 +40,7 @@ class BOME(Solver):
             The cap is inactive while L_g <= 1/(eta step_size) = 100. With phi="value" (lambda
             about eta q / ||grad q||^2, which shrinks as g grows) it is step_size.
         inner_steps: T. Default 30.
-        inner_step_size: the inner step on y_hat. Default None: 1/L_g, with L_g the largest
+        inner_step_size: the inner step on y_hat. Default None: min(0.1, 1/L_g), with L_g the largest
             |eigenvalue| of grad_yy g at (x0, y0), estimated at the start by 20 steps of power
             iteration on Hessian-vector products (`State.lipschitz_g`): gradient descent on the
             L_g-smooth g(x, .), whose analysis takes a step <= 1/L_g (any step below 2/L_g is
@@ -86,7 +86,7 @@ class BOME(Solver):
         x, y = state.x, state.y
         f, fx, fy = oracle.grad_f(x, y)
         g, gx, gy = oracle.grad_g(x, y)
-        s = step_or(self.inner_step_size, state.lipschitz_g)
+        s = step_or(self.inner_step_size, state.lipschitz_g, 0.1)
         y_hat = problem.project_y(y - s * gy)
         for _ in range(self.inner_steps - 1):
             y_hat = problem.project_y(y_hat - s * oracle.grad_g_y(x, y_hat))

@@ -9,7 +9,7 @@ import torch
 from .. import metrics
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_int, check_positive, lower_curvature
+from .base import Solver, State, check_int, capped, check_positive, lower_curvature
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class F2BA(Solver):
             library's quadratic, so the default takes the larger value.
         inner_steps: T. Default 10.
         inner_step_size: eta, the step of both inner loops. Default None:
-            1 / (L_f,y / lam + L_g), the smoothness constant of the y loop's f / lam + g
+            min(0.1, 1 / (L_f,y / lam + L_g)), with 1 / (...) the smoothness constant of the y loop's f / lam + g
             (the paper's step condition; the z loop on g alone needs <= 1/L_g, which this
             satisfies). L_g and L_f,y are the largest |eigenvalues| of grad_yy g and grad_yy f
             at (x0, y0), estimated at the start by 20 steps of power iteration on
@@ -90,7 +90,7 @@ class F2BA(Solver):
     def step(self, problem: BilevelProblem, oracle: Oracle, state: State) -> State:
         x, lam, eta = state.x, self.penalty, self.inner_step_size
         if eta is None:
-            eta = 1.0 / (state.lipschitz_f_y / lam + state.lipschitz_g)
+            eta = capped(0.1, state.lipschitz_f_y / lam + state.lipschitz_g)
         z = y = state.y
         for _ in range(self.inner_steps):
             z = problem.project_y(z - eta * oracle.grad_g_y(x, z))

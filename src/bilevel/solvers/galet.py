@@ -37,7 +37,7 @@ class GALET(Solver):
     Args:
         step_size: the step on x. Default 0.1.
         inner_steps: N. Default 10.
-        inner_step_size: the lower-level step. Default None: 1/L_g, with L_g the largest
+        inner_step_size: the lower-level step. Default None: min(0.1, 1/L_g), with L_g the largest
             |eigenvalue| of grad_yy g at (x0, y0), estimated at the start by 20 steps of power
             iteration on Hessian-vector products (`State.lipschitz_g`): gradient descent
             on the L_g-smooth g(x, .), which the paper's analysis (PL lower level) runs with a
@@ -84,7 +84,7 @@ class GALET(Solver):
         g, _, gy = oracle.grad_g(x, y)
         h = inner(gy, gy)
         info = {"f": oracle.f(x, y), "g": g, "h": h, "kkt_feasibility": h}
-        s = step_or(self.inner_step_size, state.lipschitz_g)
+        s = step_or(self.inner_step_size, state.lipschitz_g, 0.1)
         y = problem.project_y(y - s * gy)
         for _ in range(self.inner_steps - 1):
             y = problem.project_y(y - s * oracle.grad_g_y(x, y))

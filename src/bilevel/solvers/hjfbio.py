@@ -50,11 +50,11 @@ class HJFBiO(Solver):
 
     Args:
         step_size: the step on x. Default 0.05.
-        lower_step_size: the step on y. Default None: 1/L_g, with L_g the largest
+        lower_step_size: the step on y. Default None: min(0.1, 1/L_g), with L_g the largest
             |eigenvalue| of grad_yy g at (x0, y0), estimated at the start by 20 steps of power
             iteration on Hessian-vector products (`State.lipschitz_g`): a gradient step on the
             L_g-smooth g(x, .), stable below 2/L_g, with rate 1 - mu_g/L_g at 1/L_g.
-        v_step_size: tau, the step on v. Default None: 1/L_g, the gradient step on the
+        v_step_size: tau, the step on v. Default None: min(0.1, 1/L_g), the gradient step on the
             quadratic 1/2 v^T grad_yy g v - <grad_y f, v>, whose Hessian grad_yy g has norm
             L_g. (Both were a fixed 0.1, which diverges once L_g > 20.) The step on x stays
             a fixed number: where y and v track their targets slowly (mu_g/L_g small) x
@@ -101,7 +101,7 @@ class HJFBiO(Solver):
         rx, ry = fx - jv, fy - hv
         h = inner(gy, gy)
         info = {"f": f, "g": g, "h": h, "kkt_stationarity": inner(rx, rx) + inner(ry, ry), "kkt_feasibility": h}
-        v = project_ball(v + step_or(self.v_step_size, state.lipschitz_g) * ry, self.radius)
+        v = project_ball(v + step_or(self.v_step_size, state.lipschitz_g, 0.1) * ry, self.radius)
         return replace(state, x=problem.project_x(x - self.step_size * rx),
-                       y=problem.project_y(y - step_or(self.lower_step_size, state.lipschitz_g) * gy),
+                       y=problem.project_y(y - step_or(self.lower_step_size, state.lipschitz_g, 0.1) * gy),
                        v=v, k=state.k + 1, info=info, nu=-v)

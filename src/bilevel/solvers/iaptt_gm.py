@@ -48,7 +48,7 @@ class IAPTTGM(Solver):
         lower_step_size: the step on the initialisation z. Default 0.1 (a step on
             phi(x, z) = f(x, y_p*(x, z)), whose curvature in z is that of f, not of g).
         inner_steps: T, the unrolled steps. Default 40 (100 in the paper's data cleaning).
-        inner_step_size: s, the unrolled step. Default None: 1/L_g, with L_g the largest
+        inner_step_size: s, the unrolled step. Default None: min(0.1, 1/L_g), with L_g the largest
             |eigenvalue| of grad_yy g at (x0, y0), estimated at the start by 20 steps of power
             iteration on Hessian-vector products (`State.lipschitz_g`): the unrolled steps are
             gradient descent on the L_g-smooth g(x, .), which the paper analyses with
@@ -95,7 +95,7 @@ class IAPTTGM(Solver):
     def step(self, problem: BilevelProblem, oracle: Oracle, state: IAPTTGMState) -> IAPTTGMState:
         g, _, gy = oracle.grad_g(state.x, state.y)
         f = oracle.f(state.x, state.y)
-        run = oracle.unrolled_grad(state.x, state.z, self.inner_steps, step_or(self.inner_step_size, state.lipschitz_g),
+        run = oracle.unrolled_grad(state.x, state.z, self.inner_steps, step_or(self.inner_step_size, state.lipschitz_g, 0.1),
                                    project=problem.project_y, select=lambda fv: int(torch.argmax(fv)) + 1)
         h = inner(gy, gy)
         info = {"f": f, "g": g, "h": h,

@@ -10,7 +10,7 @@ from torch import Tensor
 from .. import metrics
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_positive, lower_curvature
+from .base import Solver, State, capped, check_positive, lower_curvature
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,13 @@ class MEHA(Solver):
 
     Args:
         step_size: alpha, the step on x. Default 0.05.
-        lower_step_size: beta, the step on y. Default None: 1 / (L_g + 1/gamma + L_f,y / c_0),
+        lower_step_size: beta, the step on y. Default None: min(0.05, 1 / (L_g + 1/gamma + L_f,y / c_0)),
             a bound on the y-curvature of d_y (grad_yy f / c_k + grad_yy g - I / gamma, with
             c_k >= c_0), so that the explicit y step is stable. L_g and L_f,y are the largest
             |eigenvalues| of grad_yy g and grad_yy f at (x0, y0), estimated at the start by 20
             steps of power iteration on Hessian-vector products (`State.lipschitz_g`,
             `State.lipschitz_f_y`).
-        inner_step_size: eta, the step on theta. Default None: 1 / (L_g + 1/gamma), the
+        inner_step_size: eta, the step on theta. Default None: min(0.1, 1 / (L_g + 1/gamma)), the
             gradient step on theta -> g(x, theta) + ||theta - y||^2 / (2 gamma), which is
             (L_g + 1/gamma)-smooth (and strongly convex where g is rho_g-weakly convex with
             rho_g < 1/gamma, as the paper assumes).
@@ -111,9 +111,9 @@ class MEHA(Solver):
         c = self.c0 * (state.k + 1) ** self.power
         eta, beta = self.inner_step_size, self.lower_step_size
         if eta is None:
-            eta = 1.0 / (state.lipschitz_g + 1.0 / self.gamma)
+            eta = capped(0.1, state.lipschitz_g + 1.0 / self.gamma)
         if beta is None:
-            beta = 1.0 / (state.lipschitz_g + 1.0 / self.gamma + state.lipschitz_f_y / self.c0)
+            beta = capped(0.05, state.lipschitz_g + 1.0 / self.gamma + state.lipschitz_f_y / self.c0)
         theta = problem.project_y(state.theta - eta
                                   * (oracle.grad_g_y(x, state.theta) + (state.theta - y) / self.gamma))
         f, fx, fy = oracle.grad_f(x, y)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_choice, check_int, check_positive
+from .base import Solver, State, as_float, check_choice, check_int, check_positive, power_iteration
 
 
 def qp_step(grad_f: tuple[Tensor, Tensor], grad_h: tuple[Tensor, Tensor], alpha_rho: Tensor,
@@ -178,10 +178,10 @@ class PGDQP(Solver):
         needs_lh = self.schedule == "diminishing" or (self.schedule == "theorem" and self.rho == "grad")
         lf = lh = None
         if needs_lf:
-            lf = self.lipschitz_f or _as_float(power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y),
+            lf = self.lipschitz_f or as_float(power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y),
                                                                self.power_iters, generator))
         if needs_lh:
-            lh = self.lipschitz_h or _as_float(power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y),
+            lh = self.lipschitz_h or as_float(power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y),
                                                                self.power_iters, generator))
         for name, value in (("lipschitz_f", lf), ("lipschitz_h", lh)):
             if isinstance(value, float) and not (math.isfinite(value) and value > 0):  # (under vmap: solve_batch checks)
@@ -274,30 +274,6 @@ class PGDQP(Solver):
 
     def diagnose(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> dict[str, Tensor]:
         return self._direction(oracle, state)[3]
-
-
-def power_iteration(matvec, like: tuple[Tensor, Tensor], iters: int, generator: torch.Generator) -> Tensor:
-    """The largest |eigenvalue| of a symmetric operator on (x, y) pairs, by `iters` steps of power
-    iteration from a random start, as a 0-d tensor (tensor operations only, so that it runs
-    under torch.func.vmap)."""
-    v = tuple(torch.randn(t.shape, generator=generator, dtype=t.dtype, device="cpu").to(t.device) for t in like)
-    estimate = torch.zeros((), dtype=like[0].dtype, device=like[0].device)
-    for _ in range(iters):
-        norm = torch.sqrt(sum(inner(p, p) for p in v))
-        v = tuple(p / torch.clamp(norm, min=torch.finfo(norm.dtype).tiny) for p in v)
-        w = matvec(v)
-        # ||A v_k|| grows with k for symmetric A: the running maximum keeps an overflow (inf) once seen
-        estimate = torch.maximum(estimate, torch.sqrt(sum(inner(p, p) for p in w)))
-        v = w
-    return torch.clamp(estimate, min=1e-12)
-
-
-def _as_float(value: Tensor) -> float | Tensor:
-    """A 0-d tensor as a Python float; the tensor itself under torch.func.vmap (one value per member)."""
-    try:
-        return float(value)
-    except RuntimeError:  # a batched tensor has no single value
-        return value
 
 
 def _minimum(a: float | Tensor, b: float | Tensor) -> float | Tensor:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_int, check_positive, lower_curvature, step_or
+from .base import Solver, State, check_int, check_positive, capped, lower_curvature, step_or
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,9 @@ class VPBGD(Solver):
 
     Args:
         step_size: the step on x. Default 0.1 (the paper's data-cleaning upper rate).
-        lower_step_size: the step on y. Default None: 1 / (s_k (L_f,y + gamma_k L_g)), so
-            that s_k lower_step_size, the step of the y update on f + gamma_k g, is 1/L of
-            that function's y-curvature L_f,y + gamma_k L_g (the paper's step on the penalised
+        lower_step_size: the step on y. Default None: min(step_size, 1 / (s_k (L_f,y + gamma_k L_g))),
+            so that s_k lower_step_size, the step of the y update on f + gamma_k g, is at most
+            1/L of that function's y-curvature L_f,y + gamma_k L_g (the paper's step on the penalised
             problem is <= 1/L_gamma, L_gamma >= L_f + gamma L_g; with gamma_k >= 1 this is
             the step 1/(L_f,y / gamma_k + L_g) on f / gamma_k + g). L_g and L_f,y are the
             largest |eigenvalues| of grad_yy g and grad_yy f at (x0, y0), estimated at the
@@ -47,7 +47,7 @@ class VPBGD(Solver):
             (`State.lipschitz_g`, `State.lipschitz_f_y`). The former default, step_size, diverges
             once L_g > 20.
         inner_steps: T. Default 1 (the paper's setting).
-        inner_step_size: the step on w. Default None: 1/L_g (gradient descent on the
+        inner_step_size: the step on w. Default None: min(0.1, 1/L_g) (gradient descent on the
             L_g-smooth g(x, .), analysed with a step <= 1/L_g).
         penalty: gamma (its final value with a warm-up). Default 10.
         penalty_warmup: iterations over which gamma rises linearly from 0, as in the
@@ -85,7 +85,7 @@ class VPBGD(Solver):
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: VPBGDState) -> VPBGDState:
         x, y, w = state.x, state.y, state.w
-        w_step = step_or(self.inner_step_size, state.lipschitz_g)
+        w_step = step_or(self.inner_step_size, state.lipschitz_g, 0.1)
         for _ in range(self.inner_steps):
             w = problem.project_y(w - w_step * oracle.grad_g_y(x, w))
         gamma = self.penalty * (min(1.0, state.k / self.penalty_warmup) if self.penalty_warmup else 1.0)
@@ -96,8 +96,9 @@ class VPBGD(Solver):
         h = inner(gy, gy)
         info = {"f": f, "g": g, "h": h, "kkt_feasibility": h, "penalty": gamma}
         x_new = problem.project_x(x - self.step_size * s * (fx + gamma * (gx - gx_w)))
-        if self.lower_step_size is None:   # s * y_step = 1 / (L_f,y + gamma L_g)
-            y_new = problem.project_y(y - (fy + gamma * gy) / (state.lipschitz_f_y + gamma * state.lipschitz_g))
+        if self.lower_step_size is None:   # s * y_step = min(step_size s, 1 / (L_f,y + gamma L_g))
+            y_step = capped(self.step_size * s, state.lipschitz_f_y + gamma * state.lipschitz_g)
         else:
-            y_new = problem.project_y(y - self.lower_step_size * s * (fy + gamma * gy))
+            y_step = self.lower_step_size * s
+        y_new = problem.project_y(y - y_step * (fy + gamma * gy))
         return replace(state, x=x_new, y=y_new, w=w, k=state.k + 1, info=info, nu=gamma * (y - w))
