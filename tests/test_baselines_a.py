@@ -117,6 +117,9 @@ def test_coreset_reaches_its_optimum(method):
     (BOME, dict(inner_steps=0), r"Invalid inner_steps: 0"),
     (AIDBiO, dict(inner_step_size=-1.0), r"Invalid inner_step_size: -1.0"),
     (AIDBiO, dict(linear_solver="cg"), r"Invalid linear_solver: 'cg'"),
+    (AIDBiO, dict(linear_solver={"method": "lu"}), r"Invalid linear_solver: \{'method': 'lu'\}"),
+    (GALET, dict(linear_solver={"method": "cg", "iter": 5}), r"Invalid linear_solver: .*unexpected keyword"),
+    (GALET, dict(linear_solver={"method": "neumann", "iters": 0}), r"Invalid iters: 0"),
     (VPBGD, dict(penalty=-2.0), r"Invalid penalty: -2.0"),
     (VPBGD, dict(penalty_warmup=-1), r"Invalid penalty_warmup: -1"),
     (GALET, dict(inner_steps=1.5), r"Invalid inner_steps: 1.5"),
@@ -124,6 +127,11 @@ def test_coreset_reaches_its_optimum(method):
 def test_bad_hyperparameters_name_the_argument(cls, kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         cls(**kwargs)
+
+
+def test_linear_solver_from_a_mapping_as_yaml_gives_it():
+    assert AIDBiO(linear_solver={"method": "cg", "iters": 7}).linear_solver == ConjugateGradient(iters=7)
+    assert GALET(linear_solver={"method": "neumann", "iters": 4, "step_size": 0.5}).linear_solver == Neumann(4, 0.5)
 
 
 @pytest.mark.parametrize("method", ["bome", "aid_bio", "vpbgd", "galet"])

@@ -1,7 +1,9 @@
 """Linear solvers for A v = b with A given only as a matrix-vector product.
 
 They are objects, passed to the methods that need one (aid_bio, galet, the metrics):
-`ConjugateGradient(iters=20)` or `Neumann(iters=20, step_size=0.1)`.
+`ConjugateGradient(iters=20)` or `Neumann(iters=20, step_size=0.1)`; from YAML or the command
+line, a mapping `{method: cg, iters: 10}` or `{method: neumann, iters: 20, step_size: 0.1}`
+(`from_spec`).
 """
 from __future__ import annotations
 
@@ -81,3 +83,23 @@ class Neumann:
             term = term - self.step_size * matvec(term)
             total = total + term
         return self.step_size * total
+
+
+LINEAR_SOLVERS = {"cg": ConjugateGradient, "neumann": Neumann}
+
+
+def from_spec(spec):
+    """A linear solver from `spec`: a solver object or any callable (returned as is), or a
+    mapping {"method": "cg" | "neumann", **fields}, as YAML and `--set` give one."""
+    if isinstance(spec, (ConjugateGradient, Neumann)) or callable(spec):
+        return spec
+    expected = ("(expected bilevel.ConjugateGradient(...), bilevel.Neumann(...) or a mapping such as "
+                "{'method': 'cg', 'iters': 10})")
+    if not isinstance(spec, dict) or spec.get("method") not in LINEAR_SOLVERS:
+        raise TypeError(f"Invalid linear_solver: {spec!r} {expected}")
+    fields = {k: v for k, v in spec.items() if k != "method"}
+    kind = LINEAR_SOLVERS[spec["method"]]
+    try:
+        return kind(**fields)
+    except TypeError as error:
+        raise TypeError(f"Invalid linear_solver: {spec!r} ({error})") from None

@@ -6,7 +6,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..linear import ConjugateGradient, Neumann
+from .. import linear
+from ..linear import ConjugateGradient
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
 from .base import Solver, State, check_int, check_positive, lower_curvature, step_or
@@ -66,9 +67,7 @@ class GALET(Solver):
         check_positive(self, "step_size")
         check_positive(self, "inner_step_size", allow_none=True)
         check_int(self, "inner_steps")
-        if not isinstance(self.linear_solver, (ConjugateGradient, Neumann)) and not callable(self.linear_solver):
-            raise TypeError(f"Invalid linear_solver: {self.linear_solver!r} "
-                            f"(expected bilevel.Neumann(...) or bilevel.ConjugateGradient(...))")
+        object.__setattr__(self, "linear_solver", linear.from_spec(self.linear_solver))
 
     def batch_support(self) -> str:
         if isinstance(self.linear_solver, ConjugateGradient):
