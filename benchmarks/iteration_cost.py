@@ -33,7 +33,8 @@ PROBLEMS = {
 HYPER_CLEANING = {
     "pgdqp": dict(schedule="constant", step_size=1000.0, lower_step_size=1.0, alpha=1.0),
     "bome": dict(step_size=100.0, lower_step_size=1.0, inner_step_size=1.0, phi="value", inner_steps=3),
-    "aid_bio": dict(step_size=100.0, inner_steps=5, inner_step_size=1.0),
+    "aid_bio": dict(step_size=100.0, inner_steps=5, inner_step_size=1.0,
+                    linear_solver=bilevel.ConjugateGradient(iters=10)),
 }
 
 

@@ -28,7 +28,7 @@ FIXED = {
     "pgdqp": dict(schedule="constant", lower_step_size=1.0, alpha=1.0),
     "sgf": dict(),
     "bome": dict(lower_step_size=1.0, inner_step_size=1.0, phi="value", inner_steps=3),
-    "aid_bio": dict(inner_steps=5, inner_step_size=1.0),
+    "aid_bio": dict(inner_steps=5, inner_step_size=1.0, linear_solver=bilevel.ConjugateGradient(iters=10)),
     "vpbgd": dict(lower_step_size=1.0, inner_step_size=1.0),
     "galet": dict(inner_steps=5, inner_step_size=1.0),
     "iaptt_gm": dict(inner_steps=20, inner_step_size=1.0, lower_step_size=1.0),

@@ -183,6 +183,17 @@ def test_a_dead_worker_fails_its_run_and_the_sweep_goes_on(tmp_path):
     assert counts["running"] == 0
 
 
+def test_local_workers_share_the_cores_instead_of_oversubscribing(tmp_path, monkeypatch):
+    from _harness_crash import report_threads
+    from bilevel.bench import sweep
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    assert [sweep.threads_per_worker(n) for n in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
+    monkeypatch.undo()
+    specs = expand(check_config({**SMALL, "seeds": [0, 1], "methods": {"sgf": {}}}))
+    records = list(sweep._execute(specs, str(tmp_path), 2, None, None, {"running": 0}, run=report_threads))
+    assert [r["threads"] for r in records] == [sweep.threads_per_worker(2)] * 2
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_paper_configs_are_valid_and_expand(path):

@@ -5,7 +5,7 @@ import torch
 
 import bilevel
 from bilevel import PROBLEMS, solve
-from bilevel.oracles import FuncOracle, Oracle
+from bilevel.oracles import FORWARD_MODE, FuncOracle, Oracle, _CompiledOrEager
 from bilevel.solve import denormals_are_flushed
 
 METHODS = ["grad_f", "grad_g", "grad_g_y", "grad_g_x", "h_and_grad", "vjp_grad_y_g", "jvp_grad_y_g", "hvp_f",
@@ -69,3 +69,15 @@ def test_denormals_are_flushed_during_a_run_and_restored_after():
         assert denormals_are_flushed()                       # restored to the caller's choice
     finally:
         torch.set_flush_denormal(False)
+
+
+def test_compiled_run_keeps_forward_mode_products_eager():
+    """torch 2.13's inductor crashes the process (segmentation fault) on the compiled jvp of
+    synthetic-sc's grad f, whose constants have zero tangents: forward-mode products stay eager."""
+    problem = PROBLEMS["synthetic-sc"](seed=0)
+    oracle = FuncOracle(problem.f, problem.g, compile=True)
+    assert not any(isinstance(oracle._pure[name], _CompiledOrEager) for name in FORWARD_MODE)
+    eager = solve(problem, "pgdqp", max_iter=5, log_every=5, seed=0)
+    compiled = solve(problem, "pgdqp", max_iter=5, log_every=5, seed=0, compile=True)   # hvp_f, hvp_h at the start
+    assert "compile=True" not in compiled.message
+    torch.testing.assert_close(compiled.x, eager.x, rtol=1e-9, atol=1e-12)

@@ -248,6 +248,10 @@ class Oracle:
         return out
 
 
+# the jvp-based derivatives of FuncOracle, never compiled (see FuncOracle's `compile`)
+FORWARD_MODE = ("jvp_grad_y_g", "hvp_f", "hvp_h", "hvp_inner_grad_y_g")
+
+
 class _CompiledOrEager:
     """fn compiled by torch.compile, falling back for good to fn itself (with a warning that
     says why) the first time compilation or the compiled call fails."""
@@ -279,7 +283,12 @@ class FuncOracle(Oracle):
     Args:
         f, g: the objectives, (x, y) -> scalar tensor.
         compile: compile each derivative with torch.compile; a derivative whose compilation
-            fails runs uncompiled, and `compile_failures` (name -> reason) says why.
+            fails runs uncompiled, and `compile_failures` (name -> reason) says why. The
+            forward-mode products (`FORWARD_MODE`: Hessian- and Jacobian-vector products,
+            used at the start and at logged iterations, not in the step of pgdqp) always run
+            uncompiled: torch 2.13's inductor hands the zero tangents of constants
+            (efficient zero tensors) to its C++ kernels, which crash the process (measured:
+            a segmentation fault in hvp_f on synthetic-sc), and a crash cannot fall back.
     """
 
     def __init__(self, f: Callable[[Tensor, Tensor], Tensor], g: Callable[[Tensor, Tensor], Tensor],
@@ -328,7 +337,8 @@ class FuncOracle(Oracle):
                 "hvp_inner_grad_y_g": hvp_inner_grad_y_g}
         self.compile_failures: dict[str, str] = {}
         if compile:
-            pure = {name: _CompiledOrEager(name, fn, self.compile_failures) for name, fn in pure.items()}
+            pure = {name: fn if name in FORWARD_MODE else _CompiledOrEager(name, fn, self.compile_failures)
+                    for name, fn in pure.items()}
         self._pure = pure
 
     def grad_f(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -127,7 +127,7 @@ def lower_curvature(oracle: Oracle, x: Tensor, y: Tensor, generator: torch.Gener
     descent on an L_g-smooth function. Tensor operations only, so that it runs under
     torch.func.vmap (`bilevel.solve_batch`), where it returns the 0-d tensor of each
     member; otherwise a Python float. Raises ValueError where the estimate is not finite
-    (the curvature overflows at (x0, y0)), naming the step sizes to give instead.
+    (the curvature overflows at (x0, y0)), asking for explicit step sizes.
 
     The estimate is taken once, at the start: where g is not quadratic its curvature can grow
     along the run, which is why the default steps (`step_or`) are also capped.
