@@ -48,7 +48,7 @@ bench: venv
 	$(BIN)/python benchmarks/batch.py
 	$(BIN)/python benchmarks/time_to_target.py
 
-# The seed paper's figures (PNGs under runs/, tables in benchmarks/RESULTS.md); hours on 2 cores.
+# The seed paper's figures (PNGs under runs/, tables in benchmarks/RESULTS.md); about 10 minutes on 2 cores (measured).
 figures: venv
 	$(BIN)/python benchmarks/fig4_synthetic.py
 	for c in fig2-pca fig2-784 fig3-mlp fig5-coreset; do \
