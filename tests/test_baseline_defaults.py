@@ -8,7 +8,7 @@ import torch
 import bilevel
 from bilevel import BilevelProblem, PROBLEMS, solve
 from bilevel.oracles import Oracle
-from bilevel.solvers.base import lower_curvature
+from bilevel.solvers.base import curvature_in_y
 
 D = torch.float64
 BASELINES = ("bome", "aid_bio", "vpbgd", "galet", "iaptt_gm", "meha", "f2ba", "hjfbio")
@@ -110,16 +110,16 @@ def test_given_steps_are_used_as_given_and_cost_no_estimate(method):
     assert (state.lipschitz_f_y is not None) == uses_f
 
 
-def test_lower_curvature_estimates_the_largest_eigenvalue_from_below():
+def test_curvature_in_y_estimates_the_largest_eigenvalue_from_below():
     problem, _, Q = stiff_quadratic(low=1.0, high=100.0)
     oracle = Oracle(problem.f, problem.g)
-    estimate = lower_curvature(oracle, problem.x0, problem.y0, torch.Generator().manual_seed(0))
+    estimate = curvature_in_y(oracle, problem.x0, problem.y0, torch.Generator().manual_seed(0))
     assert isinstance(estimate, float)
     assert 0.95 * 100.0 <= estimate <= 100.0 * (1 + 1e-12)
-    f_curvature = lower_curvature(oracle, problem.x0, problem.y0, torch.Generator().manual_seed(0), of="f")
+    f_curvature = curvature_in_y(oracle, problem.x0, problem.y0, torch.Generator().manual_seed(0), of="f")
     assert f_curvature == pytest.approx(1.0)
     with pytest.raises(ValueError, match="Invalid of"):
-        lower_curvature(oracle, problem.x0, problem.y0, torch.Generator(), of="h")
+        curvature_in_y(oracle, problem.x0, problem.y0, torch.Generator(), of="h")
 
 
 def test_defaults_run_batched_with_one_estimate_per_member():

@@ -253,8 +253,7 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, max_iter: int = 1000
     _check_solve_args(problem, max_iter, tol, log_every, callback)
     seed = checks.seed("seed", seed)
     device, dtype = checks.device("device", device), checks.floating_dtype("dtype", dtype)
-    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 1:
-        raise ValueError(f"Invalid checkpoint_every: {checkpoint_every!r} (expected an integer >= 1)")
+    checks.integer("checkpoint_every", checkpoint_every, 1)
     if kkt not in KKT_MODES:
         raise ValueError(f"Invalid kkt: {kkt!r} (expected one of {', '.join(map(repr, KKT_MODES))})")
     if tol is not None and kkt == "none":

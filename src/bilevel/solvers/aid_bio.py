@@ -10,7 +10,7 @@ from .. import linear
 from ..linear import ConjugateGradient
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_int, check_positive, lower_curvature, step_or
+from .base import Solver, State, check_int, check_positive, curvatures, step_or
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class AIDBiO(Solver):
         return ""
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int, generator: torch.Generator) -> State:
-        lg = lower_curvature(oracle, problem.x0, problem.y0, generator) if self.inner_step_size is None else None
-        return State(x=problem.x0, y=problem.y0, lipschitz_g=lg)
+        return State(x=problem.x0, y=problem.y0,
+                     **curvatures(oracle, problem, generator, g=self.inner_step_size is None))
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: State) -> State:
         x, y = state.x, state.y

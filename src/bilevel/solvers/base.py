@@ -32,7 +32,7 @@ class State:
             method-specific values (lambda, step size, ...). Logged without recomputation.
         nu: the multiplier estimate of grad_y g = 0 that the method defines, or None.
         lipschitz_g: L_g, the largest |eigenvalue| of grad_yy g at (x0, y0), estimated by
-            `init` where a default step size is a multiple of 1/L_g (`lower_curvature`);
+            `init` where a default step size is a multiple of 1/L_g (`curvatures`);
             None where no step depends on it. A float, or a 0-d tensor under vmap.
         lipschitz_f_y: likewise the largest |eigenvalue| of grad_yy f at (x0, y0), for the
             methods whose y step descends f (divided by a penalty) plus g; None elsewhere.
@@ -116,8 +116,8 @@ def as_float(value: Tensor) -> float | Tensor:
         return value
 
 
-def lower_curvature(oracle: Oracle, x: Tensor, y: Tensor, generator: torch.Generator, *, of: str = "g",
-                    iters: int = 20) -> float | Tensor:
+def curvature_in_y(oracle: Oracle, x: Tensor, y: Tensor, generator: torch.Generator, *, of: str = "g",
+                   iters: int = 20) -> float | Tensor:
     """The largest |eigenvalue| of grad_yy g (of="g": L_g) or of grad_yy f (of="f") at (x, y).
 
     `iters` steps of power iteration on Hessian-vector products (one product each, counted
@@ -147,6 +147,16 @@ def lower_curvature(oracle: Oracle, x: Tensor, y: Tensor, generator: torch.Gener
         raise ValueError(f"Invalid problem: the estimate of the largest eigenvalue of grad_yy {of} at (x0, y0) is "
                          f"{value} (the curvature overflows there); give the step sizes explicitly")
     return value
+
+
+def curvatures(oracle: Oracle, problem: BilevelProblem, generator: torch.Generator, *, g: bool,
+               f: bool = False) -> dict[str, float | Tensor | None]:
+    """The State fields lipschitz_g (L_g, where g) and lipschitz_f_y (where f) at (x0, y0), each
+    from `curvature_in_y` (L_g drawn first), None where not asked for: `init` asks for those
+    that a default step of the solver needs."""
+    x, y = problem.x0, problem.y0
+    return {"lipschitz_g": curvature_in_y(oracle, x, y, generator) if g else None,
+            "lipschitz_f_y": curvature_in_y(oracle, x, y, generator, of="f") if f else None}
 
 
 def step_or(value: float | None, curvature: float | Tensor | None, cap: float) -> float | Tensor:

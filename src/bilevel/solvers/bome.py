@@ -8,7 +8,7 @@ import torch
 
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_choice, check_int, check_positive, capped, lower_curvature, step_or
+from .base import Solver, State, check_choice, check_int, check_positive, capped, curvatures, step_or
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,7 @@ class BOME(Solver):
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int, generator: torch.Generator) -> State:
         needs = self.inner_step_size is None or (self.lower_step_size is None and self.phi == "grad")
-        lg = lower_curvature(oracle, problem.x0, problem.y0, generator) if needs else None
-        return State(x=problem.x0, y=problem.y0, lipschitz_g=lg)
+        return State(x=problem.x0, y=problem.y0, **curvatures(oracle, problem, generator, g=needs))
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: State) -> State:
         x, y = state.x, state.y

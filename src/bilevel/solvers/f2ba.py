@@ -9,7 +9,7 @@ import torch
 from .. import metrics
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_int, capped, check_positive, lower_curvature
+from .base import Solver, State, check_int, capped, check_positive, curvatures
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,8 @@ class F2BA(Solver):
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> State:
-        x, y = problem.x0, problem.y0
-        if self.inner_step_size is not None:
-            return State(x=x, y=y)
-        return State(x=x, y=y, lipschitz_g=lower_curvature(oracle, x, y, generator),
-                     lipschitz_f_y=lower_curvature(oracle, x, y, generator, of="f"))
+        needs = self.inner_step_size is None
+        return State(x=problem.x0, y=problem.y0, **curvatures(oracle, problem, generator, g=needs, f=needs))
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: State) -> State:
         x, lam, eta = state.x, self.penalty, self.inner_step_size

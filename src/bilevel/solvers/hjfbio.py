@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_positive, lower_curvature, step_or
+from .base import Solver, State, check_positive, curvatures, step_or
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,9 @@ class HJFBiO(Solver):
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> HJFBiOState:
-        x, y = problem.x0, problem.y0
         needs = self.lower_step_size is None or self.v_step_size is None
-        lg = lower_curvature(oracle, x, y, generator) if needs else None
-        return HJFBiOState(x=x, y=y, v=torch.zeros_like(y), lipschitz_g=lg)
+        return HJFBiOState(x=problem.x0, y=problem.y0, v=torch.zeros_like(problem.y0),
+                           **curvatures(oracle, problem, generator, g=needs))
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: HJFBiOState) -> HJFBiOState:
         x, y, v = state.x, state.y, state.v

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_int, check_positive, lower_curvature, step_or
+from .base import Solver, State, check_int, check_positive, curvatures, step_or
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ class IAPTTGM(Solver):
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> IAPTTGMState:
-        lg = lower_curvature(oracle, problem.x0, problem.y0, generator) if self.inner_step_size is None else None
-        return IAPTTGMState(x=problem.x0, y=problem.y0, z=problem.y0, lipschitz_g=lg)
+        return IAPTTGMState(x=problem.x0, y=problem.y0, z=problem.y0,
+                            **curvatures(oracle, problem, generator, g=self.inner_step_size is None))
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: IAPTTGMState) -> IAPTTGMState:
         g, _, gy = oracle.grad_g(state.x, state.y)

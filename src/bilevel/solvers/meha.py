@@ -10,7 +10,7 @@ from torch import Tensor
 from .. import metrics
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, capped, check_positive, lower_curvature
+from .base import Solver, State, capped, check_positive, curvatures
 
 
 @dataclass(frozen=True)
@@ -98,13 +98,9 @@ class MEHA(Solver):
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> MEHAState:
-        x, y = problem.x0, problem.y0
-        lg = lf = None
-        if self.inner_step_size is None or self.lower_step_size is None:
-            lg = lower_curvature(oracle, x, y, generator)
-        if self.lower_step_size is None:
-            lf = lower_curvature(oracle, x, y, generator, of="f")
-        return MEHAState(x=x, y=y, theta=y, lipschitz_g=lg, lipschitz_f_y=lf)
+        needs_g = self.inner_step_size is None or self.lower_step_size is None
+        return MEHAState(x=problem.x0, y=problem.y0, theta=problem.y0,
+                         **curvatures(oracle, problem, generator, g=needs_g, f=self.lower_step_size is None))
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: MEHAState) -> MEHAState:
         x, y = state.x, state.y

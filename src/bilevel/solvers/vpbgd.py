@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_int, check_positive, capped, lower_curvature, step_or
+from .base import Solver, State, check_int, check_positive, capped, curvatures, step_or
 
 
 @dataclass(frozen=True)
@@ -75,13 +75,9 @@ class VPBGD(Solver):
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> VPBGDState:
-        x, y = problem.x0, problem.y0
-        lg = lf = None
-        if self.inner_step_size is None or self.lower_step_size is None:
-            lg = lower_curvature(oracle, x, y, generator)
-        if self.lower_step_size is None:
-            lf = lower_curvature(oracle, x, y, generator, of="f")
-        return VPBGDState(x=x, y=y, w=y, lipschitz_g=lg, lipschitz_f_y=lf)
+        needs_g = self.inner_step_size is None or self.lower_step_size is None
+        return VPBGDState(x=problem.x0, y=problem.y0, w=problem.y0,
+                          **curvatures(oracle, problem, generator, g=needs_g, f=self.lower_step_size is None))
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: VPBGDState) -> VPBGDState:
         x, y, w = state.x, state.y, state.w
