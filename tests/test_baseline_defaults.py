@@ -7,6 +7,7 @@ import torch
 
 import bilevel
 from bilevel import BilevelProblem, PROBLEMS, solve
+from conftest import roundoff
 from bilevel.oracles import Oracle
 from bilevel.solvers.base import curvature_in_y
 
@@ -50,7 +51,13 @@ def test_hypergradient_methods_are_invariant_to_the_scale_of_g(method):
     """Scaling g by 64^k (same lower-level solutions, same x*) scales the estimate of L_g, and so
     divides the lower steps, by exactly 64^k once 1/L_g is below the cap 0.1 (L_g = 5 here, so
     from 4 g on): the methods whose x step follows the implicit hypergradient take the same
-    iterates (a fixed lower step would not: too large for 4096 g, too small for 4 g)."""
+    iterates (a fixed lower step would not: too large for 4096 g, too small for 4 g).
+
+    The scales are powers of two, which floating point multiplies exactly: the methods that use
+    g only through its derivatives take bit-identical iterates. hjfbio's finite differences are
+    the exception: they perturb y by delta v with v of size 1/scale, and the rounding of
+    y + delta v (relative to the size of the difference) grows like eps * ratio / delta for a
+    ratio of scales, once per iteration."""
     base = PROBLEMS["quadratic"](seed=0)
     scales = (4.0, 4.0 * 64, 4.0 * 64 ** 2)
     runs = []
@@ -60,10 +67,12 @@ def test_hypergradient_methods_are_invariant_to_the_scale_of_g(method):
     assert runs[0].state.lipschitz_g == pytest.approx(20.0, rel=1e-3)
     for scale, r in zip(scales[1:], runs[1:]):
         assert r.state.lipschitz_g == runs[0].state.lipschitz_g * scale / scales[0]
-        # hjfbio's finite differences perturb y by delta v, and v scales like 1/scale: rounding only
-        rtol = 1e-6 if method == "hjfbio" else 1e-12
-        torch.testing.assert_close(r.x, runs[0].x, rtol=rtol, atol=1e-14)
-        torch.testing.assert_close(r.y, runs[0].y, rtol=rtol, atol=1e-14)
+        if method == "hjfbio":
+            rtol = roundoff(operations=40, amplification=(scale / scales[0]) / 1e-5, margin=25)
+        else:
+            rtol = 0.0
+        torch.testing.assert_close(r.x, runs[0].x, rtol=rtol, atol=rtol * 1e-2)
+        torch.testing.assert_close(r.y, runs[0].y, rtol=rtol, atol=rtol * 1e-2)
 
 
 def ring():

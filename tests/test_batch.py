@@ -7,6 +7,7 @@ import torch
 
 import bilevel
 from bilevel import BilevelProblem, PROBLEMS, Status, solve, solve_batch
+from conftest import roundoff
 
 D = torch.float64
 SEEDS = [0, 1, 2, 3]
@@ -22,9 +23,10 @@ def quadratic(seed):
                                              ("bome", dict(inner_steps=3))])
 def test_members_equal_runs_solved_alone(method, options):
     batch = solve_batch(quadratic, method, seeds=SEEDS, max_iter=60, log_every=20, seed=0, **options)
-    # derivatives by torch.func here and autograd alone differ by round-off, which hjfbio's finite
-    # differences (delta = 1e-5) amplify a hundred thousand times
-    rtol, atol = (1e-8, 1e-10) if method == "hjfbio" else (1e-10, 1e-12)
+    # derivatives by torch.func here and autograd alone differ by round-off, over 60 iterations of
+    # up to 4 dependent gradients each; hjfbio's finite differences (delta = 1e-5) amplify it 1/delta times
+    rtol = roundoff(operations=60 * 4, amplification=1e5 if method == "hjfbio" else 1.0)
+    atol = 1e-2 * rtol
     for s, member in zip(SEEDS, batch):
         alone = solve(quadratic(s), method, max_iter=60, log_every=20, seed=0, kkt="none", **options)
         assert member.status is alone.status is Status.COMPLETED
@@ -33,7 +35,7 @@ def test_members_equal_runs_solved_alone(method, options):
         assert member.history["iter"] == alone.history["iter"] == [0.0, 20.0, 40.0, 60.0]
         assert member.history["oracle_calls"] == alone.history["oracle_calls"]
         for column in ("f", "h", "distance_to_solution"):      # the member's own metric
-            assert member.history[column] == pytest.approx(alone.history[column], rel=100 * rtol, abs=atol)
+            assert member.history[column] == pytest.approx(alone.history[column], rel=rtol, abs=atol)
 
 
 def test_pgdqp_default_members_reach_their_solutions():
@@ -58,7 +60,7 @@ def test_starting_points_of_one_problem():
     batch = solve_batch(start, "sgf", seeds=SEEDS, max_iter=40, log_every=40)
     for s, member in zip(SEEDS, batch):
         alone = solve(start(s), "sgf", max_iter=40, log_every=40, kkt="none")
-        torch.testing.assert_close(member.x, alone.x, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(member.x, alone.x, rtol=roundoff(operations=40), atol=roundoff(operations=40))
     assert not torch.equal(batch[0].x, batch[1].x)
 
 
@@ -107,4 +109,5 @@ def test_aid_bio_with_neumann_runs_batched():
     batch = solve_batch(quadratic, solver, seeds=SEEDS[:2], max_iter=30, log_every=30, seed=0)
     for s, member in zip(SEEDS[:2], batch):
         alone = solve(quadratic(s), solver, max_iter=30, log_every=30, seed=0, kkt="none")
-        torch.testing.assert_close(member.x, alone.x, rtol=1e-10, atol=1e-12)
+        rtol = roundoff(operations=30 * 20)      # 10 inner steps and 10 Neumann terms an iteration
+        torch.testing.assert_close(member.x, alone.x, rtol=rtol, atol=1e-2 * rtol)
