@@ -1,8 +1,8 @@
 """Autodiff back-ends of the oracle, compiled and not, and the cost of subnormal floats.
 
 1. Each oracle operation by torch.autograd (`bilevel.Oracle`, the default), by torch.func
-   transforms (`bilevel.oracles.FuncOracle`) and by those compiled with torch.compile
-   (`solve(..., compile=True)`), on hyper-cleaning (784, linear and MLP) and synthetic-sc.
+   transforms (`bilevel.oracles.Func`) and by those compiled with torch.compile
+   (`solve(..., oracle="compiled")`), on hyper-cleaning (784, linear and MLP) and synthetic-sc.
 2. pgdqp's two oracle calls per iteration on hyper-cleaning at a point where the weights of
    the corrupted samples are subnormal floats (x = -88 there: sigmoid(x) = 6e-39 < 1.2e-38),
    with and without flushing subnormals to zero, against a point with normal weights.
@@ -19,9 +19,9 @@ from typing import Callable
 import torch
 
 import bilevel
-from bilevel.bench.cli import format_table
+from bilevel.bench.report import format_table
 from bilevel.bench.report import command, machine, update_section
-from bilevel.oracles import FuncOracle, Oracle
+from bilevel.oracles import Autograd, Func, Oracle
 
 PROBLEMS = {
     "hyper-cleaning (784, linear)": lambda: bilevel.PROBLEMS["hyper-cleaning"](),
@@ -56,10 +56,10 @@ def backends_table(repeats: int, compile: bool) -> str:
     for label, build in PROBLEMS.items():
         problem = build()
         args = arguments(problem)
-        oracles = {"autograd (Oracle)": Oracle(problem.f, problem.g),
-                   "torch.func (FuncOracle)": FuncOracle(problem.f, problem.g)}
+        oracles = {"autograd (Oracle)": Oracle(Autograd(problem.f, problem.g)),
+                   "torch.func (Func)": Oracle(Func(problem.f, problem.g))}
         if compile:
-            oracles["torch.func, compiled"] = FuncOracle(problem.f, problem.g, compile=True)
+            oracles["torch.func, compiled"] = Oracle(Func(problem.f, problem.g, compile=True))
         for op in OPERATIONS:
             row = {"problem": label, "operation": op}
             for name, oracle in oracles.items():
@@ -72,7 +72,7 @@ def backends_table(repeats: int, compile: bool) -> str:
 def denormals_table(repeats: int) -> str:
     problem = bilevel.PROBLEMS["hyper-cleaning"]()
     corrupted = problem.info["corrupted_mask"]
-    oracle = Oracle(problem.f, problem.g)
+    oracle = Oracle(Autograd(problem.f, problem.g))
     y = 0.01 * torch.randn(problem.y0.shape, generator=torch.Generator().manual_seed(0))
     rows = []
     for label, value in (("normal (x = 0 on corrupted samples)", 0.0), ("subnormal (x = -88 on corrupted)", -88.0)):

@@ -30,9 +30,8 @@ def worker(args: argparse.Namespace) -> None:
     problem = bilevel.PROBLEMS["toy-cleaning"](n_train=args.n_train, n_val=args.n_val, n_test=100, dim=args.dim,
                                               classes=args.classes, rank=rank, world_size=world, device=device)
     options = dict(schedule="constant", step_size=0.5, alpha=1.0)  # no set-up products: time the steps only
-    bilevel.solve(problem, "pgdqp", max_iter=3, distributed=True, **options)  # warm-up
-    result = bilevel.solve(problem, "pgdqp", max_iter=args.max_iter, log_every=args.max_iter, distributed=True,
-                           **options)
+    bilevel.solve(problem, "pgdqp", max_iter=3, distributed=True, options=options)  # warm-up
+    result = bilevel.solve(problem, "pgdqp", max_iter=args.max_iter, log_every=args.max_iter, distributed=True, options=options)
     if rank == 0:
         seconds = result.history["time"][-1] / args.max_iter
         print("RESULT " + json.dumps({"procs": world, "s_per_iter": seconds, "f": result.history["f"][-1]}))

@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 import bilevel
-from bilevel.bench import store
-from bilevel.bench.cli import format_table
+from bilevel.bench import store, tables
+from bilevel.bench.report import format_table
 from bilevel.bench.plot import plot_metrics
 from bilevel.bench.report import command, machine, update_section
 
@@ -28,14 +28,14 @@ def run(problem_name: str, method: str, label: str, seed: int, max_iter: int, **
     problem = bilevel.PROBLEMS[problem_name](seed=seed)
     start = time.perf_counter()
     result = bilevel.solve(problem, method, max_iter=max_iter, log_every=max(max_iter // 100, 1), kkt="none",
-                           seed=seed, **options)
+                           seed=seed, options=options)
     frame = store.tidy(result, method=label, problem=problem_name, seed=seed, run_id=f"{label}-{seed}")
     frame["wall_s"] = time.perf_counter() - start
     return frame
 
 
 def final_table(frame: pd.DataFrame, metrics: list[str]) -> str:
-    last = store.final_rows(frame, ["run_id"])
+    last = tables.final_rows(frame, ["run_id"])
     rows = []
     for label, sub in last.groupby("method", sort=False):
         row = {"setting": label}

@@ -11,7 +11,7 @@ import argparse
 import statistics
 
 import bilevel
-from bilevel.bench.cli import format_table
+from bilevel.bench.report import format_table
 from bilevel.bench.report import command, machine, update_section
 from bilevel.problems.hyper_cleaning import reference_accuracies
 

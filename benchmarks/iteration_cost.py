@@ -2,7 +2,7 @@
 
 For each problem and solver: the wall time per iteration of `bilevel.solve` (kkt="none", the
 problem's metrics dropped, the first 10 iterations left out as warm-up), divided by the time
-of one grad_y g(x, y) by autograd at the start. pgdqp also runs with compile=True (the
+of one grad_y g(x, y) by autograd at the start. pgdqp also runs with oracle="compiled" (the
 compilation falls in the warm-up).
 
     python benchmarks/iteration_cost.py [--problems hc-linear,hc-mlp,synthetic-sc] [--threads 1] [--device cpu]
@@ -21,7 +21,7 @@ import time
 import torch
 
 import bilevel
-from bilevel.bench.cli import format_table
+from bilevel.bench.report import format_table
 from bilevel.bench.report import command, machine, update_section
 
 PROBLEMS = {
@@ -40,7 +40,7 @@ HYPER_CLEANING = {
 
 def lower_gradient_ms(problem: bilevel.BilevelProblem, repeats: int) -> float:
     """Median milliseconds of one grad_y g(x0, y0) by autograd."""
-    oracle = bilevel.Oracle(problem.f, problem.g)
+    oracle = bilevel.Oracle(bilevel.Autograd(problem.f, problem.g))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -52,8 +52,8 @@ def lower_gradient_ms(problem: bilevel.BilevelProblem, repeats: int) -> float:
 
 
 def iteration_ms(problem: bilevel.BilevelProblem, method: str, options: dict, iters: int, compile: bool) -> tuple:
-    result = bilevel.solve(problem, method, max_iter=iters, log_every=10, kkt="none", seed=0, compile=compile,
-                           **options)
+    result = bilevel.solve(problem, method, max_iter=iters, log_every=10, kkt="none", seed=0, oracle="compiled" if compile else "autograd",
+                           options=options)
     t, k = result.history["time"], result.history["iter"]
     if len(k) < 3:
         return float("nan"), result
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(bilevel.SOLVERS))
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--no-compile", action="store_true", help="skip the compile=True rows")
+    parser.add_argument("--no-compile", action="store_true", help="skip the oracle=compiled rows")
     parser.add_argument("--results", default="benchmarks/RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -84,7 +84,7 @@ def main() -> None:
             options = HYPER_CLEANING.get(method, {}) if key.startswith("hc") else {}
             ms, result = iteration_ms(problem, method, options, iters, compile)
             status = result.status.name + (f" at {result.n_iter}" if result.status.name == "DIVERGED" else "")
-            rows.append({"problem": label, "method": method + (" (compile=True)" if compile else ""),
+            rows.append({"problem": label, "method": method + (" (oracle=compiled)" if compile else ""),
                          "ms / iteration": ms, "lower-level gradients": ms / unit, "status": status})
             print(f"{label:32s} {rows[-1]['method']:24s} {ms:9.3f} ms  {ms / unit:7.2f} x", flush=True)
     table = format_table(rows, list(rows[0]))

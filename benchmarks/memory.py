@@ -17,7 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import bilevel
-from bilevel.bench.cli import format_table
+from bilevel.bench.report import format_table
 from bilevel.bench.report import command, machine, update_section
 
 OPTIONS = {"pgdqp": dict(schedule="constant", step_size=30.0, lower_step_size=0.3, alpha=1.0)}
@@ -62,7 +62,7 @@ def main() -> None:
     rows = [{"step": "plain training step (gradient of g in y, SGD)", "peak MB": base / 2 ** 20, "x plain step": 1.0}]
     for name in bilevel.SOLVERS:
         solver = bilevel.make_solver(name, OPTIONS.get(name, {}))
-        oracle = bilevel.Oracle(problem.f, problem.g)
+        oracle = bilevel.Oracle(bilevel.Autograd(problem.f, problem.g))
         state = solver.init(problem, oracle, max_iter=100, generator=torch.Generator().manual_seed(0))
         state = solver.step(problem, oracle, state)            # a state past the first step (momentum, w, ...)
         used = peak_bytes(lambda: solver.step(problem, oracle, state), args.device)

@@ -22,7 +22,7 @@ import time
 import torch
 
 import bilevel
-from bilevel.bench.cli import format_table
+from bilevel.bench.report import format_table
 from bilevel.bench.report import command, machine, update_section
 
 SETTINGS = {
@@ -65,7 +65,7 @@ def hand_written_loop(problem: bilevel.BilevelProblem, solver: bilevel.solvers.P
 def measure(label: str, build, options: dict, iters: int, repeats: int) -> list[dict]:
     problem = dataclasses.replace(build(), metrics=None)
     solver = bilevel.solvers.PGDQP(**options)
-    oracle = bilevel.Oracle(problem.f, problem.g)
+    oracle = bilevel.Oracle(bilevel.Autograd(problem.f, problem.g))
     start = solver.init(problem, oracle, max_iter=iters, generator=torch.Generator().manual_seed(0))
     solver = dataclasses.replace(solver, lipschitz_f=start.lipschitz_f if solver.schedule != "constant" else None,
                                  lipschitz_h=start.lipschitz_h if solver.schedule != "constant" else None)

@@ -13,7 +13,7 @@ import argparse
 import time
 
 import bilevel
-from bilevel.bench.cli import format_table
+from bilevel.bench.report import format_table
 from bilevel.bench.report import command, machine, update_section
 
 SCHEDULES = {
@@ -41,7 +41,7 @@ def main() -> None:
         problem = bilevel.PROBLEMS[name](**kwargs)
         for schedule, options in SCHEDULES.items():
             start = time.perf_counter()
-            r = bilevel.solve(problem, "pgdqp", max_iter=K, log_every=K, kkt="none", **options)
+            r = bilevel.solve(problem, "pgdqp", max_iter=K, log_every=K, kkt="none", options=options)
             metric = "distance_to_solution" if "distance_to_solution" in r.history else "distance_to_lower"
             rows.append({"problem": label, "schedule": schedule, "status": r.status.name,
                          "error": r.final(metric), "error is": metric, "h": r.final("h"),

@@ -19,7 +19,7 @@ import math
 import torch
 
 import bilevel
-from bilevel.bench.cli import format_table
+from bilevel.bench.report import format_table
 from bilevel.bench.report import command, machine, update_section
 
 # hyperparameters besides the upper step; lower steps as in configs/ (the lower level is a
@@ -66,7 +66,7 @@ def main() -> None:
         best, tried = None, []
         for step in STEPS:
             result = bilevel.solve(problem, method, max_iter=args.max_iter, log_every=args.log_every, kkt="none",
-                                   seed=args.seed, step_size=step, **FIXED[method])
+                                   seed=args.seed, options={'step_size': step, **FIXED[method]})
             hit = first_at_target(result, args.target)
             final = result.history["retrained_accuracy"][-1]
             tried.append(f"{step:g}: " + (f"{hit['time (s)']:.2f}s" if hit else f"not reached ({final:.3f}"

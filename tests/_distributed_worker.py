@@ -14,7 +14,8 @@ import torch.distributed as dist
 
 import bilevel
 from bilevel.bench import cli
-from bilevel.distributed import DistributedOracle
+from bilevel.distributed import Reduced
+from bilevel.oracles import Autograd, Oracle
 
 PROBLEM_ARGS = dict(n_train=37, n_val=23, n_test=50, dim=4, classes=3, seed=3)
 HYPER_CLEANING_ARGS = dict(n_train=101, n_val=51, n_test=50, pca=8, hidden=6, retrain_steps=5, dtype=torch.float64)
@@ -68,7 +69,7 @@ def compare(out_dir, max_iter):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     problem = bilevel.PROBLEMS["toy-cleaning"](rank=rank, world_size=world, **PROBLEM_ARGS)
-    oracles, counts = oracle_outputs(DistributedOracle(problem.f, problem.g), problem)
+    oracles, counts = oracle_outputs(Oracle(Reduced(Autograd(problem.f, problem.g))), problem)
     torch.save({"oracles": oracles, "counts": counts, "runs": runs(problem, max_iter, True),
                 "hyper_cleaning": hyper_cleaning_runs(max_iter, rank, world)},
                os.path.join(out_dir, f"rank{rank}.pt"))

@@ -3,13 +3,13 @@ process dies on seed 0 (as an out-of-memory kill would) and writes its run norma
 and one that reports the worker's thread count."""
 import os
 
-from bilevel.bench.sweep import run_and_write
+from bilevel.bench.runner import run
 
 
 def die_on_seed_zero(spec, out):
     if spec.seed == 0:
         os._exit(1)
-    return run_and_write(spec, out)
+    return run(spec, out)
 
 
 def report_threads(spec, out):

@@ -40,7 +40,7 @@ def test_bome_step_by_hand_and_cost():
     torch.testing.assert_close(r.y, y - a * (fy + lam * qy))
     # T + 1 gradients of g (the one at (x, y) doubles as the first inner step), one grad f, no HVP
     assert counts(r) == {"n_f": 0, "n_grad_f": 1, "n_grad_g": T + 1, "n_hvp": 0}
-    r10 = solve(problem(), "bome", max_iter=1, kkt="none", inner_steps=10)
+    r10 = solve(problem(), "bome", max_iter=1, kkt="none", options=dict(inner_steps=10))
     # the default steps add 20 products at the start (the power iteration for L_g), none per step
     assert counts(r10)["n_grad_g"] == 11 and counts(r10)["n_hvp"] == 20
 
@@ -52,11 +52,13 @@ def test_aid_bio_step_by_hand_and_cost():
         y = y - s * (Q @ y - A @ x)
     v = torch.linalg.solve(Q, y - b)                           # CG is exact in N = 2 steps here
     hyper = x - (-A.T @ v)                                     # grad_x f - grad_xy g v
+    seen = []
     r = solve(problem(), AIDBiO(step_size=a, inner_steps=T, inner_step_size=s,
-                                linear_solver=ConjugateGradient(iters=N, tol=0.0)), max_iter=1, kkt="none")
+                                linear_solver=ConjugateGradient(iters=N, tol=0.0)), max_iter=1, kkt="none",
+              callback=lambda state, aux: seen.append(aux))
     torch.testing.assert_close(r.y, y)
     torch.testing.assert_close(r.x, X0 - a * hyper)
-    torch.testing.assert_close(r.state.nu, -v)
+    torch.testing.assert_close(seen[0].nu, -v)          # the multiplier the step defines at (x0, y0)
     assert counts(r) == {"n_f": 1, "n_grad_f": 1, "n_grad_g": T, "n_hvp": N + 1}
 
 
@@ -87,9 +89,11 @@ def test_galet_step_by_hand_and_cost():
     w = torch.zeros(2, dtype=D)
     for _ in range(T):                                          # the paper's loop from w = 0
         w = w - rho * Q @ (fy + Q @ w)
+    seen = []
     r = solve(problem(), GALET(step_size=a, inner_steps=N, inner_step_size=s,
-                               linear_solver=Neumann(iters=T, step_size=rho)), max_iter=1, kkt="none")
-    torch.testing.assert_close(r.state.nu, w)
+                               linear_solver=Neumann(iters=T, step_size=rho)), max_iter=1, kkt="none",
+              callback=lambda state, aux: seen.append(aux))
+    torch.testing.assert_close(seen[0].nu, w)
     torch.testing.assert_close(r.x, X0 - a * (X0 + (-A.T @ w)))
     torch.testing.assert_close(r.y, y)
     # N gradients; H^2 products 2 (T - 1), the right-hand side 1, grad_xy g w 1

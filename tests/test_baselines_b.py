@@ -1,13 +1,15 @@
 """iaptt_gm, meha, f2ba, hjfbio: costs, hand-computed steps, convergence, bad input, CLI."""
+import dataclasses
+
 import pytest
 import torch
 
 import bilevel
 from bilevel import PROBLEMS, BilevelProblem
 from bilevel.bench.cli import main
-from bilevel.oracles import Oracle
+from bilevel.oracles import Autograd, Oracle
 from bilevel.solvers import F2BA, HJFBiO, IAPTTGM, MEHA
-from bilevel.solvers.hjfbio import HJFBiOState, project_ball
+from bilevel.solvers.hjfbio import project_ball
 
 D = torch.float64
 METHODS = ("iaptt_gm", "meha", "f2ba", "hjfbio")
@@ -26,13 +28,16 @@ def small_quadratic(seed=0, n=3, m=4):
     return problem, Q, B, a, b
 
 
-def one_step(problem, solver, state=None):
-    oracle = Oracle(problem.f, problem.g)
-    state = state or solver.init(problem, oracle, max_iter=1, generator=torch.Generator())
+def one_step(problem, solver, state=None, **fields):
+    """(the next state, the aux of the first, the oracle calls of the step) from `state` (default:
+    the solver's start with `fields` replaced)."""
+    oracle = Oracle(Autograd(problem.f, problem.g))
+    state = state or dataclasses.replace(solver.init(problem, oracle, max_iter=1, generator=torch.Generator()),
+                                         **fields)
     before = oracle.snapshot()
-    new = solver.step(problem, oracle, state)
+    new, aux = solver.step(problem, oracle, state)
     after = oracle.snapshot()
-    return new, {k: after[k] - before[k] for k in after}
+    return new, aux, {k: after[k] - before[k] for k in after}
 
 
 # ----- oracles ----------------------------------------------------------------------------
@@ -43,14 +48,14 @@ def test_unrolled_grad_matches_finite_differences_on_nonconvex_g():
     f = lambda x, y: torch.sin(c @ y) + (x * y).sum() + (x ** 2).sum()
     g = lambda x, y: torch.cos(0.5 * ((H @ y - x) ** 2).sum()) + 0.5 * (y ** 2).sum()
     x, z = torch.randn(3, generator=gen, dtype=D), torch.randn(3, generator=gen, dtype=D)
-    oracle = Oracle(f, g)
+    oracle = Oracle(Autograd(f, g))
     run = oracle.unrolled_grad(x, z, 5, 0.1, select=lambda fv: 3)
     assert run.index == 3 and run.f_values.shape == (5,)
     snap = oracle.snapshot()
     assert (snap["n_grad_g"], snap["n_f"], snap["n_grad_f"], snap["n_hvp"]) == (5, 5, 1, 3)
 
     def phi(x, z):
-        return float(f(x, Oracle(f, g).unrolled_grad(x, z, 5, 0.1, select=lambda fv: 3).y_selected))
+        return float(f(x, Oracle(Autograd(f, g)).unrolled_grad(x, z, 5, 0.1, select=lambda fv: 3).y_selected))
 
     eps = 1e-6
     for i in range(3):
@@ -61,7 +66,7 @@ def test_unrolled_grad_matches_finite_differences_on_nonconvex_g():
     # f_values are f along the trajectory; y_last is y_T
     y = z
     for t in range(5):
-        y = y - 0.1 * Oracle(f, g).grad_g_y(x, y)
+        y = y - 0.1 * Oracle(Autograd(f, g)).grad_g_y(x, y)
         torch.testing.assert_close(run.f_values[t], f(x, y))
     torch.testing.assert_close(run.y_last, y)
 
@@ -69,12 +74,12 @@ def test_unrolled_grad_matches_finite_differences_on_nonconvex_g():
 def test_unrolled_grad_rejects_bad_selection():
     problem, *_ = small_quadratic()
     with pytest.raises(ValueError, match="select"):
-        Oracle(problem.f, problem.g).unrolled_grad(problem.x0, problem.y0, 3, 0.1, select=lambda fv: 0)
+        Oracle(Autograd(problem.f, problem.g)).unrolled_grad(problem.x0, problem.y0, 3, 0.1, select=lambda fv: 0)
 
 
 def test_finite_difference_products_are_exact_on_a_quadratic():
     problem, Q, B, *_ = small_quadratic()
-    oracle = Oracle(problem.f, problem.g)
+    oracle = Oracle(Autograd(problem.f, problem.g))
     v = torch.randn(4, dtype=D)
     jv, hv = oracle.fd_vjp_grad_y_g(problem.x0, problem.y0, v, 1e-3)
     ex_jv, ex_hv = oracle.vjp_grad_y_g(problem.x0, problem.y0, v)
@@ -96,7 +101,7 @@ def test_iaptt_gm_step_and_cost():
     problem, Q, B, a, b = small_quadratic()
     T, s = 6, 0.1
     solver = IAPTTGM(step_size=0.2, lower_step_size=0.3, inner_steps=T, inner_step_size=s)
-    new, cost = one_step(problem, solver)
+    new, aux, cost = one_step(problem, solver)
     x, z = problem.x0, problem.y0
     A = torch.eye(4, dtype=D) - s * Q
     ys, dydx = [z], [torch.zeros(4, 3, dtype=D)]
@@ -110,7 +115,7 @@ def test_iaptt_gm_step_and_cost():
     torch.testing.assert_close(new.x, x - 0.2 * gx)
     torch.testing.assert_close(new.z, z - 0.3 * gz)
     torch.testing.assert_close(new.y, ys[T])
-    assert int(new.info["truncation"]) == p
+    assert int(aux.diagnostics["truncation"]) == p
     assert cost == {"n_f": T + 1, "n_g": 0, "n_grad_f": 1, "n_grad_g": T + 1, "n_hvp": p,
                     "oracle_calls": 2 * T + 3 + p}
 
@@ -118,7 +123,7 @@ def test_iaptt_gm_step_and_cost():
 def test_meha_step_and_cost():
     problem, Q, B, a, b = small_quadratic()
     solver = MEHA(step_size=0.2, lower_step_size=0.3, inner_step_size=0.1, gamma=2.0, c0=3.0, power=0.4)
-    new, cost = one_step(problem, solver)
+    new, aux, cost = one_step(problem, solver)
     x, y = problem.x0, problem.y0
     theta = y - 0.1 * (Q @ y - B @ x + (y - y) / 2.0)        # theta_0 = y_0
     c = 3.0                                                    # c_0 (0 + 1)^p
@@ -127,10 +132,10 @@ def test_meha_step_and_cost():
     torch.testing.assert_close(new.x, x - 0.2 * d_x)
     torch.testing.assert_close(new.y, y - 0.3 * d_y)
     torch.testing.assert_close(new.theta, theta)
-    torch.testing.assert_close(new.nu, c * (y - theta))
+    torch.testing.assert_close(aux.nu, c * (y - theta))
     # the penalty grows as c_0 (k + 1)^p in the next step
-    newer, _ = one_step(problem, solver, new)
-    assert float(newer.info["penalty"]) == pytest.approx(3.0 * 2 ** 0.4)
+    _, next_aux, _ = one_step(problem, solver, new)
+    assert float(next_aux.diagnostics["penalty"]) == pytest.approx(3.0 * 2 ** 0.4)
     # one gradient of f, three of g, and one product for the KKT residual
     assert cost == {"n_f": 0, "n_g": 0, "n_grad_f": 1, "n_grad_g": 3, "n_hvp": 1, "oracle_calls": 5}
 
@@ -139,7 +144,7 @@ def test_f2ba_step_and_cost():
     problem, Q, B, a, b = small_quadratic()
     T, eta, lam = 4, 0.1, 5.0
     solver = F2BA(step_size=0.2, penalty=lam, inner_steps=T, inner_step_size=eta)
-    new, cost = one_step(problem, solver)
+    new, aux, cost = one_step(problem, solver)
     x = problem.x0
     z = y = problem.y0
     for _ in range(T):
@@ -148,7 +153,7 @@ def test_f2ba_step_and_cost():
     d_x = (x - a) + lam * (-B.T @ y + B.T @ z)
     torch.testing.assert_close(new.x, x - 0.2 * d_x)
     torch.testing.assert_close(new.y, y)
-    torch.testing.assert_close(new.nu, lam * (y - z))
+    torch.testing.assert_close(aux.nu, lam * (y - z))
     # 2T + 3 in the paper's count (a gradient of f/lam + g is one): T + 1 of f, 2T + 2 of g
     assert cost["n_grad_f"] + cost["n_grad_g"] - T == 2 * T + 3
     assert cost == {"n_f": 0, "n_g": 0, "n_grad_f": T + 1, "n_grad_g": 2 * T + 2, "n_hvp": 1,
@@ -160,15 +165,15 @@ def test_hjfbio_step_and_cost():
     solver = HJFBiO(step_size=0.2, lower_step_size=0.3, v_step_size=0.1, radius=0.5, delta=1e-4)
     x, y = problem.x0, problem.y0
     v = torch.tensor([0.1, -0.2, 0.05, 0.3], dtype=D)
-    new, cost = one_step(problem, solver, HJFBiOState(x=x, y=y, v=v))
+    new, aux, cost = one_step(problem, solver, v=v)
     torch.testing.assert_close(new.x, x - 0.2 * ((x - a) - (-B.T @ v)))
     torch.testing.assert_close(new.y, y - 0.3 * (Q @ y - B @ x))
     v_new = v - 0.1 * (Q @ v - (y - b))
     v_new = v_new * min(1.0, 0.5 / float(v_new.norm()))
     torch.testing.assert_close(new.v, v_new)
-    torch.testing.assert_close(new.nu, -v_new)
+    torch.testing.assert_close(aux.nu, -v_new)
     rx, ry = (x - a) + B.T @ v, (y - b) - Q @ v
-    torch.testing.assert_close(new.info["kkt_stationarity"], rx @ rx + ry @ ry)
+    torch.testing.assert_close(aux.diagnostics["kkt_stationarity"], rx @ rx + ry @ ry)
     assert cost == {"n_f": 0, "n_g": 0, "n_grad_f": 1, "n_grad_g": 3, "n_hvp": 0, "oracle_calls": 4}
 
 
@@ -210,7 +215,7 @@ RANK_DEFICIENT_OPTIONS = {
 @pytest.mark.parametrize("method", METHODS)
 def test_many_lower_level_solutions_reach_small_h(method):
     problem = rank_deficient_problem()
-    result = bilevel.solve(problem, method, max_iter=ITERS[method], log_every=100, **RANK_DEFICIENT_OPTIONS[method])
+    result = bilevel.solve(problem, method, max_iter=ITERS[method], log_every=100, options=RANK_DEFICIENT_OPTIONS[method])
     assert result.success
     assert result.history["h"][-1] < 1e-3
     # hjfbio's v has no solution of grad_yy g v = grad_y f here (P^T P is singular), so its
@@ -230,8 +235,7 @@ NC_OPTIONS = {
 @pytest.mark.parametrize("method", METHODS)
 def test_synthetic_nc_reaches_an_approximate_kkt_point(method):
     problem = PROBLEMS["synthetic-nc"](dim=5, cond=2.0, seed=0)
-    result = bilevel.solve(problem, method, max_iter=ITERS[method], log_every=100, kkt="least_squares",
-                           **NC_OPTIONS[method])
+    result = bilevel.solve(problem, method, max_iter=ITERS[method], log_every=100, kkt="least_squares", options=NC_OPTIONS[method])
     assert result.success
     assert result.history["h"][-1] < 1e-4
     assert result.history["f"][-1] < result.history["f"][0] - 1.0
@@ -261,7 +265,7 @@ def test_state_type_is_kept_and_bounds_are_honoured(method):
                              x_bounds=(-0.1, 0.1), y_bounds=(-0.2, 0.2))
     result = bilevel.solve(problem, method, max_iter=20)
     assert type(result.state) is type(bilevel.SOLVERS[method]().init(
-        problem, Oracle(problem.f, problem.g), max_iter=1, generator=torch.Generator()))
+        problem, Oracle(Autograd(problem.f, problem.g)), max_iter=1, generator=torch.Generator()))
     assert float(result.x.abs().max()) <= 0.1 and float(result.y.abs().max()) <= 0.2
     for key in ("f", "g", "h", "kkt_stationarity", "kkt_feasibility"):
         assert key in result.history
@@ -271,4 +275,4 @@ def test_state_type_is_kept_and_bounds_are_honoured(method):
 def test_cli_runs_coreset(method, tmp_path, capsys):
     assert main(["run", "--problem", "coreset", "--method", method, "--max-iter", "500",
                  "--no-progress", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / "history.parquet").exists()
+    assert len(list((tmp_path / "runs").glob("*/history.parquet"))) == 1

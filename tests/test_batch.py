@@ -22,13 +22,13 @@ def quadratic(seed):
                                              ("hjfbio", {}), ("f2ba", dict(inner_steps=3)),
                                              ("bome", dict(inner_steps=3))])
 def test_members_equal_runs_solved_alone(method, options):
-    batch = solve_batch(quadratic, method, seeds=SEEDS, max_iter=60, log_every=20, seed=0, **options)
+    batch = solve_batch(quadratic, method, seeds=SEEDS, max_iter=60, log_every=20, seed=0, options=options)
     # derivatives by torch.func here and autograd alone differ by round-off, over 60 iterations of
     # up to 4 dependent gradients each; hjfbio's finite differences (delta = 1e-5) amplify it 1/delta times
     rtol = roundoff(operations=60 * 4, amplification=1e5 if method == "hjfbio" else 1.0)
     atol = 1e-2 * rtol
     for s, member in zip(SEEDS, batch):
-        alone = solve(quadratic(s), method, max_iter=60, log_every=20, seed=0, kkt="none", **options)
+        alone = solve(quadratic(s), method, max_iter=60, log_every=20, seed=0, kkt="none", options=options)
         assert member.status is alone.status is Status.COMPLETED
         torch.testing.assert_close(member.x, alone.x, rtol=rtol, atol=atol)
         torch.testing.assert_close(member.y, alone.y, rtol=rtol, atol=atol)
@@ -77,7 +77,7 @@ def test_a_diverging_member_stops_alone_on_a_finite_iterate():
     def build(seed):
         return BilevelProblem(partial(scaled_upper, c=torch.tensor(float(seed), dtype=D)), tracking_lower,
                               torch.zeros(3, dtype=D), torch.zeros(3, dtype=D))
-    batch = solve_batch(build, "sgf", seeds=[1, 2, 40, 80], max_iter=300, log_every=10, step_size=0.25)
+    batch = solve_batch(build, "sgf", seeds=[1, 2, 40, 80], max_iter=300, log_every=10, options=dict(step_size=0.25))
     assert [r.status for r in batch] == [Status.COMPLETED, Status.COMPLETED, Status.DIVERGED, Status.DIVERGED]
     for r in batch:
         assert torch.isfinite(r.x).all() and torch.isfinite(r.y).all()
@@ -90,7 +90,7 @@ def test_what_cannot_be_batched_is_refused_clearly():
     with pytest.raises(ValueError, match=r"Invalid solver for solve_batch: aid_bio \(conjugate gradient stops .*Neumann"):
         solve_batch(quadratic, "aid_bio", seeds=SEEDS)
     with pytest.raises(ValueError, match=r"Invalid solver for solve_batch: pgdqp \(rho='warm'"):
-        solve_batch(quadratic, "pgdqp", seeds=SEEDS, rho="warm", schedule="constant")
+        solve_batch(quadratic, "pgdqp", seeds=SEEDS, options=dict(rho="warm", schedule="constant"))
     with pytest.raises(ValueError, match=r"Invalid problem_factory: x0 of seed 1 has shape \(4,\)"):
         solve_batch(lambda s: PROBLEMS["quadratic"](dim_x=3 + s, seed=s), "sgf", seeds=[0, 1])
 

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from bilevel.bench.cli import main, parse_value
+from bilevel.bench.store import read_results
 
 
 def test_parse_value():
@@ -26,12 +27,18 @@ def test_run_writes_history_and_summary(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "| pgdqp |" in printed and "COMPLETED" in printed
-    history = pd.read_parquet(out / "history.parquet")
+    (run,) = (out / "runs").iterdir()                   # the layout of compare and sweep: one run
+    history = pd.read_parquet(run / "history.parquet")
     assert list(history["iter"]) == [0, 50, 100, 150, 200, 250, 300]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["config"]["options"] == {"schedule": "constant", "step_size": 0.05}
-    assert summary["status"] == "COMPLETED" and summary["provenance"]["torch_version"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["options"] == {"schedule": "constant", "step_size": 0.05}
+    assert summary["result_status"] == "COMPLETED" and summary["provenance"]["torch_version"]
     assert summary["final"]["upper_objective"] == pytest.approx(history["upper_objective"].iloc[-1])
+    # table and plot read it as they read a sweep
+    assert main(["table", str(out), "--metrics", "upper_objective"]) == 0
+    assert "| coreset | pgdqp |" in capsys.readouterr().out
+    assert main(["plot", str(out), "--metric", "upper_objective"]) == 0
+    assert (out / "plot_coreset_upper_objective_iter.png").stat().st_size > 10_000
 
 
 def test_compare_writes_tidy_table_and_plot(tmp_path, capsys):
@@ -39,10 +46,10 @@ def test_compare_writes_tidy_table_and_plot(tmp_path, capsys):
     code = main(["compare", "--problem", "coreset", "--methods", "pgdqp,sgf", "--seeds", "2",
                  "--max-iter", "100", "--log-every", "20", "--out", str(out), "--x", "oracle_calls"])
     assert code == 0
-    frame = pd.read_parquet(out / "results.parquet")
+    frame = read_results(out)
     assert set(frame["method"]) == {"pgdqp", "sgf"} and set(frame["seed"]) == {0, 1}
     assert len(frame) == 2 * 2 * 6                       # methods x seeds x logged rows
-    assert (out / "compare_oracle_calls.png").stat().st_size > 10_000
+    assert (out / "compare_upper_objective-f-h_oracle_calls.png").stat().st_size > 10_000
     assert "| sgf |" in capsys.readouterr().out
 
 

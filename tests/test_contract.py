@@ -7,6 +7,7 @@ import torch
 
 import bilevel
 from bilevel import BilevelProblem, PROBLEMS, SOLVERS, Status, solve
+from bilevel.solve import SOLVE_ARGUMENTS
 from bilevel.solvers import PGDQP
 
 D = torch.float64
@@ -69,13 +70,15 @@ BAD_SOLVES = [
     (dict(power_iters=0), ValueError, r"Invalid power_iters: 0 \(expected an integer >= 1\)"),
     (dict(solver=PGDQP), TypeError, r"Invalid solver: the class PGDQP \(pass an instance, PGDQP\(\), or the name 'pgdqp'\)"),
     (dict(solver="PGDQP"), ValueError, r"Invalid solver: 'PGDQP' .*did you mean 'pgdqp'"),
-    (dict(x_bounds=(0.0, 1.0)), TypeError, r"'x_bounds' is an argument of BilevelProblem\(...\), not of solve\(\)"),
+    (dict(x_bounds=(0.0, 1.0)), TypeError, r"'x_bounds' is an argument of BilevelProblem\(...\), not of the solver"),
     (dict(seed="abc"), TypeError, r"Invalid seed: 'abc' \(expected an integer >= 0 or None\)"),
     (dict(device="gpu"), ValueError, r"Invalid device: 'gpu' \(expected a torch device such as 'cpu'"),
     (dict(dtype="float32"), TypeError, r"Invalid dtype: 'float32' \(expected a floating torch dtype"),
     (dict(kkt=False), ValueError, r"Invalid kkt: False \(expected one of 'method', 'least_squares', 'none'\)"),
     (dict(kkt="none", tol=1e-6), ValueError, r"Invalid tol: 1e-06 with kkt='none'"),
-    (dict(compile="yes"), TypeError, r"Invalid compile: 'yes' \(expected True or False\)"),
+    (dict(oracle="jit"), ValueError, r"Invalid oracle: 'jit' \(expected one of 'autograd', 'func', 'compiled' or a "),
+    (dict(oracle="Func"), ValueError, r"Invalid oracle: 'Func' .*did you mean 'func'\?"),
+    (dict(flush_denormal="yes"), TypeError, r"Invalid flush_denormal: 'yes' \(expected True or False\)"),
 ]
 
 
@@ -84,8 +87,19 @@ def test_bad_solve_inputs(kwargs, exc, message):
     """Each bad argument of solve() is refused before any work, with a message naming it."""
     kwargs = dict(kwargs)
     solver = kwargs.pop("solver", "pgdqp")
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k not in SOLVE_ARGUMENTS}
     with pytest.raises(exc, match=message):
-        solve(PROBLEM, solver, max_iter=kwargs.pop("max_iter", 5), **kwargs)
+        solve(PROBLEM, solver, max_iter=kwargs.pop("max_iter", 5), options=options, **kwargs)
+
+
+def test_options_of_the_run_and_of_the_solver_are_apart():
+    """A solver option and an argument of solve() never share one namespace."""
+    with pytest.raises(TypeError, match=r"Invalid option for pgdqp: 'tol' is an argument of solve\(...\), not of"):
+        solve(PROBLEM, "pgdqp", options={"tol": 1e-3})
+    with pytest.raises(TypeError, match=r"solve\(\) got an unexpected keyword argument 'step_size'"):
+        solve(PROBLEM, "pgdqp", step_size=0.1)
+    with pytest.raises(TypeError, match=r"Invalid options: \[0.1\] \(expected a dict"):
+        solve(PROBLEM, "pgdqp", options=[0.1])
 
 
 def test_problem_and_integer_arguments():
@@ -128,12 +142,12 @@ def test_bad_metrics_are_named():
 
 
 def test_exceptions_from_user_code_say_where_in_the_run():
-    def callback(state):
+    def callback(state, aux):
         raise RuntimeError("boom")
     with pytest.raises(RuntimeError, match="boom") as info:
         solve(PROBLEM, "pgdqp", max_iter=5, callback=callback)
     if hasattr(info.value, "__notes__"):
-        assert info.value.__notes__ == ["bilevel.solve: raised in the callback after iteration 1"]
+        assert info.value.__notes__ == ["bilevel.solve: raised in the callback at iteration 0"]
 
 
 def test_a_maximising_lower_level_is_pointed_out():
@@ -150,9 +164,9 @@ def test_curvature_that_overflows_is_a_clear_error():
 
 
 def test_name_and_object_are_the_same_call():
-    a = solve(PROBLEM, "pgdqp", max_iter=30, schedule="constant", step_size=0.05)
+    a = solve(PROBLEM, "pgdqp", max_iter=30, options=dict(schedule="constant", step_size=0.05))
     b = solve(PROBLEM, PGDQP(schedule="constant", step_size=0.05), max_iter=30)
-    c = solve(PROBLEM, PGDQP(schedule="constant"), max_iter=30, step_size=0.05)
+    c = solve(PROBLEM, PGDQP(schedule="constant"), max_iter=30, options=dict(step_size=0.05))
     for other in (b, c):
         torch.testing.assert_close(a.x, other.x, rtol=0, atol=0)
         assert a.history["f"] == other.history["f"]
@@ -165,7 +179,7 @@ def test_every_solver_keeps_its_state_type_and_is_frozen(name):
     with pytest.raises(dataclasses.FrozenInstanceError):
         solver.step_size = 1.0  # type: ignore[misc]
     result = solve(PROBLEM, solver, max_iter=3)
-    first = solver.init(PROBLEM, bilevel.Oracle(PROBLEM.f, PROBLEM.g), max_iter=3, generator=torch.Generator())
+    first = solver.init(PROBLEM, bilevel.Oracle(bilevel.Autograd(PROBLEM.f, PROBLEM.g)), max_iter=3, generator=torch.Generator())
     assert type(result.state) is type(first)
     assert result.state.k == 3
     assert set(result.history) >= {"iter", "time", "f", "g", "h", "kkt_stationarity", "kkt_feasibility",
@@ -184,8 +198,16 @@ def test_tol_converges_and_callback_stops():
     r = solve(PROBLEM, "pgdqp", max_iter=20000, tol=1e-6, log_every=10)
     assert r.status is Status.CONVERGED and r.n_iter < 20000
     assert max(r.final("kkt_stationarity"), r.final("kkt_feasibility")) <= 1e-6
-    r = solve(PROBLEM, "pgdqp", max_iter=100, callback=lambda state: state.k >= 7)
+    seen = []
+
+    def stop_at_7(state, aux):
+        seen.append((state.k, float(aux.diagnostics["f"])))
+        return state.k >= 7
+    r = solve(PROBLEM, "pgdqp", max_iter=100, callback=stop_at_7)
     assert r.status is Status.STOPPED and r.n_iter == 7 and r.state.k == 7
+    # the callback sees each iterate with its own diagnostics, as the history logs them
+    assert [k for k, _ in seen] == list(range(8))
+    assert [f for _, f in seen] == r.history["f"]
     r = solve(PROBLEM, "pgdqp", max_iter=3, tol=1e-30)
     assert r.status is Status.MAX_ITER and not r.success
 
@@ -207,7 +229,7 @@ def test_an_objective_that_turns_nan_ends_on_a_finite_answer(name):
 def test_divergence_returns_last_finite_iterate():
     problem = BilevelProblem(lambda x, y: -(x ** 4).sum() + (y ** 2).sum(), g_ok,
                              torch.ones(2, dtype=D), torch.ones(2, dtype=D))
-    r = solve(problem, "pgdqp", max_iter=1000, schedule="constant", step_size=0.5)
+    r = solve(problem, "pgdqp", max_iter=1000, options=dict(schedule="constant", step_size=0.5))
     assert r.status is Status.DIVERGED and not r.success
     assert torch.isfinite(r.x).all() and torch.isfinite(r.y).all()
     assert 0 < r.n_iter < 1000

@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from bilevel.bench.cli import main
-from bilevel.bench.sweep import ConfigError, check_config, expand, load_config, read_manifest, read_results, run_sweep
+from bilevel.bench.config import ConfigError, check_config, expand, load_config
+from bilevel.bench.store import read_manifest, read_results
+from bilevel.bench.sweep import run_sweep
 
 BASE = {"max_iter": 30, "log_every": 10, "seeds": 2, "problems": {"coreset": {}},
         "methods": {"pgdqp": {"schedule": ["constant", "diminishing"]}, "sgf": {}}}
@@ -96,10 +98,10 @@ def test_sweep_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (out / "runs").glob("*.parquet")}
+    before = {p.parent.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (out / "runs").glob("*/summary.json")}
     assert 2 <= len(before) < 12, "the sweep should have been killed part way"
     assert subprocess.run(cmd[:-1] + ["--resume", "--no-progress"], env=env, capture_output=True).returncode == 0
-    after = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (out / "runs").glob("*.parquet")}
+    after = {p.parent.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (out / "runs").glob("*/summary.json")}
     assert len(after) == 12
     assert all(after[name] == stamp for name, stamp in before.items())       # finished files untouched
     finished = [r["run_id"] for r in read_manifest(out) if r["status"] == "finished"]
@@ -119,10 +121,10 @@ def test_plot_and_table_commands(tmp_path, capsys):
     sgf = last[last["method"] == "sgf"]["upper_objective"]
     assert f"| coreset | sgf | {{}} | 2 | {sgf.mean():.4g} ± {sgf.std():.2g} |" in table
     assert main(["plot", str(tmp_path / "o"), "--metric", "upper_objective", "--x", "time"]) == 0
-    png = tmp_path / "o" / "plot_coreset_time.png"
+    png = tmp_path / "o" / "plot_coreset_upper_objective_time.png"
     assert png.stat().st_size > 10_000
     # the best configuration of pgdqp by final upper objective is the one plotted
-    from bilevel.bench.store import select_best
+    from bilevel.bench.tables import select_best
     chosen = select_best(frame, "upper_objective")
     pg = last[last["method"] == "pgdqp"].groupby("config")["upper_objective"].median()
     assert set(chosen[chosen["method"] == "pgdqp"]["config"]) == {pg.idxmin()}
@@ -173,10 +175,10 @@ def test_a_torn_manifest_line_does_not_swallow_the_next_record(tmp_path):
 
 def test_a_dead_worker_fails_its_run_and_the_sweep_goes_on(tmp_path):
     from _harness_crash import die_on_seed_zero
-    from bilevel.bench.sweep import _execute
+    from bilevel.bench.sweep import execute
     specs = expand(check_config({**SMALL, "seeds": [0, 1], "methods": {"sgf": {}}}))
     counts = {"running": 0}
-    records = list(_execute(specs, str(tmp_path), 2, None, None, counts, run=die_on_seed_zero))
+    records = list(execute(specs, str(tmp_path), 2, None, None, counts, run=die_on_seed_zero))
     assert sorted(r["run_id"] for r in records) == sorted(s.run_id for s in specs)
     dead = next(r for r in records if r["seed"] == 0)
     assert dead["status"] == "failed" and "BrokenProcessPool" in dead["error"] and "--resume" in dead["error"]
@@ -190,7 +192,7 @@ def test_local_workers_share_the_cores_instead_of_oversubscribing(tmp_path, monk
     assert [sweep.threads_per_worker(n) for n in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
     monkeypatch.undo()
     specs = expand(check_config({**SMALL, "seeds": [0, 1], "methods": {"sgf": {}}}))
-    records = list(sweep._execute(specs, str(tmp_path), 2, None, None, {"running": 0}, run=report_threads))
+    records = list(sweep.execute(specs, str(tmp_path), 2, None, None, {"running": 0}, run=report_threads))
     assert [r["threads"] for r in records] == [sweep.threads_per_worker(2)] * 2
 
 
@@ -214,7 +216,7 @@ def test_fig5_config_runs_through_sweep_and_plot(tmp_path, capsys):
         assert f"| coreset | {method} |" in out
     metric = config["plot"]["metrics"][0]
     assert main(["plot", str(tmp_path / "o"), "--metric", metric, "--x", "oracle_calls"]) == 0
-    assert (tmp_path / "o" / "plot_coreset_oracle_calls.png").stat().st_size > 10_000
+    assert (tmp_path / "o" / f"plot_coreset_{metric}_oracle_calls.png").stat().st_size > 10_000
 
 
 def test_table_counts_diverged_runs(tmp_path, capsys):

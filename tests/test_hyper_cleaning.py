@@ -144,7 +144,6 @@ def test_pgdqp_with_a_separate_x_step_cleans():
     low and the retrained classifier beats training on the corrupted data."""
     p = PROBLEMS["hyper-cleaning"](pca=82, seed=2, retrain_steps=60)
     base = p.metrics(p.x0, p.y0)
-    r = solve(p, "pgdqp", max_iter=300, log_every=300, kkt="none", schedule="constant", step_size=1000.0,
-              lower_step_size=1.0, alpha=1.0)
+    r = solve(p, "pgdqp", max_iter=300, log_every=300, kkt="none", options=dict(schedule="constant", step_size=1000.0, lower_step_size=1.0, alpha=1.0))
     assert r.final("corruption_auc") > 0.85
     assert r.final("retrained_accuracy") > base["retrained_accuracy"] + 0.02

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bilevel import BilevelProblem, PROBLEMS, Status, solve
-from bilevel.oracles import Oracle
+from bilevel.oracles import Autograd, Oracle
 from bilevel.solvers import PGDQP
 from bilevel.solvers.pgdqp import qp_step
 
@@ -58,7 +58,7 @@ def test_one_constant_step_is_algorithm_1_by_hand():
     rho = hx @ hx + hy @ hy
     lam = max(0.0, float(-(hx @ fx + hy @ fy) + alpha * rho)) / float(rho)
     x1, y1 = x0 - gamma * (fx + lam * hx), y0 - gamma * (fy + lam * hy)
-    result = solve(problem, "pgdqp", max_iter=1, schedule="constant", step_size=gamma, alpha=alpha)
+    result = solve(problem, "pgdqp", max_iter=1, options=dict(schedule="constant", step_size=gamma, alpha=alpha))
     torch.testing.assert_close(result.x, x1)
     torch.testing.assert_close(result.y, y1)
     assert math.isclose(result.history["lambda"][0], lam, rel_tol=1e-12)
@@ -81,15 +81,14 @@ def test_default_reaches_closed_form_solution_of_quadratic(kwargs):
 
 def test_constant_step_hovers_and_theorem_schedule_improves_with_max_iter():
     problem = PROBLEMS["quadratic"](seed=2)
-    errors = [_distance(problem, solve(problem, "pgdqp", max_iter=k, log_every=k, schedule="theorem"))
+    errors = [_distance(problem, solve(problem, "pgdqp", max_iter=k, log_every=k, options=dict(schedule="theorem")))
               for k in (1000, 10000)]
     assert errors[1] < 0.7 * errors[0]
 
 
 def test_warm_rho_warm_starts_y0_and_converges():
     problem = PROBLEMS["quadratic"](seed=5)
-    result = solve(problem, "pgdqp", max_iter=3000, log_every=3000, rho="warm", schedule="constant",
-                   step_size=0.05, alpha=0.5)
+    result = solve(problem, "pgdqp", max_iter=3000, log_every=3000, options=dict(rho="warm", schedule="constant", step_size=0.05, alpha=0.5))
     assert result.history["h"][0] < 1e-9          # the warm start made h(x0, y0) small
     assert _distance(problem, result) < 0.2
 
@@ -98,7 +97,7 @@ def test_nonconvex_lower_level_reaches_approximate_kkt_point():
     # the default decay of 10 leaves h near 1e-4 here after 20000 iterations; a slower decay
     # with a full feasibility step reaches an exact KKT point (benchmarks/RESULTS.md)
     problem = PROBLEMS["synthetic-nc"](seed=0)
-    result = solve(problem, "pgdqp", max_iter=20000, log_every=2000, decay=30.0, feasibility=1.0)
+    result = solve(problem, "pgdqp", max_iter=20000, log_every=2000, options=dict(decay=30.0, feasibility=1.0))
     assert result.final("h") <= 1e-6
     assert result.final("delta_norm") ** 2 <= 1e-3
 
@@ -127,7 +126,7 @@ def test_coreset_reaches_its_known_optimum():
 
 def test_lipschitz_estimates_match_the_quadratic():
     problem = PROBLEMS["quadratic"](seed=0)
-    state = PGDQP().init(problem, Oracle(problem.f, problem.g), max_iter=10,
+    state = PGDQP().init(problem, Oracle(Autograd(problem.f, problem.g)), max_iter=10,
                          generator=torch.Generator().manual_seed(0))
     assert abs(state.lipschitz_f - 1.0) < 1e-6       # f = 1/2||x - a||^2 + 1/2||y - b||^2
     assert state.lipschitz_h > 0
@@ -144,7 +143,7 @@ def _ring():
 
 def test_default_adapts_to_curvature_that_grows_beyond_the_start():
     problem = _ring()
-    fixed = solve(problem, "pgdqp", max_iter=2000, log_every=500, adaptive=False)
+    fixed = solve(problem, "pgdqp", max_iter=2000, log_every=500, options=dict(adaptive=False))
     assert fixed.status is Status.DIVERGED and fixed.n_iter < 20      # the start's L_h: steps far too long
     result = solve(problem, "pgdqp", max_iter=2000, log_every=500)
     assert result.status is Status.COMPLETED
@@ -161,13 +160,13 @@ def test_default_adapts_to_curvature_that_grows_beyond_the_start():
 
 def test_given_constants_stay_fixed_and_estimated_ones_only_grow():
     problem = _ring()
-    result = solve(problem, "pgdqp", max_iter=50, log_every=10, lipschitz_h=5000.0)
+    result = solve(problem, "pgdqp", max_iter=50, log_every=10, options=dict(lipschitz_h=5000.0))
     assert result.state.lipschitz_h == 5000.0                          # a given bound is kept
     assert result.history["alpha"][1] == pytest.approx(0.5 / (result.history["step_size"][1] * 5000.0))
-    start = solve(problem, "pgdqp", max_iter=1, seed=0, adaptive=False).state      # the estimates at (x0, y0)
+    start = solve(problem, "pgdqp", max_iter=1, seed=0, options=dict(adaptive=False)).state      # the estimates at (x0, y0)
     adaptive = solve(problem, "pgdqp", max_iter=50, log_every=10, seed=0)
     assert float(adaptive.state.lipschitz_h) > start.lipschitz_h
     assert float(adaptive.state.lipschitz_f) >= start.lipschitz_f
     # the constant and theorem schedules keep their constants (Algorithm 1 and the theorems as written)
-    theorem = solve(PROBLEMS["quadratic"](seed=0), "pgdqp", max_iter=50, schedule="theorem")
+    theorem = solve(PROBLEMS["quadratic"](seed=0), "pgdqp", max_iter=50, options=dict(schedule="theorem"))
     assert isinstance(theorem.state.lipschitz_h, float) and theorem.state.grads is None

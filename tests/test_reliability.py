@@ -34,7 +34,7 @@ def test_checkpoint_continues_to_the_same_final_iterate(tmp_path, method):
     full = solve(problem, method, max_iter=60, log_every=7, seed=1)
     path = tmp_path / "run.pt"
 
-    def crash_at_35(state):
+    def crash_at_35(state, aux):
         if state.k == 35:
             raise Crash
 
@@ -72,11 +72,12 @@ def test_cli_run_killed_with_sigkill_continues_from_its_checkpoint(tmp_path):
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert ck.exists() and not (out_a / "history.parquet").exists(), "killed before the end"
+    assert ck.exists() and not (out_a / "runs").exists(), "killed before the end"
     subprocess.run(base + ["--checkpoint", str(ck), "--out", str(out_a)], env=env, check=True, capture_output=True)
     subprocess.run(base + ["--out", str(out_b)], env=env, check=True, capture_output=True)
     import pandas as pd
-    a, b = pd.read_parquet(out_a / "history.parquet"), pd.read_parquet(out_b / "history.parquet")
+    (a,), (b,) = (list((out / "runs").glob("*/history.parquet")) for out in (out_a, out_b))
+    a, b = pd.read_parquet(a), pd.read_parquet(b)
     for column in ("iter", "f", "h", "hypergradient_norm", "oracle_calls"):
         assert a[column].tolist() == b[column].tolist(), column
 

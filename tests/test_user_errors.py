@@ -15,7 +15,9 @@ import yaml
 import bilevel
 from bilevel.bench import cli, store
 from bilevel.bench.cli import main
-from bilevel.bench.sweep import ConfigError, load_config
+from bilevel.bench.config import ConfigError, load_config
+from bilevel.bench.runner import build_problem
+from bilevel.bench.store import read_results
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 QUICK = ["--max-iter", "2", "--log-every", "1"]
@@ -92,11 +94,11 @@ def test_problem_args_that_other_flags_own_or_that_name_no_dtype(argv, message, 
 
 @pytest.mark.parametrize("name, dtype", [("float32", torch.float32), ("float64", torch.float64)])
 def test_problem_arg_dtype_by_name_is_the_torch_dtype(name, dtype, tmp_path, capsys):
-    built = cli.build_problem("quadratic", 0, {"dtype": name})
+    built = build_problem("quadratic", 0, {"dtype": name})
     assert built.x0.dtype == built.y0.dtype == dtype
     assert main([*RUN, "--problem-arg", f"dtype={name}", "--out", str(tmp_path)]) == 0
-    summary = (tmp_path / "summary.json").read_text()
-    assert f'"dtype": "{name}"' in summary
+    (summary,) = (tmp_path / "runs").glob("*/summary.json")
+    assert f'"dtype": "{name}"' in summary.read_text()
 
 
 def test_missing_data_dir_is_one_line(tmp_path, capsys):
@@ -164,10 +166,11 @@ def test_checkpoint_that_is_a_directory(tmp_path, capsys):
 def test_an_os_error_is_one_line_as_a_last_resort(tmp_path, monkeypatch, capsys):
     def refuse(frame, path):
         raise PermissionError(13, "Permission denied", str(path))
-    monkeypatch.setattr(store, "write_atomic", refuse)
+    monkeypatch.setattr(store, "write_parquet", refuse)
     assert main([*RUN, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err == f"bilevel: error: Permission denied: {str(tmp_path / 'history.parquet')!r}\n"
+    (run,) = (tmp_path / "runs").iterdir() if (tmp_path / "runs").exists() else [None]
+    assert err.startswith("bilevel: error: Permission denied: ") and err.endswith("history.parquet'\n")
 
 
 def test_table_results_in_a_missing_directory(tmp_path, capsys):
@@ -196,7 +199,7 @@ def test_the_real_command_prints_no_traceback(tmp_path):
 def test_compare_checks_the_last_methods_options_before_the_first_run(tmp_path, capsys):
     err = error_of([*COMPARE, "--out", str(tmp_path), "--set", "sgf.stepsize=0.1"], capsys)
     assert err.startswith("Invalid option for sgf: 'stepsize'") and err.endswith("did you mean 'step_size'?")
-    assert not (tmp_path / "results.parquet").exists()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_compare_with_an_unknown_metric_keeps_the_runs(tmp_path, capsys):
@@ -206,8 +209,8 @@ def test_compare_with_an_unknown_metric_keeps_the_runs(tmp_path, capsys):
     err = last[len("bilevel: error: "):]
     assert err.startswith("Invalid --metrics entry: 'lamda' (columns: ") and "did you mean 'lambda'?" in err
     assert "distance_to_solution" in err                          # the problem's own metrics are columns
-    assert err.endswith(f"the runs are saved in {tmp_path / 'results.parquet'}")
-    assert (tmp_path / "results.parquet").exists()
+    assert err.endswith(f"the runs are saved in {tmp_path}")
+    assert len(read_results(tmp_path)) > 0
     capsys.readouterr()
     assert main([*COMPARE, "--out", str(tmp_path), "--metrics", "lambda,distance_to_solution"]) == 0
 
@@ -219,13 +222,13 @@ def test_compare_counts_diverged_runs_and_plots_their_finite_part(tmp_path, caps
                      "--log-every", "20", "--set", "sgf.step_size=1000", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
-    assert "| method | runs | iters |" in out
+    assert "| method | runs | iter |" in out
     assert "| pgdqp | 2 | 80 ± 0 |" in out and "| sgf | 2 (2 diverged) |" in out
-    frame = pd.read_parquet(tmp_path / "results.parquet")
+    frame = read_results(tmp_path)
     assert set(frame[frame["method"] == "sgf"]["status"]) == {"DIVERGED"}
     assert frame["f"].map(math.isfinite).all()                 # a diverged run ends on its last finite row,
     assert (frame["f"].abs() > 1e150).any()                    # which can be too large to draw
-    assert (tmp_path / "compare_iter.png").stat().st_size > 10_000
+    assert (tmp_path / "compare_distance_to_solution-f-h_iter.png").stat().st_size > 10_000
 
 
 # ----- sweep configs ----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import distributed, solvers
 from .batch import solve_batch
 from .linear import ConjugateGradient, Neumann
-from .oracles import Oracle
+from .oracles import Autograd, Func, Oracle
 from .problem import BilevelProblem
 from .problems import PROBLEMS
 from .result import Result, Status
@@ -20,6 +20,6 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+source"
 
 __all__ = [
-    "BilevelProblem", "ConjugateGradient", "Neumann", "Oracle", "PROBLEMS", "Result", "SOLVERS",
+    "Autograd", "BilevelProblem", "ConjugateGradient", "Func", "Neumann", "Oracle", "PROBLEMS", "Result", "SOLVERS",
     "Status", "distributed", "make_solver", "solve", "solve_batch", "solvers", "__version__",
 ]

@@ -7,34 +7,37 @@ The problems of the seeds must share their structure: the same f and g (other st
 points of one problem), or f and g that are `functools.partial` of one function whose
 tensor arguments have the same shapes (other data, as the built-in synthetic builders make
 them). The solver's `init` and `step` then run once per iteration for the whole batch,
-vectorised by `torch.func.vmap` over a `FuncOracle`, and every member gets its own `Result`,
-as `solve` would give it (up to round-off: the derivatives come from torch.func, not autograd).
+vectorised by `torch.func.vmap` over the torch.func back-end (`bilevel.oracles.Func`), and the
+loop core of `solve` (bilevel.loop) drives them: every member gets its own `Result`, with
+its own stop (tol, callback, divergence), as `solve` would give it (up to round-off: the
+derivatives come from torch.func, not autograd).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
-from collections import Counter
-from typing import Any, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 from torch.func import vmap
-from tqdm.auto import tqdm
 
 from . import checks
-from .oracles import FuncOracle, Oracle
+from .history import KKT_MODES, History
+from .loop import Clock, iterate, nonfinite_names
+from .oracles import Func, Oracle
 from .problem import BilevelProblem
-from .result import Result, Status
-from .solve import History, flushing_denormals, make_solver
-from .solvers.base import Solver, State
+from .result import Result
+from .solve import flushing_denormals, make_solver
+from .solvers.base import Aux, Solver, State
 
 
 def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | Solver, *, seeds: Iterable[int],
-                max_iter: int = 1000, log_every: int = 1, progress: bool = False, seed: int | None = None,
-                flush_denormal: bool = True, **solver_options: Any) -> list[Result]:
+                options: Mapping[str, Any] | None = None, max_iter: int = 1000, tol: float | None = None,
+                callback: Callable[[State, Aux], Any] | None = None, log_every: int = 1, progress: bool = False,
+                seed: int | None = None, kkt: str | None = None, flush_denormal: bool = True) -> list[Result]:
     """Solve the problems `problem_factory(s)` for every s in `seeds` at once.
 
     Args:
@@ -44,26 +47,39 @@ def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | 
             with rho="grad", sgf, bome, vpbgd, meha, f2ba, hjfbio, and aid_bio and galet with
             a Neumann linear solver).
         seeds: the seeds, one member each.
-        max_iter: iterations of every member. Default 1000.
+        options: hyperparameters of the solver, as in `solve`.
+        max_iter: iterations of every member at most. Default 1000.
+        tol: each member stops with CONVERGED at its first logged row with
+            max(kkt_stationarity, kkt_feasibility) <= tol, as in `solve`. Default None.
+        callback: called as callback(state, aux) for every iterate of every running member;
+            a true return stops that member (STOPPED).
         log_every: log every this many iterations (and the final iterate). Default 1.
         progress: show a progress bar. Default False.
         seed: seed of the generator handed to the solver (shared by all members, as
             `solve(..., seed=seed)` for each). Default None (torch's initial seed).
+        kkt: KKT residuals at logged rows, as in `solve`, computed member by member (a
+            loop in Python: about 100 products a member and row for "least_squares").
+            Default None: "least_squares" with tol, else "none" (only what the step computes).
         flush_denormal: flush subnormal floats to zero during the run, as in `solve`. Default True.
-        **solver_options: hyperparameters of the solver.
 
     Returns:
-        One `Result` per seed, in order. Histories hold the step's own diagnostics (as
-        `solve(..., kkt="none")`) and each member's metrics; `time` is the batch's time.
-        A member whose values turn non-finite stops with DIVERGED and its last finite
-        iterate while the others go on.
+        One `Result` per seed, in order. `time` is the batch's time. A member whose values
+        turn non-finite stops with DIVERGED and its last finite iterate while the others go on.
     """
-    solver = make_solver(solver, solver_options)
+    solver = make_solver(solver, options)
     reason = solver.batch_support()
     if reason:
         raise ValueError(f"Invalid solver for solve_batch: {solver.name} ({reason}); run solve() for each seed")
     max_iter, log_every = checks.integer("max_iter", max_iter, 0), checks.integer("log_every", log_every, 1)
+    checks.number("tol", tol, minimum=0, allow_none=True)
     seed = checks.seed("seed", seed)
+    kkt = kkt if kkt is not None else ("least_squares" if tol is not None else "none")
+    if kkt not in KKT_MODES:
+        raise ValueError(f"Invalid kkt: {kkt!r} (expected one of {', '.join(map(repr, KKT_MODES))})")
+    if tol is not None and kkt == "none":
+        raise ValueError(f"Invalid tol: {tol!r} with kkt='none' (tol is checked against the KKT residuals)")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"Invalid callback: {callback!r} (expected a callable (state, aux) -> bool or None)")
     if not callable(problem_factory):
         raise TypeError(f"Invalid problem_factory: {problem_factory!r} (expected a callable seed -> BilevelProblem)")
     seeds = [checks.integer(f"seeds[{i}]", s) for i, s in enumerate(seeds)]
@@ -73,9 +89,19 @@ def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | 
     _check_alike(problems, seeds)
     if not isinstance(flush_denormal, bool):
         raise TypeError(f"Invalid flush_denormal: {flush_denormal!r} (expected True or False)")
-    batch = _Batch(problems, solver, max_iter, seed if seed is not None else torch.initial_seed())
+    generator = torch.Generator(device=problems[0].x0.device)
+    generator.manual_seed(seed if seed is not None else torch.initial_seed())
+    batch = Batched(problems, solver, generator)
+    histories = [History(p, kkt, Oracle(Func(p.f, p.g))) for p in problems]
     with flushing_denormals(flush_denormal):
-        return batch.run(seeds, max_iter, log_every, progress)
+        start = time.perf_counter()
+        state = batch.init(max_iter)
+        batch.check_start(state, seeds)
+        clock = Clock(0, time.perf_counter() - start, batch.counts())
+        outcomes = iterate(batch, solver, state, clock, max_iter=max_iter, log_every=log_every, tol=tol,
+                           histories=histories, callback=callback, progress=progress)
+    return [Result(x=o.state.x, y=o.state.y, status=o.status, n_iter=o.n_iter, history=h.as_dict(), message=o.message,
+                   solver=solver, state=o.state) for o, h in zip(outcomes, histories)]
 
 
 # ----- stacking the members' problems ----------------------------------------------------------
@@ -139,38 +165,25 @@ class _Stacked:
         return functools.partial(self.first.func, *args, **keywords)
 
 
-# ----- states as tensors (batched by vmap) and Python values (shared) ----------------------------
+# ----- batched states: tensors (batched by vmap) and Python values (shared) ------------------------
 def _all_tensors(value: Any) -> bool:
     if isinstance(value, Tensor):
         return True
     return isinstance(value, (tuple, list)) and len(value) > 0 and all(isinstance(v, Tensor) for v in value)
 
 
-def _split(state: State) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the fields holding tensors, the other fields); info is split entry by entry."""
-    dynamic, static = {}, {}
-    for field in dataclasses.fields(state):
-        value = getattr(state, field.name)
-        if field.name == "info":
-            dynamic["info"] = {k: v for k, v in value.items() if isinstance(v, Tensor)}
-            static["info"] = {k: v for k, v in value.items() if not isinstance(v, Tensor)}
-        elif _all_tensors(value):
-            dynamic[field.name] = value
-        else:
-            static[field.name] = value
-    return dynamic, static
-
-
-def _merge(cls: type, static: dict[str, Any], dynamic: dict[str, Any]) -> State:
-    info = {**static.get("info", {}), **dynamic.get("info", {})}
-    fields = {**static, **dynamic, "info": info}
-    return cls(**fields)
+def _split(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the entries holding tensors, the other entries)."""
+    dynamic = {k: v for k, v in values.items() if _all_tensors(v)}
+    return dynamic, {k: v for k, v in values.items() if k not in dynamic}
 
 
 def _member(value: Any, b: int) -> Any:
-    """Member b of a batched value (tensors, tuples and dicts of them)."""
+    """Member b of a batched value (tensors, tuples, named tuples and dicts of them)."""
     if isinstance(value, Tensor):
         return value[b]
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_member(v, b) for v in value))
     if isinstance(value, (tuple, list)):
         return type(value)(_member(v, b) for v in value)
     if isinstance(value, dict):
@@ -186,135 +199,108 @@ def _finite(tensors: Iterable[Tensor], size: int, device: Any) -> Tensor:
     return ok
 
 
-class _Batch:
-    """The batched init and step of one solver on stacked problems."""
+@dataclass(frozen=True)
+class BatchState:
+    """The members' states: the tensor fields batched along a first dimension, the other fields
+    (shared by every member: k, step sizes given as numbers) as they are."""
 
-    def __init__(self, problems: Sequence[BilevelProblem], solver: Solver, max_iter: int, seed: int):
+    cls: type
+    dynamic: dict[str, Any]
+    static: dict[str, Any]
+
+    def member(self, b: int) -> State:
+        return self.cls(**self.static, **_member(self.dynamic, b))
+
+
+@dataclass(frozen=True)
+class BatchAux:
+    """The members' Aux: batched diagnostics and multipliers, and diagnostics shared by all."""
+
+    dynamic: dict[str, Any]
+    static: dict[str, Any]
+
+    def member(self, b: int) -> Aux:
+        values = _member(self.dynamic, b)
+        return Aux({**self.static, **values["diagnostics"]}, nu=values.get("nu"))
+
+
+class Batched:
+    """The `bilevel.loop.Stepper` of solve_batch: the solver's init and step under torch.func.vmap
+    over the members' stacked data, with the call counts of one member."""
+
+    def __init__(self, problems: Sequence[BilevelProblem], solver: Solver, generator: torch.Generator):
         self.problems, self.solver, self.template = problems, solver, problems[0]
+        self.size, self.device = len(problems), problems[0].x0.device
         self.f, self.g = _Stacked("f", [p.f for p in problems]), _Stacked("g", [p.g for p in problems])
-        self.generator = torch.Generator(device=self.template.x0.device).manual_seed(seed)
-        self.tally = Oracle(self.template.f, self.template.g)   # the call counts of one member
-        self.state_cls: type = State
-        self.static: dict[str, Any] = {}
-        self.max_iter = max_iter
+        self.generator = generator
+        self.tally = Oracle(Func(self.template.f, self.template.g))   # the call counts of one member
 
-    def _view(self, x: Tensor, y: Tensor, f_data: dict, g_data: dict) -> tuple[BilevelProblem, FuncOracle]:
+    def _view(self, x: Tensor, y: Tensor, f_data: dict, g_data: dict) -> tuple[BilevelProblem, Oracle]:
         f, g = self.f.member(f_data), self.g.member(g_data)
-        return self.template.with_objectives(f, g, x, y), FuncOracle(f, g)
+        return self.template.with_objectives(f, g, x, y), Oracle(Func(f, g))
 
-    def _traced(self, make_state: Callable, count: bool) -> Callable:
-        """A function of (batched tensors, data) for vmap; shared values and counts go through self."""
-        def member(dynamic: dict, f_data: dict, g_data: dict) -> dict:
-            state = make_state(dynamic, f_data, g_data)
-            out, self.static = _split(state[0])
-            self.state_cls = type(state[0])
+    def _vmap(self, member: Callable, traced: dict, args: dict, count: bool) -> dict:
+        """vmap of member(args, f data, g data) -> (state, aux or None, oracle): the batched
+        tensors come back, the other values of the last trace are kept in `traced`."""
+        def run(dynamic: dict, f_data: dict, g_data: dict) -> dict:
+            state, aux, oracle = member(dynamic, f_data, g_data)
+            fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+            out, traced["static"] = _split(fields)
+            traced["cls"] = type(state)
+            if aux is not None:
+                diagnostics, traced["aux_static"] = _split(aux.diagnostics)
+                out["_aux"] = {"diagnostics": diagnostics, **({"nu": aux.nu} if aux.nu is not None else {})}
             if count:
-                self.tally.counts.update(state[1].counts)
+                self.tally.counts.update(oracle.counts)
             return out
-        return member
+        return vmap(run, randomness="same")(args, self.f.data, self.g.data)
 
-    def init(self) -> dict[str, Any]:
-        def make(dynamic: dict, f_data: dict, g_data: dict):
+    def init(self, max_iter: int) -> BatchState:
+        def member(dynamic: dict, f_data: dict, g_data: dict):
             problem, oracle = self._view(dynamic["x"], dynamic["y"], f_data, g_data)
-            return self.solver.init(problem, oracle, max_iter=self.max_iter, generator=self.generator), oracle
+            return self.solver.init(problem, oracle, max_iter=max_iter, generator=self.generator), None, oracle
+        traced: dict = {}
         start = {"x": torch.stack([p.x0 for p in self.problems]), "y": torch.stack([p.y0 for p in self.problems])}
-        return vmap(self._traced(make, count=True), randomness="same")(start, self.f.data, self.g.data)
+        out = self._vmap(member, traced, start, count=True)
+        return BatchState(traced["cls"], out, traced["static"])
 
-    def step(self, dynamic: dict[str, Any], count: bool = True) -> dict[str, Any]:
-        static = dict(self.static, info={})
-        cls = self.state_cls
+    def _step(self, state: BatchState, count: bool) -> tuple[BatchState, BatchAux]:
+        def member(dynamic: dict, f_data: dict, g_data: dict):
+            current = state.cls(**state.static, **dynamic)
+            problem, oracle = self._view(current.x, current.y, f_data, g_data)
+            return (*self.solver.step(problem, oracle, current), oracle)
+        traced: dict = {}
+        out = self._vmap(member, traced, state.dynamic, count)
+        aux = out.pop("_aux")
+        return BatchState(traced["cls"], out, traced["static"]), BatchAux(aux, traced["aux_static"])
 
-        def make(dyn: dict, f_data: dict, g_data: dict):
-            state = _merge(cls, static, {**dyn, "info": {}})
-            problem, oracle = self._view(state.x, state.y, f_data, g_data)
-            return self.solver.step(problem, oracle, state), oracle
-        dynamic = {k: v for k, v in dynamic.items() if k != "info"}
-        return vmap(self._traced(make, count), randomness="same")(dynamic, self.f.data, self.g.data)
+    def step(self, state: BatchState, k: int) -> tuple[BatchState, BatchAux]:
+        return self._step(state, count=True)
 
-    # ----- the loop ----------------------------------------------------------------------------
-    def run(self, seeds: Sequence[int], max_iter: int, log_every: int, progress: bool) -> list[Result]:
-        size, device = len(seeds), self.template.x0.device
-        start = time.perf_counter()
-        dynamic = self.init()
-        elapsed = time.perf_counter() - start
-        self._check_start(dynamic, seeds)
-        histories = [History(p, "none") for p in self.problems]
-        answers: list[tuple | None] = [None] * size          # (state, status, n_iter, message) once stopped
-        previous = None                                      # (dynamic, static, counts, elapsed, info of it)
-        counts = self.tally.snapshot()
-        bar = tqdm(total=max_iter, disable=not progress, desc=f"{self.solver.name} x {size}", leave=False)
-        k = 0
-        for k in range(max_iter):
-            t0 = time.perf_counter()
-            static = self.static
-            new = self.step(dynamic)
-            point_ok = _finite([new["x"], new["y"]], size, device).tolist()   # one host sync per iteration
-            info_ok = _finite(new["info"].values(), size, device).tolist()
-            shared_ok = all(math.isfinite(v) for v in self.static["info"].values())
-            step_time = time.perf_counter() - t0
-            info = {**self.static["info"], **new["info"]}              # describes the iterate in `dynamic`
-            for b in range(size) if k % log_every == 0 or not (all(point_ok) and all(info_ok) and shared_ok) else ():
-                if answers[b] is not None:
-                    continue
-                if not (info_ok[b] and shared_ok):
-                    answers[b] = self._diverged_at_info(b, k, dynamic, static, counts, elapsed, info, previous,
-                                                        histories[b])
-                elif not point_ok[b] or k % log_every == 0:
-                    histories[b].log(k, elapsed, counts, _member(info, b), dynamic["x"][b], dynamic["y"][b], None)
-                    if not point_ok[b]:
-                        answers[b] = (_merge(self.state_cls, static, _member(dynamic, b)), Status.DIVERGED, k + 1,
-                                      f"non-finite x or y at iteration {k + 1}: returning the finite iterate of "
-                                      f"iteration {k}; try a smaller step_size")
-            bar.update(1)
-            if all(a is not None for a in answers):
-                break
-            previous = (dynamic, static, counts, elapsed, info)
-            elapsed += step_time
-            counts = self.tally.snapshot()
-            dynamic = new
-        else:
-            k = max_iter
-        bar.close()
-        if any(a is None for a in answers):
-            self._final_rows(dynamic, k, elapsed, counts, histories, answers)
-        results = []
-        for b, (state, status, n_iter, message) in enumerate(answers):
-            results.append(Result(x=state.x, y=state.y, status=status, n_iter=n_iter,
-                                  history=histories[b].as_dict(), message=message, solver=self.solver, state=state))
-        return results
+    def diagnose(self, state: BatchState) -> BatchAux:
+        """The aux of one more step, uncounted (the solvers' `diagnose` is a step's aux or a
+        part of it; under vmap the whole step is evaluated)."""
+        return self._step(state, count=False)[1]
 
-    def _check_start(self, dynamic: dict[str, Any], seeds: Sequence[int]) -> None:
-        for name, value in dynamic.items():
-            tensors = [value] if isinstance(value, Tensor) else list(value.values() if isinstance(value, dict) else value)
-            ok = _finite(tensors, len(seeds), self.template.x0.device)
+    def check(self, state: BatchState, aux: BatchAux) -> tuple[list[bool], list[bool]]:
+        point = _finite([state.dynamic["x"], state.dynamic["y"]], self.size, self.device)
+        values = _finite(aux.dynamic["diagnostics"].values(), self.size, self.device)
+        shared = not nonfinite_names(list(aux.static.items()))
+        point, values = point.tolist(), values.tolist()       # one host synchronisation
+        return point, [v and shared for v in values]
+
+    def member(self, state: BatchState, aux: BatchAux, b: int) -> tuple[State, Aux]:
+        return state.member(b), aux.member(b)
+
+    def counts(self) -> dict[str, int]:
+        return self.tally.snapshot()
+
+    def check_start(self, state: BatchState, seeds: Sequence[int]) -> None:
+        """A set-up (step-size estimates, ...) that is not finite for some member is an error."""
+        for name, value in state.dynamic.items():
+            tensors = [value] if isinstance(value, Tensor) else list(value)
+            ok = _finite(tensors, self.size, self.device)
             if not bool(ok.all()):
                 bad = seeds[int((~ok).nonzero()[0])]
                 raise ValueError(f"Invalid problem for {self.solver.name} (seed {bad}): its set-up at (x0, y0) gave a "
                                  f"non-finite {name}; give the solver's constants or step sizes explicitly")
-
-    def _diverged_at_info(self, b: int, k: int, dynamic, static, counts, elapsed, info, previous, history) -> tuple:
-        """Member b's diagnostics at iterate k are not finite: its answer is iterate k - 1."""
-        if previous is None:
-            history.log(k, elapsed, counts, _member(info, b), dynamic["x"][b], dynamic["y"][b], None)
-            return (_merge(self.state_cls, static, _member(dynamic, b)), Status.DIVERGED, k,
-                    f"non-finite diagnostics at the iterate of iteration {k} (the start): the gradient of f or g is "
-                    f"not finite there; returning it")
-        p_dynamic, p_static, p_counts, p_elapsed, p_info = previous
-        if not history.columns["iter"] or history.columns["iter"][-1] != k - 1:
-            history.log(k - 1, p_elapsed, p_counts, _member(p_info, b), p_dynamic["x"][b], p_dynamic["y"][b], None)
-        return (_merge(self.state_cls, p_static, _member(p_dynamic, b)), Status.DIVERGED, k,
-                f"non-finite diagnostics at the iterate of iteration {k}: returning the finite iterate of "
-                f"iteration {k - 1}")
-
-    def _final_rows(self, dynamic, k: int, elapsed: float, counts, histories, answers) -> None:
-        """The final iterate of the members still running, with the diagnostics of one more
-        (uncounted, untimed) evaluation of the step there."""
-        static = self.static
-        diagnostics = self.step(dynamic, count=False)
-        info = {**self.static["info"], **diagnostics["info"]}
-        self.static = static
-        for b, answer in enumerate(answers):
-            if answer is None:
-                histories[b].log(k, elapsed, counts, _member(info, b), dynamic["x"][b], dynamic["y"][b], None)
-                answers[b] = (_merge(self.state_cls, static, _member(dynamic, b)), Status.COMPLETED, k,
-                              str(Status.COMPLETED))

@@ -3,14 +3,14 @@ generator and the elapsed time, written atomically so that a killed process lose
 the iterations since the last checkpoint."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-FORMAT = 1
+from .files import atomic_write
+
+FORMAT = 2
 
 
 def fingerprint(solver: Any, problem: Any, log_every: int, seed: int) -> dict[str, Any]:
@@ -27,18 +27,9 @@ def _not_a_directory(path: str | Path) -> None:
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same directory, then an atomic rename."""
+    """torch.save, atomically (`bilevel.files.atomic_write`)."""
     _not_a_directory(path)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load(path: str | Path, expected: dict[str, Any]) -> dict[str, Any]:

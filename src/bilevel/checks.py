@@ -2,11 +2,35 @@
 value and says what was expected: `Invalid step_size: -1.0 (expected a finite number > 0)`."""
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
-from typing import Any
+from typing import Any, Iterable
 
 import torch
+
+
+def closest(name: Any, valid: Iterable[str]) -> str | None:
+    """The valid name that `name` most likely meant, or None.
+
+    Case and '_' versus '-' do not count ('PGDQP' -> 'pgdqp', 'synthetic_sc' -> 'synthetic-sc');
+    otherwise the nearest name by difflib.
+    """
+    def norm(text: Any) -> str:
+        return str(text).lower().replace("_", "-")
+    by_norm: dict[str, str] = {}
+    for candidate in valid:
+        by_norm.setdefault(norm(candidate), candidate)
+    if norm(name) in by_norm:
+        return by_norm[norm(name)]
+    near = difflib.get_close_matches(norm(name), list(by_norm), n=1)
+    return by_norm[near[0]] if near else None
+
+
+def suggest(name: Any, valid: Iterable[str]) -> str:
+    """'; did you mean 'x'?' for the valid name `name` most likely meant (not itself), or ''."""
+    near = closest(name, valid)
+    return f"; did you mean {near!r}?" if near is not None and near != name else ""
 
 
 def integer(name: str, value: Any, minimum: int | None = None) -> int:

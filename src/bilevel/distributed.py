@@ -7,9 +7,10 @@ The objectives are sums over data held by the ranks r = 0..W-1 of a process grou
 where rank r holds a shard of the training and validation data, and f_r, g_r are
 already scaled by the GLOBAL sample counts (e.g. (1/N) sum over the local shard).
 x and y are replicated: every rank holds the whole of both (when x is per-sample, g_r
-reads only its slice, and grad_x g_r is zero elsewhere). `DistributedOracle` sums
-values, gradients and second-order products over the ranks, so every rank sees the
-oracle of the full problem, computes the same lambda and takes the same step.
+reads only its slice, and grad_x g_r is zero elsewhere). `Reduced` wraps a rank's
+derivative back-end and sums values, gradients and second-order products over the ranks,
+so every rank sees the oracle of the full problem, computes the same lambda and takes the
+same step.
 
 h = ||grad_y g||^2 is not a sum over ranks; with G = sum_r grad_y g_r and
 J = sum_r J_r (J_r the Jacobian of grad_y g_r):
@@ -18,8 +19,8 @@ J = sum_r J_r (J_r the Jacobian of grad_y g_r):
     hess h v = 2 J^T (J v) + 2 sum_r d/dz <grad_y g_r, G> . v
 
 A problem builder that supports sharding takes `rank` and `world_size` keyword
-arguments and keeps the block `shard_range(n, rank, world_size)` of each data split
-(see bilevel.problems.toy_cleaning). A solver that cannot run data-parallel sets
+arguments and keeps the block `bilevel.sharding.shard_range(n, rank, world_size)` of each
+data split (see bilevel.problems.toy_cleaning). A solver that cannot run data-parallel sets
 `supports_distributed = False`; `solve(..., distributed=True)` then fails with a
 clear error.
 
@@ -32,45 +33,22 @@ Example (launched as `torchrun --nproc-per-node 2 script.py`):
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
-from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .oracles import Oracle, inner
+from .oracles import inner
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 class DistributedError(RuntimeError):
     """A collective failed: another rank stopped or failed, or the group's timeout passed."""
-
-
-def check_shard(rank: Any, world_size: Any) -> None:
-    """rank and world_size describe a shard: integers with 0 <= rank < world_size."""
-    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
-        raise ValueError(f"Invalid world_size: {world_size!r} (expected an integer >= 1)")
-    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < world_size:
-        raise ValueError(f"Invalid rank: {rank!r} (expected an integer in [0, {world_size - 1}])")
-
-
-def shard_range(n: int, rank: int, world_size: int) -> slice:
-    """The contiguous block of range(n) that rank holds; block sizes differ by at most one.
-
-    Example:
-        >>> [shard_range(5, r, 2) for r in range(2)]
-        [slice(0, 3, None), slice(3, 5, None)]
-    """
-    check_shard(rank, world_size)
-    size, extra = divmod(n, world_size)
-    start = rank * size + min(rank, extra)
-    return slice(start, start + size + (rank < extra))
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -99,107 +77,84 @@ def all_reduce(*tensors: Tensor, op: Any = None) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
-class DistributedOracle(Oracle):
-    """The oracle of f = sum_r f_r, g = sum_r g_r, from this rank's f_r and g_r.
+class Reduced:
+    """The back-end of f = sum_r f_r, g = sum_r g_r, from this rank's back-end of f_r and g_r.
 
-    Every method returns the same values on every rank: the local results of the parent
-    `Oracle` summed by all_reduce (one collective per call, two where h needs the global
-    grad_y g first). Call counts are those of the single-process `Oracle`: one call of
-    a method counts as that method counts there, whatever it costs here.
+    Every method returns the same values on every rank: the local results summed by
+    all_reduce (one collective per call, two where h needs the global grad_y g first). It
+    wraps a back-end (`bilevel.oracles.Autograd` or `Func`); the counting `Oracle` around it
+    counts one call as the single-process oracle does, whatever it costs here.
 
     Args:
-        f: this rank's part f_r of the upper-level objective, (x, y) -> scalar tensor.
-        g: this rank's part g_r of the lower-level objective.
+        local: the back-end of this rank's parts f_r and g_r.
 
     Needs an initialized default process group (torch.distributed.init_process_group).
     """
 
-    def __init__(self, f: Callable[[Tensor, Tensor], Tensor], g: Callable[[Tensor, Tensor], Tensor]):
+    def __init__(self, local):
         if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError("DistributedOracle needs an initialized torch.distributed process group "
+            raise RuntimeError("Reduced needs an initialized torch.distributed process group "
                                "(call torch.distributed.init_process_group or launch with torchrun)")
-        super().__init__(f, g)
+        self.local = local
 
-    @contextlib.contextmanager
-    def _counted_as(self, **increments: int) -> Iterator[None]:
-        """Count the block's parent calls as the given increments, not as themselves."""
-        before = Counter(self.counts)
-        yield
-        self.counts.clear()
-        self.counts.update(before)
-        self.counts.update(increments)
+    @property
+    def compile_failures(self) -> dict[str, str]:
+        return getattr(self.local, "compile_failures", {})
 
-    # ----- sums over ranks of the parent's results ------------------------------------------
-    def f(self, x: Tensor, y: Tensor) -> Tensor:
-        return all_reduce(super().f(x, y))[0]
+    def __getattr__(self, name: str) -> Callable:
+        """The sum over ranks of the local back-end's `name` (values, gradients, products)."""
+        if name.startswith("_") or name == "unrolled_grad":   # iaptt_gm says it does not run data-parallel
+            raise AttributeError(name)
+        method = getattr(self.__dict__["local"], name)
 
-    def g(self, x: Tensor, y: Tensor) -> Tensor:
-        return all_reduce(super().g(x, y))[0]
-
-    def grad_f(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return all_reduce(*super().grad_f(x, y))
-
-    def grad_g(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return all_reduce(*super().grad_g(x, y))
-
-    def grad_g_y(self, x: Tensor, y: Tensor) -> Tensor:
-        return all_reduce(super().grad_g_y(x, y))[0]
-
-    def grad_g_x(self, x: Tensor, y: Tensor) -> Tensor:
-        return all_reduce(super().grad_g_x(x, y))[0]
-
-    def vjp_grad_y_g(self, x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        return all_reduce(*super().vjp_grad_y_g(x, y, v))
-
-    def jvp_grad_y_g(self, x: Tensor, y: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
-        return all_reduce(super().jvp_grad_y_g(x, y, dx, dy))[0]
-
-    def hvp_f(self, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
-        return all_reduce(*super().hvp_f(x, y, vx, vy))
-
-    def hvp_inner_grad_y_g(self, x: Tensor, y: Tensor, w: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
-        return all_reduce(*super().hvp_inner_grad_y_g(x, y, w, vx, vy))
+        def reduced(*args: Tensor):
+            out = method(*args)
+            return all_reduce(*out) if isinstance(out, tuple) else all_reduce(out)[0]
+        return reduced
 
     # ----- h = ||grad_y g||^2 is not a sum: reduce grad_y g first ------------------------------
     def h_and_grad(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(g, grad_y g, h, grad_x h, grad_y h) of the full problem: grad h = 2 sum_r J_r^T G."""
-        with self._counted_as(n_grad_g=1, n_hvp=1):
-            g_local, _, gy_local = Oracle.grad_g(self, x, y)
-            g, gy = all_reduce(g_local, gy_local)
-            hx, hy = all_reduce(*Oracle.vjp_grad_y_g(self, x, y, gy))
+        g_local, _, gy_local = self.local.grad_g(x, y)
+        g, gy = all_reduce(g_local, gy_local)
+        hx, hy = all_reduce(*self.local.vjp_grad_y_g(x, y, gy))
         return g, gy, inner(gy, gy), 2 * hx, 2 * hy
 
     def hvp_h(self, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
         """hess h v = 2 J^T (J v) + 2 (d/dz <grad_y g, G>) v, each part summed over ranks."""
-        with self._counted_as(n_hvp=1):
-            gy = self.grad_g_y(x, y)
-            jv = self.jvp_grad_y_g(x, y, vx, vy)
-            ax, ay = self.vjp_grad_y_g(x, y, jv)
-            bx, by = self.hvp_inner_grad_y_g(x, y, gy, vx, vy)
+        gy = self.grad_g_y(x, y)
+        jv = self.jvp_grad_y_g(x, y, vx, vy)
+        ax, ay = self.vjp_grad_y_g(x, y, jv)
+        bx, by = self.hvp_inner_grad_y_g(x, y, gy, vx, vy)
         return 2 * (ax + bx), 2 * (ay + by)
 
 
 # ----- what solve() needs --------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunContext:
-    """How solve() runs: the oracle class, the agreed seed, and whether this rank reports."""
+    """How solve() runs: the agreed seed, whether this rank reports, and whether f and g are
+    this rank's parts (the back-end is then wrapped in `Reduced`)."""
 
-    oracle: Callable[[Callable, Callable], Oracle]
     seed: int
     is_main: bool
+    distributed: bool
+
+    def wrap(self, backend):
+        """The back-end of the full problem from this rank's back-end."""
+        return Reduced(backend) if self.distributed else backend
 
 
 def run_context(solver: Any, distributed: bool, seed: int | None, x0: Tensor, y0: Tensor) -> RunContext:
     """Check a data-parallel run and agree on what every rank must share.
 
-    Single-process (distributed=False): the plain Oracle and seed (or torch's initial
-    seed). Data-parallel: the solver must support it, the process group must exist,
-    x0 and y0 must agree on every rank, and a seed of None becomes rank 0's.
+    Single-process (distributed=False): the seed (or torch's initial seed). Data-parallel:
+    the solver must support it, the process group must exist, x0 and y0 must agree on every
+    rank, and a seed of None becomes rank 0's.
     """
     if not isinstance(distributed, bool):
         raise TypeError(f"Invalid distributed: {distributed!r} (expected True or False)")
     if not distributed:
-        return RunContext(Oracle, seed if seed is not None else torch.initial_seed(), True)
+        return RunContext(seed if seed is not None else torch.initial_seed(), True, False)
     if not getattr(solver, "supports_distributed", True):
         raise ValueError(f"Invalid distributed: True with solver {solver.name!r} (it does not run data-parallel: "
                          "it needs the whole data set on one process; run it with distributed=False)")
@@ -218,7 +173,7 @@ def run_context(solver: Any, distributed: bool, seed: int | None, x0: Tensor, y0
                          "(build the problem with the same seed and arguments on every rank)")
     if seed is None:  # rank 0's seed
         seed = int(all_reduce(shared[:1] * (rank == 0))[0].item())
-    return RunContext(DistributedOracle, seed, rank == 0)
+    return RunContext(seed, rank == 0, True)
 
 
 def init_from_env(device: str | None = None, timeout: float = 300.0) -> tuple[int, int, str | None]:

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from . import checks
 from .oracles import inner
 
 MatVec = Callable[[Tensor], Tensor]
@@ -31,10 +32,8 @@ class ConjugateGradient:
     tol: float = 1e-10
 
     def __post_init__(self) -> None:
-        if not isinstance(self.iters, int) or self.iters < 1:
-            raise ValueError(f"Invalid iters: {self.iters!r} (expected an integer >= 1)")
-        if not self.tol >= 0:
-            raise ValueError(f"Invalid tol: {self.tol!r} (expected >= 0)")
+        checks.integer("iters", self.iters, 1)
+        checks.number("tol", self.tol, minimum=0)
 
     def __call__(self, matvec: MatVec, b: Tensor, v0: Tensor | None = None) -> Tensor:
         v = torch.zeros_like(b) if v0 is None else v0.clone()
@@ -71,10 +70,8 @@ class Neumann:
     step_size: float = 0.1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.iters, int) or self.iters < 1:
-            raise ValueError(f"Invalid iters: {self.iters!r} (expected an integer >= 1)")
-        if not self.step_size > 0:
-            raise ValueError(f"Invalid step_size: {self.step_size!r} (expected > 0)")
+        checks.integer("iters", self.iters, 1)
+        checks.number("step_size", self.step_size, positive=True)
 
     def __call__(self, matvec: MatVec, b: Tensor, v0: Tensor | None = None) -> Tensor:
         term = b.clone()

@@ -1,13 +1,24 @@
-"""First- and second-order oracles of a bilevel problem; the only module that differentiates.
+"""Derivatives of a bilevel problem: back-ends that differentiate and the Oracle that counts.
 
-Every method of `Oracle` counts what it delivers, so that every run can be plotted
-against oracle calls as well as iterations and time:
+A back-end turns f and g into values, gradients and second-order products; this module holds
+the only code of the library that calls torch.autograd or torch.func:
+
+    Autograd          torch.autograd (the default: fastest eagerly, benchmarks/RESULTS.md)
+    Func              the same derivatives as torch.func transforms, which compose with
+                      torch.func.vmap (bilevel.solve_batch) and torch.compile
+    Func(compile=True)   each derivative compiled by torch.compile ("compiled")
+
+Data-parallel reduction (bilevel.distributed.Reduced) wraps a back-end; it is not one.
+
+The `Oracle` is what solvers call. Each of its methods asks the back-end and adds the
+method's cost from `COSTS` to the call counts, so that every run can be plotted against
+oracle calls as well as iterations and time:
 
     n_f, n_g        values of f and g without derivatives
     n_grad_f        gradients of f (x and y parts together, or one part)
     n_grad_g        gradients of g (x and y parts together, or one part)
-    n_hvp           second-order products of g: Hessian-vector, Jacobian-vector, and
-                    the double backward that gives grad h (a backward through one unrolled
+    n_hvp           second-order products of g: Hessian-vector, Jacobian-vector, and the
+                    double backward that gives grad h (a backward through one unrolled
                     lower-level step counts as one)
 
 No method forms a Hessian. With h = ||grad_y g||^2 the gradient of h is
@@ -18,16 +29,41 @@ obtained by one backward pass through the graph of grad_y g (a double backward).
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 from torch.func import grad, grad_and_value, jvp, vjp
 
+Objective = Callable[[Tensor, Tensor], Tensor]
 COUNTERS = ("n_f", "n_g", "n_grad_f", "n_grad_g", "n_hvp")
+# what one call of each Oracle method adds to the counts
+COSTS: dict[str, dict[str, int]] = {
+    "f": {"n_f": 1},
+    "g": {"n_g": 1},
+    "grad_f": {"n_grad_f": 1},
+    "grad_g": {"n_grad_g": 1},
+    "grad_g_y": {"n_grad_g": 1},
+    "grad_g_x": {"n_grad_g": 1},
+    "h_and_grad": {"n_grad_g": 1, "n_hvp": 1},
+    "vjp_grad_y_g": {"n_hvp": 1},
+    "jvp_grad_y_g": {"n_hvp": 1},
+    "hvp_f": {"n_hvp": 1},
+    "hvp_h": {"n_hvp": 1},
+    "hvp_inner_grad_y_g": {"n_hvp": 1},
+}
+BACKENDS = ("autograd", "func", "compiled")
+
+
+def inner(a: Tensor, b: Tensor) -> Tensor:
+    """<a, b> for real tensors of any (equal) shape, as a 0-d tensor."""
+    if a.dim() != 1:
+        a, b = a.reshape(-1), b.reshape(-1)
+    return torch.dot(a, b)
 
 
 def _leaf(t: Tensor) -> Tensor:
@@ -40,13 +76,6 @@ def _grads(out: Tensor, inputs: tuple[Tensor, ...], create_graph: bool = False) 
         return tuple(torch.zeros_like(t) for t in inputs)
     grads = torch.autograd.grad(out, inputs, allow_unused=True, create_graph=create_graph)
     return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs))
-
-
-def inner(a: Tensor, b: Tensor) -> Tensor:
-    """<a, b> for real tensors of any (equal) shape, as a 0-d tensor."""
-    if a.dim() != 1:
-        a, b = a.reshape(-1), b.reshape(-1)
-    return torch.dot(a, b)
 
 
 @dataclass(frozen=True)
@@ -69,93 +98,122 @@ class Unrolled:
     grad_z: Tensor
 
 
-class Oracle:
-    """Values, gradients and second-order products of f and g, with call counts.
+def unrolled_grad(f: Objective, g: Objective, x: Tensor, z: Tensor, steps: int, step_size: float,
+                  project: Callable[[Tensor], Tensor] | None = None,
+                  select: Callable[[Tensor], int] | None = None) -> Unrolled:
+    """Unroll `steps` projected gradient steps on g(x, .) from y_0 = z and differentiate
+    f(x, y_p) through them in x and z (reverse mode through the trajectory, by autograd).
+
+    `select` maps f_values (shape (T,)) to the index p in 1..T; default p = T.
+    """
+    project = project or (lambda t: t)
+    with torch.enable_grad():
+        x_, z_ = _leaf(x), _leaf(z)
+        trajectory = [z_]
+        for _ in range(steps):
+            y_prev = trajectory[-1]
+            (gy,) = _grads(g(x_, y_prev), (y_prev,), create_graph=True)
+            trajectory.append(project(y_prev - step_size * gy))
+        with torch.no_grad():
+            f_values = torch.stack([f(x, y_t.detach()) for y_t in trajectory[1:]])
+        index = steps if select is None else int(select(f_values))
+        if not 1 <= index <= steps:
+            raise ValueError(f"Invalid select: returned {index} (expected an index in 1..{steps})")
+        grad_x, grad_z = _grads(f(x_, trajectory[index]), (x_, z_))
+    return Unrolled(f_values=f_values, index=index, y_selected=trajectory[index].detach(),
+                    y_last=trajectory[-1].detach(), grad_x=grad_x, grad_z=grad_z)
+
+
+class Backend:
+    """What every back-end shares: f and g, their values, and the unrolled trajectory
+    (`unrolled_grad`, by autograd whatever the back-end). Subclasses add the derivatives.
 
     Args:
-        f: the upper-level objective, (x, y) -> scalar tensor.
-        g: the lower-level objective, (x, y) -> scalar tensor.
+        f, g: the upper- and lower-level objectives, (x, y) -> scalar tensor.
     """
 
-    def __init__(self, f: Callable[[Tensor, Tensor], Tensor], g: Callable[[Tensor, Tensor], Tensor]):
-        self._f = f
-        self._g = g
-        self.counts: Counter[str] = Counter({name: 0 for name in COUNTERS})
+    def __init__(self, f: Objective, g: Objective):
+        self.objectives = (f, g)
 
-    # ----- values --------------------------------------------------------------------
     def f(self, x: Tensor, y: Tensor) -> Tensor:
-        self.counts["n_f"] += 1
+        """f(x, y)."""
         with torch.no_grad():
-            return self._f(x, y)
+            return self.objectives[0](x, y)
 
     def g(self, x: Tensor, y: Tensor) -> Tensor:
-        self.counts["n_g"] += 1
+        """g(x, y)."""
         with torch.no_grad():
-            return self._g(x, y)
+            return self.objectives[1](x, y)
 
-    # ----- gradients -------------------------------------------------------------------
-    def grad_f(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(f, grad_x f, grad_y f)."""
-        self.counts["n_grad_f"] += 1
+    def unrolled_grad(self, x: Tensor, z: Tensor, steps: int, step_size: float,
+                      project: Callable[[Tensor], Tensor] | None = None,
+                      select: Callable[[Tensor], int] | None = None) -> Unrolled:
+        """See `unrolled_grad` (reverse mode through T unrolled lower-level steps)."""
+        return unrolled_grad(*self.objectives, x, z, steps, step_size, project, select)
+
+
+class Autograd(Backend):
+    """Derivatives of f and g by torch.autograd.
+
+    Args:
+        f, g: the upper- and lower-level objectives, (x, y) -> scalar tensor.
+    """
+
+    def _value_and_grads(self, fn: Objective, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         with torch.enable_grad():
             x_, y_ = _leaf(x), _leaf(y)
-            value = self._f(x_, y_)
+            value = fn(x_, y_)
             gx, gy = _grads(value, (x_, y_))
         return value.detach(), gx, gy
+
+    def grad_f(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(f, grad_x f, grad_y f)."""
+        return self._value_and_grads(self.objectives[0], x, y)
 
     def grad_g(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(g, grad_x g, grad_y g)."""
-        self.counts["n_grad_g"] += 1
-        with torch.enable_grad():
-            x_, y_ = _leaf(x), _leaf(y)
-            value = self._g(x_, y_)
-            gx, gy = _grads(value, (x_, y_))
-        return value.detach(), gx, gy
+        return self._value_and_grads(self.objectives[1], x, y)
 
     def grad_g_y(self, x: Tensor, y: Tensor) -> Tensor:
         """grad_y g (x held fixed)."""
-        self.counts["n_grad_g"] += 1
         with torch.enable_grad():
             y_ = _leaf(y)
-            (gy,) = _grads(self._g(x.detach(), y_), (y_,))
+            (gy,) = _grads(self.objectives[1](x.detach(), y_), (y_,))
         return gy
 
     def grad_g_x(self, x: Tensor, y: Tensor) -> Tensor:
         """grad_x g (y held fixed)."""
-        self.counts["n_grad_g"] += 1
         with torch.enable_grad():
             x_ = _leaf(x)
-            (gx,) = _grads(self._g(x_, y.detach()), (x_,))
+            (gx,) = _grads(self.objectives[1](x_, y.detach()), (x_,))
         return gx
 
-    # ----- second order ----------------------------------------------------------------
+    def _grad_y_g_graph(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(x_, y_, g, grad_y g) with the graph of grad_y g kept for a second backward."""
+        x_, y_ = _leaf(x), _leaf(y)
+        value = self.objectives[1](x_, y_)
+        (gy,) = _grads(value, (y_,), create_graph=True)
+        return x_, y_, value, gy
+
     def h_and_grad(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(g, grad_y g, h, grad_x h, grad_y h) with h = ||grad_y g||^2, by one double backward."""
-        self.counts["n_grad_g"] += 1
-        self.counts["n_hvp"] += 1
         with torch.enable_grad():
-            x_, y_ = _leaf(x), _leaf(y)
-            value = self._g(x_, y_)
-            (gy,) = _grads(value, (y_,), create_graph=True)
+            x_, y_, value, gy = self._grad_y_g_graph(x, y)
             h = inner(gy, gy)
             hx, hy = _grads(h, (x_, y_))
         return value.detach(), gy.detach(), h.detach(), hx, hy
 
     def vjp_grad_y_g(self, x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """(grad_yx g^T v, grad_yy g v): the gradient of <grad_y g, v> in x and y."""
-        self.counts["n_hvp"] += 1
         with torch.enable_grad():
-            x_, y_ = _leaf(x), _leaf(y)
-            (gy,) = _grads(self._g(x_, y_), (y_,), create_graph=True)
+            x_, y_, _, gy = self._grad_y_g_graph(x, y)
             return _grads(inner(gy, v.detach()), (x_, y_))
 
     def jvp_grad_y_g(self, x: Tensor, y: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
         """grad_yx g dx + grad_yy g dy: the directional derivative of grad_y g along (dx, dy)."""
-        self.counts["n_hvp"] += 1
-        # J u = d/dw <J^T w, u> at w = 0: two reverse passes, valid for any closure.
+        # J u = d/dw <J^T w, u> at w = 0: two reverse passes, valid for any closure
         with torch.enable_grad():
-            x_, y_ = _leaf(x), _leaf(y)
-            (gy,) = _grads(self._g(x_, y_), (y_,), create_graph=True)
+            x_, y_, _, gy = self._grad_y_g_graph(x, y)
             w = torch.zeros_like(gy, requires_grad=True)
             jx, jy = _grads(inner(gy, w), (x_, y_), create_graph=True)
             (ju,) = _grads(inner(jx, dx.detach()) + inner(jy, dy.detach()), (w,))
@@ -163,18 +221,15 @@ class Oracle:
 
     def hvp_f(self, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
         """The Hessian of f (in x and y together) times (vx, vy)."""
-        self.counts["n_hvp"] += 1
         with torch.enable_grad():
             x_, y_ = _leaf(x), _leaf(y)
-            gx, gy = _grads(self._f(x_, y_), (x_, y_), create_graph=True)
+            gx, gy = _grads(self.objectives[0](x_, y_), (x_, y_), create_graph=True)
             return _grads(inner(gx, vx.detach()) + inner(gy, vy.detach()), (x_, y_))
 
     def hvp_h(self, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
         """The Hessian of h = ||grad_y g||^2 times (vx, vy) (third derivatives of g)."""
-        self.counts["n_hvp"] += 1
         with torch.enable_grad():
-            x_, y_ = _leaf(x), _leaf(y)
-            (gy,) = _grads(self._g(x_, y_), (y_,), create_graph=True)
+            x_, y_, _, gy = self._grad_y_g_graph(x, y)
             hx, hy = _grads(inner(gy, gy), (x_, y_), create_graph=True)
             return _grads(inner(hx, vx.detach()) + inner(hy, vy.detach()), (x_, y_))
 
@@ -184,71 +239,13 @@ class Oracle:
         With w = grad_y g this is the third-order part of hvp_h:
         hvp_h(v) = 2 J^T J v + 2 hvp_inner_grad_y_g(grad_y g, v).
         """
-        self.counts["n_hvp"] += 1
         with torch.enable_grad():
-            x_, y_ = _leaf(x), _leaf(y)
-            (gy,) = _grads(self._g(x_, y_), (y_,), create_graph=True)
+            x_, y_, _, gy = self._grad_y_g_graph(x, y)
             jx, jy = _grads(inner(gy, w.detach()), (x_, y_), create_graph=True)
             return _grads(inner(jx, vx.detach()) + inner(jy, vy.detach()), (x_, y_))
 
-    def fd_vjp_grad_y_g(self, x: Tensor, y: Tensor, v: Tensor, delta: float) -> tuple[Tensor, Tensor]:
-        """(grad_yx g^T v, grad_yy g v) by central differences of grad g along y:
 
-            [grad g(x, y + delta v) - grad g(x, y - delta v)] / (2 delta),
-
-        exact up to round-off where g is quadratic in y. Two gradients of g, no second order.
-        """
-        _, gx_plus, gy_plus = self.grad_g(x, y + delta * v)
-        _, gx_minus, gy_minus = self.grad_g(x, y - delta * v)
-        return (gx_plus - gx_minus) / (2 * delta), (gy_plus - gy_minus) / (2 * delta)
-
-    def unrolled_grad(self, x: Tensor, z: Tensor, steps: int, step_size: float,
-                      project: Callable[[Tensor], Tensor] | None = None,
-                      select: Callable[[Tensor], int] | None = None) -> Unrolled:
-        """Unroll `steps` projected gradient steps on g(x, .) from y_0 = z and differentiate
-        f(x, y_p) through them in x and z (reverse mode through the trajectory).
-
-        Args:
-            x, z: the upper variable and the initial point y_0.
-            steps: T >= 1.
-            step_size: s.
-            project: the projection P onto the lower feasible set (identity when None).
-            select: maps f_values (shape (T,)) to the index p in 1..T to differentiate;
-                default p = T.
-
-        Counts: T gradients of g (with graph), T values of f, one gradient of f at
-        (x, y_p) and p second-order products (the backward through p steps).
-        """
-        project = project or (lambda t: t)
-        self.counts["n_grad_g"] += steps
-        self.counts["n_f"] += steps
-        with torch.enable_grad():
-            x_, z_ = _leaf(x), _leaf(z)
-            trajectory = [z_]
-            for _ in range(steps):
-                y_prev = trajectory[-1]
-                (gy,) = _grads(self._g(x_, y_prev), (y_prev,), create_graph=True)
-                trajectory.append(project(y_prev - step_size * gy))
-            with torch.no_grad():
-                f_values = torch.stack([self._f(x, y_t.detach()) for y_t in trajectory[1:]])
-            index = steps if select is None else int(select(f_values))
-            if not 1 <= index <= steps:
-                raise ValueError(f"Invalid select: returned {index} (expected an index in 1..{steps})")
-            self.counts["n_grad_f"] += 1
-            self.counts["n_hvp"] += index
-            grad_x, grad_z = _grads(self._f(x_, trajectory[index]), (x_, z_))
-        return Unrolled(f_values=f_values, index=index, y_selected=trajectory[index].detach(),
-                        y_last=trajectory[-1].detach(), grad_x=grad_x, grad_z=grad_z)
-
-    # ----- bookkeeping -------------------------------------------------------------------
-    def snapshot(self) -> dict[str, int]:
-        """The call counts so far, with their total as `oracle_calls`."""
-        out = {name: int(self.counts[name]) for name in COUNTERS}
-        out["oracle_calls"] = sum(out.values())
-        return out
-
-
-# the jvp-based derivatives of FuncOracle, never compiled (see FuncOracle's `compile`)
+# the jvp-based derivatives of Func, never compiled (see Func's `compile`)
 FORWARD_MODE = ("jvp_grad_y_g", "hvp_f", "hvp_h", "hvp_inner_grad_y_g")
 
 
@@ -267,32 +264,31 @@ class _CompiledOrEager:
             except Exception as exc:  # compilation is best-effort: the eager function is the reference
                 reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                 self.failures[self.name] = reason
-                warnings.warn(f"compile=True: {self.name} runs uncompiled ({reason})", RuntimeWarning, stacklevel=3)
+                warnings.warn(f"oracle='compiled': {self.name} runs uncompiled ({reason})", RuntimeWarning,
+                              stacklevel=4)
         return self.eager(*args)
 
 
-class FuncOracle(Oracle):
-    """The oracle of `Oracle`, built from torch.func transforms instead of torch.autograd.
+class Func(Backend):
+    """The derivatives of `Autograd`, built from torch.func transforms.
 
-    Its derivatives are pure functions of their tensor arguments, so they compose with
-    `torch.func.vmap` (used by `bilevel.solve_batch`) and `torch.compile` (used by
-    `solve(..., compile=True)`). Hessian- and Jacobian-vector products are forward-over-
-    reverse (`jvp` of `grad`). Eager, it is slower than `Oracle` on every problem measured
-    (benchmarks/RESULTS.md), which is why `Oracle` is the default. Counts as `Oracle`.
+    They are pure functions of their tensor arguments, so they compose with torch.func.vmap
+    (used by `bilevel.solve_batch`) and torch.compile. Hessian- and Jacobian-vector products
+    are forward-over-reverse (`jvp` of `grad`). Eager, this is slower than `Autograd` on every
+    problem measured (benchmarks/RESULTS.md). `unrolled_grad` (iaptt_gm) runs by autograd.
 
     Args:
         f, g: the objectives, (x, y) -> scalar tensor.
-        compile: compile each derivative with torch.compile; a derivative whose compilation
-            fails runs uncompiled, and `compile_failures` (name -> reason) says why. The
-            forward-mode products (`FORWARD_MODE`: Hessian- and Jacobian-vector products,
-            used at the start and at logged iterations, not in the step of pgdqp) always run
-            uncompiled: torch 2.13's inductor hands the zero tangents of constants
-            (efficient zero tensors) to its C++ kernels, which crash the process (measured:
-            a segmentation fault in hvp_f on synthetic-sc), and a crash cannot fall back.
+        compile: compile each derivative with torch.compile; one whose compilation fails runs
+            uncompiled, and `compile_failures` (name -> reason) says why. The forward-mode
+            products (`FORWARD_MODE`: Hessian- and Jacobian-vector products, used at the start
+            and at logged iterations, not in pgdqp's step) always run uncompiled: torch 2.13's
+            inductor hands the zero tangents of constants (efficient zero tensors) to its C++
+            kernels, which crash the process (measured: a segmentation fault in hvp_f on
+            synthetic-sc), and a crash cannot fall back.
     """
 
-    def __init__(self, f: Callable[[Tensor, Tensor], Tensor], g: Callable[[Tensor, Tensor], Tensor],
-                 compile: bool = False):
+    def __init__(self, f: Objective, g: Objective, compile: bool = False):
         super().__init__(f, g)
         grad_y_g = grad(g, argnums=1)
 
@@ -302,7 +298,7 @@ class FuncOracle(Oracle):
 
         grad_f_xy, grad_h_xy = grad(f, argnums=(0, 1)), grad(h, argnums=(0, 1))
 
-        def with_value(fn: Callable) -> Callable:
+        def with_value(fn: Objective) -> Callable:
             def value_and_grads(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
                 (gx, gy), value = grad_and_value(fn, argnums=(0, 1))(x, y)
                 return value, gx, gy
@@ -339,51 +335,124 @@ class FuncOracle(Oracle):
         if compile:
             pure = {name: fn if name in FORWARD_MODE else _CompiledOrEager(name, fn, self.compile_failures)
                     for name, fn in pure.items()}
-        self._pure = pure
+        self.pure = pure
 
-    def grad_f(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        self.counts["n_grad_f"] += 1
-        return self._pure["grad_f"](x.detach(), y.detach())
+    def __getattr__(self, name: str) -> Callable:
+        pure = self.__dict__.get("pure", {})
+        if name not in pure:
+            raise AttributeError(name)
 
-    def grad_g(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        self.counts["n_grad_g"] += 1
-        return self._pure["grad_g"](x.detach(), y.detach())
-
-    def grad_g_y(self, x: Tensor, y: Tensor) -> Tensor:
-        self.counts["n_grad_g"] += 1
-        return self._pure["grad_g_y"](x.detach(), y.detach())
-
-    def grad_g_x(self, x: Tensor, y: Tensor) -> Tensor:
-        self.counts["n_grad_g"] += 1
-        return self._pure["grad_g_x"](x.detach(), y.detach())
-
-    def h_and_grad(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        self.counts["n_grad_g"] += 1
-        self.counts["n_hvp"] += 1
-        return self._pure["h_and_grad"](x.detach(), y.detach())
-
-    def vjp_grad_y_g(self, x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.counts["n_hvp"] += 1
-        return self._pure["vjp_grad_y_g"](x.detach(), y.detach(), v.detach())
-
-    def jvp_grad_y_g(self, x: Tensor, y: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
-        self.counts["n_hvp"] += 1
-        return self._pure["jvp_grad_y_g"](x.detach(), y.detach(), dx.detach(), dy.detach())
-
-    def hvp_f(self, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
-        self.counts["n_hvp"] += 1
-        return self._pure["hvp_f"](x.detach(), y.detach(), vx.detach(), vy.detach())
-
-    def hvp_h(self, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
-        self.counts["n_hvp"] += 1
-        return self._pure["hvp_h"](x.detach(), y.detach(), vx.detach(), vy.detach())
-
-    def hvp_inner_grad_y_g(self, x: Tensor, y: Tensor, w: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
-        self.counts["n_hvp"] += 1
-        return self._pure["hvp_inner_grad_y_g"](x.detach(), y.detach(), w.detach(), vx.detach(), vy.detach())
+        def call(*args: Tensor):
+            return pure[name](*(a.detach() for a in args))
+        return call
 
 
-def depends_on(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> tuple[bool, bool]:
+def backend(kind: str, f: Objective, g: Objective):
+    """The back-end named `kind` ("autograd", "func" or "compiled") for f and g."""
+    if kind == "autograd":
+        return Autograd(f, g)
+    if kind in ("func", "compiled"):
+        return Func(f, g, compile=kind == "compiled")
+    raise ValueError(f"Invalid oracle: {kind!r} (expected one of {', '.join(map(repr, BACKENDS))} or an Oracle)")
+
+
+def _counted(name: str) -> Callable:
+    """An Oracle method: ask the back-end, count the call by COSTS[name]."""
+    cost = COSTS[name]
+
+    def method(self: "Oracle", *args: Tensor):
+        self.counts.update(cost)
+        return getattr(self.backend, name)(*args)
+    method.__name__ = name
+    method.__doc__ = getattr(Autograd, name).__doc__
+    return method
+
+
+class Oracle:
+    """Values, gradients and second-order products of f and g, with call counts.
+
+    Args:
+        backend: what differentiates: `Autograd(f, g)`, `Func(f, g)`,
+            `bilevel.distributed.Reduced(...)`: any object with the methods of `Autograd`.
+
+    Example:
+        >>> import torch
+        >>> oracle = Oracle(Autograd(lambda x, y: (x * y).sum(), lambda x, y: (y ** 2).sum()))
+        >>> oracle.grad_f(torch.ones(2), torch.zeros(2))[2]
+        tensor([1., 1.])
+        >>> oracle.snapshot()["n_grad_f"]
+        1
+    """
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.counts: Counter[str] = Counter()
+        self.reset()
+
+    f = _counted("f")
+    g = _counted("g")
+    grad_f = _counted("grad_f")
+    grad_g = _counted("grad_g")
+    grad_g_y = _counted("grad_g_y")
+    grad_g_x = _counted("grad_g_x")
+    h_and_grad = _counted("h_and_grad")
+    vjp_grad_y_g = _counted("vjp_grad_y_g")
+    jvp_grad_y_g = _counted("jvp_grad_y_g")
+    hvp_f = _counted("hvp_f")
+    hvp_h = _counted("hvp_h")
+    hvp_inner_grad_y_g = _counted("hvp_inner_grad_y_g")
+
+    def fd_vjp_grad_y_g(self, x: Tensor, y: Tensor, v: Tensor, delta: float) -> tuple[Tensor, Tensor]:
+        """(grad_yx g^T v, grad_yy g v) by central differences of grad g along y:
+
+            [grad g(x, y + delta v) - grad g(x, y - delta v)] / (2 delta),
+
+        exact up to round-off where g is quadratic in y. Two gradients of g, no second order.
+        """
+        _, gx_plus, gy_plus = self.grad_g(x, y + delta * v)
+        _, gx_minus, gy_minus = self.grad_g(x, y - delta * v)
+        return (gx_plus - gx_minus) / (2 * delta), (gy_plus - gy_minus) / (2 * delta)
+
+    def unrolled_grad(self, x: Tensor, z: Tensor, steps: int, step_size: float,
+                      project: Callable[[Tensor], Tensor] | None = None,
+                      select: Callable[[Tensor], int] | None = None) -> Unrolled:
+        """Unroll `steps` projected gradient steps on g(x, .) from y_0 = z and differentiate
+        f(x, y_p) through them in x and z (see the module function `unrolled_grad`).
+
+        Counts: T gradients of g (with graph), T values of f, one gradient of f at (x, y_p)
+        and p second-order products (the backward through p steps).
+        """
+        run = self.backend.unrolled_grad(x, z, steps, step_size, project, select)
+        self.counts.update(n_grad_g=steps, n_f=steps, n_grad_f=1, n_hvp=run.index)
+        return run
+
+    def reset(self) -> None:
+        """Counts back to zero."""
+        self.counts.clear()
+        self.counts.update({name: 0 for name in COUNTERS})
+
+    def snapshot(self) -> dict[str, int]:
+        """The call counts so far, with their total as `oracle_calls`."""
+        out = {name: int(self.counts[name]) for name in COUNTERS}
+        out["oracle_calls"] = sum(out.values())
+        return out
+
+    @contextlib.contextmanager
+    def uncounted(self) -> Iterator["Oracle"]:
+        """Calls inside the block leave the counts as they were (diagnostics, metrics)."""
+        before = Counter(self.counts)
+        try:
+            yield self
+        finally:
+            self.counts.clear()
+            self.counts.update(before)
+
+    def fork(self) -> "Oracle":
+        """An oracle on the same back-end with counts of its own (from zero)."""
+        return Oracle(self.backend)
+
+
+def depends_on(fn: Objective, x: Tensor, y: Tensor) -> tuple[bool, bool]:
     """Whether fn(x, y) depends on x and on y at this point (through autograd's graph)."""
     with torch.enable_grad():
         x_, y_ = _leaf(x), _leaf(y)
@@ -394,7 +463,7 @@ def depends_on(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> 
     return gx is not None, gy is not None
 
 
-def flat_in_y(g: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor) -> bool:
+def flat_in_y(g: Objective, x: Tensor, y: Tensor) -> bool:
     """Whether grad_y g and grad_yy g v (v a fixed random direction) are both exactly zero at (x, y)."""
     v = torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=y.dtype).to(y.device)
     with torch.enable_grad():

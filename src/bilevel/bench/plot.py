@@ -49,7 +49,8 @@ def band(frame: pd.DataFrame, x: str, metric: str, quantiles: tuple[float, float
 
 def plot_metrics(frame: pd.DataFrame, metrics: Sequence[str], path: str | Path, *, x: str = "iter",
                  group: str = "method", logy: bool | None = None, title: str = "",
-                 reference_lines: dict[str, dict[str, float]] | None = None) -> Path:
+                 reference_lines: dict[str, dict[str, float]] | None = None,
+                 configs: dict[str, str] | None = None) -> Path:
     """One panel per metric: median (line) and interquartile band (shade) per group.
 
     Args:
@@ -59,6 +60,7 @@ def plot_metrics(frame: pd.DataFrame, metrics: Sequence[str], path: str | Path, 
         x: "iter", "time" or "oracle_calls".
         logy: log scale on y; default: when a metric is positive and spans > 2 decades.
         reference_lines: metric -> {label: value}, drawn as dashed horizontal lines.
+        configs: group -> the configuration plotted for it, shown in the legend.
     """
     import matplotlib
     matplotlib.use("Agg")
@@ -81,7 +83,8 @@ def plot_metrics(frame: pd.DataFrame, metrics: Sequence[str], path: str | Path, 
             if data.empty:
                 continue
             b = band(data, x, metric)
-            line, = ax.plot(b[x], b["median"], label=str(name))
+            label = str(name) + (f" ({configs[str(name)]})" if configs and str(name) in configs else "")
+            line, = ax.plot(b[x], b["median"], label=label)
             ax.fill_between(b[x], b["low"], b["high"], color=line.get_color(), alpha=0.2, linewidth=0)
         for label, value in (reference_lines or {}).get(metric, {}).items():
             ax.axhline(value, linestyle="--", linewidth=1, color="gray")
@@ -94,10 +97,15 @@ def plot_metrics(frame: pd.DataFrame, metrics: Sequence[str], path: str | Path, 
         ax.set_xlabel(X_AXES[x])
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # one legend for the figure, under the panels: labels with configurations are long
+    legend = fig.legend(handles, labels, loc="lower center", ncol=1 if configs else min(len(labels), 4),
+                        fontsize=8, frameon=False)
+    fig.canvas.draw()
+    height = legend.get_window_extent().height / fig.get_figheight() / fig.dpi
+    fig.tight_layout(rect=(0, min(height + 0.01, 0.5), 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)

@@ -1,10 +1,13 @@
-"""Write a named section of a Markdown report (benchmarks/RESULTS.md), replacing an older copy."""
+"""Markdown reports: tables, and named sections of benchmarks/RESULTS.md (replacing an older copy),
+with the command and machine that produced them."""
 from __future__ import annotations
 
+import math
 import platform
 import re
 import sys
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 
@@ -31,3 +34,14 @@ def update_section(path: str | Path, key: str, markdown: str) -> Path:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
     return path
+
+
+def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A Markdown table of rows (floats to 4 significant digits)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4g}"
+        return str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,18 +1,32 @@
-"""Tidy results: one row per (run, logged iteration), written atomically as Parquet."""
+"""The one result layout of `bilevel run`, `compare` and `sweep`, and reading it back.
+
+    OUT/manifest.jsonl                      one JSON line per finished or failed run
+    OUT/runs/<run_id>/history.parquet       the run's tidy rows: one per logged iteration,
+                                            with method, problem, seed and configuration
+    OUT/runs/<run_id>/summary.json          configuration, status, final values, provenance
+    OUT/references/<problem key>.json       a problem's reference lines (plots), stored once
+
+Every file is written atomically (`bilevel.files.atomic_write`), so a killed run or sweep
+leaves finished runs whole and resumes without losing or duplicating any.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
+from ..files import atomic_write
 from ..result import Result
+
+
+class ResultsError(ValueError):
+    """A results directory that cannot be read as one."""
 
 
 def provenance(device: Any = None) -> dict[str, str]:
@@ -32,84 +46,78 @@ def tidy(result: Result, **columns: Any) -> pd.DataFrame:
     return frame
 
 
-def write_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write a Parquet file so that a reader never sees half of it (rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+def run_dir(out: str | Path, run_id: str) -> Path:
+    return Path(out) / "runs" / run_id
 
 
-def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-    return path
+def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
+    return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
-def final_rows(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """The last logged row of each run (grouped by `by`)."""
-    return frame.sort_values("iter").groupby(by, as_index=False).tail(1)
+def write_json(obj: Any, path: str | Path) -> Path:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+    return atomic_write(path, write)
 
 
-def higher_is_better(metric: str) -> bool:
-    """Accuracy- and AUC-like metrics are maximised; everything else is minimised."""
-    return any(word in metric for word in ("accuracy", "auc"))
+def reference_path(out: str | Path, problem: str, problem_args: dict[str, Any], seed: int) -> Path:
+    """Where the reference lines of one problem instance are kept."""
+    key = json.dumps({"problem": problem, "args": problem_args, "seed": seed}, sort_keys=True, default=str)
+    return Path(out) / "references" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 
-def select_best(frame: pd.DataFrame, metric: str, mode: str | None = None) -> pd.DataFrame:
-    """Per (problem, method), keep the runs of the hyperparameter configuration whose final
-    `metric`, as a median over seeds, is best (max for accuracy-like metrics unless mode says)."""
-    if metric not in frame.columns:
-        raise ValueError(f"Invalid metric: {metric!r} (columns present: {', '.join(sorted(frame.columns))})")
-    mode = mode or ("max" if higher_is_better(metric) else "min")
-    if mode not in ("min", "max"):
-        raise ValueError(f"Invalid mode: {mode!r} (expected 'min' or 'max')")
-    keys = ["problem", "problem_args", "method"]
-    last = final_rows(frame, ["run_id"])
-    scores = last.groupby(keys + ["config"], dropna=False)[metric].median().reset_index()
-    chosen = []
-    for _, group in scores.groupby(keys, dropna=False):
-        valid = group.dropna(subset=[metric])
-        if valid.empty:          # the metric is not defined for this problem: keep every configuration
-            chosen.append(group)
-        else:
-            chosen.append(valid.loc[[valid[metric].idxmax() if mode == "max" else valid[metric].idxmin()]])
-    best = pd.concat(chosen)
-    return frame.merge(best[keys + ["config"]], on=keys + ["config"])
+def read_manifest(out: str | Path) -> list[dict[str, Any]]:
+    """The manifest's records (a torn last line from a killed process is ignored)."""
+    path = Path(out) / "manifest.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
-def _runs(last: pd.DataFrame) -> str:
-    """'3', or '3 (1 diverged)' when some runs ended with a non-finite value."""
-    diverged = int((last["status"] == "DIVERGED").sum()) if "status" in last else 0
-    return f"{len(last)}" + (f" ({diverged} diverged)" if diverged else "")
+def append_manifest(out: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON line, flushed and fsynced. A torn last line (a process killed while
+    writing) is closed first, so that it cannot swallow the record appended after it."""
+    path = Path(out) / "manifest.jsonl"
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
+    with open(path, "a") as fh:
+        fh.write(("\n" if torn else "") + json.dumps(record, sort_keys=True, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
-def summary_table(frame: pd.DataFrame, metrics: list[str]) -> list[dict[str, Any]]:
-    """One row per (problem, method, configuration): runs (and how many diverged), and
-    mean ± std over seeds of each metric's final value."""
-    last = final_rows(frame, ["run_id"])
-    rows = []
-    for (problem, args, method, config), sub in last.groupby(["problem", "problem_args", "method", "config"],
-                                                            sort=True, dropna=False):
-        row: dict[str, Any] = {"problem": problem + ("" if args in ("{}", None) else f" {args}"),
-                               "method": method, "config": config, "runs": _runs(sub)}
-        for m in metrics:
-            if m in sub:
-                values = sub[m].astype(float)
-                with np.errstate(all="ignore"):    # inf from a diverged run: the table says so
-                    row[m] = (f"{values.mean():.4g} ± {values.std(ddof=1):.2g}" if len(values) > 1
-                              else f"{values.iloc[0]:.4g}")
-        rows.append(row)
-    return rows
+def finished_ids(out: str | Path) -> set[str]:
+    """Runs whose summary exists (written atomically after the history, so both are complete)."""
+    return {p.parent.name for p in (Path(out) / "runs").glob("*/summary.json")}
+
+
+def read_results(out: str | Path) -> pd.DataFrame:
+    """The tidy table of a results directory: one row per (run, logged iteration), for the
+    runs that the manifest records as finished (a stray run of another configuration is left out)."""
+    finished = [r["run_id"] for r in read_manifest(out) if r.get("status") == "finished"]
+    files = [run_dir(out, run_id) / "history.parquet" for run_id in dict.fromkeys(finished)]
+    files = [f for f in files if f.exists()]
+    if not files:
+        raise ResultsError(f"Invalid results directory: {str(out)!r} (no finished runs in {Path(out) / 'runs'})")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def read_references(out: str | Path, frame: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
+    """title -> the reference lines stored by the runs of that problem (metric -> {label: value});
+    the first seed's lines stand for the problem."""
+    lines: dict[str, dict[str, dict[str, float]]] = {}
+    for (title, problem, args), sub in frame.groupby(["title", "problem", "problem_args"]):
+        path = reference_path(out, problem, json.loads(args), int(sub["seed"].min()))
+        if path.exists() and title not in lines:
+            lines[title] = json.loads(path.read_text())
+    return lines

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import checks, datasets
-from ..distributed import check_shard, shard_range
+from ..sharding import check_shard, shard_range
 from ..flat import FlatModule
-from ..oracles import Oracle
+from ..oracles import Autograd, Oracle
 from ..problem import BilevelProblem
 
 NUM_CLASSES = 10
@@ -70,8 +70,8 @@ def weighted_loss(classifier: Classifier, y: Tensor, features: Tensor, labels: T
 def train(classifier: Classifier, features: Tensor, labels: Tensor, weights: Tensor, weight_decay: float,
           steps: int) -> Tensor:
     """Minimise the weighted loss over y from the classifier's initial y0 by L-BFGS (deterministic)."""
-    oracle = Oracle(lambda x, y: (y ** 2).sum(),
-                    lambda x, y: weighted_loss(classifier, y, features, labels, weights, weight_decay))
+    oracle = Oracle(Autograd(lambda x, y: (y ** 2).sum(),
+                             lambda x, y: weighted_loss(classifier, y, features, labels, weights, weight_decay)))
     dummy = torch.zeros(1, dtype=features.dtype, device=features.device)
     y = classifier.y0.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([y], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import checks
 from ..metrics import kkt_info
-from ..oracles import Oracle
+from ..oracles import Autograd, Oracle
 from ..problem import BilevelProblem
 
 
@@ -82,7 +82,7 @@ def synthetic_sc(dim: int = 20, cond: float = 10.0, seed: int = 0, *, device: An
     f, g = partial(sin_log_upper, c=c, d=d), partial(least_squares_lower, H=H)
 
     def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
-        _, gx, gy = Oracle(f, g).grad_f(x, y)
+        _, gx, gy = Oracle(Autograd(f, g)).grad_f(x, y)
         hyper = gx + torch.linalg.solve(H.T, gy)
         y_star = torch.linalg.solve(H, x)
         return {"hypergradient_norm": float(hyper.norm()), "distance_to_lower": float((y - y_star).norm())}
@@ -106,7 +106,7 @@ def synthetic_nc(dim: int = 20, cond: float = 10.0, seed: int = 0, *, device: An
     f, g = partial(sin_log_upper, c=c, d=d), partial(cosine_lower, H=H)
 
     def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
-        info = kkt_info(Oracle(f, g), x, y)
+        info = kkt_info(Oracle(Autograd(f, g)), x, y)
         return {"delta_norm": math.sqrt(max(float(info["kkt_stationarity"]), 0.0))}
 
     return BilevelProblem(f, g, x0, y0, metrics=metrics, name="synthetic-nc",

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..distributed import check_shard, shard_range
+from ..sharding import check_shard, shard_range
 from ..problem import BilevelProblem
 from .. import checks
 from .synthetic import _generator, _placement

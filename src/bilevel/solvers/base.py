@@ -1,8 +1,11 @@
-"""Solver and State base classes, and the checks every solver's hyperparameters share.
+"""Solver, State and Aux, and what solvers share: curvature estimates behind default steps,
+lower-level descent and hyperparameter checks.
 
-A solver is a frozen dataclass of hyperparameters. Its progress lives in a `State`;
-`init` builds the first state and `step` returns the next one. Only `bilevel.solve`
-loops over outer iterations; inner loops that a method defines stay in its `step`.
+A solver is a frozen dataclass of hyperparameters. Its progress lives in a `State`; `init`
+builds the first state and `step` returns the next one together with an `Aux`, the
+diagnostics of the iterate it was given (as optimistix's step returns (y, state, aux)).
+Only the loop of `bilevel.solve` iterates over outer iterations; inner loops that a method
+defines stay in its `step`.
 """
 from __future__ import annotations
 
@@ -15,36 +18,35 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .. import checks, metrics
+from .. import checks
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
 
 
 @dataclass(frozen=True)
 class State:
-    """Progress of a solver.
-
-    Attributes:
-        x, y: the current iterate z_k.
-        k: the number of steps taken.
-        info: diagnostics (0-d tensors or floats) of the previous iterate z_{k-1}, computed by the
-            step that left it: `f`, `g`, `h`, `kkt_stationarity`, `kkt_feasibility` and
-            method-specific values (lambda, step size, ...). Logged without recomputation.
-        nu: the multiplier estimate of grad_y g = 0 that the method defines, or None.
-        lipschitz_g: L_g, the largest |eigenvalue| of grad_yy g at (x0, y0), estimated by
-            `init` where a default step size is a multiple of 1/L_g (`curvatures`);
-            None where no step depends on it. A float, or a 0-d tensor under vmap.
-        lipschitz_f_y: likewise the largest |eigenvalue| of grad_yy f at (x0, y0), for the
-            methods whose y step descends f (divided by a penalty) plus g; None elsewhere.
-    """
+    """Progress of a solver: the iterate z_k = (x, y) and the number k of steps taken.
+    Solvers subclass it with what their next step needs (a persistent inner variable, the
+    step sizes resolved by `init`, ...)."""
 
     x: Tensor
     y: Tensor
     k: int = 0
-    info: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Aux:
+    """What a step computed at the iterate it was given.
+
+    Attributes:
+        diagnostics: scalars (0-d tensors or floats) at that iterate: `f`, `g`, `h`,
+            `kkt_feasibility`, where the step has it `kkt_stationarity`, and method-specific
+            values (lambda, the step size, ...). Logged without recomputation.
+        nu: the multiplier of grad_y g = 0 that the method defines there, or None.
+    """
+
+    diagnostics: dict[str, Tensor | float] = field(default_factory=dict)
     nu: Tensor | None = None
-    lipschitz_g: float | Tensor | None = None
-    lipschitz_f_y: float | Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -69,26 +71,46 @@ class Solver(abc.ABC):
         """The first state, at (problem.x0, problem.y0)."""
 
     @abc.abstractmethod
-    def step(self, problem: BilevelProblem, oracle: Oracle, state: State) -> State:
-        """One outer iteration: the next state, with `info` describing `state`."""
+    def step(self, problem: BilevelProblem, oracle: Oracle, state: State) -> tuple[State, Aux]:
+        """One outer iteration: the next state, and the diagnostics of `state`'s iterate."""
+
+    def diagnose(self, problem: BilevelProblem, oracle: Oracle, state: State) -> Aux:
+        """The diagnostics of `state`'s iterate without moving (the final row of a history):
+        by default those of one more step, whose new state is discarded."""
+        return self.step(problem, oracle, state)[1]
 
     def batch_support(self) -> str:
         """'' when `bilevel.solve_batch` can run this solver under torch.func.vmap (its init and
         step use tensor operations and no data-dependent Python control flow), else why not."""
         return ""
 
-    def diagnose(self, problem: BilevelProblem, oracle: Oracle, state: State) -> dict[str, Tensor]:
-        """Diagnostics at `state`'s iterate without moving (used for the final row).
-
-        The default evaluates f, g, h and the KKT residuals with the state's multiplier,
-        or with the least-squares multiplier where the method defines none.
-        """
-        return metrics.kkt_info(oracle, state.x, state.y, state.nu)
-
     @classmethod
     def options(cls) -> tuple[str, ...]:
         """Names of the hyperparameters."""
         return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def lower_diagnostics(g: Tensor, grad_y_g: Tensor, **more: Tensor | float) -> dict[str, Tensor | float]:
+    """f-free part of an Aux: g, h = ||grad_y g||^2 (also kkt_feasibility) and `more`."""
+    h = inner(grad_y_g, grad_y_g)
+    return {"g": g, "h": h, "kkt_feasibility": h, **more}
+
+
+def descend(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, steps: int,
+            step_size: float | Tensor, gradient: Tensor | None = None, tol: float | None = None) -> Tensor:
+    """`steps` projected gradient steps on the lower level from y:
+
+        y <- P_Y(y - step_size grad_y g(x, y)),
+
+    with `gradient` as grad_y g(x, y) at the start where the caller has it (one gradient
+    fewer), and, with `tol`, an early stop once ||grad_y g||^2 <= tol (a test on values,
+    so not under torch.func.vmap)."""
+    for t in range(steps):
+        gy = gradient if t == 0 and gradient is not None else oracle.grad_g_y(x, y)
+        if tol is not None and float(inner(gy, gy)) <= tol:
+            break
+        y = problem.project_y(y - step_size * gy)
+    return y
 
 
 # ----- curvature estimates for default step sizes -----------------------------------------
@@ -130,7 +152,8 @@ def curvature_in_y(oracle: Oracle, x: Tensor, y: Tensor, generator: torch.Genera
     (the curvature overflows at (x0, y0)), asking for explicit step sizes.
 
     The estimate is taken once, at the start: where g is not quadratic its curvature can grow
-    along the run, which is why the default steps (`step_or`) are also capped.
+    along the run, which is why the default steps (`step_or`) are also capped. Taken only where
+    a default step needs it: `curvature_in_y(...) if needed else None`.
     """
     if of == "g":
         def matvec(v):
@@ -149,19 +172,9 @@ def curvature_in_y(oracle: Oracle, x: Tensor, y: Tensor, generator: torch.Genera
     return value
 
 
-def curvatures(oracle: Oracle, problem: BilevelProblem, generator: torch.Generator, *, g: bool,
-               f: bool = False) -> dict[str, float | Tensor | None]:
-    """The State fields lipschitz_g (L_g, where g) and lipschitz_f_y (where f) at (x0, y0), each
-    from `curvature_in_y` (L_g drawn first), None where not asked for: `init` asks for those
-    that a default step of the solver needs."""
-    x, y = problem.x0, problem.y0
-    return {"lipschitz_g": curvature_in_y(oracle, x, y, generator) if g else None,
-            "lipschitz_f_y": curvature_in_y(oracle, x, y, generator, of="f") if f else None}
-
-
 def step_or(value: float | None, curvature: float | Tensor | None, cap: float) -> float | Tensor:
     """A step size: `value` when given, else min(cap, 1 / curvature), the default of a step
-    that is None, from the estimate that `init` stored. The cap (the fixed default the
+    that is None, from an estimate taken by `init`. The cap (the fixed default the
     methods used to take) guards a nonconvex g whose curvature is small at the start and
     grows along the run (g = 1/4 (||y||^2 - 1 - x^2)^2: 0.5 at the start, about 13 at the
     solution, where a step 1/0.5 diverges and 0.1 converges)."""

@@ -6,9 +6,21 @@ from typing import ClassVar
 
 import torch
 
+from torch import Tensor
+
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_choice, check_int, check_positive, capped, curvatures, step_or
+from .base import (Aux, Solver, State, capped, check_choice, check_int, check_positive, curvature_in_y, descend,
+                   lower_diagnostics, step_or)
+
+
+@dataclass(frozen=True)
+class BOMEState(State):
+    """bome's state: also its step sizes, resolved by init (L_g: the estimate behind defaults)."""
+
+    inner_step_size: float | Tensor = 0.0
+    lower_step_size: float | Tensor = 0.0
+    lipschitz_g: float | Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -42,7 +54,7 @@ class BOME(Solver):
         inner_steps: T. Default 30.
         inner_step_size: the inner step on y_hat. Default None: min(0.1, 1/L_g), with L_g the largest
             |eigenvalue| of grad_yy g at (x0, y0), estimated at the start by 20 steps of power
-            iteration on Hessian-vector products (`State.lipschitz_g`): gradient descent on the
+            iteration on Hessian-vector products (`BOMEState.lipschitz_g`): gradient descent on the
             L_g-smooth g(x, .), whose analysis takes a step <= 1/L_g (any step below 2/L_g is
             stable on a quadratic; a fixed 0.1 diverges once L_g > 20).
         eta: the multiplier of phi. Default 0.5.
@@ -58,6 +70,13 @@ class BOME(Solver):
     References:
         Liu, Ye, Wright, Stone, Liu. BOME! Bilevel Optimization Made Easy: A Simple
         First-Order Approach. NeurIPS 2022.
+
+    Example:
+        >>> import bilevel
+        >>> p = bilevel.PROBLEMS["coreset"](seed=1)
+        >>> r = bilevel.solve(p, bilevel.solvers.BOME(inner_steps=10), max_iter=2000, log_every=1000)
+        >>> r.final("upper_objective") < 1e-3
+        True
     """
 
     step_size: float = 0.02
@@ -77,18 +96,21 @@ class BOME(Solver):
         check_int(self, "inner_steps")
         check_choice(self, "phi", ("grad", "value"))
 
-    def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int, generator: torch.Generator) -> State:
+    def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
+             generator: torch.Generator) -> BOMEState:
         needs = self.inner_step_size is None or (self.lower_step_size is None and self.phi == "grad")
-        return State(x=problem.x0, y=problem.y0, **curvatures(oracle, problem, generator, g=needs))
+        lipschitz_g = curvature_in_y(oracle, problem.x0, problem.y0, generator) if needs else None
+        lower = self.lower_step_size
+        if lower is None:
+            lower = capped(self.step_size, self.eta * lipschitz_g) if self.phi == "grad" else self.step_size
+        return BOMEState(x=problem.x0, y=problem.y0, inner_step_size=step_or(self.inner_step_size, lipschitz_g, 0.1),
+                         lower_step_size=lower, lipschitz_g=lipschitz_g)
 
-    def step(self, problem: BilevelProblem, oracle: Oracle, state: State) -> State:
+    def step(self, problem: BilevelProblem, oracle: Oracle, state: BOMEState) -> tuple[BOMEState, Aux]:
         x, y = state.x, state.y
         f, fx, fy = oracle.grad_f(x, y)
         g, gx, gy = oracle.grad_g(x, y)
-        s = step_or(self.inner_step_size, state.lipschitz_g, 0.1)
-        y_hat = problem.project_y(y - s * gy)
-        for _ in range(self.inner_steps - 1):
-            y_hat = problem.project_y(y_hat - s * oracle.grad_g_y(x, y_hat))
+        y_hat = descend(problem, oracle, x, y, steps=self.inner_steps, step_size=state.inner_step_size, gradient=gy)
         qx, qy = gx - oracle.grad_g_x(x, y_hat), gy
         qq = inner(qx, qx) + inner(qy, qy)
         if self.phi == "grad":
@@ -96,11 +118,7 @@ class BOME(Solver):
         else:
             phi = self.eta * (g - oracle.g(x, y_hat))
         lam = torch.clamp(phi - inner(fx, qx) - inner(fy, qy), min=0) / (qq + 1e-8)
-        h = inner(gy, gy)
-        info = {"f": f, "g": g, "h": h, "kkt_feasibility": h, "lambda": lam}
+        aux = Aux({"f": f, **lower_diagnostics(g, gy), "lambda": lam}, nu=lam * (y - y_hat))
         x_new = problem.project_x(x - self.step_size * (fx + lam * qx))
-        y_step = self.lower_step_size
-        if y_step is None:
-            y_step = capped(self.step_size, self.eta * state.lipschitz_g) if self.phi == "grad" else self.step_size
-        y_new = problem.project_y(y - y_step * (fy + lam * qy))
-        return replace(state, x=x_new, y=y_new, k=state.k + 1, info=info, nu=lam * (y - y_hat))
+        y_new = problem.project_y(y - state.lower_step_size * (fy + lam * qy))
+        return replace(state, x=x_new, y=y_new, k=state.k + 1), aux

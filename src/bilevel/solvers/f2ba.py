@@ -6,10 +6,22 @@ from typing import ClassVar
 
 import torch
 
+from torch import Tensor
+
 from .. import metrics
-from ..oracles import Oracle, inner
+from ..oracles import Oracle
 from ..problem import BilevelProblem
-from .base import Solver, State, check_int, capped, check_positive, curvatures
+from .base import Aux, Solver, State, capped, check_int, check_positive, curvature_in_y, descend, lower_diagnostics
+
+
+@dataclass(frozen=True)
+class F2BAState(State):
+    """f2ba's state: also the step of its inner loops, resolved by init, and the estimates of L_g
+    and L_f,y behind its default (None where the step was given)."""
+
+    inner_step_size: float | Tensor = 0.0
+    lipschitz_g: float | Tensor | None = None
+    lipschitz_f_y: float | Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -41,7 +53,7 @@ class F2BA(Solver):
             (the paper's step condition; the z loop on g alone needs <= 1/L_g, which this
             satisfies). L_g and L_f,y are the largest |eigenvalues| of grad_yy g and grad_yy f
             at (x0, y0), estimated at the start by 20 steps of power iteration on
-            Hessian-vector products (`State.lipschitz_g`, `State.lipschitz_f_y`). The former
+            Hessian-vector products (`F2BAState.lipschitz_g`, `.lipschitz_f_y`). The former
             default 0.1 diverges once L_g > 20.
 
     z restarts from the current y at every iteration (as implemented; whether the paper's
@@ -80,17 +92,20 @@ class F2BA(Solver):
         check_int(self, "inner_steps")
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
-             generator: torch.Generator) -> State:
-        needs = self.inner_step_size is None
-        return State(x=problem.x0, y=problem.y0, **curvatures(oracle, problem, generator, g=needs, f=needs))
-
-    def step(self, problem: BilevelProblem, oracle: Oracle, state: State) -> State:
-        x, lam, eta = state.x, self.penalty, self.inner_step_size
+             generator: torch.Generator) -> F2BAState:
+        x, y = problem.x0, problem.y0
+        eta = self.inner_step_size
+        lipschitz_g = lipschitz_f_y = None
         if eta is None:
-            eta = capped(0.1, state.lipschitz_f_y / lam + state.lipschitz_g)
-        z = y = state.y
-        for _ in range(self.inner_steps):
-            z = problem.project_y(z - eta * oracle.grad_g_y(x, z))
+            lipschitz_g = curvature_in_y(oracle, x, y, generator)
+            lipschitz_f_y = curvature_in_y(oracle, x, y, generator, of="f")
+            eta = capped(0.1, lipschitz_f_y / self.penalty + lipschitz_g)
+        return F2BAState(x=x, y=y, inner_step_size=eta, lipschitz_g=lipschitz_g, lipschitz_f_y=lipschitz_f_y)
+
+    def step(self, problem: BilevelProblem, oracle: Oracle, state: F2BAState) -> tuple[F2BAState, Aux]:
+        x, lam, eta = state.x, self.penalty, state.inner_step_size
+        z = descend(problem, oracle, x, state.y, steps=self.inner_steps, step_size=eta)
+        y = state.y
         for t in range(self.inner_steps):
             f_t, fx_t, fy_t = oracle.grad_f(x, y)
             g_t, _, gy_t = oracle.grad_g(x, y)
@@ -100,7 +115,6 @@ class F2BA(Solver):
         _, fx, _ = oracle.grad_f(x, y)
         d_x = fx + lam * (oracle.grad_g_x(x, y) - oracle.grad_g_x(x, z))
         nu = lam * (y - z)
-        h = inner(gy0, gy0)
-        info = {"f": f0, "g": g0, "h": h, "kkt_stationarity": metrics.kkt_stationarity(oracle, x, state.y, nu, grad_f0),
-                "kkt_feasibility": h}
-        return replace(state, x=problem.project_x(x - self.step_size * d_x), y=y, k=state.k + 1, info=info, nu=nu)
+        aux = Aux({"f": f0, **lower_diagnostics(g0, gy0),
+                   "kkt_stationarity": metrics.kkt_stationarity(oracle, x, state.y, nu, grad_f0)}, nu=nu)
+        return replace(state, x=problem.project_x(x - self.step_size * d_x), y=y, k=state.k + 1), aux

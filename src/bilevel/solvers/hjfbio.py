@@ -9,14 +9,18 @@ from torch import Tensor
 
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_positive, curvatures, step_or
+from .base import Aux, Solver, State, check_positive, curvature_in_y, lower_diagnostics, step_or
 
 
 @dataclass(frozen=True)
 class HJFBiOState(State):
-    """hjfbio's state: also v, the running solution of grad_yy g v = grad_y f."""
+    """hjfbio's state: also v, the running solution of grad_yy g v = grad_y f, the steps on y
+    and v resolved by init, and the estimate of L_g behind their defaults (None where given)."""
 
     v: Tensor | None = None
+    lower_step_size: float | Tensor = 0.0
+    v_step_size: float | Tensor = 0.0
+    lipschitz_g: float | Tensor | None = None
 
 
 def project_ball(v: Tensor, radius: float) -> Tensor:
@@ -52,7 +56,7 @@ class HJFBiO(Solver):
         step_size: the step on x. Default 0.05.
         lower_step_size: the step on y. Default None: min(0.1, 1/L_g), with L_g the largest
             |eigenvalue| of grad_yy g at (x0, y0), estimated at the start by 20 steps of power
-            iteration on Hessian-vector products (`State.lipschitz_g`): a gradient step on the
+            iteration on Hessian-vector products (`HJFBiOState.lipschitz_g`): a gradient step on the
             L_g-smooth g(x, .), stable below 2/L_g, with rate 1 - mu_g/L_g at 1/L_g.
         v_step_size: tau, the step on v. Default None: min(0.1, 1/L_g), the gradient step on the
             quadratic 1/2 v^T grad_yy g v - <grad_y f, v>, whose Hessian grad_yy g has norm
@@ -89,18 +93,18 @@ class HJFBiO(Solver):
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> HJFBiOState:
         needs = self.lower_step_size is None or self.v_step_size is None
+        lipschitz_g = curvature_in_y(oracle, problem.x0, problem.y0, generator) if needs else None
         return HJFBiOState(x=problem.x0, y=problem.y0, v=torch.zeros_like(problem.y0),
-                           **curvatures(oracle, problem, generator, g=needs))
+                           lower_step_size=step_or(self.lower_step_size, lipschitz_g, 0.1),
+                           v_step_size=step_or(self.v_step_size, lipschitz_g, 0.1), lipschitz_g=lipschitz_g)
 
-    def step(self, problem: BilevelProblem, oracle: Oracle, state: HJFBiOState) -> HJFBiOState:
+    def step(self, problem: BilevelProblem, oracle: Oracle, state: HJFBiOState) -> tuple[HJFBiOState, Aux]:
         x, y, v = state.x, state.y, state.v
         f, fx, fy = oracle.grad_f(x, y)
         g, _, gy = oracle.grad_g(x, y)
         jv, hv = oracle.fd_vjp_grad_y_g(x, y, v, self.delta)
         rx, ry = fx - jv, fy - hv
-        h = inner(gy, gy)
-        info = {"f": f, "g": g, "h": h, "kkt_stationarity": inner(rx, rx) + inner(ry, ry), "kkt_feasibility": h}
-        v = project_ball(v + step_or(self.v_step_size, state.lipschitz_g, 0.1) * ry, self.radius)
+        v = project_ball(v + state.v_step_size * ry, self.radius)
+        aux = Aux({"f": f, **lower_diagnostics(g, gy), "kkt_stationarity": inner(rx, rx) + inner(ry, ry)}, nu=-v)
         return replace(state, x=problem.project_x(x - self.step_size * rx),
-                       y=problem.project_y(y - step_or(self.lower_step_size, state.lipschitz_g, 0.1) * gy),
-                       v=v, k=state.k + 1, info=info, nu=-v)
+                       y=problem.project_y(y - state.lower_step_size * gy), v=v, k=state.k + 1), aux

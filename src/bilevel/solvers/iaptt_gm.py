@@ -9,14 +9,17 @@ from torch import Tensor
 
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_int, check_positive, curvatures, step_or
+from .base import Aux, Solver, State, check_int, check_positive, curvature_in_y, lower_diagnostics, step_or
 
 
 @dataclass(frozen=True)
 class IAPTTGMState(State):
-    """iaptt_gm's state: also z, the learned initialisation of the lower-level trajectory."""
+    """iaptt_gm's state: also z, the learned initialisation of the lower-level trajectory, and
+    the unrolled step resolved by init (L_g: the estimate behind its default)."""
 
     z: Tensor | None = None
+    inner_step_size: float | Tensor = 0.0
+    lipschitz_g: float | Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class IAPTTGM(Solver):
         inner_steps: T, the unrolled steps. Default 40 (100 in the paper's data cleaning).
         inner_step_size: s, the unrolled step. Default None: min(0.1, 1/L_g), with L_g the largest
             |eigenvalue| of grad_yy g at (x0, y0), estimated at the start by 20 steps of power
-            iteration on Hessian-vector products (`State.lipschitz_g`): the unrolled steps are
+            iteration on Hessian-vector products (`IAPTTGMState.lipschitz_g`): the unrolled steps are
             gradient descent on the L_g-smooth g(x, .), which the paper analyses with
             s <= 1/L_g (a fixed 0.1 diverges once L_g > 20). T steps of 1/L_g reach y* only
             to a factor (1 - mu_g/L_g)^T: with cond(grad_yy g) ~ 100, T = 40 leaves x 0.1 to
@@ -89,18 +92,18 @@ class IAPTTGM(Solver):
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> IAPTTGMState:
+        lipschitz_g = curvature_in_y(oracle, problem.x0, problem.y0, generator) if self.inner_step_size is None else None
         return IAPTTGMState(x=problem.x0, y=problem.y0, z=problem.y0,
-                            **curvatures(oracle, problem, generator, g=self.inner_step_size is None))
+                            inner_step_size=step_or(self.inner_step_size, lipschitz_g, 0.1), lipschitz_g=lipschitz_g)
 
-    def step(self, problem: BilevelProblem, oracle: Oracle, state: IAPTTGMState) -> IAPTTGMState:
+    def step(self, problem: BilevelProblem, oracle: Oracle, state: IAPTTGMState) -> tuple[IAPTTGMState, Aux]:
         g, _, gy = oracle.grad_g(state.x, state.y)
         f = oracle.f(state.x, state.y)
-        run = oracle.unrolled_grad(state.x, state.z, self.inner_steps, step_or(self.inner_step_size, state.lipschitz_g, 0.1),
+        run = oracle.unrolled_grad(state.x, state.z, self.inner_steps, state.inner_step_size,
                                    project=problem.project_y, select=lambda fv: int(torch.argmax(fv)) + 1)
-        h = inner(gy, gy)
-        info = {"f": f, "g": g, "h": h,
-                "kkt_stationarity": inner(run.grad_x, run.grad_x) + inner(run.grad_z, run.grad_z),
-                "kkt_feasibility": h, "truncation": float(run.index)}
+        aux = Aux({"f": f, **lower_diagnostics(g, gy),
+                   "kkt_stationarity": inner(run.grad_x, run.grad_x) + inner(run.grad_z, run.grad_z),
+                   "truncation": float(run.index)})
         x = problem.project_x(state.x - self.step_size * run.grad_x)
         z = problem.project_y(state.z - self.lower_step_size * run.grad_z)
-        return replace(state, x=x, y=run.y_last, z=z, k=state.k + 1, info=info)
+        return replace(state, x=x, y=run.y_last, z=z, k=state.k + 1), aux

@@ -8,16 +8,21 @@ import torch
 from torch import Tensor
 
 from .. import metrics
-from ..oracles import Oracle, inner
+from ..oracles import Oracle
 from ..problem import BilevelProblem
-from .base import Solver, State, capped, check_positive, curvatures
+from .base import Aux, Solver, State, capped, check_positive, curvature_in_y, lower_diagnostics
 
 
 @dataclass(frozen=True)
 class MEHAState(State):
-    """meha's state: also theta, the proximal point of the Moreau envelope."""
+    """meha's state: also theta, the proximal point of the Moreau envelope, the steps on theta
+    and y resolved by init, and the estimates behind their defaults (None where given)."""
 
     theta: Tensor | None = None
+    inner_step_size: float | Tensor = 0.0
+    lower_step_size: float | Tensor = 0.0
+    lipschitz_g: float | Tensor | None = None
+    lipschitz_f_y: float | Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,8 @@ class MEHA(Solver):
             a bound on the y-curvature of d_y (grad_yy f / c_k + grad_yy g - I / gamma, with
             c_k >= c_0), so that the explicit y step is stable. L_g and L_f,y are the largest
             |eigenvalues| of grad_yy g and grad_yy f at (x0, y0), estimated at the start by 20
-            steps of power iteration on Hessian-vector products (`State.lipschitz_g`,
-            `State.lipschitz_f_y`).
+            steps of power iteration on Hessian-vector products (`MEHAState.lipschitz_g`,
+            `.lipschitz_f_y`).
         inner_step_size: eta, the step on theta. Default None: min(0.1, 1 / (L_g + 1/gamma)), the
             gradient step on theta -> g(x, theta) + ||theta - y||^2 / (2 gamma), which is
             (L_g + 1/gamma)-smooth (and strongly convex where g is rho_g-weakly convex with
@@ -98,28 +103,29 @@ class MEHA(Solver):
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> MEHAState:
+        x, y = problem.x0, problem.y0
         needs_g = self.inner_step_size is None or self.lower_step_size is None
-        return MEHAState(x=problem.x0, y=problem.y0, theta=problem.y0,
-                         **curvatures(oracle, problem, generator, g=needs_g, f=self.lower_step_size is None))
-
-    def step(self, problem: BilevelProblem, oracle: Oracle, state: MEHAState) -> MEHAState:
-        x, y = state.x, state.y
-        c = self.c0 * (state.k + 1) ** self.power
+        lipschitz_g = curvature_in_y(oracle, x, y, generator) if needs_g else None
+        lipschitz_f_y = curvature_in_y(oracle, x, y, generator, of="f") if self.lower_step_size is None else None
         eta, beta = self.inner_step_size, self.lower_step_size
         if eta is None:
-            eta = capped(0.1, state.lipschitz_g + 1.0 / self.gamma)
+            eta = capped(0.1, lipschitz_g + 1.0 / self.gamma)
         if beta is None:
-            beta = capped(0.05, state.lipschitz_g + 1.0 / self.gamma + state.lipschitz_f_y / self.c0)
-        theta = problem.project_y(state.theta - eta
+            beta = capped(0.05, lipschitz_g + 1.0 / self.gamma + lipschitz_f_y / self.c0)
+        return MEHAState(x=x, y=y, theta=y, inner_step_size=eta, lower_step_size=beta, lipschitz_g=lipschitz_g,
+                         lipschitz_f_y=lipschitz_f_y)
+
+    def step(self, problem: BilevelProblem, oracle: Oracle, state: MEHAState) -> tuple[MEHAState, Aux]:
+        x, y = state.x, state.y
+        c = self.c0 * (state.k + 1) ** self.power
+        theta = problem.project_y(state.theta - state.inner_step_size
                                   * (oracle.grad_g_y(x, state.theta) + (state.theta - y) / self.gamma))
         f, fx, fy = oracle.grad_f(x, y)
         g, gx, gy = oracle.grad_g(x, y)
         d_x = fx / c + gx - oracle.grad_g_x(x, theta)
         d_y = fy / c + gy - (y - theta) / self.gamma
         nu = c * (y - theta)
-        h = inner(gy, gy)
-        info = {"f": f, "g": g, "h": h, "kkt_stationarity": metrics.kkt_stationarity(oracle, x, y, nu, (fx, fy)),
-                "kkt_feasibility": h, "penalty": c}
+        aux = Aux({"f": f, **lower_diagnostics(g, gy), "penalty": c,
+                   "kkt_stationarity": metrics.kkt_stationarity(oracle, x, y, nu, (fx, fy))}, nu=nu)
         return replace(state, x=problem.project_x(x - self.step_size * d_x),
-                       y=problem.project_y(y - beta * d_y),
-                       theta=theta, k=state.k + 1, info=info, nu=nu)
+                       y=problem.project_y(y - state.lower_step_size * d_y), theta=theta, k=state.k + 1), aux

@@ -8,7 +8,7 @@ import torch
 
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Solver, State, check_positive
+from .base import Aux, Solver, State, check_positive
 from .pgdqp import qp_step
 
 
@@ -30,6 +30,13 @@ class SGF(Solver):
     References:
         Sharifi, Abolfazli, Hamedani, Fazlyab. Safe Gradient Flow for Bilevel
         Optimization. arXiv:2501.16520, 2025.
+
+    Example:
+        >>> import bilevel
+        >>> p = bilevel.PROBLEMS["coreset"](seed=0)
+        >>> r = bilevel.solve(p, "sgf", max_iter=2000, log_every=1000)
+        >>> r.final("upper_objective") < 5e-2
+        True
     """
 
     step_size: float = 0.01
@@ -46,12 +53,12 @@ class SGF(Solver):
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int, generator: torch.Generator) -> State:
         return State(x=problem.x0, y=problem.y0)
 
-    def step(self, problem: BilevelProblem, oracle: Oracle, state: State) -> State:
+    def step(self, problem: BilevelProblem, oracle: Oracle, state: State) -> tuple[State, Aux]:
         f, fx, fy = oracle.grad_f(state.x, state.y)
         g, gy, h, hx, hy = oracle.h_and_grad(state.x, state.y)
         dx, dy, lam = qp_step((fx, fy), (hx, hy), self.alpha * (h - self.eps ** 2))
-        info = {"f": f, "g": g, "h": h, "kkt_stationarity": inner(dx, dx) + inner(dy, dy),
-                "kkt_feasibility": h, "lambda": lam}
+        aux = Aux({"f": f, "g": g, "h": h, "kkt_stationarity": inner(dx, dx) + inner(dy, dy), "kkt_feasibility": h,
+                   "lambda": lam}, nu=2 * lam * gy)
         x = problem.project_x(state.x + self.step_size * dx)
         y = problem.project_y(state.y + self.step_size * dy)
-        return replace(state, x=x, y=y, k=state.k + 1, info=info, nu=2 * lam * gy)
+        return replace(state, x=x, y=y, k=state.k + 1), aux

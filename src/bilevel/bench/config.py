@@ -1,0 +1,271 @@
+"""Sweep configs: a YAML file checked field by field (errors say where, with line numbers and
+"did you mean"), expanded into `RunSpec`s, one per run.
+
+    name: coreset-grid
+    max_iter: 500
+    log_every: 50
+    seeds: 3                       # a count (0..2) or a list [0, 5, 7]
+    kkt: method                    # KKT residuals at logged iterations: method, least_squares or none
+    problems:
+      coreset: {}                  # builder arguments; a list is a grid (dtype: float32 or float64)
+      synthetic-sc: {dim: [10, 20]}
+    methods:
+      pgdqp: {schedule: [constant, diminishing], step_size: 0.05}
+      sgf: {}
+    plot: {metrics: [upper_objective], x: iter}
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .. import PROBLEMS, SOLVERS
+from ..checks import suggest
+from ..history import KKT_MODES
+from ..solve import make_solver
+from .plot import X_AXES
+
+TOP_KEYS = {"name": str, "max_iter": int, "log_every": int, "seeds": (int, list), "kkt": str, "tol": (int, float),
+            "problems": dict, "methods": dict, "plot": dict, "description": str}
+PLOT_KEYS = {"metrics": list, "x": str}
+REQUIRED = ("max_iter", "problems", "methods")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+
+
+class ConfigError(ValueError):
+    """A mistake in a sweep config; the message says where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run: everything that determines its result."""
+
+    problem: str
+    problem_args: tuple
+    method: str
+    options: tuple
+    seed: int
+    max_iter: int
+    log_every: int
+    kkt: str | None = None
+    tol: float | None = None
+
+    @property
+    def run_id(self) -> str:
+        """A stable id: a hash of the full configuration."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "problem": self.problem, "problem_args": dict(self.problem_args),
+                "method": self.method, "options": dict(self.options), "seed": self.seed,
+                "max_iter": self.max_iter, "log_every": self.log_every, "kkt": self.kkt, "tol": self.tol}
+
+    @classmethod
+    def make(cls, problem: str, problem_args: dict[str, Any], method: str, options: dict[str, Any], seed: int,
+             max_iter: int, log_every: int, kkt: str | None = None, tol: float | None = None) -> "RunSpec":
+        return cls(problem, tuple(sorted(problem_args.items())), method, tuple(sorted(options.items())), seed,
+                   max_iter, log_every, kkt, tol)
+
+
+# ----- reading and checking a config ---------------------------------------------------------
+def _lines(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
+    """Key path -> line number (1-based) for every mapping key in a composed YAML document."""
+    out: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            p = path + (key.value,)
+            out[p] = key.start_mark.line + 1
+            out.update(_lines(value, p))
+    return out
+
+
+def _where(source: str, lines: dict[tuple, int], path: tuple) -> str:
+    line = lines.get(path)
+    key = ".".join(map(str, path)) or "(top level)"
+    return f"{source}: {key}" + (f" (line {line})" if line else "")
+
+
+def problem_kwargs(args: dict[str, Any]) -> dict[str, Any]:
+    """Builder arguments from a config or the command line: a dtype name becomes the torch dtype."""
+    dtype = args.get("dtype")
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return {**args, "dtype": DTYPES[dtype]}
+    return dict(args)
+
+
+def _duplicate_keys(node: yaml.Node | None, source: str, seen: set[int] | None = None) -> None:
+    """Raise on a mapping that repeats a key (PyYAML would silently keep the last one)."""
+    seen = set() if seen is None else seen
+    if node is None or id(node) in seen:      # an alias refers to a node already walked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: set[str] = set()
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in keys:
+                    raise ConfigError(f"Invalid config: {source}: duplicate key {key.value!r} "
+                                      f"(line {key.start_mark.line + 1})")
+                keys.add(key.value)
+            _duplicate_keys(value, source, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _duplicate_keys(item, source, seen)
+
+
+def _type_name(t: Any) -> str:
+    return " or ".join(x.__name__ for x in t) if isinstance(t, tuple) else t.__name__
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and check a sweep config; errors say where in the file and suggest a valid name."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"Invalid config: {str(path)!r} (no such file)")
+    if path.is_dir():
+        raise ConfigError(f"Invalid config: {str(path)!r} is a directory (expected a YAML file such as "
+                          f"configs/fig5_coreset.yaml)")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Invalid config: {str(path)!r} cannot be read ({type(exc).__name__}: {exc})") from None
+    try:
+        node = yaml.compose(text)
+        _duplicate_keys(node, str(path))
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Invalid config: {path}: not valid YAML ({exc})") from None
+    return check_config(raw, str(path), _lines(node) if node is not None else {})
+
+
+def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | None = None) -> dict[str, Any]:
+    """Validate a config mapping (see the module docstring)."""
+    lines = lines or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Invalid config: {source}: expected a mapping with keys {', '.join(REQUIRED)}")
+    for key, value in raw.items():
+        if key not in TOP_KEYS:
+            raise ConfigError(f"Invalid key: {_where(source, lines, (key,))}: unknown key {key!r}{suggest(key, TOP_KEYS)}")
+        expected = TOP_KEYS[key]
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"Invalid value: {_where(source, lines, (key,))}: {value!r} "
+                              f"(expected {_type_name(expected)})")
+    for key in REQUIRED:
+        if key not in raw:
+            raise ConfigError(f"Invalid config: {source}: missing key {key!r}")
+    if raw.get("kkt", "method") not in KKT_MODES:
+        raise ConfigError(f"Invalid value: {_where(source, lines, ('kkt',))}: {raw['kkt']!r} "
+                          f"(expected one of {', '.join(KKT_MODES)}){suggest(raw['kkt'], KKT_MODES)}")
+    if "tol" in raw and (isinstance(raw["tol"], bool) or raw["tol"] < 0):
+        raise ConfigError(f"Invalid value: {_where(source, lines, ('tol',))}: {raw['tol']!r} (expected a number >= 0)")
+    if "tol" in raw and raw.get("kkt") == "none":
+        raise ConfigError(f"Invalid value: {_where(source, lines, ('tol',))}: {raw['tol']!r} with kkt: none (tol is "
+                          f"checked against the KKT residuals)")
+    for key in ("max_iter", "log_every"):
+        if key in raw and raw[key] < 1:
+            raise ConfigError(f"Invalid value: {_where(source, lines, (key,))}: {raw[key]!r} (expected >= 1)")
+    seeds = raw.get("seeds", 1)
+    if isinstance(seeds, list) and not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected a list of integers)")
+    if isinstance(seeds, int) and seeds < 1:
+        raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected >= 1)")
+    raw = {**raw, "problems": _numbers(raw["problems"]), "methods": _numbers(raw["methods"])}
+    _check_section(raw, "problems", PROBLEMS, "problem", "builder argument",
+                   lambda name: [p for p in inspect.signature(PROBLEMS[name]).parameters if p != "seed"], source, lines)
+    _check_section(raw, "methods", SOLVERS, "solver", "hyperparameter", lambda name: SOLVERS[name].options(),
+                   source, lines)
+    for name, args in raw["problems"].items():
+        for dtype in _values((args or {}).get("dtype")):
+            if dtype is not None and not (isinstance(dtype, str) and dtype in DTYPES):
+                raise ConfigError(f"Invalid value: {_where(source, lines, ('problems', name, 'dtype'))}: {dtype!r} "
+                                  f"(expected one of {', '.join(DTYPES)}){suggest(dtype, DTYPES)}")
+    for name, options in raw["methods"].items():
+        where = _where(source, lines, ("methods", name))
+        for combo in _grid(options):                      # every grid point must build
+            try:
+                make_solver(name, combo)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"Invalid hyperparameters: {where}: {exc}") from None
+    for key, value in (raw.get("plot") or {}).items():
+        if key not in PLOT_KEYS:
+            raise ConfigError(f"Invalid key: {_where(source, lines, ('plot', key))}: unknown key {key!r}"
+                              f"{suggest(key, PLOT_KEYS)}")
+        if not isinstance(value, PLOT_KEYS[key]):
+            raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', key))}: {value!r} "
+                              f"(expected {_type_name(PLOT_KEYS[key])})")
+    plot = raw.get("plot") or {}
+    if "x" in plot and plot["x"] not in X_AXES:
+        raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', 'x'))}: {plot['x']!r} "
+                          f"(expected one of {', '.join(X_AXES)}){suggest(plot['x'], X_AXES)}")
+    if not all(isinstance(m, str) for m in plot.get("metrics", [])):
+        raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', 'metrics'))}: {plot['metrics']!r} "
+                          f"(expected a list of column names, e.g. [f, h])")
+    return raw
+
+
+def _values(value: Any) -> list[Any]:
+    """A grid entry's values: the list itself, or the one value."""
+    return value if isinstance(value, list) else [value]
+
+
+_EXPONENT_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _numbers(section: dict[str, Any]) -> dict[str, Any]:
+    """Numbers such as 1e-3 (YAML 1.1 reads them as strings: no dot) become floats."""
+    def number(value: Any) -> Any:
+        if isinstance(value, list):
+            return [number(v) for v in value]
+        return float(value) if isinstance(value, str) and _EXPONENT_NUMBER.match(value) else value
+    return {name: ({k: number(v) for k, v in mapping.items()} if isinstance(mapping, dict) else mapping)
+            for name, mapping in section.items()}
+
+
+def _check_section(raw: dict, section: str, registry: dict, what: str, entry: str, valid_keys, source: str,
+                   lines: dict[tuple, int]) -> None:
+    """Each name of raw[section] is in the registry, maps to a mapping, whose keys are valid."""
+    for name, mapping in raw[section].items():
+        where = _where(source, lines, (section, name))
+        if name not in registry:
+            raise ConfigError(f"Invalid {what}: {where}: {name!r} is not a {what}{suggest(name, registry)}")
+        if mapping is not None and not isinstance(mapping, dict):
+            raise ConfigError(f"Invalid value: {where}: {mapping!r} (expected a mapping of {entry}s, "
+                              f"e.g. {{}}, or nothing)")
+        valid = valid_keys(name)
+        for key in mapping or {}:
+            if key not in valid:
+                raise ConfigError(f"Invalid {entry}: {_where(source, lines, (section, name, key))}: "
+                                  f"{key!r} is not a {entry} of {name}{suggest(key, valid)}")
+
+
+def _grid(mapping: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """{'a': [1, 2], 'b': 3} -> [{'a': 1, 'b': 3}, {'a': 2, 'b': 3}]."""
+    mapping = mapping or {}
+    keys = sorted(mapping)
+    values = [mapping[k] if isinstance(mapping[k], list) else [mapping[k]] for k in keys]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def expand(config: dict[str, Any]) -> list[RunSpec]:
+    """All runs of a config: problems x problem-argument grid x methods x option grid x seeds."""
+    seeds = config.get("seeds", 1)
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    runs = []
+    for problem, args in config["problems"].items():
+        for problem_args in _grid(args):
+            for method, options in config["methods"].items():
+                for opts in _grid(options):
+                    for seed in seeds:
+                        runs.append(RunSpec.make(problem, problem_args, method, opts, seed, config["max_iter"],
+                                                 config.get("log_every", 10), config.get("kkt"), config.get("tol")))
+    return runs

@@ -1,0 +1,102 @@
+"""Run one configuration (a `RunSpec`) and write it into the result layout (bilevel.bench.store):
+what `bilevel run`, `compare` and every worker of `sweep` do."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .. import PROBLEMS, solve
+from ..checks import suggest
+from ..problem import BilevelProblem
+from ..solve import make_solver
+from . import store
+from .config import DTYPES, RunSpec, problem_kwargs
+
+
+def build_problem(name: str, seed: int, args: dict[str, Any], device: str | None = None) -> BilevelProblem:
+    """PROBLEMS[name](seed=seed, **args) (and device where given and the builder takes one), with
+    argument errors that name the argument; a dtype given by name becomes the torch dtype."""
+    if name not in PROBLEMS:
+        raise ValueError(f"Invalid --problem: {name!r} (expected one of {', '.join(sorted(PROBLEMS))})"
+                         f"{suggest(name, PROBLEMS)}")
+    builder = PROBLEMS[name]
+    params = inspect.signature(builder).parameters
+    unknown = [k for k in args if k not in params]
+    if unknown:
+        valid = [p for p in params if p != "seed"]
+        raise ValueError(f"Invalid --problem-arg for {name}: {unknown[0]!r} (valid: {', '.join(valid)})"
+                         f"{suggest(unknown[0], valid)}")
+    dtype = args.get("dtype")
+    if "dtype" in args and not (isinstance(dtype, str) and dtype in DTYPES) and not hasattr(dtype, "is_floating_point"):
+        raise ValueError(f"Invalid --problem-arg dtype: {dtype!r} (expected one of {', '.join(DTYPES)})"
+                         f"{suggest(dtype, DTYPES)}")
+    kwargs = problem_kwargs(args)
+    if "seed" in params:
+        kwargs["seed"] = seed
+    if device is not None and "device" in params:
+        kwargs["device"] = device
+    return builder(**kwargs)
+
+
+def hyperparameters(solver: Any) -> dict[str, Any]:
+    """The solver's hyperparameters that are plain values (numbers, strings, None)."""
+    return {f.name: getattr(solver, f.name) for f in dataclasses.fields(solver)
+            if isinstance(getattr(solver, f.name), (int, float, str, bool, type(None)))}
+
+
+def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, progress: bool = False,
+        distributed: bool = False, shard: dict[str, int] | None = None, checkpoint: str | None = None,
+        checkpoint_every: int = 100, raise_errors: bool = False) -> dict[str, Any]:
+    """Run `spec` and write OUT/runs/<run_id>/ (history.parquet, then summary.json; nothing when
+    OUT is None); return the run's manifest record ("status": "finished" or "failed" with the
+    error).
+
+    Args:
+        shard: {"rank": r, "world_size": w} for a data-parallel run (`distributed=True`): the
+            builder's arguments; only rank 0 writes.
+        raise_errors: raise a failed run's exception (the CLI's `run`) instead of recording it
+            (sweeps go on after a failed run).
+    """
+    start = time.perf_counter()
+    record = {**spec.describe(), "world_size": (shard or {}).get("world_size", 1)}
+    is_main = (shard or {}).get("rank", 0) == 0
+    try:
+        problem = build_problem(spec.problem, spec.seed, {**dict(spec.problem_args), **(shard or {})}, device)
+        solver = make_solver(spec.method, dict(spec.options))
+        result = solve(problem, solver, max_iter=spec.max_iter, log_every=spec.log_every, tol=spec.tol,
+                       kkt=spec.kkt, seed=spec.seed, progress=progress, distributed=distributed,
+                       checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        wall = time.perf_counter() - start
+        final = {k: v[-1] for k, v in result.history.items()}
+        record.update(status="finished", result_status=result.status.name, n_iter=result.n_iter, message=result.message,
+                      wall_s=wall, final=final)
+        if is_main and out is not None:
+            _write(spec, out, problem, solver, result, record, device)
+    except Exception as exc:  # a failed run is recorded, the sweep goes on
+        if raise_errors:
+            raise
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+                      wall_s=time.perf_counter() - start)
+    return record
+
+
+def _write(spec: RunSpec, out: str | Path, problem: BilevelProblem, solver: Any, result: Any, record: dict[str, Any],
+           device: str | None) -> None:
+    directory = store.run_dir(out, spec.run_id)
+    columns = {f"hp_{k}": v for k, v in dict(spec.options).items()}
+    frame = store.tidy(result, run_id=spec.run_id, method=spec.method, problem=spec.problem, title=problem.name,
+                       problem_args=dict(spec.problem_args), seed=spec.seed, hyperparameters=hyperparameters(solver),
+                       config=json.dumps(dict(spec.options), sort_keys=True, default=str), **columns,
+                       **store.provenance(device))
+    store.write_parquet(frame, directory / "history.parquet")
+    references = store.reference_path(out, spec.problem, dict(spec.problem_args), spec.seed)
+    lines = problem.info.get("reference_lines")
+    if callable(lines) and not references.exists():
+        store.write_json(lines(), references)
+    store.write_json({**record, "title": problem.name, "hyperparameters": hyperparameters(solver),
+                      "provenance": store.provenance(device)}, directory / "summary.json")

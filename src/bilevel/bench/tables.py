@@ -1,0 +1,102 @@
+"""Tables of results: each run's final row, the best configuration per method, and the summary
+of final values (mean and standard deviation over seeds) that `bilevel table`, `compare` and
+`sweep` print."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# the history columns shown by default, first present first
+PREFERRED_METRICS = ["retrained_accuracy", "test_accuracy", "val_loss", "corruption_auc", "hypergradient_norm",
+                     "upper_objective", "delta_norm", "distance_to_solution", "f", "h"]
+
+
+def default_metrics(frame: pd.DataFrame, count: int = 4) -> list[str]:
+    """The problem's own metrics where it has them, else f and h."""
+    return [m for m in PREFERRED_METRICS if m in frame.columns and frame[m].notna().any()][:count]
+
+
+def final_rows(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """The last logged row of each run (grouped by `by`)."""
+    return frame.sort_values("iter").groupby(by, as_index=False).tail(1)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracy- and AUC-like metrics are maximised; everything else is minimised."""
+    return any(word in metric for word in ("accuracy", "auc"))
+
+
+def select_best(frame: pd.DataFrame, metric: str, mode: str | None = None) -> pd.DataFrame:
+    """Per (problem, method), keep the runs of the hyperparameter configuration whose final
+    `metric`, as a median over seeds, is best (max for accuracy-like metrics unless mode says)."""
+    if metric not in frame.columns:
+        raise ValueError(f"Invalid metric: {metric!r} (columns present: {', '.join(sorted(frame.columns))})")
+    mode = mode or ("max" if higher_is_better(metric) else "min")
+    if mode not in ("min", "max"):
+        raise ValueError(f"Invalid mode: {mode!r} (expected 'min' or 'max')")
+    keys = ["problem", "problem_args", "method"]
+    last = final_rows(frame, ["run_id"])
+    scores = last.groupby(keys + ["config"], dropna=False)[metric].median().reset_index()
+    chosen = []
+    for _, group in scores.groupby(keys, dropna=False):
+        valid = group.dropna(subset=[metric])
+        if valid.empty:          # the metric is not defined for this problem: keep every configuration
+            chosen.append(group)
+        else:
+            chosen.append(valid.loc[[valid[metric].idxmax() if mode == "max" else valid[metric].idxmin()]])
+    best = pd.concat(chosen)
+    return frame.merge(best[keys + ["config"]], on=keys + ["config"])
+
+
+def _runs(statuses: pd.Series) -> str:
+    """'3', or '3 (1 diverged)' when some runs ended with a non-finite value."""
+    diverged = int((statuses == "DIVERGED").sum())
+    return f"{len(statuses)}" + (f" ({diverged} diverged)" if diverged else "")
+
+
+def _mean_sd(values: pd.Series) -> str:
+    values = values.astype(float)
+    with np.errstate(all="ignore"):    # inf from a diverged run: the table says so
+        return f"{values.mean():.4g} ± {values.std(ddof=1):.2g}" if len(values) > 1 else f"{values.iloc[0]:.4g}"
+
+
+def problem_label(problem: str, problem_args: str | None) -> str:
+    """'coreset', or 'synthetic-sc {"dim": 3}' with the builder arguments of the run."""
+    return problem + ("" if problem_args in ("{}", None) else f" {problem_args}")
+
+
+def summary_table(frame: pd.DataFrame, metrics: list[str], manifest: list[dict[str, Any]] | None = None,
+                  by_config: bool = True) -> list[dict[str, Any]]:
+    """One row per (problem, method[, configuration]): runs (and how many diverged), mean ±
+    standard deviation over seeds of each metric's final value, and, from the manifest's
+    records, the mean wall time of a run."""
+    last = final_rows(frame, ["run_id"])
+    walls = {r["run_id"]: r["wall_s"] for r in manifest or [] if r.get("status") == "finished" and "wall_s" in r}
+    keys = ["problem", "problem_args", "method"] + (["config"] if by_config else [])
+    rows = []
+    for values, sub in last.groupby(keys, sort=True, dropna=False):
+        row: dict[str, Any] = {"problem": problem_label(values[0], values[1]), "method": values[2]}
+        if by_config:
+            row["config"] = values[3]
+        row["runs"] = _runs(sub["status"])
+        for m in metrics:
+            if m in sub:
+                row[m] = _mean_sd(sub[m])
+        times = [walls[run_id] for run_id in sub["run_id"] if run_id in walls]
+        if manifest is not None:
+            row["wall s / run"] = sum(times) / len(times) if times else float("nan")
+        rows.append(row)
+    return rows
+
+
+def configs_of(frame: pd.DataFrame) -> dict[str, str]:
+    """method -> its configuration (options as JSON) where the frame holds one per method."""
+    out = {}
+    for method, sub in frame.groupby("method"):
+        configs = sub["config"].unique()
+        if len(configs) == 1 and configs[0] not in ("{}", None):
+            out[str(method)] = ", ".join(f"{k}={v}" for k, v in json.loads(configs[0]).items())
+    return out

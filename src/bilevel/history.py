@@ -1,0 +1,97 @@
+"""History: the rows a run logs (one per logged iterate), kept as columns of floats."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from . import metrics
+from .oracles import Oracle
+from .problem import BilevelProblem
+from .solvers.base import Aux
+
+KKT_MODES = ("method", "least_squares", "none")
+
+
+class History:
+    """The logged rows of one run.
+
+    A row describes one iterate z_k: `iter` (k), `time` (seconds of steps before z_k, metrics
+    excluded), the oracle counts spent to reach it, the diagnostics the step computed there
+    (`Aux.diagnostics`), the KKT residuals that `kkt` asks for, and the problem's metrics.
+    KKT residuals and metrics use `oracle` uncounted and are not timed.
+
+    Args:
+        problem: the problem (its metrics are called at every row).
+        kkt: "method" (the step's kkt_stationarity, or one from the method's multiplier nu,
+            the least-squares one where it defines none), "least_squares" (the least-squares
+            multiplier for every method; the method's own value kept as
+            kkt_stationarity_method) or "none" (only what the step computed).
+        oracle: the run's oracle, for the residuals.
+    """
+
+    def __init__(self, problem: BilevelProblem, kkt: str, oracle: Oracle):
+        self.problem, self.kkt, self.oracle = problem, kkt, oracle
+        self.columns: dict[str, list[float]] = defaultdict(list)
+
+    @property
+    def last_iter(self) -> float | None:
+        """The iteration of the last row, None before the first."""
+        rows = self.columns.get("iter")
+        return rows[-1] if rows else None
+
+    def log(self, k: int, elapsed: float, counts: Mapping[str, int], aux: Aux, x: Tensor, y: Tensor) -> dict[str, float]:
+        """Log the row of iterate k = (x, y) and return it."""
+        row: dict[str, float] = {"iter": float(k), "time": elapsed}
+        row.update({name: float(v) for name, v in counts.items()})
+        row.update({name: float(v) for name, v in aux.diagnostics.items()})
+        if self.kkt == "least_squares" or (self.kkt == "method" and "kkt_stationarity" not in row):
+            if "kkt_stationarity" in row:
+                row["kkt_stationarity_method"] = row["kkt_stationarity"]
+            with self.oracle.uncounted():
+                residuals = metrics.kkt_info(self.oracle, x, y, aux.nu if self.kkt == "method" else None)
+            row.update({name: float(residuals[name]) for name in ("kkt_stationarity", "kkt_feasibility")})
+        if self.problem.metrics is not None:
+            row.update(self._metrics(x, y, row))
+        n_rows = len(self.columns["iter"])
+        for name, value in row.items():
+            column = self.columns[name]
+            column.extend([math.nan] * (n_rows - len(column)))  # a column that appears late
+            column.append(value)
+        return row
+
+    def _metrics(self, x: Tensor, y: Tensor, row: Mapping[str, float]) -> dict[str, float]:
+        """The problem's metrics at (x, y), checked: a mapping of new names to numbers."""
+        with torch.no_grad():
+            values = self.problem.metrics(x, y)
+        if not isinstance(values, Mapping):
+            raise TypeError(f"Invalid metrics: metrics(x, y) returned {type(values).__name__} "
+                            f"(expected a dict of name -> number)")
+        out = {}
+        for name, value in values.items():
+            if name in row:
+                raise ValueError(f"Invalid metrics: {name!r} is already a history column (rename the metric)")
+            out[name] = _number(name, value)
+        return out
+
+    def restore(self, columns: Mapping[str, list[float]], before: int) -> None:
+        """Continue from the rows of a saved history (a checkpoint) of iterates before `before`
+        (a final row logged where a run ended is not one a longer run would have)."""
+        keep = [i for i, k in enumerate(columns.get("iter", [])) if k < before]
+        self.columns.update({name: [values[i] for i in keep] for name, values in columns.items()})
+
+    def as_dict(self) -> dict[str, list[float]]:
+        """Column -> values, every column as long as `iter`."""
+        n = len(self.columns["iter"])
+        return {name: col + [math.nan] * (n - len(col)) for name, col in self.columns.items()}
+
+
+def _number(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"Invalid metrics: value of {name!r} is {value!r} (expected a number or a "
+                        f"one-element tensor)") from None
