@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import bilevel
-from bilevel import BilevelProblem, PROBLEMS, solve
+from bilevel import BilevelProblem, PROBLEMS, Status, solve
 from conftest import roundoff
 from bilevel.oracles import Autograd, Oracle
 from bilevel.solvers.base import curvature_in_y
@@ -41,7 +41,7 @@ def test_defaults_converge_where_the_lower_level_is_stiff(method):
     iterations for every baseline; steps from the estimate of L_g converge."""
     problem, x_star, _ = stiff_quadratic()
     r = solve(problem, method, max_iter=ITERS[method], log_every=ITERS[method], kkt="none")
-    assert r.success, r.message
+    assert r.status is Status.COMPLETED, r.message
     assert float((r.x - x_star).norm()) < 2e-2
     assert r.state.lipschitz_g == pytest.approx(100.0, rel=5e-2)
 
@@ -91,7 +91,7 @@ def test_default_steps_are_capped_where_the_curvature_grows_along_the_run(method
     problem = ring()
     r = solve(problem, method, max_iter=300, log_every=300, kkt="none", seed=0)
     assert r.state.lipschitz_g == pytest.approx(0.5, rel=5e-2)
-    assert r.success, r.message
+    assert r.status is Status.COMPLETED, r.message
     if method != "vpbgd":   # vpbgd's penalty 10 stops short of the ring (h about 2), whatever the steps
         assert r.final("h") < 1e-2
 

@@ -185,7 +185,7 @@ ITERS = {"iaptt_gm": 300, "meha": 3000, "f2ba": 1000, "hjfbio": 2000}
 def test_defaults_reach_the_quadratic_solution(method):
     problem = PROBLEMS["quadratic"](seed=0)
     result = bilevel.solve(problem, method, max_iter=ITERS[method], log_every=100)
-    assert result.success
+    assert result.status is bilevel.Status.COMPLETED
     assert float((result.x - problem.info["x_star"]).norm()) < 5e-2
     assert result.history["h"][-1] < 1e-2
 
@@ -216,7 +216,7 @@ RANK_DEFICIENT_OPTIONS = {
 def test_many_lower_level_solutions_reach_small_h(method):
     problem = rank_deficient_problem()
     result = bilevel.solve(problem, method, max_iter=ITERS[method], log_every=100, options=RANK_DEFICIENT_OPTIONS[method])
-    assert result.success
+    assert result.status is bilevel.Status.COMPLETED
     assert result.history["h"][-1] < 1e-3
     # hjfbio's v has no solution of grad_yy g v = grad_y f here (P^T P is singular), so its
     # x direction is poor: it lowers f (6.5 -> 4.9) where the others reach about 1.8
@@ -236,7 +236,7 @@ NC_OPTIONS = {
 def test_synthetic_nc_reaches_an_approximate_kkt_point(method):
     problem = PROBLEMS["synthetic-nc"](dim=5, cond=2.0, seed=0)
     result = bilevel.solve(problem, method, max_iter=ITERS[method], log_every=100, kkt="least_squares", options=NC_OPTIONS[method])
-    assert result.success
+    assert result.status is bilevel.Status.COMPLETED
     assert result.history["h"][-1] < 1e-4
     assert result.history["f"][-1] < result.history["f"][0] - 1.0
     if method != "hjfbio":

@@ -49,7 +49,8 @@ def test_compare_writes_tidy_table_and_plot(tmp_path, capsys):
     frame = read_results(out)
     assert set(frame["method"]) == {"pgdqp", "sgf"} and set(frame["seed"]) == {0, 1}
     assert len(frame) == 2 * 2 * 6                       # methods x seeds x logged rows
-    assert (out / "compare_upper_objective-f-h_oracle_calls.png").stat().st_size > 10_000
+    (png,) = out.glob("compare_*_oracle_calls.png")
+    assert png.stat().st_size > 10_000
     assert "| sgf |" in capsys.readouterr().out
 
 

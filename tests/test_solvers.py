@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import bilevel
-from bilevel import PROBLEMS, SOLVERS, solve
+from bilevel import PROBLEMS, SOLVERS, Status, solve
 from bilevel.oracles import Autograd, Oracle
 from bilevel.solvers import Aux, State
 
@@ -69,7 +69,7 @@ def test_defaults_reach_the_known_answer(name):
     problem = PROBLEMS["quadratic"](seed=0)
     iters = KNOWN_ANSWER_ITERS[name]
     r = solve(problem, name, max_iter=iters, log_every=iters, kkt="none")
-    assert r.success, r.message
+    assert r.status is Status.COMPLETED, r.message
     assert float((r.x - problem.info["x_star"]).norm()) < KNOWN_ANSWER_TOL.get(name, 5e-2)
 
 
@@ -112,7 +112,7 @@ def test_an_eleventh_solver_is_one_class_and_one_registry_line(monkeypatch):
     monkeypatch.setitem(SOLVERS, "penalty_descent", PenaltyDescent)
     problem = PROBLEMS["quadratic"](seed=0)
     r = solve(problem, "penalty_descent", max_iter=20, log_every=10, options={"step_size": 0.01})
-    assert r.success and r.history["iter"] == [0.0, 10.0, 20.0] and "kkt_stationarity" in r.history
+    assert r.status is Status.COMPLETED and r.history["iter"] == [0.0, 10.0, 20.0] and "kkt_stationarity" in r.history
     (b,) = bilevel.solve_batch(lambda s: PROBLEMS["quadratic"](seed=s), "penalty_descent", seeds=[0], max_iter=20,
                                log_every=10, options={"step_size": 0.01}, seed=0)
     torch.testing.assert_close(b.x, r.x)

@@ -30,14 +30,15 @@ from .loop import Clock, iterate, nonfinite_names
 from .oracles import Func, Oracle
 from .problem import BilevelProblem
 from .result import Result
-from .solve import flushing_denormals, make_solver
+from .solve import flushing_denormals, make_solver, with_verification
 from .solvers.base import Aux, Solver, State
 
 
 def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | Solver, *, seeds: Iterable[int],
                 options: Mapping[str, Any] | None = None, max_iter: int = 1000, tol: float | None = None,
                 callback: Callable[[State, Aux], Any] | None = None, log_every: int = 1, progress: bool = False,
-                seed: int | None = None, kkt: str | None = None, flush_denormal: bool = True) -> list[Result]:
+                seed: int | None = None, kkt: str | None = None, flush_denormal: bool = True, verify: bool = True,
+                verify_tol: float = 1e-2) -> list[Result]:
     """Solve the problems `problem_factory(s)` for every s in `seeds` at once.
 
     Args:
@@ -61,6 +62,8 @@ def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | 
             loop in Python: about 100 products a member and row for "least_squares").
             Default None: "least_squares" with tol, else "none" (only what the step computes).
         flush_denormal: flush subnormal floats to zero during the run, as in `solve`. Default True.
+        verify, verify_tol: verify every member's answer, as in `solve` (member by member,
+            outside vmap). Default True, 1e-2.
 
     Returns:
         One `Result` per seed, in order. `time` is the batch's time. A member whose values
@@ -87,8 +90,10 @@ def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | 
         raise ValueError("Invalid seeds: [] (expected at least one seed)")
     problems = [problem_factory(s) for s in seeds]
     _check_alike(problems, seeds)
-    if not isinstance(flush_denormal, bool):
-        raise TypeError(f"Invalid flush_denormal: {flush_denormal!r} (expected True or False)")
+    for name, value in (("flush_denormal", flush_denormal), ("verify", verify)):
+        if not isinstance(value, bool):
+            raise TypeError(f"Invalid {name}: {value!r} (expected True or False)")
+    checks.number("verify_tol", verify_tol, positive=True)
     generator = torch.Generator(device=problems[0].x0.device)
     generator.manual_seed(seed if seed is not None else torch.initial_seed())
     batch = Batched(problems, solver, generator)
@@ -100,8 +105,12 @@ def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | 
         clock = Clock(0, time.perf_counter() - start, batch.counts())
         outcomes = iterate(batch, solver, state, clock, max_iter=max_iter, log_every=log_every, tol=tol,
                            histories=histories, callback=callback, progress=progress)
-    return [Result(x=o.state.x, y=o.state.y, status=o.status, n_iter=o.n_iter, history=h.as_dict(), message=o.message,
-                   solver=solver, state=o.state) for o, h in zip(outcomes, histories)]
+        results = [Result(x=o.state.x, y=o.state.y, status=o.status, n_iter=o.n_iter, history=h.as_dict(),
+                          message=o.message, solver=solver, state=o.state) for o, h in zip(outcomes, histories)]
+        if verify:
+            results = [with_verification(r, p, h.oracle, verify_tol, generator.initial_seed())
+                       for r, p, h in zip(results, problems, histories)]
+    return results
 
 
 # ----- stacking the members' problems ----------------------------------------------------------

@@ -55,27 +55,13 @@ class History:
                 residuals = metrics.kkt_info(self.oracle, x, y, aux.nu if self.kkt == "method" else None)
             row.update({name: float(residuals[name]) for name in ("kkt_stationarity", "kkt_feasibility")})
         if self.problem.metrics is not None:
-            row.update(self._metrics(x, y, row))
+            row.update(metric_values(self.problem, x, y, taken=row))
         n_rows = len(self.columns["iter"])
         for name, value in row.items():
             column = self.columns[name]
             column.extend([math.nan] * (n_rows - len(column)))  # a column that appears late
             column.append(value)
         return row
-
-    def _metrics(self, x: Tensor, y: Tensor, row: Mapping[str, float]) -> dict[str, float]:
-        """The problem's metrics at (x, y), checked: a mapping of new names to numbers."""
-        with torch.no_grad():
-            values = self.problem.metrics(x, y)
-        if not isinstance(values, Mapping):
-            raise TypeError(f"Invalid metrics: metrics(x, y) returned {type(values).__name__} "
-                            f"(expected a dict of name -> number)")
-        out = {}
-        for name, value in values.items():
-            if name in row:
-                raise ValueError(f"Invalid metrics: {name!r} is already a history column (rename the metric)")
-            out[name] = _number(name, value)
-        return out
 
     def restore(self, columns: Mapping[str, list[float]], before: int) -> None:
         """Continue from the rows of a saved history (a checkpoint) of iterates before `before`
@@ -87,6 +73,22 @@ class History:
         """Column -> values, every column as long as `iter`."""
         n = len(self.columns["iter"])
         return {name: col + [math.nan] * (n - len(col)) for name, col in self.columns.items()}
+
+
+def metric_values(problem: BilevelProblem, x: Tensor, y: Tensor, taken: Mapping[str, Any] = {}) -> dict[str, float]:
+    """The problem's metrics at (x, y), checked: a mapping of names (none of them in `taken`,
+    the columns a row already has) to numbers."""
+    with torch.no_grad():
+        values = problem.metrics(x, y)
+    if not isinstance(values, Mapping):
+        raise TypeError(f"Invalid metrics: metrics(x, y) returned {type(values).__name__} "
+                        f"(expected a dict of name -> number)")
+    out = {}
+    for name, value in values.items():
+        if name in taken:
+            raise ValueError(f"Invalid metrics: {name!r} is already a history column (rename the metric)")
+        out[name] = _number(name, value)
+    return out
 
 
 def _number(name: str, value: Any) -> float:

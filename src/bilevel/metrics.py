@@ -58,12 +58,3 @@ def hypergradient(oracle: Oracle, x: Tensor, y: Tensor, linear_solver=_LSTSQ) ->
     _, gfx, gfy = oracle.grad_f(x, y)
     v = linear_solver(lambda u: oracle.vjp_grad_y_g(x, y, u)[1], gfy)
     return gfx - oracle.vjp_grad_y_g(x, y, v)[0]
-
-
-def lower_curvature(oracle: Oracle, x: Tensor, y: Tensor) -> tuple[float, float]:
-    """(v^T grad_yy g v, ||grad_yy g v||) for a fixed random unit v: a negative first value
-    means y is no minimiser of g(x, .) (a saddle or a maximiser). One Hessian-vector product."""
-    v = torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=y.dtype).to(y.device)
-    v = v / torch.linalg.vector_norm(v)
-    hv = oracle.vjp_grad_y_g(x, y, v)[1]
-    return float(inner(v, hv)), float(torch.linalg.vector_norm(hv))

@@ -37,7 +37,11 @@ class Result:
             diagnostics and the problem's metrics.
         message: detail on the status (where a divergence happened, for example).
         solver: the solver object that produced the result (its hyperparameters).
-        state: the solver's final state, for warm restarts and inspection.
+        state: the solver's final state, for inspection.
+        verification: what `bilevel.verify.verify` found at (x, y) (solve's verify=True):
+            `y_resolved` (the lower level re-solved at x from y), `lower_gap`, `y_distance`,
+            `upper_value` (f at y_resolved: the honest upper value), `metrics` (the problem's
+            metrics at y_resolved), `passed` and `reason`, `cost`; None when not verified.
     """
 
     x: Tensor
@@ -48,11 +52,14 @@ class Result:
     message: str = ""
     solver: Any = None
     state: Any = field(default=None, repr=False)
+    verification: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def success(self) -> bool:
-        """True unless the run diverged or failed to meet a given tol."""
-        return self.status in (Status.COMPLETED, Status.CONVERGED, Status.STOPPED)
+        """True when the run ended well (COMPLETED, CONVERGED or STOPPED: not DIVERGED, and tol met
+        where one was given) and, where it was verified, y solves the lower level at x."""
+        ended_well = self.status in (Status.COMPLETED, Status.CONVERGED, Status.STOPPED)
+        return ended_well and (self.verification is None or bool(self.verification["passed"]))
 
     def final(self, column: str) -> float:
         """The last logged value of a history column."""
@@ -62,5 +69,7 @@ class Result:
 
     def __repr__(self) -> str:
         last = {k: self.history[k][-1] for k in ("f", "h", "kkt_stationarity") if self.history.get(k)}
-        return (f"Result(status={self.status.name}, n_iter={self.n_iter}, "
+        if self.verification is not None:
+            last["verified_f"] = self.verification["upper_value"]
+        return (f"Result(status={self.status.name}, success={self.success}, n_iter={self.n_iter}, "
                 + ", ".join(f"{k}={v:.4g}" for k, v in last.items()) + ")")

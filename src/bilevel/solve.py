@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 
 from . import checkpoint as checkpoints
-from . import checks, metrics
+from . import checks
+from . import verify as verification
 from .distributed import run_context
 from .history import KKT_MODES, History
 from .loop import Clock, iterate, nonfinite_names
@@ -96,7 +97,7 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
           log_every: int = 1, progress: bool = False, device: Any = None, dtype: torch.dtype | None = None,
           seed: int | None = None, kkt: str | None = None, oracle: str | Oracle = "autograd",
           distributed: bool = False, checkpoint: str | Path | None = None, checkpoint_every: int = 100,
-          flush_denormal: bool = True) -> Result:
+          flush_denormal: bool = True, verify: bool = True, verify_tol: float = 1e-2) -> Result:
     """Run a bilevel solver on a problem.
 
     Args:
@@ -147,10 +148,18 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
         flush_denormal: flush subnormal floats to zero during the run (restored after),
             which keeps x86 CPUs from slowing down when values decay towards zero.
             Default True.
+        verify: after the run, re-solve the lower level at the final x from y and check
+            second-order optimality there (`bilevel.verify.verify`): `Result.verification`
+            holds the honest values (f at the re-solved y, the problem's metrics there), and
+            `Result.success` requires that y is within verify_tol of the re-solved y and that it
+            is a minimiser. Its cost is reported in `verification["cost"]`. Default True.
+        verify_tol: the largest relative distance ||y - y_resolved|| / max(1, ||y_resolved||)
+            that passes. Default 1e-2.
 
     Returns:
         A `Result`. A non-finite value ends the run with `Status.DIVERGED` and the last
-        finite iterate; it never returns NaN as an answer.
+        finite iterate; it never returns NaN as an answer. `success` is True only when the
+        run ended well and, with verify, its y solves the lower level at its x.
 
     Example:
         >>> import bilevel
@@ -177,8 +186,10 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
     if tol is not None and kkt == "none":
         raise ValueError(f"Invalid tol: {tol!r} with kkt='none' (tol is checked against the KKT residuals; "
                          "use kkt='least_squares' or kkt='method')")
-    if not isinstance(flush_denormal, bool):
-        raise TypeError(f"Invalid flush_denormal: {flush_denormal!r} (expected True or False)")
+    for name, value in (("flush_denormal", flush_denormal), ("verify", verify)):
+        if not isinstance(value, bool):
+            raise TypeError(f"Invalid {name}: {value!r} (expected True or False)")
+    checks.number("verify_tol", verify_tol, positive=True)
     if not (isinstance(oracle, Oracle) or oracle in BACKENDS):
         raise ValueError(f"Invalid oracle: {oracle!r} (expected one of {', '.join(map(repr, BACKENDS))} "
                          f"or a bilevel.Oracle){checks.suggest(oracle, BACKENDS) if isinstance(oracle, str) else ''}")
@@ -201,6 +212,8 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
         result = _run(problem, solver, oracle, context, max_iter=max_iter, tol=tol, callback=callback,
                       log_every=log_every, progress=progress and context.is_main, kkt=kkt, checkpoint=checkpoint,
                       checkpoint_every=checkpoint_every)
+        if verify:
+            result = with_verification(result, problem, oracle, verify_tol, context.seed)
     failures = getattr(oracle.backend, "compile_failures", {})
     if failures:
         note = "; ".join(f"{name}: {reason}" for name, reason in failures.items())
@@ -281,11 +294,13 @@ def _run(problem: BilevelProblem, solver: Solver, oracle: Oracle, context: Any, 
     message = outcome.message
     if outcome.status is not Status.DIVERGED:
         save(outcome.state, outcome.clock)
-        with oracle.uncounted():
-            curvature, scale = metrics.lower_curvature(oracle, outcome.state.x, outcome.state.y)
-        if curvature < -1e-3 * scale and curvature < -1e-10:
-            message = (f"{outcome.status}; note: y is not a minimiser of g(x, .): its curvature along a random "
-                       f"direction is {curvature:.3g} < 0 (a saddle or a maximiser; if the lower level maximises, "
-                       f"pass -g)")
     return Result(x=outcome.state.x, y=outcome.state.y, status=outcome.status, n_iter=outcome.n_iter,
                   history=history.as_dict(), message=message, solver=solver, state=outcome.state)
+
+
+def with_verification(result: Result, problem: BilevelProblem, oracle: Oracle, tol: float, seed: int) -> Result:
+    """The result with its verification (`bilevel.verify.verify`) and, where it fails, why in
+    the message."""
+    found = verification.verify(problem, oracle, result.x, result.y, tol=tol, seed=seed)
+    message = result.message if found["passed"] else f"{result.message}; verification failed: {found['reason']}"
+    return dataclasses.replace(result, verification=found, message=message)

@@ -176,7 +176,7 @@ def _init_distributed(args: argparse.Namespace) -> dict[str, int]:
 def _summary_row(record: dict[str, Any]) -> dict[str, Any]:
     skip = {"iter", "time", "n_f", "n_g", "n_grad_f", "n_grad_g", "n_hvp", "lambda", "step_size", "alpha"}
     row: dict[str, Any] = {"method": record["method"], "seed": record["seed"], "status": record["result_status"],
-                           "iters": record["n_iter"]}
+                           "success": record["success"], "iters": record["n_iter"]}
     row.update({k: v for k, v in record["final"].items() if k not in skip})
     row["wall_s"] = record["wall_s"]
     return row

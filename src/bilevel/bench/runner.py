@@ -72,9 +72,9 @@ def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, pro
                        kkt=spec.kkt, seed=spec.seed, progress=progress, distributed=distributed,
                        checkpoint=checkpoint, checkpoint_every=checkpoint_every)
         wall = time.perf_counter() - start
-        final = {k: v[-1] for k, v in result.history.items()}
-        record.update(status="finished", result_status=result.status.name, n_iter=result.n_iter, message=result.message,
-                      wall_s=wall, final=final)
+        final = {**{k: v[-1] for k, v in result.history.items()}, **store.verified_columns(result.verification)}
+        record.update(status="finished", result_status=result.status.name, success=result.success, n_iter=result.n_iter,
+                      message=result.message, wall_s=wall, final=final)
         if is_main and out is not None:
             _write(spec, out, problem, solver, result, record, device)
     except Exception as exc:  # a failed run is recorded, the sweep goes on

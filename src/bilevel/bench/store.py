@@ -37,9 +37,22 @@ def provenance(device: Any = None) -> dict[str, str]:
             "machine": platform.machine()}
 
 
+def verified_columns(verification: dict[str, Any] | None) -> dict[str, float]:
+    """The verification's numbers as columns: verified_f (f at the re-solved y), lower_gap,
+    y_distance, verified (1 or 0) and verified_<metric> for each of the problem's metrics."""
+    if verification is None:
+        return {}
+    return {"verified_f": verification["upper_value"], "lower_gap": verification["lower_gap"],
+            "y_distance": verification["y_distance"], "verified": float(verification["passed"]),
+            **{f"verified_{name}": value for name, value in verification["metrics"].items()}}
+
+
 def tidy(result: Result, **columns: Any) -> pd.DataFrame:
-    """The history of one run as a tidy frame, with constant columns (method, seed, ...)."""
+    """The history of one run as a tidy frame, with constant columns (method, seed, ...) and the
+    verification's numbers (`verified_columns`) on the final row."""
     frame = pd.DataFrame(result.history)
+    for name, value in verified_columns(result.verification).items():
+        frame[name] = [float("nan")] * (len(frame) - 1) + [value]
     for name, value in columns.items():
         frame[name] = value if not isinstance(value, (dict, list, tuple)) else json.dumps(value, sort_keys=True)
     frame["status"] = result.status.name

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# the history columns shown by default, first present first
+# the history columns shown by default, first present first: the problem's own metrics, else the
+# upper value at the re-solved lower level (verified_f) and h
 PREFERRED_METRICS = ["retrained_accuracy", "test_accuracy", "val_loss", "corruption_auc", "hypergradient_norm",
-                     "upper_objective", "delta_norm", "distance_to_solution", "f", "h"]
+                     "upper_objective", "delta_norm", "distance_to_solution", "verified_f", "f", "h"]
 
 
 def default_metrics(frame: pd.DataFrame, count: int = 4) -> list[str]:

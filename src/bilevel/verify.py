@@ -1,0 +1,137 @@
+"""Verification of an answer (x, y): does y solve the lower level at x?
+
+A run's own numbers are taken at its iterate (x, y), where y only approximates argmin g(x, .):
+an upper value f(x, y) can look far better than any y that really solves the lower level
+(the optimistic trap). `verify` re-solves the lower level at the final x from y, locally (a
+nonconvex g keeps the minimiser y is near), and reports
+
+    y_resolved   argmin_y g(x, .) from y (L-BFGS, or projected gradient on a y box)
+    lower_gap    g(x, y) - g(x, y_resolved)
+    y_distance   ||y - y_resolved|| / max(1, ||y_resolved||)
+    upper_value  f(x, y_resolved): the honest value of the upper objective at x
+    metrics      the problem's metrics at (x, y_resolved)
+
+and a second-order check: the Rayleigh quotient of grad_yy g at y_resolved along an
+approximate lowest eigenvector (power iteration, free coordinates only where y sits at a
+bound) must not be negative beyond round-off, or y_resolved is a saddle or a maximiser.
+The answer passes when y_distance <= tol and the second-order check holds.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .history import metric_values
+from .lower import minimize
+from .oracles import Oracle, inner
+from .problem import BilevelProblem
+from .solvers.base import power_iteration
+
+CURVATURE_TOL = 1e-3     # negative curvature counts beyond this fraction of the largest |eigenvalue|
+
+
+def verify(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, tol: float = 1e-2,
+           max_iter: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The verification of (x, y) (see the module docstring), with its own oracle counts and time.
+
+    Args:
+        problem: the problem (its y box and metrics).
+        oracle: the run's oracle; its back-end is used with counts of its own (`Oracle.fork`).
+        x, y: the answer.
+        tol: the largest y_distance that passes. Default 1e-2.
+        max_iter: iterations of the re-solve at most. Default 1000.
+        seed: seed of the random start of the power iterations.
+
+    Returns:
+        A dict: y_resolved, lower_gap, y_distance, upper_value, lower_residual (||gradient
+        mapping|| at y_resolved), re_solve_iterations, min_curvature and max_curvature (of
+        grad_yy g at y_resolved, estimates), passed, reason ('' when passed), metrics and cost
+        ({"time": seconds, and the oracle counts of the verification}).
+    """
+    start = time.perf_counter()
+    own = oracle.fork()
+    x, y = x.detach(), y.detach()
+
+    def value_and_grad(v: Tensor) -> tuple[Tensor, Tensor]:
+        value, _, grad_y = own.grad_g(x, v)
+        return value, grad_y
+
+    g_at_y, grad_at_y = value_and_grad(y)
+    scale = max(1.0, float(torch.linalg.vector_norm(grad_at_y))) if torch.isfinite(grad_at_y).all() else 1.0
+    minimum = minimize(value_and_grad, y, bounds=problem.y_bounds, max_iter=max_iter,
+                       tol=torch.finfo(y.dtype).eps ** 0.75 * scale)
+    y_resolved = minimum.y
+    # curvature where the re-solve ended, or at y itself where it could not end (g unbounded below)
+    at = y_resolved if math.isfinite(minimum.value) and bool(torch.isfinite(y_resolved).all()) else y
+    lowest, largest = _curvature(own, x, at, problem.y_bounds, seed)
+    out: dict[str, Any] = {
+        "y_resolved": y_resolved,
+        "lower_gap": float(g_at_y) - minimum.value,
+        "y_distance": float(torch.linalg.vector_norm(y - y_resolved)
+                            / max(1.0, float(torch.linalg.vector_norm(y_resolved)))),
+        "upper_value": float(own.f(x, y_resolved)),
+        "lower_residual": minimum.residual,
+        "re_solve_iterations": minimum.iterations,
+        "min_curvature": lowest,
+        "max_curvature": largest,
+    }
+    out["reason"] = _reason(out, tol)
+    out["passed"] = not out["reason"]
+    out["metrics"] = metric_values(problem, x, y_resolved) if problem.metrics is not None else {}
+    out["cost"] = {"time": time.perf_counter() - start, **own.snapshot()}
+    return out
+
+
+def _reason(out: dict[str, Any], tol: float) -> str:
+    """Why the answer fails verification, or ''."""
+    negative = out["min_curvature"] < -CURVATURE_TOL * max(out["max_curvature"], torch.finfo(torch.float64).tiny)
+    not_a_minimiser = "(a saddle or a maximiser; if the lower level maximises, pass -g)"
+    if not all(math.isfinite(v) for v in (out["lower_gap"], out["y_distance"], out["upper_value"])):
+        if negative:
+            return (f"y is not a minimiser of g(x, .): g decreases without bound from y, and grad_yy g has "
+                    f"curvature {out['min_curvature']:.3g} < 0 at y {not_a_minimiser}")
+        return "the lower level could not be re-solved at x (non-finite values)"
+    if out["y_distance"] > tol:
+        return (f"y is {out['y_distance']:.3g} (relative) away from the lower-level solution re-solved at x "
+                f"(verify_tol {tol:g}; g(x, y) - g(x, y_resolved) = {out['lower_gap']:.3g})")
+    if negative:
+        return (f"y is not a minimiser of g(x, .): grad_yy g has curvature {out['min_curvature']:.3g} < 0 there "
+                f"{not_a_minimiser}")
+    return ""
+
+
+def _curvature(oracle: Oracle, x: Tensor, y: Tensor, bounds: tuple | None, seed: int,
+               iters: int = 40) -> tuple[float, float]:
+    """(an upper estimate of the lowest eigenvalue of grad_yy g at (x, y), the largest |eigenvalue|),
+    on the coordinates of y not at a bound. The lowest is the Rayleigh quotient of the last
+    vector of power iteration on L I - H (L the largest |eigenvalue|), so a negative value is
+    negative curvature that exists."""
+    free = torch.ones_like(y, dtype=torch.bool)
+    if bounds is not None:
+        tiny = 1e-9 * (1 + y.abs())
+        for bound in bounds:
+            if bound is not None:
+                free &= (y - bound).abs() > tiny
+    if not bool(free.any()):
+        return 0.0, 0.0
+
+    def hessian(v: Tensor) -> Tensor:
+        return oracle.vjp_grad_y_g(x, y, v * free)[1] * free
+
+    generator = torch.Generator(device=y.device).manual_seed(seed)
+    largest = float(power_iteration(lambda v: (hessian(v[0]),), (y,), iters, generator))
+    if not math.isfinite(largest):
+        return math.nan, largest
+    v = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device) * free
+    v = v / torch.linalg.vector_norm(v)
+    for _ in range(iters):
+        w = largest * v - hessian(v)
+        norm = torch.linalg.vector_norm(w)
+        if not float(norm) > 1e-12 * largest:     # H v = L v: v is an eigenvector of the lowest (= L)
+            break
+        v = w / norm
+    return float(inner(v, hessian(v))), largest
