@@ -25,7 +25,7 @@ def g_ok(x, y):
 BAD_PROBLEMS = [
     (dict(f=None), TypeError, r"Invalid f: None \(expected a callable"),
     (dict(g=3), TypeError, r"Invalid g: 3 \(expected a callable"),
-    (dict(x0=[0.0, 0.0]), TypeError, r"Invalid x0: list \(expected a torch.Tensor\)"),
+    (dict(x0=[0.0, 0.0]), TypeError, r"Invalid x0: list \(expected a torch.Tensor, a dict of tensors"),
     (dict(x0=torch.zeros(2, dtype=torch.int64)), TypeError, r"Invalid x0: dtype torch.int64 \(expected a floating"),
     (dict(y0=torch.tensor([0.0, math.nan], dtype=D)), ValueError, r"Invalid y0: 1 non-finite entries"),
     (dict(y0=torch.zeros(2, dtype=torch.float32)), TypeError, r"Invalid y0: dtype torch.float32 differs from x0's"),

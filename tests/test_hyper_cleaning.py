@@ -125,7 +125,12 @@ def test_metrics_match_independent_computations():
     # retraining with weights that drop the corrupted samples beats keeping them
     mask = p.info["corrupted_mask"]
     x_oracle = torch.where(mask, -20.0, 20.0)
-    assert p.metrics(x_oracle, y)["retrained_accuracy"] > p.metrics(torch.zeros(300), y)["retrained_accuracy"]
+    retrained = p.final_metrics        # a final metric: at the final row and the verified answer only
+    assert retrained(x_oracle, y)["retrained_accuracy"] > retrained(torch.zeros(300), y)["retrained_accuracy"]
+    assert "retrained_accuracy" not in m
+    every_row = small_problem(pca=20, retrain_every_row=True)
+    assert every_row.final_metrics is None
+    assert every_row.metrics(x_oracle, y)["retrained_accuracy"] == retrained(x_oracle, y)["retrained_accuracy"]
 
 
 def test_mlp_parameters_travel_as_one_flat_vector():
@@ -143,7 +148,7 @@ def test_pgdqp_with_a_separate_x_step_cleans():
     """On the embedded sample (25% wrong labels, PCA 82), pgdqp's weights rank corrupted samples
     low and the retrained classifier beats training on the corrupted data."""
     p = PROBLEMS["hyper-cleaning"](pca=82, seed=2, retrain_steps=60)
-    base = p.metrics(p.x0, p.y0)
+    base = p.final_metrics(p.x0, p.y0)
     r = solve(p, "pgdqp", max_iter=300, log_every=300, kkt="none", options=dict(schedule="constant", step_size=1000.0, lower_step_size=1.0, alpha=1.0))
     assert r.final("corruption_auc") > 0.85
     assert r.final("retrained_accuracy") > base["retrained_accuracy"] + 0.02

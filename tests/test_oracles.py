@@ -3,7 +3,7 @@ import torch
 
 from bilevel import PROBLEMS
 from bilevel.linear import ConjugateGradient, Neumann
-from bilevel.metrics import hypergradient, kkt_info, least_squares_multiplier
+from bilevel.metrics import implicit_gradient, kkt_info, least_squares_multiplier
 from bilevel.oracles import Autograd, Oracle
 
 D = torch.float64
@@ -86,7 +86,7 @@ def test_linear_solvers_solve_spd_system():
 def test_hypergradient_matches_synthetic_sc_closed_form_metric():
     p = PROBLEMS["synthetic-sc"](seed=3)
     oracle = Oracle(Autograd(p.f, p.g))
-    F = hypergradient(oracle, p.x0, p.y0)
+    F = implicit_gradient(oracle, p.x0, p.y0)
     assert abs(float(F.norm()) - p.metrics(p.x0, p.y0)["hypergradient_norm"]) < 1e-8
 
 

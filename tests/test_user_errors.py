@@ -70,7 +70,8 @@ PROBLEM_NAMES = "coreset, hyper-cleaning, quadratic, synthetic-nc, synthetic-sc,
     (["run", "--problem", "quadratic", "--method", "aid-bio"],
      f"Invalid --method: 'aid-bio' (expected one of {SOLVER_NAMES}); did you mean 'aid_bio'?"),
     (["run", "--problem", "SYNTHETIC_SC", "--method", "pgdqp"],
-     f"Invalid --problem: 'SYNTHETIC_SC' (expected one of {PROBLEM_NAMES}); did you mean 'synthetic-sc'?"),
+     f"Invalid --problem: 'SYNTHETIC_SC' (expected one of {PROBLEM_NAMES}, or 'package.module:function'); "
+     f"did you mean 'synthetic-sc'?"),
     (["compare", "--problem", "quadratic", "--methods", "pgdqp,SGF", "--out", "x"],
      f"Invalid --methods entry: 'SGF' (expected one of {SOLVER_NAMES}); did you mean 'sgf'?"),
 ])

@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import distributed, solvers
 from .batch import solve_batch
 from .linear import ConjugateGradient, Neumann
+from .metrics import hypergradient
 from .oracles import Autograd, Func, Oracle
 from .problem import BilevelProblem
 from .problems import PROBLEMS
@@ -21,5 +22,5 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 __all__ = [
     "Autograd", "BilevelProblem", "ConjugateGradient", "Func", "Neumann", "Oracle", "PROBLEMS", "Result", "SOLVERS",
-    "Status", "distributed", "make_solver", "solve", "solve_batch", "solvers", "__version__",
+    "Status", "distributed", "hypergradient", "make_solver", "solve", "solve_batch", "solvers", "__version__",
 ]

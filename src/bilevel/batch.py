@@ -30,7 +30,7 @@ from .loop import Clock, iterate, nonfinite_names
 from .oracles import Func, Oracle
 from .problem import BilevelProblem
 from .result import Result
-from .solve import flushing_denormals, make_solver, with_verification
+from .solve import flushing_denormals, in_structure, make_solver, with_verification
 from .solvers.base import Aux, Solver, State
 
 
@@ -105,12 +105,14 @@ def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | 
         clock = Clock(0, time.perf_counter() - start, batch.counts())
         outcomes = iterate(batch, solver, state, clock, max_iter=max_iter, log_every=log_every, tol=tol,
                            histories=histories, callback=callback, progress=progress)
+        for o, h in zip(outcomes, histories):
+            h.finish(o.state.x, o.state.y)
         results = [Result(x=o.state.x, y=o.state.y, status=o.status, n_iter=o.n_iter, history=h.as_dict(),
                           message=o.message, solver=solver, state=o.state) for o, h in zip(outcomes, histories)]
         if verify:
             results = [with_verification(r, p, h.oracle, verify_tol, generator.initial_seed())
                        for r, p, h in zip(results, problems, histories)]
-    return results
+    return [in_structure(r, p) for r, p in zip(results, problems)]
 
 
 # ----- stacking the members' problems ----------------------------------------------------------

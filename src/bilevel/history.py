@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -55,13 +55,24 @@ class History:
                 residuals = metrics.kkt_info(self.oracle, x, y, aux.nu if self.kkt == "method" else None)
             row.update({name: float(residuals[name]) for name in ("kkt_stationarity", "kkt_feasibility")})
         if self.problem.metrics is not None:
-            row.update(metric_values(self.problem, x, y, taken=row))
+            row.update(metric_values(self.problem.metrics, x, y, taken=row))
         n_rows = len(self.columns["iter"])
         for name, value in row.items():
             column = self.columns[name]
             column.extend([math.nan] * (n_rows - len(column)))  # a column that appears late
             column.append(value)
         return row
+
+    def finish(self, x: Tensor, y: Tensor) -> None:
+        """Add the problem's final_metrics at (x, y), the answer, to the last row."""
+        if self.problem.final_metrics is None or not self.columns.get("iter"):
+            return
+        n_rows = len(self.columns["iter"])
+        for name, value in metric_values(self.problem.final_metrics, x, y, taken=self.columns,
+                                         what="final_metrics").items():
+            column = self.columns[name]
+            column.extend([math.nan] * (n_rows - 1 - len(column)))
+            column.append(value)
 
     def restore(self, columns: Mapping[str, list[float]], before: int) -> None:
         """Continue from the rows of a saved history (a checkpoint) of iterates before `before`
@@ -75,25 +86,32 @@ class History:
         return {name: col + [math.nan] * (n - len(col)) for name, col in self.columns.items()}
 
 
-def metric_values(problem: BilevelProblem, x: Tensor, y: Tensor, taken: Mapping[str, Any] = {}) -> dict[str, float]:
-    """The problem's metrics at (x, y), checked: a mapping of names (none of them in `taken`,
-    the columns a row already has) to numbers."""
+def metric_values(metrics: Callable, x: Tensor, y: Tensor, taken: Mapping[str, Any] = {},
+                  what: str = "metrics") -> dict[str, float]:
+    """A problem's `metrics` (or `final_metrics`: `what`) at (x, y), checked: a mapping of names
+    (none of them in `taken`, the columns a row already has) to numbers."""
     with torch.no_grad():
-        values = problem.metrics(x, y)
+        values = metrics(x, y)
     if not isinstance(values, Mapping):
-        raise TypeError(f"Invalid metrics: metrics(x, y) returned {type(values).__name__} "
+        raise TypeError(f"Invalid {what}: {what}(x, y) returned {type(values).__name__} "
                         f"(expected a dict of name -> number)")
     out = {}
     for name, value in values.items():
         if name in taken:
-            raise ValueError(f"Invalid metrics: {name!r} is already a history column (rename the metric)")
-        out[name] = _number(name, value)
+            raise ValueError(f"Invalid {what}: {name!r} is already a history column (rename the metric)")
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"Invalid {what}: value of {name!r} is {value!r} (expected a number or a "
+                            f"one-element tensor)") from None
     return out
 
 
-def _number(name: str, value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"Invalid metrics: value of {name!r} is {value!r} (expected a number or a "
-                        f"one-element tensor)") from None
+def problem_metrics(problem: BilevelProblem, x: Tensor, y: Tensor) -> dict[str, float]:
+    """All of the problem's metrics at (x, y): metrics and final_metrics."""
+    out: dict[str, float] = {}
+    for what in ("metrics", "final_metrics"):
+        fn = getattr(problem, what)
+        if fn is not None:
+            out.update(metric_values(fn, x, y, taken=out, what=what))
+    return out

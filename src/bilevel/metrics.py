@@ -12,11 +12,14 @@ nu = argmin ||grad f + J^T nu||^2, i.e. J J^T nu = -J grad f, solved by conjugat
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from .linear import ConjugateGradient
 from .oracles import Oracle, inner
+from .problem import BilevelProblem
 
 _LSTSQ = ConjugateGradient(iters=50, tol=1e-12)
 
@@ -50,11 +53,53 @@ def kkt_info(oracle: Oracle, x: Tensor, y: Tensor, nu: Tensor | None = None) -> 
             "kkt_feasibility": h}
 
 
-def hypergradient(oracle: Oracle, x: Tensor, y: Tensor, linear_solver=_LSTSQ) -> Tensor:
-    """F(x, y) = grad_x f - grad_yx g^T v with grad_yy g v = grad_y f (eq. 1 of the seed).
+def implicit_gradient(oracle: Oracle, x: Tensor, y: Tensor, linear_solver=_LSTSQ) -> Tensor:
+    """F(x, y) = grad_x f - grad_yx g^T v with grad_yy g v = grad_y f (eq. 1 of the seed) at the
+    given y (no lower-level solve: see `hypergradient`).
 
     At y = y*(x), with grad_yy g invertible, F is the gradient of x -> f(x, y*(x)).
     """
     _, gfx, gfy = oracle.grad_f(x, y)
     v = linear_solver(lambda u: oracle.vjp_grad_y_g(x, y, u)[1], gfy)
     return gfx - oracle.vjp_grad_y_g(x, y, v)[0]
+
+
+def hypergradient(problem: BilevelProblem, x: Any, *, y: Any = None, max_iter: int = 1000,
+                  linear_solver: Any = None) -> Any:
+    """The gradient of the honest upper objective x -> f(x, y*(x)) at x.
+
+    First the lower level is solved at x (`bilevel.lower.minimize` from y, default the
+    problem's y0: L-BFGS, or projected gradient on a y box; a local solve, so for a nonconvex
+    g it is the y*(x) near y); then, by the implicit function theorem,
+
+        grad = grad_x f(x, y*) - grad_yx g(x, y*)^T v,   grad_yy g(x, y*) v = grad_y f(x, y*),
+
+    v by conjugate gradient (the least-squares v where grad_yy g is singular: then y*(x) is not
+    unique and the formula is the gradient along the solution y* found). Valid where grad_yy g
+    is nonsingular at y* and y* is interior to the y box.
+
+    Args:
+        problem: the `BilevelProblem`.
+        x: the upper variable, flat or in the problem's structure.
+        y: where the lower-level solve starts (default problem.y0).
+        max_iter: iterations of the lower-level solve at most. Default 1000.
+        linear_solver: solves grad_yy g v = grad_y f. Default ConjugateGradient(iters=50, tol=1e-12).
+
+    Returns:
+        The gradient, in x's structure.
+
+    Example:
+        >>> import bilevel
+        >>> p = bilevel.PROBLEMS["quadratic"](seed=0)
+        >>> float(bilevel.hypergradient(p, p.info["x_star"]).norm()) < 1e-6
+        True
+    """
+    from .layout import Layout
+    from .oracles import Autograd
+    from .verify import resolve
+    x = Layout.of("x", x)[1].to(problem.x0)
+    y = problem.y0 if y is None else Layout.of("y", y)[1].to(problem.y0)
+    oracle = Oracle(Autograd(problem.f, problem.g))
+    y_star = resolve(problem, oracle, x, y, max_iter).y
+    grad = implicit_gradient(oracle, x, y_star, linear_solver or _LSTSQ)
+    return problem.layouts[0].structure(grad)

@@ -4,12 +4,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from . import oracles
+from .layout import Layout, on_layouts
 
 Objective = Callable[[Tensor, Tensor], Tensor]
 
@@ -67,14 +69,26 @@ class BilevelProblem:
     Args:
         f: upper-level objective, (x, y) -> scalar tensor.
         g: lower-level objective, (x, y) -> scalar tensor; must depend on y.
-        x0: starting upper-level variable (floating tensor of any shape).
-        y0: starting lower-level variable, same device and dtype as x0.
-        x_bounds: optional (low, high) box for x, applied by projection (None: no bound).
+        x0: starting upper-level variable: a floating tensor of any shape, a dict of tensors
+            (e.g. `dict(model.named_parameters())`), or an nn.Module (its parameters).
+        y0: starting lower-level variable, likewise; same dtype and device as x0.
+        x_bounds: optional (low, high) box for x, applied by projection (None: no bound). Each
+            side a number, a tensor that broadcasts to x, or for a dict or module a dict of those.
         y_bounds: optional (low, high) box for y.
         metrics: optional (x, y) -> dict[str, float], evaluated at logged iterations and
             excluded from timing (test accuracy, distance to a known solution, ...).
+        final_metrics: optional (x, y) -> dict[str, float] for metrics too costly for every
+            logged row (a model retrained from scratch): evaluated at the final row and at the
+            verified answer only.
         name: a short name used in logs and result tables.
-        info: facts about the instance (split sizes, known optimum, ...).
+        info: facts about the instance (split sizes, known optimum, builder arguments, ...).
+
+    Variables given as dicts or modules are flattened once into one vector (in the order of
+    the dict, or of `module.parameters()`); f, g and the metrics receive them in the structure
+    they were given (a dict of views for a module: use `torch.func.functional_call(module,
+    params, inputs)`), the solvers work on the flat vector, and `Result.x` and `Result.y` come
+    back in the given structure (a copy of the module for a module). `x0`, `y0` and the
+    bounds of the problem object are the flat tensors; `layouts` says how they map back.
 
     Example:
         >>> import torch, bilevel
@@ -93,13 +107,18 @@ class BilevelProblem:
     metrics: Callable[[Tensor, Tensor], Mapping[str, float]] | None = None
     name: str = "custom"
     info: Mapping[str, Any] = field(default_factory=dict)
+    final_metrics: Callable[[Tensor, Tensor], Mapping[str, float]] | None = None
+    layouts: tuple[Layout, Layout] | None = None
 
     def __post_init__(self) -> None:
         for arg in ("f", "g"):
             if not callable(getattr(self, arg)):
                 raise TypeError(f"Invalid {arg}: {getattr(self, arg)!r} (expected a callable (x, y) -> scalar tensor)")
-        if self.metrics is not None and not callable(self.metrics):
-            raise TypeError(f"Invalid metrics: {self.metrics!r} (expected a callable (x, y) -> dict or None)")
+        for arg in ("metrics", "final_metrics"):
+            if getattr(self, arg) is not None and not callable(getattr(self, arg)):
+                raise TypeError(f"Invalid {arg}: {getattr(self, arg)!r} (expected a callable (x, y) -> dict or None)")
+        if self.layouts is None:
+            self._flatten()
         _check_tensor("x0", self.x0)
         _check_tensor("y0", self.y0)
         if self.x0.dtype != self.y0.dtype:
@@ -125,6 +144,30 @@ class BilevelProblem:
         if oracles.flat_in_y(self.g, self.x0, self.y0):
             warnings.warn("g is flat in y at (x0, y0): grad_y g and grad_yy g v are zero there (does g use y only "
                           "through 0 * y, round, argmax or a comparison?)", UserWarning, stacklevel=3)
+
+    def _flatten(self) -> None:
+        """Variables given as dicts or modules become flat tensors, and f, g and the metrics
+        functions of the flat tensors (partials of `layout.on_layouts`, so that solve_batch can
+        stack the problems of several seeds)."""
+        x_layout, x0 = Layout.of("x0", self.x0)
+        y_layout, y0 = Layout.of("y0", self.y0)
+        object.__setattr__(self, "layouts", (x_layout, y_layout))
+        if x_layout.kind == y_layout.kind == "tensor":
+            return
+        for arg in ("f", "g", "metrics", "final_metrics"):
+            fn = getattr(self, arg)
+            if fn is not None:
+                object.__setattr__(self, arg, partial(on_layouts, fn=fn, x_layout=x_layout, y_layout=y_layout))
+        for arg, layout in (("x_bounds", x_layout), ("y_bounds", y_layout)):
+            bounds = getattr(self, arg)
+            if isinstance(bounds, (tuple, list)) and len(bounds) == 2:
+                object.__setattr__(self, arg, tuple(None if b is None else layout.flatten_like(arg, b) for b in bounds))
+        object.__setattr__(self, "x0", x0)
+        object.__setattr__(self, "y0", y0)
+
+    def structure(self, x: Tensor, y: Tensor) -> tuple[Any, Any]:
+        """(x, y) of the flat variables in the structure the problem was given (`Result.x`, `.y`)."""
+        return self.layouts[0].structure(x), self.layouts[1].structure(y)
 
     def _check_objective(self, arg: str) -> None:
         fn = getattr(self, arg)
@@ -168,13 +211,15 @@ class BilevelProblem:
         view = object.__new__(BilevelProblem)
         for name, value in vars(self).items():
             object.__setattr__(view, name, value)
-        for name, value in (("f", f), ("g", g), ("x0", x0), ("y0", y0), ("metrics", None)):
+        for name, value in (("f", f), ("g", g), ("x0", x0), ("y0", y0), ("metrics", None), ("final_metrics", None)):
             object.__setattr__(view, name, value)
         return view
 
-    def with_start(self, x0: Tensor | None = None, y0: Tensor | None = None) -> "BilevelProblem":
-        """The same problem from another starting point."""
-        return replace(self, x0=self.x0 if x0 is None else x0, y0=self.y0 if y0 is None else y0)
+    def with_start(self, x0: Any = None, y0: Any = None) -> "BilevelProblem":
+        """The same problem from another starting point (given flat, or in the problem's structure)."""
+        x0 = self.x0 if x0 is None else Layout.of("x0", x0)[1]
+        y0 = self.y0 if y0 is None else Layout.of("y0", y0)[1]
+        return replace(self, x0=x0, y0=y0)
 
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> "BilevelProblem":
         """x0, y0 and the bounds moved to a device and dtype. Data that f and g close

@@ -42,6 +42,8 @@ class Result:
             `y_resolved` (the lower level re-solved at x from y), `lower_gap`, `y_distance`,
             `upper_value` (f at y_resolved: the honest upper value), `metrics` (the problem's
             metrics at y_resolved), `passed` and `reason`, `cost`; None when not verified.
+        resume: what `solve(..., init=result)` continues from (the state, history, counts and
+            generator at the answer, with the run's fingerprint); None for a diverged run.
     """
 
     x: Tensor
@@ -53,6 +55,7 @@ class Result:
     solver: Any = None
     state: Any = field(default=None, repr=False)
     verification: dict[str, Any] | None = field(default=None, repr=False)
+    resume: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def success(self) -> bool:

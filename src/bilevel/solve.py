@@ -89,7 +89,8 @@ def flushing_denormals(enabled: bool) -> Iterator[None]:
 
 
 SOLVE_ARGUMENTS = ("max_iter", "tol", "callback", "log_every", "progress", "device", "dtype", "seed", "kkt",
-                   "oracle", "distributed", "checkpoint", "checkpoint_every", "flush_denormal")
+                   "oracle", "distributed", "checkpoint", "checkpoint_every", "flush_denormal", "verify", "verify_tol",
+                   "init")
 
 
 def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str, Any] | None = None,
@@ -97,7 +98,8 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
           log_every: int = 1, progress: bool = False, device: Any = None, dtype: torch.dtype | None = None,
           seed: int | None = None, kkt: str | None = None, oracle: str | Oracle = "autograd",
           distributed: bool = False, checkpoint: str | Path | None = None, checkpoint_every: int = 100,
-          flush_denormal: bool = True, verify: bool = True, verify_tol: float = 1e-2) -> Result:
+          flush_denormal: bool = True, verify: bool = True, verify_tol: float = 1e-2,
+          init: Result | None = None) -> Result:
     """Run a bilevel solver on a problem.
 
     Args:
@@ -155,6 +157,10 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
             is a minimiser. Its cost is reported in `verification["cost"]`. Default True.
         verify_tol: the largest relative distance ||y - y_resolved|| / max(1, ||y_resolved||)
             that passes. Default 1e-2.
+        init: a `Result` of an earlier run to continue: its state (schedule, momentum, inner
+            variables), history, counts and generator, up to a larger max_iter (the same
+            iterates as one longer run). It must come from the same problem, solver, log_every
+            and seed (else a ValueError says what differs). Default None.
 
     Returns:
         A `Result`. A non-finite value ends the run with `Status.DIVERGED` and the last
@@ -193,6 +199,8 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
     if not (isinstance(oracle, Oracle) or oracle in BACKENDS):
         raise ValueError(f"Invalid oracle: {oracle!r} (expected one of {', '.join(map(repr, BACKENDS))} "
                          f"or a bilevel.Oracle){checks.suggest(oracle, BACKENDS) if isinstance(oracle, str) else ''}")
+    if init is not None and not (isinstance(init, Result) and init.resume is not None):
+        raise TypeError(f"Invalid init: {init!r} (expected a Result of solve that did not diverge)")
     if isinstance(oracle, Oracle) and distributed:
         raise ValueError("Invalid oracle: an Oracle object with distributed=True (pass the back-end by name, "
                          "'autograd', 'func' or 'compiled', and it is wrapped to sum over the ranks)")
@@ -211,9 +219,10 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
     with flushing_denormals(flush_denormal):
         result = _run(problem, solver, oracle, context, max_iter=max_iter, tol=tol, callback=callback,
                       log_every=log_every, progress=progress and context.is_main, kkt=kkt, checkpoint=checkpoint,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, init=init)
         if verify:
             result = with_verification(result, problem, oracle, verify_tol, context.seed)
+    result = in_structure(result, problem)
     failures = getattr(oracle.backend, "compile_failures", {})
     if failures:
         note = "; ".join(f"{name}: {reason}" for name, reason in failures.items())
@@ -261,16 +270,24 @@ class Single:
 
 def _run(problem: BilevelProblem, solver: Solver, oracle: Oracle, context: Any, *, max_iter: int,
          tol: float | None, callback: Callable | None, log_every: int, progress: bool, kkt: str,
-         checkpoint: str | Path | None, checkpoint_every: int) -> Result:
-    """The run of `solve`, after its arguments are checked: set-up or checkpoint, the loop, the
-    final checks."""
+         checkpoint: str | Path | None, checkpoint_every: int, init: Result | None) -> Result:
+    """The run of `solve`, after its arguments are checked: set-up (or a continuation of a
+    checkpoint or of `init`), the loop, the final row."""
     generator = torch.Generator(device=problem.x0.device)
     generator.manual_seed(context.seed)
     history = History(problem, kkt, oracle)
-    stamp = checkpoints.fingerprint(solver, problem, log_every, context.seed)
-    if checkpoint is not None and Path(checkpoint).exists():
-        saved = checkpoints.load(checkpoint, stamp)
-        state, clock = saved["state"], Clock(saved["k"], saved["elapsed"], saved["counts"])
+    stamp = checkpoints.fingerprint(solver, problem, oracle, log_every, context.seed)
+    saved, origin = None, ""
+    if init is not None:
+        why = checkpoints.mismatch(init.resume["fingerprint"], stamp)
+        if why:
+            raise ValueError(f"Invalid init: the result given was produced by {why} (continue a result with the "
+                             f"same problem, solver, log_every and seed)")
+        saved, origin = init.resume, "the result given as init"
+    elif checkpoint is not None and Path(checkpoint).exists():
+        saved, origin = checkpoints.load(checkpoint, stamp), f"the checkpoint {str(checkpoint)!r}"
+    if saved is not None:
+        state, clock = saved["state"], Clock(saved["k"], saved["elapsed"], dict(saved["counts"]))
         history.restore(saved["history"], before=clock.k)
         oracle.counts.update({name: value for name, value in saved["counts"].items() if name != "oracle_calls"})
         generator.set_state(saved["generator"])
@@ -279,23 +296,37 @@ def _run(problem: BilevelProblem, solver: Solver, oracle: Oracle, context: Any, 
         state = solver.init(problem, oracle, max_iter=max_iter, generator=generator)
         clock = Clock(0, time.perf_counter() - start, oracle.snapshot())
 
-    def save(state: State, clock: Clock) -> None:
-        if checkpoint is not None and context.is_main:
-            checkpoints.save(checkpoint, {"fingerprint": stamp, "state": state, "k": clock.k, "elapsed": clock.elapsed,
-                                          "history": dict(history.columns), "counts": clock.counts,
-                                          "generator": generator.get_state()})
+    def payload(state: State, clock: Clock) -> dict[str, Any]:
+        return {"fingerprint": stamp, "state": state, "k": clock.k, "elapsed": clock.elapsed,
+                "history": {name: list(values) for name, values in history.columns.items()}, "counts": clock.counts,
+                "generator": generator.get_state()}
 
     def on_advance(state: State, clock: Clock) -> None:
-        if clock.k % checkpoint_every == 0:
-            save(state, clock)
+        if checkpoint is not None and context.is_main and clock.k % checkpoint_every == 0:
+            checkpoints.save(checkpoint, payload(state, clock))
 
     outcome = iterate(Single(solver, problem, oracle), solver, state, clock, max_iter=max_iter, log_every=log_every,
                       tol=tol, histories=[history], callback=callback, on_advance=on_advance, progress=progress)[0]
-    message = outcome.message
+    history.finish(outcome.state.x, outcome.state.y)
+    message = outcome.message + (f" (continued from {origin} at iteration {clock.k})" if saved is not None else "")
+    resume = None
     if outcome.status is not Status.DIVERGED:
-        save(outcome.state, outcome.clock)
+        resume = payload(outcome.state, outcome.clock)
+        if checkpoint is not None and context.is_main:
+            checkpoints.save(checkpoint, resume)
     return Result(x=outcome.state.x, y=outcome.state.y, status=outcome.status, n_iter=outcome.n_iter,
-                  history=history.as_dict(), message=message, solver=solver, state=outcome.state)
+                  history=history.as_dict(), message=message, solver=solver, state=outcome.state, resume=resume)
+
+
+def in_structure(result: Result, problem: BilevelProblem) -> Result:
+    """The result with x, y (and the verification's y_resolved) in the problem's given structure."""
+    if all(layout.kind == "tensor" for layout in problem.layouts):
+        return result
+    x, y = problem.structure(result.x, result.y)
+    verification = result.verification
+    if verification is not None:
+        verification = {**verification, "y_resolved": problem.layouts[1].structure(verification["y_resolved"])}
+    return dataclasses.replace(result, x=x, y=y, verification=verification)
 
 
 def with_verification(result: Result, problem: BilevelProblem, oracle: Oracle, tol: float, seed: int) -> Result:

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .history import metric_values
-from .lower import minimize
+from .history import problem_metrics
+from .lower import Minimum, minimize
 from .oracles import Oracle, inner
 from .problem import BilevelProblem
 from .solvers.base import power_iteration
@@ -55,15 +55,8 @@ def verify(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, tol
     start = time.perf_counter()
     own = oracle.fork()
     x, y = x.detach(), y.detach()
-
-    def value_and_grad(v: Tensor) -> tuple[Tensor, Tensor]:
-        value, _, grad_y = own.grad_g(x, v)
-        return value, grad_y
-
-    g_at_y, grad_at_y = value_and_grad(y)
-    scale = max(1.0, float(torch.linalg.vector_norm(grad_at_y))) if torch.isfinite(grad_at_y).all() else 1.0
-    minimum = minimize(value_and_grad, y, bounds=problem.y_bounds, max_iter=max_iter,
-                       tol=torch.finfo(y.dtype).eps ** 0.75 * scale)
+    g_at_y = own.g(x, y)
+    minimum = resolve(problem, own, x, y, max_iter)
     y_resolved = minimum.y
     # curvature where the re-solve ended, or at y itself where it could not end (g unbounded below)
     at = y_resolved if math.isfinite(minimum.value) and bool(torch.isfinite(y_resolved).all()) else y
@@ -81,9 +74,22 @@ def verify(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, tol
     }
     out["reason"] = _reason(out, tol)
     out["passed"] = not out["reason"]
-    out["metrics"] = metric_values(problem, x, y_resolved) if problem.metrics is not None else {}
+    out["metrics"] = problem_metrics(problem, x, y_resolved)
     out["cost"] = {"time": time.perf_counter() - start, **own.snapshot()}
     return out
+
+
+def resolve(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, max_iter: int = 1000) -> Minimum:
+    """The lower level solved at x from y, tightly (`bilevel.lower.minimize` to a stationarity
+    residual eps^(3/4) times max(1, ||grad_y g(x, y)||), or until g stops decreasing)."""
+    def value_and_grad(v: Tensor) -> tuple[Tensor, Tensor]:
+        value, _, grad_y = oracle.grad_g(x, v)
+        return value, grad_y
+
+    grad = value_and_grad(y)[1]
+    scale = float(torch.linalg.vector_norm(grad)) if bool(torch.isfinite(grad).all()) else 1.0
+    return minimize(value_and_grad, y, bounds=problem.y_bounds, max_iter=max_iter,
+                    tol=torch.finfo(y.dtype).eps ** 0.75 * max(1.0, scale))
 
 
 def _reason(out: dict[str, Any], tol: float) -> str:

@@ -25,6 +25,7 @@ import yaml
 from .. import PROBLEMS, SOLVERS, distributed
 from ..checks import suggest
 from ..history import KKT_MODES
+from ..problems import resolve
 from ..solve import make_solver
 from . import store, tables
 from .config import ConfigError, RunSpec, load_config
@@ -77,9 +78,17 @@ def parse_problem_args(items: Sequence[str] | None, seed_flag: str) -> dict[str,
     return args
 
 
+def _builder(name: str):
+    """The builder of --problem: a registered name or package.module:function."""
+    try:
+        return resolve(name)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(str(exc).replace("Invalid problem:", "Invalid --problem:", 1)) from None
+
+
 def check_problem_args(name: str, args: dict[str, Any]) -> None:
     """The builder takes these arguments (checked without building the problem)."""
-    params = inspect.signature(_lookup(PROBLEMS, name, "--problem")).parameters
+    params = inspect.signature(_builder(name)).parameters
     unknown = [k for k in args if k not in params]
     if unknown:
         valid = [p for p in params if p != "seed"]
@@ -165,7 +174,7 @@ def _init_distributed(args: argparse.Namespace) -> dict[str, int]:
     """With --distributed: join torchrun's process group; this rank's shard {rank, world_size}."""
     if not args.distributed:
         return {}
-    params = inspect.signature(_lookup(PROBLEMS, args.problem, "--problem")).parameters
+    params = inspect.signature(_builder(args.problem)).parameters
     if not {"rank", "world_size"} <= set(params):
         raise CLIError(f"Invalid --problem with --distributed: {args.problem!r} cannot be sharded "
                        "(its builder takes no rank/world_size arguments)")
@@ -363,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--problem", required=True, help="a problem name (see `bilevel list`)")
+        p.add_argument("--problem", required=True,
+                       help="a problem name (see `bilevel list`) or package.module:function, a builder of your own")
         p.add_argument("--problem-arg", action="append", metavar="KEY=VALUE", help="an argument of the problem builder")
         p.add_argument("--max-iter", type=int, default=1000, help="outer iterations (default 1000)")
         p.add_argument("--log-every", type=int, default=10, help="log every N iterations (default 10)")

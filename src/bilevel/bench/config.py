@@ -31,6 +31,7 @@ import yaml
 from .. import PROBLEMS, SOLVERS
 from ..checks import suggest
 from ..history import KKT_MODES
+from ..problems import resolve
 from ..solve import make_solver
 from .plot import X_AXES
 
@@ -181,7 +182,8 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
         raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected >= 1)")
     raw = {**raw, "problems": _numbers(raw["problems"]), "methods": _numbers(raw["methods"])}
     _check_section(raw, "problems", PROBLEMS, "problem", "builder argument",
-                   lambda name: [p for p in inspect.signature(PROBLEMS[name]).parameters if p != "seed"], source, lines)
+                   lambda name: [p for p in inspect.signature(_builder(name, source, lines)).parameters if p != "seed"],
+                   source, lines)
     _check_section(raw, "methods", SOLVERS, "solver", "hyperparameter", lambda name: SOLVERS[name].options(),
                    source, lines)
     for name, args in raw["problems"].items():
@@ -236,7 +238,7 @@ def _check_section(raw: dict, section: str, registry: dict, what: str, entry: st
     """Each name of raw[section] is in the registry, maps to a mapping, whose keys are valid."""
     for name, mapping in raw[section].items():
         where = _where(source, lines, (section, name))
-        if name not in registry:
+        if name not in registry and not (section == "problems" and ":" in str(name)):   # or package.module:function
             raise ConfigError(f"Invalid {what}: {where}: {name!r} is not a {what}{suggest(name, registry)}")
         if mapping is not None and not isinstance(mapping, dict):
             raise ConfigError(f"Invalid value: {where}: {mapping!r} (expected a mapping of {entry}s, "
@@ -246,6 +248,14 @@ def _check_section(raw: dict, section: str, registry: dict, what: str, entry: st
             if key not in valid:
                 raise ConfigError(f"Invalid {entry}: {_where(source, lines, (section, name, key))}: "
                                   f"{key!r} is not a {entry} of {name}{suggest(key, valid)}")
+
+
+def _builder(name: str, source: str, lines: dict[tuple, int]):
+    """The builder of a problem named in a config (a registered name or package.module:function)."""
+    try:
+        return resolve(name)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{exc}: {_where(source, lines, ('problems', name))}") from None
 
 
 def _grid(mapping: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -10,7 +10,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .. import PROBLEMS, solve
+from .. import solve
+from ..problems import resolve
 from ..checks import suggest
 from ..problem import BilevelProblem
 from ..solve import make_solver
@@ -21,10 +22,7 @@ from .config import DTYPES, RunSpec, problem_kwargs
 def build_problem(name: str, seed: int, args: dict[str, Any], device: str | None = None) -> BilevelProblem:
     """PROBLEMS[name](seed=seed, **args) (and device where given and the builder takes one), with
     argument errors that name the argument; a dtype given by name becomes the torch dtype."""
-    if name not in PROBLEMS:
-        raise ValueError(f"Invalid --problem: {name!r} (expected one of {', '.join(sorted(PROBLEMS))})"
-                         f"{suggest(name, PROBLEMS)}")
-    builder = PROBLEMS[name]
+    builder = resolve(name)
     params = inspect.signature(builder).parameters
     unknown = [k for k in args if k not in params]
     if unknown:
@@ -40,7 +38,10 @@ def build_problem(name: str, seed: int, args: dict[str, Any], device: str | None
         kwargs["seed"] = seed
     if device is not None and "device" in params:
         kwargs["device"] = device
-    return builder(**kwargs)
+    problem = builder(**kwargs)
+    if not isinstance(problem, BilevelProblem):
+        raise TypeError(f"Invalid problem: {name!r} returned {type(problem).__name__} (expected a BilevelProblem)")
+    return problem
 
 
 def hyperparameters(solver: Any) -> dict[str, Any]:
@@ -52,9 +53,9 @@ def hyperparameters(solver: Any) -> dict[str, Any]:
 def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, progress: bool = False,
         distributed: bool = False, shard: dict[str, int] | None = None, checkpoint: str | None = None,
         checkpoint_every: int = 100, raise_errors: bool = False) -> dict[str, Any]:
-    """Run `spec` and write OUT/runs/<run_id>/ (history.parquet, then summary.json; nothing when
-    OUT is None); return the run's manifest record ("status": "finished" or "failed" with the
-    error).
+    """Run `spec` and write OUT/runs/<run_id>/ (history.parquet, answer.pt, then summary.json;
+    nothing when OUT is None); return the run's manifest record ("status": "finished" or
+    "failed" with the error).
 
     Args:
         shard: {"rank": r, "world_size": w} for a data-parallel run (`distributed=True`): the
@@ -94,6 +95,7 @@ def _write(spec: RunSpec, out: str | Path, problem: BilevelProblem, solver: Any,
                        config=json.dumps(dict(spec.options), sort_keys=True, default=str), **columns,
                        **store.provenance(device))
     store.write_parquet(frame, directory / "history.parquet")
+    store.write_answer(result, directory / "answer.pt")
     references = store.reference_path(out, spec.problem, dict(spec.problem_args), spec.seed)
     lines = problem.info.get("reference_lines")
     if callable(lines) and not references.exists():

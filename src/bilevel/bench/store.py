@@ -3,6 +3,8 @@
     OUT/manifest.jsonl                      one JSON line per finished or failed run
     OUT/runs/<run_id>/history.parquet       the run's tidy rows: one per logged iteration,
                                             with method, problem, seed and configuration
+    OUT/runs/<run_id>/answer.pt             the answer: x, y (in the problem's structure), status,
+                                            verification (`read_answer`)
     OUT/runs/<run_id>/summary.json          configuration, status, final values, provenance
     OUT/references/<problem key>.json       a problem's reference lines (plots), stored once
 
@@ -72,6 +74,32 @@ def write_json(obj: Any, path: str | Path) -> Path:
         with open(tmp, "w") as fh:
             json.dump(obj, fh, indent=2, sort_keys=True, default=str)
     return atomic_write(path, write)
+
+
+def write_answer(result: Result, path: str | Path) -> Path:
+    """The answer of a run (x, y, status, message, n_iter, verification) with torch.save."""
+    answer = {"x": result.x, "y": result.y, "status": result.status.name, "message": result.message,
+              "n_iter": result.n_iter, "success": result.success, "verification": result.verification}
+    return atomic_write(path, lambda tmp: torch.save(answer, tmp))
+
+
+def read_answer(path: str | Path, run_id: str | None = None) -> dict[str, Any]:
+    """The answer saved by a run: `read_answer(OUT/runs/<run_id>/answer.pt)`, or
+    `read_answer(OUT, run_id)`, or `read_answer(OUT)` when OUT holds one run. A dict with x, y
+    (tensors, dicts of tensors or modules, as the problem was given), status, message,
+    n_iter, success and verification."""
+    path = Path(path)
+    if path.is_dir():
+        if run_id is None:
+            finished = list(dict.fromkeys(r["run_id"] for r in read_manifest(path) if r.get("status") == "finished"))
+            if len(finished) != 1:
+                raise ResultsError(f"Invalid results directory: {str(path)!r} holds {len(finished)} finished runs "
+                                   f"(give the run_id: one of {', '.join(finished[:5])}{'...' if len(finished) > 5 else ''})")
+            run_id = finished[0]
+        path = run_dir(path, run_id) / "answer.pt"
+    if not path.exists():
+        raise ResultsError(f"Invalid answer: {str(path)!r} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def reference_path(out: str | Path, problem: str, problem_args: dict[str, Any], seed: int) -> Path:
