@@ -28,7 +28,7 @@ from ..history import KKT_MODES
 from ..solve import make_solver
 from . import store, tables
 from .config import ConfigError, RunSpec, load_config
-from .plot import X_AXES, plot_metrics
+from .plot import X_AXES, figure_name, plot_metrics
 from .report import command, format_table, machine, update_section
 from .sweep import prepare_out, run_specs, run_sweep
 
@@ -261,8 +261,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _check_metrics(metrics, frame, out)
     references = store.read_references(out, frame)
     title = frame["title"].iloc[0]
-    png = plot_metrics(frame, metrics, out / f"compare_{'-'.join(metrics)}_{args.x}.png", x=args.x, title=title,
-                       reference_lines=references.get(title), configs=tables.configs_of(frame))
+    png = plot_metrics(frame, metrics, out / figure_name("compare", args.problem, metrics, args.x), x=args.x,
+                       title=title, reference_lines=references.get(title), configs=tables.configs_of(frame))
     rows = tables.summary_table(frame, ["iter"] + metrics, store.read_manifest(out), by_config=False)
     print(format_table(rows, ["method", "runs", "iter"] + metrics + ["wall s / run"]))
     lines = references.get(title)
@@ -298,25 +298,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _plot_dir(frame, out: str, metrics: list[str], x: str, select_by: str | None, mode: str | None,
-              target: str | None) -> list[Path]:
-    """One figure per problem instance: each method's best configuration by `select_by`."""
+              target: str | None, logx: bool = False) -> list[Path]:
+    """One figure per problem instance: each method's best configuration by `select_by`, the
+    legend saying which and, where there were several, by what."""
+    candidates = frame
     if select_by:
         frame = tables.select_best(frame, select_by, mode)
     references = store.read_references(out, frame)
+    keys = ["title", "problem", "problem_args"]
+    before = dict(iter(candidates.groupby(keys)))
     paths = []
-    for (title, problem, args), sub in frame.groupby(["title", "problem", "problem_args"]):
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in problem + ("" if args == "{}" else args))
-        directory = Path(target) if target else Path(out)
-        paths.append(plot_metrics(sub, metrics, directory / f"plot_{safe}_{'-'.join(metrics)}_{x}.png", x=x,
-                                  title=title, reference_lines=references.get(title),
-                                  configs=tables.configs_of(sub)))
+    for (title, problem, args), sub in frame.groupby(keys):
+        name = figure_name("plot", problem + ("" if args == "{}" else args), metrics, x, logx)
+        paths.append(plot_metrics(sub, metrics, Path(target or out) / name, x=x, logx=logx, title=title,
+                                  reference_lines=references.get(title),
+                                  configs=tables.configs_of(sub, before[(title, problem, args)], select_by, mode)))
     return paths
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     frame = store.read_results(args.dir)
     _check_metrics(args.metric, frame)
-    for path in _plot_dir(frame, args.dir, args.metric, args.x, args.select_by or args.metric[0], args.mode, args.out):
+    for path in _plot_dir(frame, args.dir, args.metric, args.x, args.select_by or args.metric[0], args.mode, args.out,
+                          args.logx):
         print(f"wrote {path}")
     return 0
 
@@ -416,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="a results directory of run, compare or sweep")
     p.add_argument("--metric", action="append", required=True, help="a column to plot (repeatable)")
     p.add_argument("--x", default="iter", choices=list(X_AXES), help="x axis (default iter)")
+    p.add_argument("--logx", action="store_true", help="log scale on x, interpolated in log x (iteration 0 left out)")
     p.add_argument("--select-by", default=None, help="pick each method's best configuration by this final metric "
                                                      "(default: the first --metric)")
     p.add_argument("--mode", default=None, choices=["min", "max"], help="best = min or max (default by name)")
