@@ -17,7 +17,7 @@ import argparse
 import inspect
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
@@ -48,6 +48,26 @@ def parse_value(text: str) -> Any:
         except ValueError:
             return value
     return value
+
+
+def whole(flag: str, minimum: int | None = None) -> Callable[[str], int]:
+    """The argparse type of a count: a whole number, written '1000', '1_000' or '1e3'; anything
+    else ('1.5', 'ten') or below `minimum` is a CLIError naming the flag."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                number = float("nan")
+            if not number.is_integer():
+                raise CLIError(f"Invalid {flag}: {text!r} (expected a whole number)") from None
+            value = int(number)
+        if minimum is not None and value < minimum:
+            raise CLIError(f"Invalid {flag}: {text!r} (expected a whole number >= {minimum})")
+        return value
+    return parse
 
 
 def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
@@ -233,8 +253,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise CLIError(f"Invalid --set: {key!r} (expected METHOD.OPTION=VALUE with METHOD one of {', '.join(methods)})")
         per_method[method][option] = value
     problem_args = parse_problem_args(args.problem_arg, "--seeds")
-    if args.seeds < 1:
-        raise CLIError(f"Invalid --seeds: {args.seeds} (expected an integer >= 1)")
     # everything that can be wrong is checked before the first run
     for method in methods:
         _make_solver(method, per_method[method])
@@ -274,8 +292,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    if args.jobs < 1:
-        raise CLIError(f"Invalid -j: {args.jobs} (expected an integer >= 1)")
     records = run_sweep(config, args.out, jobs=args.jobs, scheduler=args.scheduler, dask_workers=args.dask_workers,
                         resume=args.resume, progress=not args.no_progress)
     failed = [r for r in records if r["status"] == "failed"]
@@ -369,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--problem", required=True, help="a problem name (see `bilevel list`)")
         p.add_argument("--problem-arg", action="append", metavar="KEY=VALUE", help="an argument of the problem builder")
-        p.add_argument("--max-iter", type=int, default=1000, help="outer iterations (default 1000)")
-        p.add_argument("--log-every", type=int, default=10, help="log every N iterations (default 10)")
+        p.add_argument("--max-iter", type=whole("--max-iter", 0), default=1000, help="outer iterations (default 1000)")
+        p.add_argument("--log-every", type=whole("--log-every", 1), default=10, help="log every N iterations (default 10)")
         p.add_argument("--device", default=None, help="torch device for the problem's data (default cpu)")
         p.add_argument("--kkt", default=None, choices=list(KKT_MODES),
                        help="KKT residuals at logged iterations: the method's multiplier (default without --tol), "
@@ -381,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--method", required=True, help="a solver name (see `bilevel list`)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a solver hyperparameter, e.g. step_size=0.1")
-    p.add_argument("--seed", type=int, default=0, help="seed of the problem and the solver (default 0)")
+    p.add_argument("--seed", type=whole("--seed", 0), default=0, help="seed of the problem and the solver (default 0)")
     p.add_argument("--tol", type=float, default=None, help="stop when both KKT residuals are <= tol")
     p.add_argument("--out", default=None, help="results directory (runs/<run_id>/history.parquet, summary.json)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -392,13 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --distributed: seconds a rank waits for the others before the run fails (default 300)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="save the run there every --checkpoint-every iterations; rerun to continue from it")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="iterations between checkpoints (default 100)")
+    p.add_argument("--checkpoint-every", type=whole("--checkpoint-every", 1), default=100, help="iterations between checkpoints (default 100)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="run several methods over seeds, write the results, a table and a plot")
     common(p)
     p.add_argument("--methods", required=True, help="comma-separated solver names")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds 0..K-1 (default 3)")
+    p.add_argument("--seeds", type=whole("--seeds", 1), default=3, help="number of seeds 0..K-1 (default 3)")
     p.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="a hyperparameter of one method")
     p.add_argument("--metrics", default=None, help="comma-separated columns to plot (default: the problem's)")
     p.add_argument("--x", default="iter", choices=list(X_AXES), help="x axis of the plot (default iter)")
@@ -409,9 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a YAML grid of problems x methods x hyperparameters x seeds")
     p.add_argument("config", help="the YAML config (see bilevel.bench.config)")
     p.add_argument("--out", required=True, help="results directory (one directory per run + manifest)")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("-j", "--jobs", type=whole("-j", 1), default=1, help="local worker processes (default 1)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
-    p.add_argument("--dask-workers", type=int, default=None, help="start a local Dask cluster with N workers")
+    p.add_argument("--dask-workers", type=whole("--dask-workers", 1), default=None, help="start a local Dask cluster with N workers")
     p.add_argument("--resume", action="store_true", help="skip runs already finished in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_sweep)
@@ -443,8 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)     # a count that is no whole number is a CLIError (`whole`)
         return args.func(args)
     except (CLIError, ConfigError, store.ResultsError) as exc:
         print(f"bilevel: error: {exc}", file=sys.stderr)
