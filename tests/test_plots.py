@@ -1,5 +1,6 @@
 """Plots fit for a paper: medians over the same runs at every point, honest interpolation on log
-axes, file names that say what a figure shows, legends that say what was chosen, the umask."""
+axes, file names that say what a figure shows, legends that say what was chosen; files written
+with the permissions the umask gives."""
 import json
 import os
 import stat
@@ -120,10 +121,11 @@ def test_files_honour_the_umask(tmp_path, umask, mode, capsys):
     try:
         out = tmp_path / "o"
         assert main(["run", "--problem", "quadratic", "--method", "pgdqp", "--max-iter", "2", "--log-every", "1",
-                     "--no-progress", "--out", str(out)]) == 0
+                     "--no-progress", "--out", str(out), "--log-dir", str(tmp_path / "logs")]) == 0
         assert main(["plot", str(out), "--metric", "f"]) == 0
     finally:
         os.umask(old)
     (run,) = (out / "runs").iterdir()
-    for path in (run / "history.parquet", run / "summary.json", out / "plot_quadratic_f_iter.png"):
+    for path in (run / "history.parquet", run / "summary.json", out / "plot_quadratic_f_iter.png",
+                 tmp_path / "logs" / f"{run.name}.jsonl"):
         assert stat.S_IMODE(path.stat().st_mode) == mode, path

@@ -30,7 +30,7 @@ from . import store, tables
 from .config import ConfigError, RunSpec, load_config
 from .plot import X_AXES, figure_name, plot_metrics
 from .report import command, format_table, machine, update_section
-from .sweep import prepare_out, run_specs, run_sweep
+from .sweep import make_dir, prepare_out, run_specs, run_sweep
 
 
 class CLIError(Exception):
@@ -211,6 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _make_solver(args.method, options)
     spec = RunSpec.make(args.problem, problem_args, args.method, options, args.seed, args.max_iter, args.log_every,
                         args.kkt, args.tol)
+    if args.log_dir:
+        make_dir(args.log_dir, "--log-dir", "for the live logs")
     if args.out:
         prepare_out(args.out, [spec], resume=True)
     if args.checkpoint:  # a directory there is an error of checkpoint.load, before the run
@@ -223,10 +225,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CLIError(f"Invalid --checkpoint: {args.checkpoint!r} (its directory cannot be created: "
                            f"{exc.strerror or exc})") from None
     shard = _init_distributed(args)
-    from .runner import run
+    from .runner import live_log_note, run
+    if args.log_dir and shard.get("rank", 0) == 0:
+        print(live_log_note(args.log_dir, spec.run_id), file=sys.stderr)
     record = run(spec, args.out, device=args.device, progress=not args.no_progress, distributed=args.distributed,
                  shard=shard or None, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                 raise_errors=True)
+                 raise_errors=True, log_dir=args.log_dir)
     status = 0 if record["result_status"] != "DIVERGED" else 1
     if shard.get("rank", 0) != 0:  # only rank 0 prints and writes
         distributed.shutdown()
@@ -262,13 +266,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     specs = [RunSpec.make(args.problem, problem_args, method, per_method[method], seed, args.max_iter, args.log_every,
                           args.kkt) for method in methods for seed in range(args.seeds)]
     out = Path(args.out)
+    if args.log_dir:
+        make_dir(args.log_dir, "--log-dir", "for the live logs")
     todo = prepare_out(out, specs, resume=True)
     if not args.resume:            # a second compare into the same directory runs again and replaces its runs
         todo = specs
-    from .runner import run
+    from .runner import live_log_note, run
+    if args.log_dir:
+        print(live_log_note(args.log_dir), file=sys.stderr)
 
     def run_here(spec: RunSpec, out: str) -> dict[str, Any]:
-        record = run(spec, out, device=args.device)
+        record = run(spec, out, device=args.device, log_dir=args.log_dir)
         print(f"  {spec.method} seed {spec.seed}: {record.get('result_status', 'FAILED')} in {record['wall_s']:.1f}s"
               + (f" ({record['error']})" if record["status"] == "failed" else ""), file=sys.stderr)
         return record
@@ -292,8 +300,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if args.log_dir:
+        from .runner import live_log_note
+        make_dir(args.log_dir, "--log-dir", "for the live logs")
+        print(live_log_note(args.log_dir), file=sys.stderr)
     records = run_sweep(config, args.out, jobs=args.jobs, scheduler=args.scheduler, dask_workers=args.dask_workers,
-                        resume=args.resume, progress=not args.no_progress)
+                        resume=args.resume, progress=not args.no_progress, log_dir=args.log_dir)
     failed = [r for r in records if r["status"] == "failed"]
     for r in failed:
         print(f"failed: {r['method']} on {r['problem']} seed {r['seed']} ({r['run_id']}): {r['error']}", file=sys.stderr)
@@ -375,6 +387,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 # ----- argument parsing ---------------------------------------------------------------------
+LOG_DIR_HELP = ("write each run's rows live, as they are logged, to DIR/<run_id>.jsonl (and TensorBoard events "
+                "to DIR/<run_id>/ where tensorboard is installed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bilevel", description="Gradient-based bilevel optimization.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -386,8 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--problem", required=True, help="a problem name (see `bilevel list`)")
         p.add_argument("--problem-arg", action="append", metavar="KEY=VALUE", help="an argument of the problem builder")
         p.add_argument("--max-iter", type=whole("--max-iter", 0), default=1000, help="outer iterations (default 1000)")
-        p.add_argument("--log-every", type=whole("--log-every", 1), default=10, help="log every N iterations (default 10)")
+        p.add_argument("--log-every", type=whole("--log-every", 1), default=10,
+                       help="log every N iterations (default 10)")
         p.add_argument("--device", default=None, help="torch device for the problem's data (default cpu)")
+        p.add_argument("--log-dir", default=None, metavar="DIR", help=LOG_DIR_HELP)
         p.add_argument("--kkt", default=None, choices=list(KKT_MODES),
                        help="KKT residuals at logged iterations: the method's multiplier (default without --tol), "
                             "the least-squares one for every method (comparable, about 100 products a row; the "
@@ -408,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --distributed: seconds a rank waits for the others before the run fails (default 300)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="save the run there every --checkpoint-every iterations; rerun to continue from it")
-    p.add_argument("--checkpoint-every", type=whole("--checkpoint-every", 1), default=100, help="iterations between checkpoints (default 100)")
+    p.add_argument("--checkpoint-every", type=whole("--checkpoint-every", 1), default=100,
+                   help="iterations between checkpoints (default 100)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="run several methods over seeds, write the results, a table and a plot")
@@ -427,9 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="results directory (one directory per run + manifest)")
     p.add_argument("-j", "--jobs", type=whole("-j", 1), default=1, help="local worker processes (default 1)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
-    p.add_argument("--dask-workers", type=whole("--dask-workers", 1), default=None, help="start a local Dask cluster with N workers")
+    p.add_argument("--dask-workers", type=whole("--dask-workers", 1), default=None,
+                   help="start a local Dask cluster with N workers")
     p.add_argument("--resume", action="store_true", help="skip runs already finished in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--log-dir", default=None, metavar="DIR", help=LOG_DIR_HELP)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("plot", help="plot results: median and quantile band over seeds per method")

@@ -112,7 +112,8 @@ def configs_of(frame: pd.DataFrame, selected_from: pd.DataFrame | None = None, m
             continue
         options = json.loads(configs[0]) if configs[0] is not None else {}
         text = ", ".join(f"{k}={v}" for k, v in options.items())
-        candidates = 0 if selected_from is None else selected_from.loc[selected_from["method"] == method, "config"].nunique()
+        candidates = 0 if selected_from is None else \
+            selected_from.loc[selected_from["method"] == method, "config"].nunique()
         if candidates > 1 and metric is not None:
             out[str(method)] = (f"{text or 'defaults'}; best of {candidates} by median final {metric} "
                                 f"({best_mode(metric, mode)})")
