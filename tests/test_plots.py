@@ -44,6 +44,7 @@ def test_on_the_iteration_axis_a_finished_run_keeps_its_final_value():
 def test_runs_that_share_no_range_give_no_band_and_the_legend_says_so():
     frame = frame_of({"a": ([0, 1], [1, 2]), "b": ([2, 3], [1, 2])}, method="sgf")
     assert band(frame, "time", "f").empty
+    assert figure(frame, ["f"], x="time").legends[0].get_texts() == []          # nothing drawn, nothing listed
     frame = pd.concat([frame, frame_of({"c": ([0, 1], [1, 2])}, method="pgdqp")])
     fig = figure(frame, ["f"], x="time", logy=True)
     assert [t.get_text() for t in fig.axes[0].texts] == ["not drawn: the runs of sgf share no range of time (s)"]

@@ -71,7 +71,8 @@ def band(frame: pd.DataFrame, x: str, metric: str, quantiles: tuple[float, float
 def figure(frame: pd.DataFrame, metrics: Sequence[str], *, x: str = "iter", group: str = "method",
            logy: bool | None = None, logx: bool = False, title: str = "",
            reference_lines: dict[str, dict[str, float]] | None = None, configs: dict[str, str] | None = None) -> Any:
-    """The matplotlib Figure of `plot_metrics` (arguments as there)."""
+    """The matplotlib Figure of `plot_metrics` (arguments as there; close it with
+    matplotlib.pyplot.close)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -126,7 +127,7 @@ def figure(frame: pd.DataFrame, metrics: Sequence[str], *, x: str = "iter", grou
     if title:
         fig.suptitle(title)
     # one legend for the figure, under the panels: labels with configurations are long
-    legend = fig.legend(handles, labels, loc="lower center", ncol=1 if configs else min(len(labels), 4),
+    legend = fig.legend(handles, labels, loc="lower center", ncol=1 if configs else max(1, min(len(labels), 4)),
                         fontsize=8, frameon=False)
     fig.canvas.draw()
     height = legend.get_window_extent().height / fig.get_figheight() / fig.dpi
