@@ -64,7 +64,8 @@ class JsonLines(RowCallback):
 
     def on_row(self, row: dict[str, float]) -> None:
         values = {name: value if math.isfinite(value) else None for name, value in row.items()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._mode == "w":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, self._mode) as fh:
             fh.write(json.dumps(values, allow_nan=False) + "\n")
         self._mode = "a"
