@@ -288,3 +288,87 @@ def test_sweep_whose_every_run_failed_says_so(tmp_path, capsys):
 def test_sweep_config_that_is_a_directory(tmp_path, capsys):
     assert error_of(["sweep", str(tmp_path), "--out", str(tmp_path / "o")], capsys) == (
         f"Invalid config: {str(tmp_path)!r} is a directory (expected a YAML file such as configs/fig5_coreset.yaml)")
+
+
+# ----- YAML syntax, empty grids and plot metrics: found before anything runs ----------------------------------
+@pytest.mark.parametrize("text, message", [
+    ("max_iter: 2\nproblems:\n\tquadratic: {}\nmethods:\n  pgdqp: {}\n",
+     "line 3, column 1: a tab character where YAML expects spaces"),
+    ("max_iter: 2\nproblems:\n  quadratic: {}\n methods:\n  pgdqp: {}\n",
+     "line 4, column 2: this line's indentation does not fit the lines above it"),
+    ("max_iter: 2\nproblems: {quadratic: {}\nmethods:\n  pgdqp: {}\n",
+     "line 3, column 1: expected ',' or '}', but got '<scalar>' (while parsing a flow mapping that starts at line 2, "
+     "column 11)"),
+])
+def test_yaml_syntax_errors_are_one_plain_line(tmp_path, text, message, capsys):
+    path = write_config(tmp_path, text)
+    assert error_of(["sweep", str(path), "--out", str(tmp_path / "o")], capsys) == f"Invalid config: {path}: {message}"
+
+
+@pytest.mark.parametrize("config, message", [
+    ({**SWEEP, "methods": {"pgdqp": {"step_size": []}}},
+     "methods.pgdqp.step_size (line 7): [] (an empty grid: expected a value or a list of at least one)"),
+    ({**SWEEP, "problems": {"quadratic": {"dim_x": []}}},
+     "problems.quadratic.dim_x (line 5): [] (an empty grid: expected a value or a list of at least one)"),
+    ({**SWEEP, "seeds": []}, "seeds (line 7): [] (expected at least one seed)"),
+    ({**SWEEP, "plot": {"metrics": []}}, "plot.metrics (line 8): [] (expected a non-empty list of column names, "
+                                         "e.g. [f, h])"),
+])
+def test_empty_lists_name_the_key_and_line(tmp_path, config, message, capsys):
+    path = write_config(tmp_path, config)
+    assert error_of(["sweep", str(path), "--out", str(tmp_path / "o")], capsys) == f"Invalid value: {path}: {message}"
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("metric, meant", [("distance_to_solutoin", "distance_to_solution"), ("lamda", "lambda"),
+                                           ("verified_distance", "verified_distance_to_solution")])
+def test_plot_metrics_must_be_columns_the_runs_will_have(tmp_path, metric, meant, capsys):
+    path = write_config(tmp_path, {**SWEEP, "plot": {"metrics": ["f", metric]}})
+    err = error_of(["sweep", str(path), "--out", str(tmp_path / "o")], capsys)
+    assert err.startswith(f"Invalid metric: {path}: plot.metrics (line 8): {metric!r} is not a column the runs "
+                          f"will have (expected one of alpha, distance_to_solution, f, g, h, iter, ")
+    assert err.endswith(f"; did you mean {meant!r}?")
+    assert not (tmp_path / "o").exists()
+
+
+def test_plot_metrics_of_each_problem_and_verified_values_pass_without_building_hyper_cleaning(tmp_path, monkeypatch):
+    from bilevel.bench import runner
+    config = {**SWEEP, "problems": {"synthetic-sc": {"dim": [2, 3]}, "synthetic-nc": {"dim": 2}},
+              "plot": {"metrics": ["hypergradient_norm", "delta_norm", "verified_delta_norm", "lambda"]}}
+    assert load_config(write_config(tmp_path, config))["plot"] == config["plot"]
+    monkeypatch.setattr(runner, "build_problem", lambda *a, **k: pytest.fail("hyper-cleaning was built"))
+    config = {**SWEEP, "problems": {"hyper-cleaning": {"pca": 82}},
+              "plot": {"metrics": ["retrained_accuracy", "verified_corruption_auc"]}}
+    assert load_config(write_config(tmp_path, config))["plot"] == config["plot"]
+    with pytest.raises(ConfigError, match="'retrained_acc' is not a column .*did you mean 'retrained_accuracy'"):
+        load_config(write_config(tmp_path, {**config, "plot": {"metrics": ["retrained_acc"]}}))
+
+
+def test_the_columns_known_before_running_are_every_solvers_columns():
+    from bilevel.bench.config import RUN_COLUMNS, RunSpec
+    from bilevel.bench.runner import run
+    for method in sorted(bilevel.SOLVERS):
+        for kkt in ("method", "least_squares"):
+            record = run(RunSpec.make("quadratic", {"dim_x": 2, "dim_y": 2}, method, {}, 0, 1, 1, kkt), None,
+                         raise_errors=True)
+            columns = set(record["final"]) - {"distance_to_solution", "verified_distance_to_solution"}
+            assert columns <= set(RUN_COLUMNS), (method, columns - set(RUN_COLUMNS))
+
+
+# ----- counts on the command line: 1e3 and 1_000 are whole numbers, 1.5 is not ---------------------------------
+COUNTS = [(RUN, "--max-iter", "max_iter"), (RUN, "--log-every", "log_every"), (RUN, "--seed", "seed"),
+          (RUN, "--checkpoint-every", "checkpoint_every"), ([*COMPARE, "--out", "x"], "--seeds", "seeds"),
+          (["sweep", "c.yaml", "--out", "x"], "-j", "jobs"), (["sweep", "c.yaml", "--out", "x"], "--dask-workers",
+                                                             "dask_workers")]
+
+
+@pytest.mark.parametrize("argv, flag, dest", COUNTS, ids=[c[1] for c in COUNTS])
+def test_counts_accept_exponents_and_underscores_and_refuse_fractions(argv, flag, dest, capsys):
+    parser = cli.build_parser()
+    for text, value in (("1e3", 1000), ("1_000", 1000), ("2", 2), ("3.0", 3)):
+        assert getattr(parser.parse_args([*argv, flag, text]), dest) == value
+    assert error_of([*argv, flag, "1.5"], capsys) == f"Invalid {flag}: '1.5' (expected a whole number)"
+    assert error_of([*argv, flag, "ten"], capsys) == f"Invalid {flag}: 'ten' (expected a whole number)"
+    minimum = 0 if flag in ("--max-iter", "--seed") else 1
+    assert error_of([*argv, flag, str(minimum - 1)], capsys) == (
+        f"Invalid {flag}: '{minimum - 1}' (expected a whole number >= {minimum})")

@@ -36,6 +36,7 @@ class History:
     def __init__(self, problem: BilevelProblem, kkt: str, oracle: Oracle):
         self.problem, self.kkt, self.oracle = problem, kkt, oracle
         self.columns: dict[str, list[float]] = defaultdict(list)
+        self._on_row: Callable[[dict[str, float]], Any] | None = None
 
     @property
     def last_iter(self) -> float | None:
@@ -61,6 +62,8 @@ class History:
             column = self.columns[name]
             column.extend([math.nan] * (n_rows - len(column)))  # a column that appears late
             column.append(value)
+        if self._on_row is not None:
+            self._on_row(row)
         return row
 
     def finish(self, x: Tensor, y: Tensor) -> None:
@@ -73,6 +76,14 @@ class History:
             column = self.columns[name]
             column.extend([math.nan] * (n_rows - 1 - len(column)))
             column.append(value)
+
+    def listen(self, on_row: Callable[[dict[str, float]], Any]) -> None:
+        """Call on_row(row) with every row: at once with those logged so far (a history restored
+        from a checkpoint), then with each as it is logged (live monitoring, `bilevel.monitor`)."""
+        columns = self.as_dict()
+        for i in range(len(columns["iter"])):
+            on_row({name: values[i] for name, values in columns.items()})
+        self._on_row = on_row
 
     def restore(self, columns: Mapping[str, list[float]], before: int) -> None:
         """Continue from the rows of a saved history (a checkpoint) of iterates before `before`

@@ -92,9 +92,15 @@ def iterate(stepper: Stepper, solver: Solver, state: Any, clock: Clock, *, max_i
     """Run from `state` (at iteration clock.k) to max_iter; one Outcome per member.
 
     `on_advance(state, clock)` is called after every step that leaves the loop running (for
-    checkpoints). Members that stop early keep their answer while the others go on.
+    checkpoints). Members that stop early keep their answer while the others go on. Where the
+    callback has a method `on_row`, it is called with every row of the histories
+    (`History.listen`: those restored from a checkpoint at once, the others as they are
+    logged; a batch's rows with "member": b first; `bilevel.monitor`).
     """
     size = stepper.size
+    on_row = getattr(callback, "on_row", None)
+    for b, history in enumerate(histories if callable(on_row) else ()):
+        history.listen(on_row if size == 1 else (lambda row, b=b: on_row({"member": float(b), **row})))
     outcomes: list[Outcome | None] = [None] * size
     previous: tuple[Any, Any, Clock] | None = None          # iterate k - 1, its aux and clock
     bar = tqdm(total=max_iter, initial=min(clock.k, max_iter), disable=not progress,

@@ -17,7 +17,7 @@ import argparse
 import inspect
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
@@ -29,9 +29,9 @@ from ..problems import resolve
 from ..solve import make_solver
 from . import store, tables
 from .config import ConfigError, RunSpec, load_config
-from .plot import X_AXES, plot_metrics
+from .plot import X_AXES, figure_name, plot_metrics
 from .report import command, format_table, machine, update_section
-from .sweep import prepare_out, run_specs, run_sweep
+from .sweep import make_dir, prepare_out, run_specs, run_sweep
 
 
 class CLIError(Exception):
@@ -49,6 +49,26 @@ def parse_value(text: str) -> Any:
         except ValueError:
             return value
     return value
+
+
+def whole(flag: str, minimum: int | None = None) -> Callable[[str], int]:
+    """The argparse type of a count: a whole number, written '1000', '1_000' or '1e3'; anything
+    else ('1.5', 'ten') or below `minimum` is a CLIError naming the flag."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                number = float("nan")
+            if not number.is_integer():
+                raise CLIError(f"Invalid {flag}: {text!r} (expected a whole number)") from None
+            value = int(number)
+        if minimum is not None and value < minimum:
+            raise CLIError(f"Invalid {flag}: {text!r} (expected a whole number >= {minimum})")
+        return value
+    return parse
 
 
 def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
@@ -200,6 +220,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _make_solver(args.method, options)
     spec = RunSpec.make(args.problem, problem_args, args.method, options, args.seed, args.max_iter, args.log_every,
                         args.kkt, args.tol)
+    if args.log_dir:
+        make_dir(args.log_dir, "--log-dir", "for the live logs")
     if args.out:
         prepare_out(args.out, [spec], resume=True)
     if args.checkpoint:  # a directory there is an error of checkpoint.load, before the run
@@ -212,10 +234,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CLIError(f"Invalid --checkpoint: {args.checkpoint!r} (its directory cannot be created: "
                            f"{exc.strerror or exc})") from None
     shard = _init_distributed(args)
-    from .runner import run
+    from .runner import live_log_note, run
+    if args.log_dir and shard.get("rank", 0) == 0:
+        print(live_log_note(args.log_dir, spec.run_id), file=sys.stderr)
     record = run(spec, args.out, device=args.device, progress=not args.no_progress, distributed=args.distributed,
                  shard=shard or None, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                 raise_errors=True)
+                 raise_errors=True, log_dir=args.log_dir)
     status = 0 if record["result_status"] != "DIVERGED" else 1
     if shard.get("rank", 0) != 0:  # only rank 0 prints and writes
         distributed.shutdown()
@@ -242,8 +266,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise CLIError(f"Invalid --set: {key!r} (expected METHOD.OPTION=VALUE with METHOD one of {', '.join(methods)})")
         per_method[method][option] = value
     problem_args = parse_problem_args(args.problem_arg, "--seeds")
-    if args.seeds < 1:
-        raise CLIError(f"Invalid --seeds: {args.seeds} (expected an integer >= 1)")
     # everything that can be wrong is checked before the first run
     for method in methods:
         _make_solver(method, per_method[method])
@@ -253,13 +275,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     specs = [RunSpec.make(args.problem, problem_args, method, per_method[method], seed, args.max_iter, args.log_every,
                           args.kkt) for method in methods for seed in range(args.seeds)]
     out = Path(args.out)
+    if args.log_dir:
+        make_dir(args.log_dir, "--log-dir", "for the live logs")
     todo = prepare_out(out, specs, resume=True)
     if not args.resume:            # a second compare into the same directory runs again and replaces its runs
         todo = specs
-    from .runner import run
+    from .runner import live_log_note, run
+    if args.log_dir:
+        print(live_log_note(args.log_dir), file=sys.stderr)
 
     def run_here(spec: RunSpec, out: str) -> dict[str, Any]:
-        record = run(spec, out, device=args.device)
+        record = run(spec, out, device=args.device, log_dir=args.log_dir)
         print(f"  {spec.method} seed {spec.seed}: {record.get('result_status', 'FAILED')} in {record['wall_s']:.1f}s"
               + (f" ({record['error']})" if record["status"] == "failed" else ""), file=sys.stderr)
         return record
@@ -270,8 +296,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _check_metrics(metrics, frame, out)
     references = store.read_references(out, frame)
     title = frame["title"].iloc[0]
-    png = plot_metrics(frame, metrics, out / f"compare_{'-'.join(metrics)}_{args.x}.png", x=args.x, title=title,
-                       reference_lines=references.get(title), configs=tables.configs_of(frame))
+    png = plot_metrics(frame, metrics, out / figure_name("compare", args.problem, metrics, args.x), x=args.x,
+                       title=title, reference_lines=references.get(title), configs=tables.configs_of(frame))
     rows = tables.summary_table(frame, ["iter"] + metrics, store.read_manifest(out), by_config=False)
     print(format_table(rows, ["method", "runs", "iter"] + metrics + ["wall s / run"]))
     lines = references.get(title)
@@ -283,10 +309,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    if args.jobs < 1:
-        raise CLIError(f"Invalid -j: {args.jobs} (expected an integer >= 1)")
+    if args.log_dir:
+        from .runner import live_log_note
+        make_dir(args.log_dir, "--log-dir", "for the live logs")
+        print(live_log_note(args.log_dir), file=sys.stderr)
     records = run_sweep(config, args.out, jobs=args.jobs, scheduler=args.scheduler, dask_workers=args.dask_workers,
-                        resume=args.resume, progress=not args.no_progress)
+                        resume=args.resume, progress=not args.no_progress, log_dir=args.log_dir)
     failed = [r for r in records if r["status"] == "failed"]
     for r in failed:
         print(f"failed: {r['method']} on {r['problem']} seed {r['seed']} ({r['run_id']}): {r['error']}", file=sys.stderr)
@@ -307,25 +335,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _plot_dir(frame, out: str, metrics: list[str], x: str, select_by: str | None, mode: str | None,
-              target: str | None) -> list[Path]:
-    """One figure per problem instance: each method's best configuration by `select_by`."""
+              target: str | None, logx: bool = False) -> list[Path]:
+    """One figure per problem instance: each method's best configuration by `select_by`, the
+    legend saying which and, where there were several, by what."""
+    candidates = frame
     if select_by:
         frame = tables.select_best(frame, select_by, mode)
     references = store.read_references(out, frame)
+    keys = ["title", "problem", "problem_args"]
+    before = dict(iter(candidates.groupby(keys)))
     paths = []
-    for (title, problem, args), sub in frame.groupby(["title", "problem", "problem_args"]):
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in problem + ("" if args == "{}" else args))
-        directory = Path(target) if target else Path(out)
-        paths.append(plot_metrics(sub, metrics, directory / f"plot_{safe}_{'-'.join(metrics)}_{x}.png", x=x,
-                                  title=title, reference_lines=references.get(title),
-                                  configs=tables.configs_of(sub)))
+    for (title, problem, args), sub in frame.groupby(keys):
+        name = figure_name("plot", problem + ("" if args == "{}" else args), metrics, x, logx)
+        paths.append(plot_metrics(sub, metrics, Path(target or out) / name, x=x, logx=logx, title=title,
+                                  reference_lines=references.get(title),
+                                  configs=tables.configs_of(sub, before[(title, problem, args)], select_by, mode)))
     return paths
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     frame = store.read_results(args.dir)
     _check_metrics(args.metric, frame)
-    for path in _plot_dir(frame, args.dir, args.metric, args.x, args.select_by or args.metric[0], args.mode, args.out):
+    for path in _plot_dir(frame, args.dir, args.metric, args.x, args.select_by or args.metric[0], args.mode, args.out,
+                          args.logx):
         print(f"wrote {path}")
     return 0
 
@@ -364,6 +396,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 # ----- argument parsing ---------------------------------------------------------------------
+LOG_DIR_HELP = ("write each run's rows live, as they are logged, to DIR/<run_id>.jsonl (and TensorBoard events "
+                "to DIR/<run_id>/ where tensorboard is installed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bilevel", description="Gradient-based bilevel optimization.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -375,9 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--problem", required=True,
                        help="a problem name (see `bilevel list`) or package.module:function, a builder of your own")
         p.add_argument("--problem-arg", action="append", metavar="KEY=VALUE", help="an argument of the problem builder")
-        p.add_argument("--max-iter", type=int, default=1000, help="outer iterations (default 1000)")
-        p.add_argument("--log-every", type=int, default=10, help="log every N iterations (default 10)")
+        p.add_argument("--max-iter", type=whole("--max-iter", 0), default=1000, help="outer iterations (default 1000)")
+        p.add_argument("--log-every", type=whole("--log-every", 1), default=10,
+                       help="log every N iterations (default 10)")
         p.add_argument("--device", default=None, help="torch device for the problem's data (default cpu)")
+        p.add_argument("--log-dir", default=None, metavar="DIR", help=LOG_DIR_HELP)
         p.add_argument("--kkt", default=None, choices=list(KKT_MODES),
                        help="KKT residuals at logged iterations: the method's multiplier (default without --tol), "
                             "the least-squares one for every method (comparable, about 100 products a row; the "
@@ -387,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--method", required=True, help="a solver name (see `bilevel list`)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a solver hyperparameter, e.g. step_size=0.1")
-    p.add_argument("--seed", type=int, default=0, help="seed of the problem and the solver (default 0)")
+    p.add_argument("--seed", type=whole("--seed", 0), default=0, help="seed of the problem and the solver (default 0)")
     p.add_argument("--tol", type=float, default=None, help="stop when both KKT residuals are <= tol")
     p.add_argument("--out", default=None, help="results directory (runs/<run_id>/history.parquet, summary.json)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -398,13 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --distributed: seconds a rank waits for the others before the run fails (default 300)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="save the run there every --checkpoint-every iterations; rerun to continue from it")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="iterations between checkpoints (default 100)")
+    p.add_argument("--checkpoint-every", type=whole("--checkpoint-every", 1), default=100,
+                   help="iterations between checkpoints (default 100)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="run several methods over seeds, write the results, a table and a plot")
     common(p)
     p.add_argument("--methods", required=True, help="comma-separated solver names")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds 0..K-1 (default 3)")
+    p.add_argument("--seeds", type=whole("--seeds", 1), default=3, help="number of seeds 0..K-1 (default 3)")
     p.add_argument("--set", action="append", metavar="METHOD.KEY=VALUE", help="a hyperparameter of one method")
     p.add_argument("--metrics", default=None, help="comma-separated columns to plot (default: the problem's)")
     p.add_argument("--x", default="iter", choices=list(X_AXES), help="x axis of the plot (default iter)")
@@ -415,17 +454,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a YAML grid of problems x methods x hyperparameters x seeds")
     p.add_argument("config", help="the YAML config (see bilevel.bench.config)")
     p.add_argument("--out", required=True, help="results directory (one directory per run + manifest)")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("-j", "--jobs", type=whole("-j", 1), default=1, help="local worker processes (default 1)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
-    p.add_argument("--dask-workers", type=int, default=None, help="start a local Dask cluster with N workers")
+    p.add_argument("--dask-workers", type=whole("--dask-workers", 1), default=None,
+                   help="start a local Dask cluster with N workers")
     p.add_argument("--resume", action="store_true", help="skip runs already finished in --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--log-dir", default=None, metavar="DIR", help=LOG_DIR_HELP)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("plot", help="plot results: median and quantile band over seeds per method")
     p.add_argument("dir", help="a results directory of run, compare or sweep")
     p.add_argument("--metric", action="append", required=True, help="a column to plot (repeatable)")
     p.add_argument("--x", default="iter", choices=list(X_AXES), help="x axis (default iter)")
+    p.add_argument("--logx", action="store_true", help="log scale on x, interpolated in log x (iteration 0 left out)")
     p.add_argument("--select-by", default=None, help="pick each method's best configuration by this final metric "
                                                      "(default: the first --metric)")
     p.add_argument("--mode", default=None, choices=["min", "max"], help="best = min or max (default by name)")
@@ -448,8 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)     # a count that is no whole number is a CLIError (`whole`)
         return args.func(args)
     except (CLIError, ConfigError, store.ResultsError) as exc:
         print(f"bilevel: error: {exc}", file=sys.stderr)

@@ -13,6 +13,9 @@
       pgdqp: {schedule: [constant, diminishing], step_size: 0.05}
       sgf: {}
     plot: {metrics: [upper_objective], x: iter}
+
+Everything is checked before the first run, plot metrics included: each must be a column the
+runs will have (`RUN_COLUMNS`, or a metric of one of the problems, or its verified_ value).
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ import yaml
 
 from .. import PROBLEMS, SOLVERS
 from ..checks import suggest
-from ..history import KKT_MODES
+from ..history import KKT_MODES, problem_metrics
+from ..oracles import COUNTERS
 from ..problems import resolve
 from ..solve import make_solver
 from .plot import X_AXES
@@ -39,6 +43,12 @@ TOP_KEYS = {"name": str, "max_iter": int, "log_every": int, "seeds": (int, list)
             "problems": dict, "methods": dict, "plot": dict, "description": str}
 PLOT_KEYS = {"metrics": list, "x": str}
 REQUIRED = ("max_iter", "problems", "methods")
+# the history columns a run can have whatever its problem (bilevel.history.History.log: the counts,
+# the step's diagnostics of every solver, the KKT residuals) and its verification's
+# (bilevel.bench.store.verified_columns)
+RUN_COLUMNS = ("iter", "time", *COUNTERS, "oracle_calls", "f", "g", "h", "kkt_stationarity", "kkt_feasibility",
+               "kkt_stationarity_method", "lambda", "step_size", "alpha", "penalty", "truncation",
+               "verified_f", "lower_gap", "y_distance", "verified")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
@@ -144,9 +154,27 @@ def load_config(path: str | Path) -> dict[str, Any]:
         node = yaml.compose(text)
         _duplicate_keys(node, str(path))
         raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(f"Invalid config: {path}: {_syntax_error(exc, text)}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"Invalid config: {path}: not valid YAML ({exc})") from None
     return check_config(raw, str(path), _lines(node) if node is not None else {})
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, text: str) -> str:
+    """'line 3, column 1: a tab character where YAML expects spaces': PyYAML's error in plain words."""
+    mark = exc.problem_mark or exc.context_mark
+    line = text.splitlines()[mark.line] if mark.line < len(text.splitlines()) else ""
+    if line[mark.column:mark.column + 1] == "\t":
+        problem = "a tab character where YAML expects spaces"
+    elif "<block end>" in (exc.problem or ""):
+        problem = "this line's indentation does not fit the lines above it"
+    else:
+        problem = exc.problem or exc.context or "not valid YAML"
+        if exc.context and exc.context_mark is not None and exc.problem:
+            problem += (f" ({exc.context} that starts at line {exc.context_mark.line + 1}, "
+                        f"column {exc.context_mark.column + 1})")
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | None = None) -> dict[str, Any]:
@@ -180,6 +208,8 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
         raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected a list of integers)")
     if isinstance(seeds, int) and seeds < 1:
         raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected >= 1)")
+    if seeds == []:
+        raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: [] (expected at least one seed)")
     raw = {**raw, "problems": _numbers(raw["problems"]), "methods": _numbers(raw["methods"])}
     _check_section(raw, "problems", PROBLEMS, "problem", "builder argument",
                    lambda name: [p for p in inspect.signature(_builder(name, source, lines)).parameters if p != "seed"],
@@ -209,10 +239,47 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
     if "x" in plot and plot["x"] not in X_AXES:
         raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', 'x'))}: {plot['x']!r} "
                           f"(expected one of {', '.join(X_AXES)}){suggest(plot['x'], X_AXES)}")
-    if not all(isinstance(m, str) for m in plot.get("metrics", [])):
+    if "metrics" in plot and (not plot["metrics"] or not all(isinstance(m, str) for m in plot["metrics"])):
         raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', 'metrics'))}: {plot['metrics']!r} "
-                          f"(expected a list of column names, e.g. [f, h])")
+                          f"(expected a non-empty list of column names, e.g. [f, h])")
+    _check_plot_metrics(raw, plot.get("metrics", []), _where(source, lines, ("plot", "metrics")))
     return raw
+
+
+def problem_metric_names(name: str, args: dict[str, Any], seed: int = 0) -> list[str] | None:
+    """The names of problem `name`'s metrics: its builder's `metric_names` where it declares them
+    (so that a problem costly to build is not built for a check), else the names metrics(x0, y0)
+    returns for the problem built with `args` and `seed`; None where it cannot be built here."""
+    declared = getattr(resolve(name), "metric_names", None)
+    if declared is not None:
+        return list(declared)
+    from .runner import build_problem     # runner imports this module
+    try:
+        problem = build_problem(name, seed, args)
+        return list(problem_metrics(problem, problem.x0, problem.y0))
+    except Exception:                      # its runs will say what is wrong
+        return None
+
+
+def _check_plot_metrics(raw: dict[str, Any], metrics: list[str], where: str) -> None:
+    """Each plot metric is a column the runs will have: one of `RUN_COLUMNS`, or a metric of one
+    of the problems (built once, with the first grid point and seed) or its verified_ value.
+    Nothing is built when every metric is in RUN_COLUMNS, and nothing is refused when a problem
+    cannot be built here."""
+    unknown = [m for m in metrics if m not in RUN_COLUMNS]
+    if not unknown:
+        return
+    seeds = raw.get("seeds", 1)
+    columns = set(RUN_COLUMNS)
+    for name, args in raw["problems"].items():
+        names = problem_metric_names(name, _grid(args)[0], 0 if isinstance(seeds, int) else seeds[0])
+        if names is None:
+            return
+        columns.update(names + [f"verified_{n}" for n in names])
+    for metric in unknown:
+        if metric not in columns:
+            raise ConfigError(f"Invalid metric: {where}: {metric!r} is not a column the runs will have "
+                              f"(expected one of {', '.join(sorted(columns))}){suggest(metric, columns)}")
 
 
 def _values(value: Any) -> list[Any]:
@@ -244,10 +311,13 @@ def _check_section(raw: dict, section: str, registry: dict, what: str, entry: st
             raise ConfigError(f"Invalid value: {where}: {mapping!r} (expected a mapping of {entry}s, "
                               f"e.g. {{}}, or nothing)")
         valid = valid_keys(name)
-        for key in mapping or {}:
+        for key, value in (mapping or {}).items():
             if key not in valid:
                 raise ConfigError(f"Invalid {entry}: {_where(source, lines, (section, name, key))}: "
                                   f"{key!r} is not a {entry} of {name}{suggest(key, valid)}")
+            if value == []:
+                raise ConfigError(f"Invalid value: {_where(source, lines, (section, name, key))}: [] (an empty "
+                                  f"grid: expected a value or a list of at least one)")
 
 
 def _builder(name: str, source: str, lines: dict[tuple, int]):

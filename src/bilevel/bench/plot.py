@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+from ..files import atomic_write
 
 X_AXES = {"iter": "iteration", "time": "time (s)", "oracle_calls": "oracle calls"}
 # beyond this magnitude a value (a diverging run's last finite iterates, e.g. 7e306) cannot be
@@ -20,48 +22,57 @@ def drawable(values: pd.Series) -> pd.Series:
         return values.where(np.isfinite(values) & (values.abs() <= DRAWABLE))
 
 
+def figure_name(prefix: str, problem: str, metrics: Sequence[str], x: str, logx: bool = False) -> str:
+    """'plot_coreset_upper_objective-h_time.png': the problem (with its arguments), the metrics
+    and the x axis (and '_logx'), so that figures of other metrics or axes never overwrite it;
+    characters other than letters, digits, '-' and '_' become '_'."""
+    def safe(text: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+    return f"{prefix}_{safe(problem)}_{safe('-'.join(metrics))}_{x}{'_logx' if logx else ''}.png"
+
+
 def band(frame: pd.DataFrame, x: str, metric: str, quantiles: tuple[float, float] = (0.25, 0.75),
-         points: int = 200) -> pd.DataFrame:
+         points: int = 200, *, logx: bool = False, logy: bool = False) -> pd.DataFrame:
     """Median and quantiles of `metric` over runs, on a common grid of `x`.
 
-    Each run is interpolated linearly on the grid (NaN outside its own range, except that
-    on the iteration axis a finished run keeps its last value) so that runs logged at
-    different times or oracle counts can be combined.
+    Every grid point has a value of every run, so the median never jumps where a run ends:
+    the grid starts where the last run starts and, on the iteration axis, ends where the
+    longest run ends, a run that ended earlier (converged, stopped, diverged) keeping its
+    final value; on the time and oracle-call axes it ends where the first run ends (beyond
+    it the others' values would be compared with nothing). Runs are interpolated linearly
+    between logged rows, in log x with `logx` and in log values with `logy` (geometric
+    interpolation, straight on log axes); rows a log axis cannot show (x <= 0, values <= 0)
+    are left out. No rows when the runs share no range of x.
     """
-    runs = [g.sort_values(x) for _, g in frame.groupby("run_id")]
-    lo = min(float(r[x].min()) for r in runs)
-    hi = max(float(r[x].max()) for r in runs)
+    def forward(log: bool, values: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(values > 0, np.log(values), np.nan) if log else values
+    runs = []
+    for _, run in frame.groupby("run_id"):
+        run = run.sort_values(x)
+        xs, ys = forward(logx, run[x].to_numpy(float)), forward(logy, run[metric].to_numpy(float))
+        keep = np.isfinite(xs) & np.isfinite(ys)
+        if keep.any():
+            runs.append((xs[keep], ys[keep]))
+    if not runs:
+        return pd.DataFrame({x: [], "median": [], "low": [], "high": []})
+    lo = max(xs[0] for xs, _ in runs)
+    hi = (max if x == "iter" else min)(xs[-1] for xs, _ in runs)
+    if hi < lo:
+        return pd.DataFrame({x: [], "median": [], "low": [], "high": []})
     grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
-    values = []
-    for r in runs:
-        xs, ys = r[x].to_numpy(float), r[metric].to_numpy(float)
-        v = np.interp(grid, xs, ys, left=np.nan, right=ys[-1] if x == "iter" else np.nan)
-        values.append(v)
-    stack = np.vstack(values)
-    with np.errstate(all="ignore"):
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return pd.DataFrame({x: grid, "median": np.nanmedian(stack, 0),
-                                 "low": np.nanquantile(stack, quantiles[0], 0),
-                                 "high": np.nanquantile(stack, quantiles[1], 0)})
+    stack = np.vstack([np.interp(grid, xs, ys) for xs, ys in runs])   # beyond its end: its final value
+    back = {False: lambda v: v, True: np.exp}
+    return pd.DataFrame({x: back[logx](grid), "median": back[logy](np.median(stack, 0)),
+                         "low": back[logy](np.quantile(stack, quantiles[0], 0)),
+                         "high": back[logy](np.quantile(stack, quantiles[1], 0))})
 
 
-def plot_metrics(frame: pd.DataFrame, metrics: Sequence[str], path: str | Path, *, x: str = "iter",
-                 group: str = "method", logy: bool | None = None, title: str = "",
-                 reference_lines: dict[str, dict[str, float]] | None = None,
-                 configs: dict[str, str] | None = None) -> Path:
-    """One panel per metric: median (line) and interquartile band (shade) per group.
-
-    Args:
-        frame: tidy results with columns run_id, `group`, `x` and the metrics.
-        metrics: the columns to plot, one panel each.
-        path: the PNG to write.
-        x: "iter", "time" or "oracle_calls".
-        logy: log scale on y; default: when a metric is positive and spans > 2 decades.
-        reference_lines: metric -> {label: value}, drawn as dashed horizontal lines.
-        configs: group -> the configuration plotted for it, shown in the legend.
-    """
+def figure(frame: pd.DataFrame, metrics: Sequence[str], *, x: str = "iter", group: str = "method",
+           logy: bool | None = None, logx: bool = False, title: str = "",
+           reference_lines: dict[str, dict[str, float]] | None = None, configs: dict[str, str] | None = None) -> Any:
+    """The matplotlib Figure of `plot_metrics` (arguments as there; close it with
+    matplotlib.pyplot.close)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -77,37 +88,77 @@ def plot_metrics(frame: pd.DataFrame, metrics: Sequence[str], path: str | Path, 
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.6 * nrows), squeeze=False)
     for ax in axes.flat[len(metrics):]:
         ax.set_visible(False)
+    # one color per group in every panel, and one legend entry per group drawn in any panel
+    colors = {name: f"C{i % 10}" for i, name in enumerate(sorted(frame[group].dropna().unique(), key=str))}
+    handles: dict[Any, Any] = {}
     for ax, metric in zip(axes.flat, metrics):
+        col = frame[metric].dropna()
+        use_log = logy if logy is not None else bool(len(col) and (col > 0).all() and col.max() > 100 * col.min())
+        undrawn = []
         for name, sub in frame.groupby(group, sort=True):
             data = sub.dropna(subset=[metric])
             if data.empty:
                 continue
-            b = band(data, x, metric)
+            b = band(data, x, metric, logx=logx, logy=use_log)
+            if b.empty:
+                undrawn.append(str(name))
+                continue
             label = str(name) + (f" ({configs[str(name)]})" if configs and str(name) in configs else "")
-            line, = ax.plot(b[x], b["median"], label=label)
+            line, = ax.plot(b[x], b["median"], label=label, color=colors[name])
             ax.fill_between(b[x], b["low"], b["high"], color=line.get_color(), alpha=0.2, linewidth=0)
+            handles.setdefault(name, line)
+        if undrawn:
+            ax.text(0.5, 0.5, f"not drawn: the runs of {', '.join(undrawn)} share no range of {X_AXES[x]}",
+                    transform=ax.transAxes, ha="center", va="center", fontsize=8, color="gray", wrap=True)
         for label, value in (reference_lines or {}).get(metric, {}).items():
             ax.axhline(value, linestyle="--", linewidth=1, color="gray")
             ax.annotate(label, (1.0, value), xycoords=("axes fraction", "data"), ha="right", va="bottom",
                         fontsize=7, color="gray")
-        col = frame[metric].dropna()
-        use_log = logy if logy is not None else bool(len(col) and (col > 0).all() and col.max() > 100 * col.min())
-        if use_log:
+        drawn = len(undrawn) < frame.dropna(subset=[metric])[group].nunique()
+        if use_log and drawn:         # a log axis without data cannot place its ticks
             ax.set_yscale("log")
+        if logx and drawn:
+            ax.set_xscale("log")
         ax.set_xlabel(X_AXES[x])
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles = [handles[name] for name in colors if name in handles]
+    labels = [h.get_label() for h in handles]
     if title:
         fig.suptitle(title)
     # one legend for the figure, under the panels: labels with configurations are long
-    legend = fig.legend(handles, labels, loc="lower center", ncol=1 if configs else min(len(labels), 4),
+    legend = fig.legend(handles, labels, loc="lower center", ncol=1 if configs else max(1, min(len(labels), 4)),
                         fontsize=8, frameon=False)
     fig.canvas.draw()
     height = legend.get_window_extent().height / fig.get_figheight() / fig.dpi
     fig.tight_layout(rect=(0, min(height + 0.01, 0.5), 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_metrics(frame: pd.DataFrame, metrics: Sequence[str], path: str | Path, *, x: str = "iter",
+                 group: str = "method", logy: bool | None = None, logx: bool = False, title: str = "",
+                 reference_lines: dict[str, dict[str, float]] | None = None,
+                 configs: dict[str, str] | None = None) -> Path:
+    """One panel per metric: median (line) and interquartile band (shade) per group (`band`),
+    written atomically as a PNG with the permissions the umask gives (`bilevel.files.atomic_write`).
+
+    Args:
+        frame: tidy results with columns run_id, `group`, `x` and the metrics.
+        metrics: the columns to plot, one panel each.
+        path: the PNG to write.
+        x: "iter", "time" or "oracle_calls".
+        logy: log scale on y, with geometric interpolation; default: when a metric is positive
+            and spans > 2 decades.
+        logx: log scale on x, interpolated in log x (rows at x <= 0, such as iteration 0, are
+            left out). Default False.
+        reference_lines: metric -> {label: value}, drawn as dashed horizontal lines.
+        configs: group -> the configuration plotted for it (and how it was chosen), shown in
+            the legend.
+    """
+    import matplotlib.pyplot as plt
+    fig = figure(frame, metrics, x=x, group=group, logy=logy, logx=logx, title=title,
+                 reference_lines=reference_lines, configs=configs)
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
+    finally:
+        plt.close(fig)

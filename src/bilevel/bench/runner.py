@@ -2,6 +2,7 @@
 what `bilevel run`, `compare` and every worker of `sweep` do."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -13,6 +14,7 @@ from typing import Any
 from .. import solve
 from ..problems import resolve
 from ..checks import suggest
+from ..monitor import Callbacks, JsonLines, TensorBoard, tensorboard_available
 from ..problem import BilevelProblem
 from ..solve import make_solver
 from . import store
@@ -50,9 +52,26 @@ def hyperparameters(solver: Any) -> dict[str, Any]:
             if isinstance(getattr(solver, f.name), (int, float, str, bool, type(None)))}
 
 
+def live_log(log_dir: str | Path, run_id: str) -> Callbacks:
+    """The callback of a run's live log: its rows into LOG_DIR/<run_id>.jsonl and, where the
+    tensorboard package is installed, TensorBoard events into LOG_DIR/<run_id>/."""
+    callbacks = [JsonLines(Path(log_dir) / f"{run_id}.jsonl")]
+    if tensorboard_available():
+        callbacks.append(TensorBoard(Path(log_dir) / run_id))
+    return Callbacks(*callbacks)
+
+
+def live_log_note(log_dir: str | Path, run_id: str = "<run_id>") -> str:
+    """What `live_log` writes, in words for the command line."""
+    where = Path(log_dir)
+    return (f"live log: {where / (run_id + '.jsonl')}"
+            + (f" and TensorBoard events in {where / run_id}" if tensorboard_available()
+               else " (no TensorBoard events: pip install tensorboard)"))
+
+
 def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, progress: bool = False,
         distributed: bool = False, shard: dict[str, int] | None = None, checkpoint: str | None = None,
-        checkpoint_every: int = 100, raise_errors: bool = False) -> dict[str, Any]:
+        checkpoint_every: int = 100, raise_errors: bool = False, log_dir: str | Path | None = None) -> dict[str, Any]:
     """Run `spec` and write OUT/runs/<run_id>/ (history.parquet, answer.pt, then summary.json;
     nothing when OUT is None); return the run's manifest record ("status": "finished" or
     "failed" with the error).
@@ -62,6 +81,7 @@ def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, pro
             builder's arguments; only rank 0 writes.
         raise_errors: raise a failed run's exception (the CLI's `run`) instead of recording it
             (sweeps go on after a failed run).
+        log_dir: write the rows live as they are logged (`live_log`; rank 0 only).
     """
     start = time.perf_counter()
     record = {**spec.describe(), "world_size": (shard or {}).get("world_size", 1)}
@@ -69,9 +89,11 @@ def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, pro
     try:
         problem = build_problem(spec.problem, spec.seed, {**dict(spec.problem_args), **(shard or {})}, device)
         solver = make_solver(spec.method, dict(spec.options))
-        result = solve(problem, solver, max_iter=spec.max_iter, log_every=spec.log_every, tol=spec.tol,
-                       kkt=spec.kkt, seed=spec.seed, progress=progress, distributed=distributed,
-                       checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        logger = live_log(log_dir, spec.run_id) if log_dir is not None and is_main else contextlib.nullcontext()
+        with logger as callback:
+            result = solve(problem, solver, max_iter=spec.max_iter, log_every=spec.log_every, tol=spec.tol,
+                           kkt=spec.kkt, seed=spec.seed, progress=progress, distributed=distributed,
+                           checkpoint=checkpoint, checkpoint_every=checkpoint_every, callback=callback)
         wall = time.perf_counter() - start
         final = {**{k: v[-1] for k, v in result.history.items()}, **store.verified_columns(result.verification)}
         record.update(status="finished", result_status=result.status.name, success=result.success, n_iter=result.n_iter,

@@ -4,6 +4,7 @@ manifest as it finishes, so that a killed sweep resumes without loss or duplicat
 `bilevel run` and `compare` go through `run_specs` too, in this process."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -17,22 +18,30 @@ from .config import ConfigError, RunSpec, expand
 Run = Callable[[RunSpec, str], dict[str, Any]]
 
 
+def make_dir(path: str | Path, flag: str, purpose: str) -> Path:
+    """Create the directory `path` (and its parents); an error naming `flag` where it is a
+    file, cannot be created or is not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"Invalid {flag}: {str(path)!r} is a file (expected a directory {purpose})")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"Invalid {flag}: {str(path)!r} cannot be created ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"Invalid {flag}: {str(path)!r} is not writable")
+    return path
+
+
 def prepare_out(out: str | Path, specs: list[RunSpec], resume: bool) -> list[RunSpec]:
     """Create OUT (an error names --out if it cannot be) and return the specs not yet finished
     there. Without resume, OUT must hold no finished run of these specs."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"Invalid --out: {str(out)!r} is a file (expected a directory for the results)")
     done = store.finished_ids(out) & {s.run_id for s in specs}
     if done and not resume:
         raise ConfigError(f"Invalid --out: {str(out)!r} already holds {len(done)} finished runs of this "
                           f"configuration (use --resume to continue, or another directory)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"Invalid --out: {str(out)!r} cannot be created ({exc.strerror or exc})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"Invalid --out: {str(out)!r} is not writable")
+    make_dir(out, "--out", "for the results")
     recorded = {r["run_id"] for r in store.read_manifest(out) if r.get("status") == "finished"}
     for spec in specs:                       # killed between the summary's rename and its manifest line
         if spec.run_id in done - recorded:
@@ -61,7 +70,8 @@ def run_specs(specs: list[RunSpec], out: str | Path, *, jobs: int = 1, scheduler
 
 
 def run_sweep(config: dict[str, Any], out: str | Path, *, jobs: int = 1, scheduler: str | None = None,
-              dask_workers: int | None = None, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+              dask_workers: int | None = None, resume: bool = False, progress: bool = True,
+              log_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Run every spec of a checked config not yet finished in OUT; returns the new manifest records.
 
     Args:
@@ -69,12 +79,17 @@ def run_sweep(config: dict[str, Any], out: str | Path, *, jobs: int = 1, schedul
         scheduler: address of a running Dask scheduler (e.g. "tcp://10.0.0.5:8786").
         dask_workers: start a local Dask cluster with this many worker processes.
         resume: skip runs already finished in OUT (without it, OUT must hold none of them).
+        log_dir: each run's rows live into LOG_DIR/<run_id>.jsonl (and TensorBoard events),
+            `runner.live_log`; on a cluster a directory every worker sees.
     """
     specs = expand(config)
+    if log_dir is not None:
+        make_dir(log_dir, "--log-dir", "for the live logs")
     todo = prepare_out(out, specs, resume)
     (Path(out) / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    run = functools.partial(runner.run, log_dir=str(log_dir)) if log_dir is not None else None
     return run_specs(todo, out, jobs=jobs, scheduler=scheduler, dask_workers=dask_workers, progress=progress,
-                     total=len(specs))
+                     total=len(specs), run=run)
 
 
 def execute(specs: list[RunSpec], out: str, jobs: int, scheduler: str | None, dask_workers: int | None,

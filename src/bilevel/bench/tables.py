@@ -30,14 +30,20 @@ def higher_is_better(metric: str) -> bool:
     return any(word in metric for word in ("accuracy", "auc"))
 
 
+def best_mode(metric: str, mode: str | None = None) -> str:
+    """'min' or 'max': `mode` where given, else by the metric's name (`higher_is_better`)."""
+    mode = mode or ("max" if higher_is_better(metric) else "min")
+    if mode not in ("min", "max"):
+        raise ValueError(f"Invalid mode: {mode!r} (expected 'min' or 'max')")
+    return mode
+
+
 def select_best(frame: pd.DataFrame, metric: str, mode: str | None = None) -> pd.DataFrame:
     """Per (problem, method), keep the runs of the hyperparameter configuration whose final
     `metric`, as a median over seeds, is best (max for accuracy-like metrics unless mode says)."""
     if metric not in frame.columns:
         raise ValueError(f"Invalid metric: {metric!r} (columns present: {', '.join(sorted(frame.columns))})")
-    mode = mode or ("max" if higher_is_better(metric) else "min")
-    if mode not in ("min", "max"):
-        raise ValueError(f"Invalid mode: {mode!r} (expected 'min' or 'max')")
+    mode = best_mode(metric, mode)
     keys = ["problem", "problem_args", "method"]
     last = final_rows(frame, ["run_id"])
     scores = last.groupby(keys + ["config"], dropna=False)[metric].median().reset_index()
@@ -93,11 +99,24 @@ def summary_table(frame: pd.DataFrame, metrics: list[str], manifest: list[dict[s
     return rows
 
 
-def configs_of(frame: pd.DataFrame) -> dict[str, str]:
-    """method -> its configuration (options as JSON) where the frame holds one per method."""
+def configs_of(frame: pd.DataFrame, selected_from: pd.DataFrame | None = None, metric: str | None = None,
+               mode: str | None = None) -> dict[str, str]:
+    """method -> its configuration ('step_size=0.1, alpha=1'; 'defaults' for none) where the frame
+    holds one per method. Where that one was chosen (`select_best` by `metric` and `mode`) among
+    several in `selected_from`, the same problem's runs before the choice, it says so:
+    'step_size=0.1; best of 3 by median final upper_objective (min)'."""
     out = {}
     for method, sub in frame.groupby("method"):
         configs = sub["config"].unique()
-        if len(configs) == 1 and configs[0] not in ("{}", None):
-            out[str(method)] = ", ".join(f"{k}={v}" for k, v in json.loads(configs[0]).items())
+        if len(configs) != 1:
+            continue
+        options = json.loads(configs[0]) if configs[0] is not None else {}
+        text = ", ".join(f"{k}={v}" for k, v in options.items())
+        candidates = 0 if selected_from is None else \
+            selected_from.loc[selected_from["method"] == method, "config"].nunique()
+        if candidates > 1 and metric is not None:
+            out[str(method)] = (f"{text or 'defaults'}; best of {candidates} by median final {metric} "
+                                f"({best_mode(metric, mode)})")
+        elif text:
+            out[str(method)] = text
     return out

@@ -211,6 +211,10 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
     return problem
 
 
+# the names its metrics return, for checks that should not build it (a sweep config's plot metrics)
+hyper_cleaning.metric_names = ("val_loss", "test_accuracy", "corruption_auc", "retrained_accuracy")
+
+
 def reference_lines(problem: BilevelProblem) -> dict[str, dict[str, float]]:
     """The reference accuracies as plot lines for the accuracy metrics."""
     refs = reference_accuracies(problem)

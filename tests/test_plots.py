@@ -1,0 +1,132 @@
+"""Plots fit for a paper: medians over the same runs at every point, honest interpolation on log
+axes, file names that say what a figure shows, legends that say what was chosen; files written
+with the permissions the umask gives."""
+import json
+import os
+import stat
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bilevel.bench import cli, store, tables
+from bilevel.bench.cli import main
+from bilevel.bench.plot import band, figure
+
+
+def frame_of(runs, x="time", metric="f", **constant):
+    """A tidy frame: runs = {run_id: (xs, values)}."""
+    rows = [{"run_id": run_id, x: xv, metric: yv, **constant} for run_id, (xs, ys) in runs.items()
+            for xv, yv in zip(xs, ys)]
+    return pd.DataFrame(rows)
+
+
+def test_the_band_on_time_spans_only_what_every_run_covers():
+    frame = frame_of({"a": ([0, 1, 2, 3], [3, 2, 1, 0]),      # the longest
+                      "b": ([0, 2], [4, 2]),                  # ends first, at t = 2
+                      "c": ([0.5, 2.5], [6, 6])})             # starts last, at t = 0.5
+    b = band(frame, "time", "f", points=4)
+    # the grid runs from 0.5 to 2; by hand at 0.5, 1, 1.5, 2: a 2.5 2 1.5 1, b 3.5 3 2.5 2, c 6 6 6 6
+    np.testing.assert_allclose(b["time"], [0.5, 1.0, 1.5, 2.0])
+    np.testing.assert_allclose(b["median"], [3.5, 3.0, 2.5, 2.0])
+    np.testing.assert_allclose(b["low"], [3.0, 2.5, 2.0, 1.5])     # the 0.25 quantile of three values
+    np.testing.assert_allclose(b["high"], [4.75, 4.5, 4.25, 4.0])  # (a sorted, b sorted)
+
+
+def test_on_the_iteration_axis_a_finished_run_keeps_its_final_value():
+    frame = frame_of({"a": ([0, 10, 20], [4, 2, 0]), "b": ([0, 10], [6, 4]), "c": ([0, 10, 20], [2, 2, 2])},
+                     x="iter")
+    b = band(frame, "iter", "f", points=3)
+    np.testing.assert_allclose(b["iter"], [0, 10, 20])
+    np.testing.assert_allclose(b["median"], [4, 2, 2])              # at 20: a 0, b 4 (kept), c 2
+
+
+def test_runs_that_share_no_range_give_no_band_and_the_legend_says_so():
+    frame = frame_of({"a": ([0, 1], [1, 2]), "b": ([2, 3], [1, 2])}, method="sgf")
+    assert band(frame, "time", "f").empty
+    assert figure(frame, ["f"], x="time").legends[0].get_texts() == []          # nothing drawn, nothing listed
+    frame = pd.concat([frame, frame_of({"c": ([0, 1], [1, 2])}, method="pgdqp")])
+    fig = figure(frame, ["f"], x="time", logy=True)
+    assert [t.get_text() for t in fig.axes[0].texts] == ["not drawn: the runs of sgf share no range of time (s)"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["pgdqp"]
+
+
+def test_log_y_interpolates_geometrically_and_log_x_in_log_x():
+    frame = frame_of({"a": ([0, 2], [1, 100])}, x="iter")
+    assert band(frame, "iter", "f", points=3)["median"][1] == pytest.approx(50.5)            # linear
+    assert band(frame, "iter", "f", points=3, logy=True)["median"][1] == pytest.approx(10.0)  # geometric
+    frame = frame_of({"a": ([0, 1, 100], [5, 0, 2])})           # time 0 cannot be shown on a log axis
+    linear = band(frame, "time", "f", points=3)
+    np.testing.assert_allclose(linear["time"], [0, 50, 100])
+    np.testing.assert_allclose(linear["median"], [5, 49 / 99 * 2, 2])      # at 50: between (1, 0) and (100, 2)
+    logx = band(frame, "time", "f", points=3, logx=True)
+    np.testing.assert_allclose(logx["time"], [1, 10, 100])
+    np.testing.assert_allclose(logx["median"], [0, 1, 2])
+
+
+def test_on_a_log_axis_the_median_of_two_runs_is_their_geometric_mean():
+    frame = frame_of({"a": ([0, 1], [1, 1]), "b": ([0, 1], [100, 100])}, x="iter")
+    assert band(frame, "iter", "f", points=2, logy=True)["median"].tolist() == pytest.approx([10, 10])
+    assert band(frame, "iter", "f", points=2)["median"].tolist() == pytest.approx([50.5, 50.5])
+
+
+# ----- results directories of synthetic runs: names, legends, permissions ----------------------------------
+CONFIGS = {"p1": ("pgdqp", {"step_size": 0.1}), "p2": ("pgdqp", {"step_size": 1.0}), "s": ("sgf", {})}
+
+
+def synthetic_results(out):
+    """OUT holding three runs of one problem, written as `bilevel run` writes them: pgdqp with
+    step_size 0.1 (final f 1) and 1.0 (final f 3), sgf with its defaults."""
+    finals = {"p1": 1.0, "p2": 3.0, "s": 2.0}
+    for run_id, (method, options) in CONFIGS.items():
+        frame = frame_of({run_id: ([0, 10, 20], [4.0, 2.5, finals[run_id]])}, x="iter", method=method,
+                         problem="quadratic", problem_args="{}", title="quadratic", seed=0, status="COMPLETED",
+                         config=json.dumps(options, sort_keys=True))
+        frame["time"] = frame["iter"] / 10
+        frame["h"] = 1 / (1 + frame["iter"])
+        store.write_parquet(frame, store.run_dir(out, run_id) / "history.parquet")
+        store.append_manifest(out, {"run_id": run_id, "status": "finished"})
+
+
+def test_figure_names_say_problem_metrics_and_axis_and_never_collide(tmp_path, capsys):
+    synthetic_results(tmp_path)
+    calls = [["--metric", "f"], ["--metric", "h"], ["--metric", "f", "--x", "time"], ["--metric", "f", "--metric", "h"],
+             ["--metric", "f", "--logx"]]
+    for extra in calls:
+        assert main(["plot", str(tmp_path), "--out", str(tmp_path / "figs"), *extra]) == 0
+    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert names == ["plot_quadratic_f-h_iter.png", "plot_quadratic_f_iter.png", "plot_quadratic_f_iter_logx.png",
+                     "plot_quadratic_f_time.png", "plot_quadratic_h_iter.png"]
+    assert capsys.readouterr().out.count("wrote ") == 5
+
+
+def test_the_legend_says_which_configuration_and_by_what(tmp_path, monkeypatch):
+    synthetic_results(tmp_path)
+    seen = {}
+    monkeypatch.setattr(cli, "plot_metrics", lambda frame, metrics, path, **kw: seen.update(kw, frame=frame) or path)
+    cli._plot_dir(store.read_results(tmp_path), str(tmp_path), ["f"], "iter", "f", None, None)
+    assert seen["configs"] == {"pgdqp": "step_size=0.1; best of 2 by median final f (min)"}
+    assert set(seen["frame"]["run_id"]) == {"p1", "s"}
+    cli._plot_dir(store.read_results(tmp_path), str(tmp_path), ["f"], "iter", "f", "max", None)
+    assert seen["configs"] == {"pgdqp": "step_size=1.0; best of 2 by median final f (max)"}
+    fig = figure(seen["frame"], ["f"], configs=seen["configs"])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "pgdqp (step_size=1.0; best of 2 by median final f (max))", "sgf"]
+    one = store.read_results(tmp_path).query("run_id != 'p2'")   # nothing to choose from: the options alone
+    assert tables.configs_of(tables.select_best(one, "f"), one, "f") == {"pgdqp": "step_size=0.1"}
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_files_honour_the_umask(tmp_path, umask, mode, capsys):
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "o"
+        assert main(["run", "--problem", "quadratic", "--method", "pgdqp", "--max-iter", "2", "--log-every", "1",
+                     "--no-progress", "--out", str(out), "--log-dir", str(tmp_path / "logs")]) == 0
+        assert main(["plot", str(out), "--metric", "f"]) == 0
+    finally:
+        os.umask(old)
+    (run,) = (out / "runs").iterdir()
+    for path in (run / "history.parquet", run / "summary.json", out / "plot_quadratic_f_iter.png",
+                 tmp_path / "logs" / f"{run.name}.jsonl"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
