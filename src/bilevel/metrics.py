@@ -53,7 +53,7 @@ def kkt_info(oracle: Oracle, x: Tensor, y: Tensor, nu: Tensor | None = None) -> 
 def hypergradient(oracle: Oracle, x: Tensor, y: Tensor, linear_solver=_LSTSQ) -> Tensor:
     """F(x, y) = grad_x f - grad_yx g^T v with grad_yy g v = grad_y f (eq. 1 of the seed).
 
-    At y = y*(x), with grad_yy g invertible, F is the gradient of x -> f(x, y*(x)).
+    At `y = y*(x)`, with grad_yy g invertible, F is the gradient of `x -> f(x, y*(x))`.
     """
     _, gfx, gfy = oracle.grad_f(x, y)
     v = linear_solver(lambda u: oracle.vjp_grad_y_g(x, y, u)[1], gfy)

@@ -19,7 +19,7 @@ from .config import DTYPES, RunSpec, problem_kwargs
 
 
 def build_problem(name: str, seed: int, args: dict[str, Any], device: str | None = None) -> BilevelProblem:
-    """PROBLEMS[name](seed=seed, **args) (and device where given and the builder takes one), with
+    """`PROBLEMS[name](seed=seed, **args)` (and device where given and the builder takes one), with
     argument errors that name the argument; a dtype given by name becomes the torch dtype."""
     if name not in PROBLEMS:
         raise ValueError(f"Invalid --problem: {name!r} (expected one of {', '.join(sorted(PROBLEMS))})"
@@ -52,7 +52,7 @@ def hyperparameters(solver: Any) -> dict[str, Any]:
 def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, progress: bool = False,
         distributed: bool = False, shard: dict[str, int] | None = None, checkpoint: str | None = None,
         checkpoint_every: int = 100, raise_errors: bool = False) -> dict[str, Any]:
-    """Run `spec` and write OUT/runs/<run_id>/ (history.parquet, then summary.json; nothing when
+    """Run `spec` and write `OUT/runs/<run_id>/` (history.parquet, then summary.json; nothing when
     OUT is None); return the run's manifest record ("status": "finished" or "failed" with the
     error).
 
