@@ -62,8 +62,9 @@ def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | 
             loop in Python: about 100 products a member and row for "least_squares").
             Default None: "least_squares" with tol, else "none" (only what the step computes).
         flush_denormal: flush subnormal floats to zero during the run, as in `solve`. Default True.
-        verify, verify_tol: verify every member's answer, as in `solve` (member by member,
-            outside vmap). Default True, 1e-2.
+        verify: verify every member's answer, as in `solve` (member by member, outside
+            vmap). Default True.
+        verify_tol: as in `solve`. Default 1e-2.
 
     Returns:
         One `Result` per seed, in order. `time` is the batch's time. A member whose values

@@ -121,7 +121,7 @@ class Reduced:
         return g, gy, inner(gy, gy), 2 * hx, 2 * hy
 
     def hvp_h(self, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
-        """hess h v = 2 J^T (J v) + 2 (d/dz <grad_y g, G>) v, each part summed over ranks."""
+        """`hess h v = 2 J^T (J v) + 2 (d/dz <grad_y g, G>) v`, each part summed over ranks."""
         gy = self.grad_g_y(x, y)
         jv = self.jvp_grad_y_g(x, y, vx, vy)
         ax, ay = self.vjp_grad_y_g(x, y, jv)

@@ -57,7 +57,7 @@ def implicit_gradient(oracle: Oracle, x: Tensor, y: Tensor, linear_solver=_LSTSQ
     """F(x, y) = grad_x f - grad_yx g^T v with grad_yy g v = grad_y f (eq. 1 of the seed) at the
     given y (no lower-level solve: see `hypergradient`).
 
-    At y = y*(x), with grad_yy g invertible, F is the gradient of x -> f(x, y*(x)).
+    At `y = y*(x)`, with grad_yy g invertible, F is the gradient of `x -> f(x, y*(x))`.
     """
     _, gfx, gfy = oracle.grad_f(x, y)
     v = linear_solver(lambda u: oracle.vjp_grad_y_g(x, y, u)[1], gfy)

@@ -156,7 +156,8 @@ class Autograd(Backend):
     """Derivatives of f and g by torch.autograd.
 
     Args:
-        f, g: the upper- and lower-level objectives, (x, y) -> scalar tensor.
+        f: the upper-level objective, (x, y) -> scalar tensor.
+        g: the lower-level objective, (x, y) -> scalar tensor.
     """
 
     def _value_and_grads(self, fn: Objective, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -204,7 +205,7 @@ class Autograd(Backend):
         return value.detach(), gy.detach(), h.detach(), hx, hy
 
     def vjp_grad_y_g(self, x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """(grad_yx g^T v, grad_yy g v): the gradient of <grad_y g, v> in x and y."""
+        """(grad_yx g^T v, grad_yy g v): the gradient of `<grad_y g, v>` in x and y."""
         with torch.enable_grad():
             x_, y_, _, gy = self._grad_y_g_graph(x, y)
             return _grads(inner(gy, v.detach()), (x_, y_))
@@ -234,7 +235,7 @@ class Autograd(Backend):
             return _grads(inner(hx, vx.detach()) + inner(hy, vy.detach()), (x_, y_))
 
     def hvp_inner_grad_y_g(self, x: Tensor, y: Tensor, w: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
-        """The Hessian of <grad_y g, w> (w held fixed) times (vx, vy) (third derivatives of g).
+        """The Hessian of `<grad_y g, w>` (w held fixed) times (vx, vy) (third derivatives of g).
 
         With w = grad_y g this is the third-order part of hvp_h:
         hvp_h(v) = 2 J^T J v + 2 hvp_inner_grad_y_g(grad_y g, v).
@@ -278,7 +279,8 @@ class Func(Backend):
     problem measured (benchmarks/RESULTS.md). `unrolled_grad` (iaptt_gm) runs by autograd.
 
     Args:
-        f, g: the objectives, (x, y) -> scalar tensor.
+        f: the upper-level objective, (x, y) -> scalar tensor.
+        g: the lower-level objective, (x, y) -> scalar tensor.
         compile: compile each derivative with torch.compile; one whose compilation fails runs
             uncompiled, and `compile_failures` (name -> reason) says why. The forward-mode
             products (`FORWARD_MODE`: Hessian- and Jacobian-vector products, used at the start

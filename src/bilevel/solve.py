@@ -117,8 +117,9 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
         log_every: log diagnostics and metrics every this many iterations (the first and
             the final iterate are always logged). Default 1.
         progress: show a progress bar. Default False.
-        device, dtype: move x0, y0 and the bounds (data inside f and g stay put: build
-            the problem on the device). Default: as the problem is.
+        device: move x0, y0 and the bounds to this device (data inside f and g stay put:
+            build the problem on the device). Default: as the problem is.
+        dtype: move x0, y0 and the bounds to this floating dtype. Default: as the problem is.
         seed: seed of the generator handed to the solver (random starts of power iteration,
             stochastic steps). Default None (torch's initial seed).
         kkt: the residuals of Definition 2.4 at logged iterations, kkt_stationarity =

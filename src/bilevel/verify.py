@@ -41,7 +41,8 @@ def verify(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, tol
     Args:
         problem: the problem (its y box and metrics).
         oracle: the run's oracle; its back-end is used with counts of its own (`Oracle.fork`).
-        x, y: the answer.
+        x: the answer's upper-level part.
+        y: the answer's lower-level part.
         tol: the largest y_distance that passes. Default 1e-2.
         max_iter: iterations of the re-solve at most. Default 1000.
         seed: seed of the random start of the power iterations.

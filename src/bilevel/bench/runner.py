@@ -22,7 +22,7 @@ from .config import DTYPES, RunSpec, problem_kwargs
 
 
 def build_problem(name: str, seed: int, args: dict[str, Any], device: str | None = None) -> BilevelProblem:
-    """PROBLEMS[name](seed=seed, **args) (and device where given and the builder takes one), with
+    """`PROBLEMS[name](seed=seed, **args)` (and device where given and the builder takes one), with
     argument errors that name the argument; a dtype given by name becomes the torch dtype."""
     builder = resolve(name)
     params = inspect.signature(builder).parameters
@@ -72,7 +72,7 @@ def live_log_note(log_dir: str | Path, run_id: str = "<run_id>") -> str:
 def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, progress: bool = False,
         distributed: bool = False, shard: dict[str, int] | None = None, checkpoint: str | None = None,
         checkpoint_every: int = 100, raise_errors: bool = False, log_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run `spec` and write OUT/runs/<run_id>/ (history.parquet, answer.pt, then summary.json;
+    """Run `spec` and write `OUT/runs/<run_id>/` (history.parquet, answer.pt, then summary.json;
     nothing when OUT is None); return the run's manifest record ("status": "finished" or
     "failed" with the error).
 

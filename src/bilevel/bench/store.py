@@ -41,7 +41,7 @@ def provenance(device: Any = None) -> dict[str, str]:
 
 def verified_columns(verification: dict[str, Any] | None) -> dict[str, float]:
     """The verification's numbers as columns: verified_f (f at the re-solved y), lower_gap,
-    y_distance, verified (1 or 0) and verified_<metric> for each of the problem's metrics."""
+    y_distance, verified (1 or 0) and `verified_<metric>` for each of the problem's metrics."""
     if verification is None:
         return {}
     return {"verified_f": verification["upper_value"], "lower_gap": verification["lower_gap"],

@@ -130,7 +130,8 @@ def success(problem: BilevelProblem, x: Tensor, y: Tensor, tol: float = 1e-2, *,
 
     Args:
         problem: a problem of this module (its info holds F_star).
-        x, y: the point.
+        x: the point's upper-level part.
+        y: the point's lower-level part.
         tol: relative tolerance on the upper value (default 1e-2).
         lower_tol: tolerance on the lower-level gap (default 1e-3).
 
@@ -1080,10 +1081,12 @@ def continuum_problem(seed: int = 0, dim_x: int = 3, dim_y: int = 5, rank: int =
 
     Args:
         seed: seed of the data (default 0).
-        dim_x, dim_y: sizes of x and y (defaults 3, 5).
+        dim_x: size of x (default 3).
+        dim_y: size of y (default 5).
         rank: rank of P or A, between 1 and dim_y - 1 (default 2; for least squares also <= dim_x).
         kind: "least_squares" (default) or "pseudo_huber".
-        device, dtype: placement (float64 by default).
+        device: placement (default CPU).
+        dtype: placement (float64 by default).
 
     Example:
         >>> p = continuum_problem(seed=1)
@@ -1168,10 +1171,13 @@ def quadratic_problem(seed: int = 0, dim_x: int = 3, dim_y: int = 4, cond: float
 
     Args:
         seed: seed of H's and Q's eigenvectors, B, a, b (default 0).
-        dim_x, dim_y: sizes (defaults 3, 4).
+        dim_x: size of x (default 3).
+        dim_y: size of y (default 4).
         cond: condition number of H and Q, >= 1 (default 10).
-        scale_f, scale_g: positive factors of f and g (default 1).
-        device, dtype: placement (float64 by default).
+        scale_f: positive factor of f (default 1).
+        scale_g: positive factor of g (default 1).
+        device: placement (default CPU).
+        dtype: placement (float64 by default).
 
     Example:
         >>> p = quadratic_problem(cond=1000.0, scale_f=1e4, scale_g=1e-2)
@@ -1306,7 +1312,7 @@ def nonconvex_problem(seed: int = 0, kind: str = "ring", dim_x: int = 1, dim_y: 
     double well per coordinate. For x_i > 0 the right well (the largest root of
     y^3 - y = x_i) is the global minimiser, for x_i < 0 the left one, and at x_i = 0 both
     (y_i = +-1); where |x_i| < 2/(3 sqrt 3) the other well is a non-global local minimiser
-    (`info["lower_local_minimiser"]`: the other well's minimiser at x*; at a tie x*_i = 0 it
+    (`info["lower_local_minimiser"]`: the other well's minimiser at `x*`; at a tie `x*_i = 0` it
     is as good for g, worse for f). The problem separates by coordinate; each is a
     one-dimensional minimisation of 1/2 (x - a_i)^2 + 1/2 (y(x) - b_i)^2 on both branches,
     done here by a 20001-point grid and golden-section polish (and checked by a brute force
@@ -1318,8 +1324,10 @@ def nonconvex_problem(seed: int = 0, kind: str = "ring", dim_x: int = 1, dim_y: 
     Args:
         seed: seed of a and b (default 0).
         kind: "ring" (default) or "double-well".
-        dim_x, dim_y: sizes (defaults 1, 2).
-        device, dtype: placement (float64 by default).
+        dim_x: size of x (default 1).
+        dim_y: size of y (default 2).
+        device: placement (default CPU).
+        dtype: placement (float64 by default).
 
     Example:
         >>> p = nonconvex_problem(kind="double-well", dim_x=2, dim_y=2)

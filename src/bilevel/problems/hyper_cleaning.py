@@ -102,23 +102,28 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
         pca: number of principal components (fitted on the training split only), or None
             for the raw 784 pixels. The paper's low-dimensional setting uses 82.
         corruption: fraction of training labels corrupted. Default 0.25.
-        n_train, n_val, n_test: split sizes; default 2000/1000/2000 on mnist5k and
-            20000/5000/10000 otherwise. The split is a seeded shuffle.
+        n_train: training split size. Default 2000 on mnist5k, 20000 otherwise. The split
+            is a seeded shuffle.
+        n_val: validation split size. Default 1000 on mnist5k, 5000 otherwise.
+        n_test: test split size. Default 2000 on mnist5k, 10000 otherwise.
         seed: seeds the split, the corruption and the MLP's initial parameters.
         hidden: hidden width of the MLP. Default 50.
         weight_decay: the lower level's ||y||^2 weight. Default 0.001.
         corruption_model: "uniform" (a random wrong label) or "permutation" (whole classes
             relabelled, as the seed's authors did).
-        data_dir, download: where the IDX files are (see `bilevel.datasets.load`).
+        data_dir: where the IDX files are (see `bilevel.datasets.load`).
+        download: fetch them with torchvision when they are missing (see `bilevel.datasets.load`).
         retrain_steps: L-BFGS iterations of the retraining behind `retrained_accuracy`.
         retrain_every_row: retrain at every logged row (a metric) instead of at the final row
             and the verified answer only (a final metric, the default: a retraining costs as
             much as dozens of iterations).
-        rank, world_size: for data-parallel runs (`solve(..., distributed=True)`): f and g
-            are this rank's parts, over its blocks `bilevel.distributed.shard_range` of the
-            training and validation splits, of sums over ranks (scaled by the full split
-            sizes; weight decay on rank 0). x, y and the metrics stay whole. Default 0, 1.
-        device, dtype: where the data live (placed once). Default CPU, float32.
+        rank: for data-parallel runs (`solve(..., distributed=True)`): f and g are this
+            rank's parts, over its blocks `bilevel.sharding.shard_range` of the training and
+            validation splits, of sums over ranks (scaled by the full split sizes; weight
+            decay on rank 0). x, y and the metrics stay whole. Default 0.
+        world_size: the number of ranks. Default 1.
+        device: where the data live (placed once). Default CPU.
+        dtype: the data's floating dtype. Default float32.
 
     The problem's `info` records the split sizes, the corruption rate and model, and the
     corrupted-sample mask (True where the label was changed). Its `metrics` report

@@ -38,14 +38,18 @@ def toy_cleaning(seed: int = 0, *, n_train: int = 400, n_val: int = 200, n_test:
 
     Args:
         seed: seed of the data. Default 0.
-        n_train, n_val, n_test: sample counts. Default 400, 200, 1000.
+        n_train: training samples. Default 400.
+        n_val: validation samples. Default 200.
+        n_test: test samples. Default 1000.
         dim: features. Default 10.
         classes: classes. Default 3.
         corruption: fraction of corrupted training labels in [0, 1). Default 0.3.
         reg: c, the lower level's ridge coefficient. Default 0.001.
-        rank, world_size: keep this rank's block of the training and validation data
-            (`bilevel.distributed.shard_range`). Default 0, 1 (all of it).
-        device, dtype: where the data live. Default CPU, float64.
+        rank: keep this rank's block of the training and validation data
+            (`bilevel.sharding.shard_range`). Default 0 (with world_size 1: all of it).
+        world_size: the number of ranks. Default 1.
+        device: where the data live. Default CPU.
+        dtype: the data's floating dtype. Default float64.
 
     References:
         Franceschi, Donini, Frasconi, Pontil. Forward and Reverse Gradient-Based

@@ -59,7 +59,7 @@ class HJFBiO(Solver):
             iteration on Hessian-vector products (`HJFBiOState.lipschitz_g`): a gradient step on the
             L_g-smooth g(x, .), stable below 2/L_g, with rate 1 - mu_g/L_g at 1/L_g.
         v_step_size: tau, the step on v. Default None: min(0.1, 1/L_g), the gradient step on the
-            quadratic 1/2 v^T grad_yy g v - <grad_y f, v>, whose Hessian grad_yy g has norm
+            quadratic `1/2 v^T grad_yy g v - <grad_y f, v>`, whose Hessian grad_yy g has norm
             L_g. (Both were a fixed 0.1, which diverges once L_g > 20.) The step on x stays
             a fixed number: where y and v track their targets slowly (mu_g/L_g small) x
             can run ahead of them.

@@ -132,8 +132,9 @@ class PGDQP(Solver):
         feasibility: gamma alpha L_h in "diminishing". Default 0.5.
         momentum: heavy-ball coefficient. Default 0.9 for "diminishing", 0 otherwise
             (Algorithm 1 as written).
-        lipschitz_f, lipschitz_h: L_f and L_h; estimated when None (and then raised by
-            secants in "diminishing" with adaptive=True); kept fixed when given.
+        lipschitz_f: L_f; estimated when None (and then raised by secants in
+            "diminishing" with adaptive=True); kept fixed when given.
+        lipschitz_h: L_h; as lipschitz_f.
         step_scale: in "diminishing", step_size = step_scale / L_f when step_size is None.
             Default 1. Smaller values trade progress on f for a lower floor on strongly
             convex problems whose J = [grad_yx g, grad_yy g] is ill-conditioned (measured:
