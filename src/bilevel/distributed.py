@@ -101,7 +101,23 @@ class Reduced:
     def compile_failures(self) -> dict[str, str]:
         return getattr(self.local, "compile_failures", {})
 
-    def __getattr__(self, name: str) -> Callable:
+    # ----- a rank's own minibatches (bilevel.data.Sampled) -------------------------------------
+    @property
+    def sampled(self) -> bool:
+        return getattr(self.local, "sampled", False)
+
+    def resample(self, which: str = "both") -> None:
+        self.local.resample(which)
+
+    @property
+    def batches(self) -> Any:
+        return self.local.batches
+
+    @batches.setter
+    def batches(self, value: Any) -> None:
+        self.local.batches = value
+
+    def __getattr__(self, name: str) -> Any:
         """The sum over ranks of the local back-end's `name` (values, gradients, products)."""
         if name.startswith("_") or name == "unrolled_grad":   # iaptt_gm says it does not run data-parallel
             raise AttributeError(name)

@@ -100,7 +100,8 @@ class Layout:
                           for n, s in zip(self.names, self.shapes)])
 
 
-def on_layouts(x: Tensor, y: Tensor, *, fn: Callable, x_layout: Layout, y_layout: Layout) -> Any:
-    """fn evaluated at the structured views of flat x and y (what BilevelProblem hands the solvers
-    in place of the user's f, g and metrics, as functools.partial of this function)."""
-    return fn(x_layout.view(x), y_layout.view(y))
+def on_layouts(x: Tensor, y: Tensor, *rest: Any, fn: Callable, x_layout: Layout, y_layout: Layout) -> Any:
+    """fn evaluated at the structured views of flat x and y (and a batch of data where f and g
+    take one): what BilevelProblem hands the solvers in place of the user's f, g and metrics,
+    as functools.partial of this function."""
+    return fn(x_layout.view(x), y_layout.view(y), *rest)

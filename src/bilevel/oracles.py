@@ -33,7 +33,7 @@ import contextlib
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -427,6 +427,27 @@ class Oracle:
         run = self.backend.unrolled_grad(x, z, steps, step_size, project, select)
         self.counts.update(n_grad_g=steps, n_f=steps, n_grad_f=1, n_hvp=run.index)
         return run
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether the back-end evaluates minibatches (`bilevel.data.Sampled`)."""
+        return bool(getattr(self.backend, "sampled", False))
+
+    def resample(self, which: str = "both") -> None:
+        """Draw new minibatches: "both", "upper" (f's) or "lower" (g's); nothing on full data."""
+        if self.stochastic:
+            self.backend.resample(which)
+
+    @property
+    def batches(self) -> Any:
+        """The current (upper, lower) minibatches (None on full data); set them to go back to
+        batches drawn before (an estimator that needs two independent batches)."""
+        return self.backend.batches if self.stochastic else None
+
+    @batches.setter
+    def batches(self, value: Any) -> None:
+        if self.stochastic:
+            self.backend.batches = value
 
     def reset(self) -> None:
         """Counts back to zero."""

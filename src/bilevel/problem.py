@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from . import oracles
+from .data import Data, on_data
 from .layout import Layout, on_layouts
 
 Objective = Callable[[Tensor, Tensor], Tensor]
@@ -80,6 +81,11 @@ class BilevelProblem:
         final_metrics: optional (x, y) -> dict[str, float] for metrics too costly for every
             logged row (a model retrained from scratch): evaluated at the final row and at the
             verified answer only.
+        upper_data: data of the upper level: a tensor, a tuple of tensors sharing their first
+            dimension (samples), or a torch Dataset. With data, f is called as f(x, y, batch)
+            (see `bilevel.data`): on all of it for the problem's own f(x, y), metrics and
+            verification, on minibatches with `solve(..., batch_size=...)`.
+        lower_data: likewise for g.
         name: a short name used in logs and result tables.
         info: facts about the instance (split sizes, known optimum, builder arguments, ...).
 
@@ -108,7 +114,10 @@ class BilevelProblem:
     name: str = "custom"
     info: Mapping[str, Any] = field(default_factory=dict)
     final_metrics: Callable[[Tensor, Tensor], Mapping[str, float]] | None = None
+    upper_data: Any = None
+    lower_data: Any = None
     layouts: tuple[Layout, Layout] | None = None
+    batched: tuple[Callable, Callable] | None = None
 
     def __post_init__(self) -> None:
         for arg in ("f", "g"):
@@ -119,6 +128,8 @@ class BilevelProblem:
                 raise TypeError(f"Invalid {arg}: {getattr(self, arg)!r} (expected a callable (x, y) -> dict or None)")
         if self.layouts is None:
             self._flatten()
+        if (self.upper_data is not None or self.lower_data is not None) and self.batched is None:
+            self._bind_data()
         _check_tensor("x0", self.x0)
         _check_tensor("y0", self.y0)
         if self.x0.dtype != self.y0.dtype:
@@ -164,6 +175,19 @@ class BilevelProblem:
                 object.__setattr__(self, arg, tuple(None if b is None else layout.flatten_like(arg, b) for b in bounds))
         object.__setattr__(self, "x0", x0)
         object.__setattr__(self, "y0", y0)
+
+    def _bind_data(self) -> None:
+        """With data: keep f(x, y, batch) and g(x, y, batch) for minibatches (`batched`), and make
+        f and g the full-data objectives (partials of `data.on_data`)."""
+        if self.upper_data is None or self.lower_data is None:
+            missing = "upper_data" if self.upper_data is None else "lower_data"
+            raise ValueError(f"Invalid {missing}: None while the other level has data (give both; a level whose "
+                             f"objective reads no data can take a tensor of sample indices)")
+        object.__setattr__(self, "upper_data", Data("upper_data", self.upper_data))
+        object.__setattr__(self, "lower_data", Data("lower_data", self.lower_data))
+        object.__setattr__(self, "batched", (self.f, self.g))
+        object.__setattr__(self, "f", partial(on_data, fn=self.f, data=self.upper_data.all()))
+        object.__setattr__(self, "g", partial(on_data, fn=self.g, data=self.lower_data.all()))
 
     def structure(self, x: Tensor, y: Tensor) -> tuple[Any, Any]:
         """(x, y) of the flat variables in the structure the problem was given (`Result.x`, `.y`)."""

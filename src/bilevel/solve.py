@@ -6,13 +6,14 @@ import contextlib
 import dataclasses
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
 from . import checkpoint as checkpoints
-from . import checks
+from . import checks, data
 from . import verify as verification
 from .distributed import run_context
 from .history import KKT_MODES, History
@@ -90,7 +91,7 @@ def flushing_denormals(enabled: bool) -> Iterator[None]:
 
 SOLVE_ARGUMENTS = ("max_iter", "tol", "callback", "log_every", "progress", "device", "dtype", "seed", "kkt",
                    "oracle", "distributed", "checkpoint", "checkpoint_every", "flush_denormal", "verify", "verify_tol",
-                   "init")
+                   "init", "batch_size")
 
 
 def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str, Any] | None = None,
@@ -99,7 +100,7 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
           seed: int | None = None, kkt: str | None = None, oracle: str | Oracle = "autograd",
           distributed: bool = False, checkpoint: str | Path | None = None, checkpoint_every: int = 100,
           flush_denormal: bool = True, verify: bool = True, verify_tol: float = 1e-2,
-          init: Result | None = None) -> Result:
+          init: Result | None = None, batch_size: int | tuple[int, int] | None = None) -> Result:
     """Run a bilevel solver on a problem.
 
     Args:
@@ -162,6 +163,13 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
             variables), history, counts and generator, up to a larger max_iter (the same
             iterates as one longer run). It must come from the same problem, solver, log_every
             and seed (else a ValueError says what differs). Default None.
+        batch_size: for a problem with data (`upper_data`, `lower_data`): evaluate the run's
+            oracle on minibatches of this size (an (upper, lower) pair for two sizes), drawn
+            anew at every step from the run's seeded generator (`bilevel.data`): the same seed
+            gives the same batches, and checkpoints hold the sampler's position. The step's
+            diagnostics and the KKT residuals of logged rows are then estimates on the current
+            batch; the problem's metrics and the verification use all the data. Default None
+            (all the data at every step).
 
     Returns:
         A `Result`. A non-finite value ends the run with `Status.DIVERGED` and the last
@@ -202,6 +210,14 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
                          f"or a bilevel.Oracle){checks.suggest(oracle, BACKENDS) if isinstance(oracle, str) else ''}")
     if init is not None and not (isinstance(init, Result) and init.resume is not None):
         raise TypeError(f"Invalid init: {init!r} (expected a Result of solve that did not diverge)")
+    if batch_size is not None:
+        if problem.batched is None:
+            raise ValueError(f"Invalid batch_size: {batch_size!r} for a problem without data (give BilevelProblem "
+                             f"upper_data and lower_data, and f(x, y, batch), g(x, y, batch))")
+        batch_size = data.batch_sizes(batch_size, (problem.upper_data.size, problem.lower_data.size))
+        if isinstance(oracle, Oracle):
+            raise ValueError("Invalid oracle: an Oracle object with batch_size (pass the back-end by name: "
+                             "'autograd', 'func' or 'compiled')")
     if isinstance(oracle, Oracle) and distributed:
         raise ValueError("Invalid oracle: an Oracle object with distributed=True (pass the back-end by name, "
                          "'autograd', 'func' or 'compiled', and it is wrapped to sum over the ranks)")
@@ -213,16 +229,25 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
                              f"({exc}); build the problem on that device and dtype instead, e.g. "
                              f"PROBLEMS[name](device=..., dtype=...)") from exc
     context = run_context(solver, distributed, seed, problem.x0, problem.y0)
+    generator = torch.Generator(device=problem.x0.device)
+    generator.manual_seed(context.seed)
     if isinstance(oracle, Oracle):
         oracle.reset()
+        full = oracle
     else:
-        oracle = Oracle(context.wrap(backend(oracle, problem.f, problem.g)))
+        full = Oracle(context.wrap(backend(oracle, problem.f, problem.g)))
+        if batch_size is not None:
+            make = partial(backend, oracle)
+            oracle = Oracle(context.wrap(data.Sampled(make, problem.batched, (problem.upper_data, problem.lower_data),
+                                                      batch_size, generator)))
+        else:
+            oracle = full
     with flushing_denormals(flush_denormal):
-        result = _run(problem, solver, oracle, context, max_iter=max_iter, tol=tol, callback=callback,
+        result = _run(problem, solver, oracle, context, generator, max_iter=max_iter, tol=tol, callback=callback,
                       log_every=log_every, progress=progress and context.is_main, kkt=kkt, checkpoint=checkpoint,
                       checkpoint_every=checkpoint_every, init=init)
         if verify:
-            result = with_verification(result, problem, oracle, verify_tol, context.seed)
+            result = with_verification(result, problem, full, verify_tol, context.seed)
     result = in_structure(result, problem)
     failures = getattr(oracle.backend, "compile_failures", {})
     if failures:
@@ -240,6 +265,7 @@ class Single:
         self.solver, self.problem, self.oracle = solver, problem, oracle
 
     def step(self, state: State, k: int) -> tuple[State, Aux]:
+        self.oracle.resample()            # new minibatches for every step (nothing on full data)
         return self.solver.step(self.problem, self.oracle, state)
 
     def diagnose(self, state: State) -> Aux:
@@ -269,13 +295,11 @@ class Single:
         return self.oracle.snapshot()
 
 
-def _run(problem: BilevelProblem, solver: Solver, oracle: Oracle, context: Any, *, max_iter: int,
-         tol: float | None, callback: Callable | None, log_every: int, progress: bool, kkt: str,
+def _run(problem: BilevelProblem, solver: Solver, oracle: Oracle, context: Any, generator: torch.Generator, *,
+         max_iter: int, tol: float | None, callback: Callable | None, log_every: int, progress: bool, kkt: str,
          checkpoint: str | Path | None, checkpoint_every: int, init: Result | None) -> Result:
     """The run of `solve`, after its arguments are checked: set-up (or a continuation of a
     checkpoint or of `init`), the loop, the final row."""
-    generator = torch.Generator(device=problem.x0.device)
-    generator.manual_seed(context.seed)
     history = History(problem, kkt, oracle)
     stamp = checkpoints.fingerprint(solver, problem, oracle, log_every, context.seed)
     saved, origin = None, ""

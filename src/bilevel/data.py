@@ -1,0 +1,154 @@
+"""Data of a bilevel problem and minibatches of it.
+
+A problem given `upper_data` and `lower_data` has objectives f(x, y, batch) and
+g(x, y, batch) that read a batch of their level's data: a tensor, a tuple of tensors sharing
+their first dimension (samples), or a `torch.utils.data.Dataset` (a batch is its items put
+together by `default_collate`). Full-data evaluations (the problem's f(x, y), metrics,
+verification) pass all of it; `solve(..., batch_size=B)` evaluates the run's oracle on
+minibatches instead:
+
+    Sampled     the derivative back-end of f(., ., B_f) and g(., ., B_g) for the current batches,
+                redrawn at every step from the run's seeded generator
+
+Batches are drawn uniformly with replacement (`torch.randint`): every minibatch value,
+gradient and Hessian- or Jacobian-vector product is an unbiased estimate of its full-data
+value. A product of two estimates from one batch is not (h = ||grad_y g||^2 is biased upwards
+by the batch variance); solvers that need it draw a second, independent batch (`resample`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, default_collate
+
+from . import checks
+
+
+class Data:
+    """One level's data: tensors sharing their first dimension, or a Dataset.
+
+    Args:
+        name: the argument it came from (for messages), "upper_data" or "lower_data".
+        value: a tensor, a tuple or list of tensors with one first dimension, or a Dataset.
+    """
+
+    def __init__(self, name: str, value: Any):
+        self.name, self.value = name, value
+        if isinstance(value, Tensor):
+            self.size = self._size(value)
+        elif isinstance(value, (tuple, list)) and value and all(isinstance(t, Tensor) for t in value):
+            sizes = {self._size(t) for t in value}
+            if len(sizes) != 1:
+                raise ValueError(f"Invalid {name}: tensors with first dimensions {sorted(sizes)} (expected one "
+                                 f"number of samples)")
+            self.size = sizes.pop()
+            self.value = tuple(value)
+        elif isinstance(value, Dataset) and hasattr(value, "__len__"):
+            self.size = len(value)
+            if self.size < 1:
+                raise ValueError(f"Invalid {name}: an empty Dataset")
+        else:
+            raise TypeError(f"Invalid {name}: {type(value).__name__} (expected a tensor, a tuple of tensors sharing "
+                            f"their first dimension, or a torch.utils.data.Dataset)")
+        self._all: Any = None
+
+    def _size(self, t: Tensor) -> int:
+        if t.dim() == 0 or t.shape[0] < 1:
+            raise ValueError(f"Invalid {self.name}: a tensor of shape {tuple(t.shape)} (expected samples along the "
+                             f"first dimension)")
+        return t.shape[0]
+
+    def take(self, indices: Tensor) -> Any:
+        """The batch of the samples at `indices`."""
+        if isinstance(self.value, Tensor):
+            return self.value[indices.to(self.value.device)]
+        if isinstance(self.value, tuple):
+            return tuple(t[indices.to(t.device)] for t in self.value)
+        return default_collate([self.value[int(i)] for i in indices])
+
+    def all(self) -> Any:
+        """The batch of every sample (collated once for a Dataset)."""
+        if not isinstance(self.value, Dataset):
+            return self.value
+        if self._all is None:
+            self._all = self.take(torch.arange(self.size))
+        return self._all
+
+
+def on_data(x: Tensor, y: Tensor, *, fn: Callable, data: Any) -> Tensor:
+    """fn(x, y, data): an objective on a batch (what the problem's two-argument f and g are, as
+    functools.partial of this function, with all of their level's data)."""
+    return fn(x, y, data)
+
+
+def batch_sizes(value: Any, sizes: tuple[int, int]) -> tuple[int, int]:
+    """`batch_size` of solve, checked: one number for both levels or an (upper, lower) pair, each
+    at most the level's number of samples."""
+    pair = value if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2:
+        raise ValueError(f"Invalid batch_size: {value!r} (expected a number or an (upper, lower) pair)")
+    out = tuple(checks.integer("batch_size", b, 1) for b in pair)
+    for level, b, n in zip(("upper", "lower"), out, sizes):
+        if b > n:
+            raise ValueError(f"Invalid batch_size: {value!r} (the {level} level has {n} samples)")
+    return out  # type: ignore[return-value]
+
+
+class Sampled:
+    """The back-end of minibatch objectives: `make(f_B, g_B)` for the current batches B_f, B_g of
+    the problem's data, redrawn by `resample` from `generator`.
+
+    Args:
+        make: (f, g) -> a back-end (`bilevel.oracles.backend` of a kind).
+        objectives: the problem's f(x, y, batch) and g(x, y, batch).
+        data: the problem's upper and lower `Data`.
+        sizes: the batch sizes (upper, lower).
+        generator: the run's generator (its state is in checkpoints, so a continued run draws the
+            batches an uninterrupted one would).
+    """
+
+    sampled = True
+
+    def __init__(self, make: Callable, objectives: tuple[Callable, Callable], data: tuple[Data, Data],
+                 sizes: tuple[int, int], generator: torch.Generator):
+        self.make, self.objectives, self.data, self.sizes, self.generator = make, objectives, data, sizes, generator
+        self.current: tuple[Any, Any] = (None, None)
+        self.resample()
+
+    def _draw(self, level: int) -> Any:
+        data = self.data[level]
+        indices = torch.randint(data.size, (self.sizes[level],), generator=self.generator,
+                                device=self.generator.device)
+        return data.take(indices)
+
+    def resample(self, which: str = "both") -> None:
+        """Draw new batches: "both", "upper" (f's) or "lower" (g's)."""
+        upper, lower = self.current
+        if which in ("both", "upper"):
+            upper = self._draw(0)
+        if which in ("both", "lower"):
+            lower = self._draw(1)
+        self.batches = (upper, lower)
+
+    @property
+    def batches(self) -> tuple[Any, Any]:
+        """The current (upper, lower) batches; setting them rebuilds the back-end on them."""
+        return self.current
+
+    @batches.setter
+    def batches(self, value: tuple[Any, Any]) -> None:
+        from functools import partial
+        self.current = value
+        f, g = self.objectives
+        self.inner = self.make(partial(on_data, fn=f, data=value[0]), partial(on_data, fn=g, data=value[1]))
+
+    @property
+    def compile_failures(self) -> dict[str, str]:
+        return getattr(self.inner, "compile_failures", {})
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or "inner" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["inner"], name)
