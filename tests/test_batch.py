@@ -17,7 +17,7 @@ def quadratic(seed):
     return PROBLEMS["quadratic"](seed=seed)
 
 
-@pytest.mark.parametrize("method, options", [("sgf", {}), ("pgdqp", dict(schedule="constant", step_size=0.05)),
+@pytest.mark.parametrize("method, options", [("sgf", {}), ("pgdqp", dict(schedule="constant", step_size=0.02)),
                                              ("pgdqp", dict(schedule="theorem")), ("vpbgd", {}), ("meha", {}),
                                              ("hjfbio", {}), ("f2ba", dict(inner_steps=3)),
                                              ("bome", dict(inner_steps=3))])
@@ -78,7 +78,10 @@ def test_a_diverging_member_stops_alone_on_a_finite_iterate():
         return BilevelProblem(partial(scaled_upper, c=torch.tensor(float(seed), dtype=D)), tracking_lower,
                               torch.zeros(3, dtype=D), torch.zeros(3, dtype=D))
     batch = solve_batch(build, "sgf", seeds=[1, 2, 40, 80], max_iter=300, log_every=10, options=dict(step_size=0.25))
-    assert [r.status for r in batch] == [Status.COMPLETED, Status.COMPLETED, Status.DIVERGED, Status.DIVERGED]
+    # the blow-ups stop at the first logged row where they have grown a million-fold (RUNAWAY),
+    # or when they overflow between two logged rows (DIVERGED)
+    assert [r.status for r in batch[:2]] == [Status.COMPLETED, Status.COMPLETED]
+    assert all(r.status in (Status.RUNAWAY, Status.DIVERGED) for r in batch[2:])
     for r in batch:
         assert torch.isfinite(r.x).all() and torch.isfinite(r.y).all()
         assert all(math.isfinite(v) for v in r.history["f"])

@@ -107,7 +107,7 @@ def test_an_eleventh_solver_is_one_class_and_one_registry_line(monkeypatch):
             f, fx, fy = oracle.grad_f(state.x, state.y)
             y = descend(problem, oracle, state.x, state.y, steps=3, step_size=0.1, gradient=gy)
             x = problem.project_x(state.x - self.step_size * (fx + 10 * gx))
-            return replace(state, x=x, y=y, k=state.k + 1), Aux({"f": f, **lower_diagnostics(g, gy)})
+            return replace(state, x=x, y=y, k=state.k + 1), Aux({"f": f, **lower_diagnostics(problem, state.y, g, gy)})
 
     monkeypatch.setitem(SOLVERS, "penalty_descent", PenaltyDescent)
     problem = PROBLEMS["quadratic"](seed=0)

@@ -98,7 +98,7 @@ def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | 
     generator = torch.Generator(device=problems[0].x0.device)
     generator.manual_seed(seed if seed is not None else torch.initial_seed())
     batch = Batched(problems, solver, generator)
-    histories = [History(p, kkt, Oracle(Func(p.f, p.g))) for p in problems]
+    histories = [History(p, kkt, Oracle(Func(p.f, p.g, p.y_bounds))) for p in problems]
     with flushing_denormals(flush_denormal):
         start = time.perf_counter()
         state = batch.init(max_iter)
@@ -245,11 +245,11 @@ class Batched:
         self.size, self.device = len(problems), problems[0].x0.device
         self.f, self.g = _Stacked("f", [p.f for p in problems]), _Stacked("g", [p.g for p in problems])
         self.generator = generator
-        self.tally = Oracle(Func(self.template.f, self.template.g))   # the call counts of one member
+        self.tally = Oracle(Func(self.template.f, self.template.g, self.template.y_bounds))   # one member's counts
 
     def _view(self, x: Tensor, y: Tensor, f_data: dict, g_data: dict) -> tuple[BilevelProblem, Oracle]:
         f, g = self.f.member(f_data), self.g.member(g_data)
-        return self.template.with_objectives(f, g, x, y), Oracle(Func(f, g))
+        return self.template.with_objectives(f, g, x, y), Oracle(Func(f, g, self.template.y_bounds))
 
     def _vmap(self, member: Callable, traced: dict, args: dict, count: bool) -> dict:
         """vmap of member(args, f data, g data) -> (state, aux or None, oracle): the batched

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .oracles import inner
+from .oracles import inner, lower_residual
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -130,11 +130,17 @@ class Reduced:
 
     # ----- h = ||grad_y g||^2 is not a sum: reduce grad_y g first ------------------------------
     def h_and_grad(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(g, grad_y g, h, grad_x h, grad_y h) of the full problem: grad h = 2 sum_r J_r^T G."""
+        """(g, grad_y g, h, grad_x h, grad_y h) of the full problem: grad h = 2 sum_r J_r^T G. On a
+        y box, with r = y - P(y - G): grad h = 2 sum_r J_r^T (r on free coordinates) + 2 r on the
+        coordinates P holds at a bound (there dr_i/dy_i = 1)."""
         g_local, _, gy_local = self.local.grad_g(x, y)
         g, gy = all_reduce(g_local, gy_local)
-        hx, hy = all_reduce(*self.local.vjp_grad_y_g(x, y, gy))
-        return g, gy, inner(gy, gy), 2 * hx, 2 * hy
+        bounds = getattr(self.local, "y_bounds", None)
+        r = lower_residual(y, gy, bounds)
+        step = y - gy
+        free = torch.ones_like(y, dtype=torch.bool) if bounds is None else torch.clamp(step, *bounds) == step
+        hx, hy = all_reduce(*self.local.vjp_grad_y_g(x, y, torch.where(free, r, 0.0)))
+        return g, gy, inner(r, r), 2 * hx, 2 * (hy + torch.where(free, 0.0, r))
 
     def hvp_h(self, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
         """`hess h v = 2 J^T (J v) + 2 (d/dz <grad_y g, G>) v`, each part summed over ranks."""

@@ -14,6 +14,17 @@ from .problem import BilevelProblem
 from .solvers.base import Aux
 
 KKT_MODES = ("method", "least_squares", "none")
+EXPLODED = 1e6      # iterates (or h) this many times their start's size (at least 1) have run away
+DRIFT = 10          # at the end: iterates this many times their start's size, still moving as fast as before
+
+
+def _unbounded(bounds: Any, like: Tensor) -> Tensor:
+    """The coordinates of a variable that its box does not hold (a side missing or infinite)."""
+    if bounds is None:
+        return torch.ones_like(like, dtype=torch.bool)
+    sides = [torch.broadcast_to(torch.as_tensor(b, dtype=like.dtype, device=like.device), like.shape).isinf()
+             if b is not None else torch.ones_like(like, dtype=torch.bool) for b in bounds]
+    return sides[0] | sides[1]
 
 
 class History:
@@ -23,6 +34,9 @@ class History:
     excluded), the oracle counts spent to reach it, the diagnostics the step computed there
     (`Aux.diagnostics`), the KKT residuals that `kkt` asks for, and the problem's metrics.
     KKT residuals and metrics use `oracle` uncounted and are not timed.
+
+    Every row also holds `z_norm`, the largest |entry| of x and y on the coordinates their boxes
+    leave free to grow, which `runaway` watches.
 
     Args:
         problem: the problem (its metrics are called at every row).
@@ -37,6 +51,7 @@ class History:
         self.problem, self.kkt, self.oracle = problem, kkt, oracle
         self.columns: dict[str, list[float]] = defaultdict(list)
         self._on_row: Callable[[dict[str, float]], Any] | None = None
+        self._free = (_unbounded(problem.x_bounds, problem.x0), _unbounded(problem.y_bounds, problem.y0))
 
     @property
     def last_iter(self) -> float | None:
@@ -49,11 +64,13 @@ class History:
         row: dict[str, float] = {"iter": float(k), "time": elapsed}
         row.update({name: float(v) for name, v in counts.items()})
         row.update({name: float(v) for name, v in aux.diagnostics.items()})
+        row["z_norm"] = max((float(v[free].abs().max()) if bool(free.any()) else 0.0)
+                            for v, free in ((x, self._free[0]), (y, self._free[1])))
         if self.kkt == "least_squares" or (self.kkt == "method" and "kkt_stationarity" not in row):
             if "kkt_stationarity" in row:
                 row["kkt_stationarity_method"] = row["kkt_stationarity"]
             with self.oracle.uncounted():
-                residuals = metrics.kkt_info(self.oracle, x, y, aux.nu if self.kkt == "method" else None)
+                residuals = metrics.kkt_info(self.oracle, x, y, aux.nu if self.kkt == "method" else None, self.problem)
             row.update({name: float(residuals[name]) for name in ("kkt_stationarity", "kkt_feasibility")})
         if self.problem.metrics is not None:
             row.update(metric_values(self.problem.metrics, x, y, taken=row))
@@ -65,6 +82,27 @@ class History:
         if self._on_row is not None:
             self._on_row(row)
         return row
+
+    def runaway(self, final: bool = False) -> str:
+        """Why the rows so far look like a run growing without bound, or '': z_norm or h beyond
+        EXPLODED times their start's size (at least 1); at the end of a run (final), also z_norm
+        beyond DRIFT times it while the second half of the run moved it at least 0.8 times as
+        far as the first (no slowing down: an iterate heading for infinity, or for a solution
+        so far away that the run has not started to settle)."""
+        norms, h = self.columns.get("z_norm", []), self.columns.get("h", [])
+        if not norms:
+            return ""
+        start = max(1.0, norms[0])
+        if norms[-1] > EXPLODED * start:
+            return f"the iterates grew from size {norms[0]:.3g} to {norms[-1]:.3g}"
+        if h and h[-1] > EXPLODED * max(1.0, h[0]):
+            return f"h grew from {h[0]:.3g} to {h[-1]:.3g}"
+        if final and len(norms) >= 5 and norms[-1] > DRIFT * start:
+            middle = norms[len(norms) // 2]
+            if norms[-1] - middle >= 0.8 * (middle - norms[0]) > 0:
+                return (f"the iterates grew from size {norms[0]:.3g} to {norms[-1]:.3g} and still move at a steady "
+                        f"pace (they may grow without bound)")
+        return ""
 
     def finish(self, x: Tensor, y: Tensor) -> None:
         """Add the problem's final_metrics at (x, y), the answer, to the last row."""

@@ -136,7 +136,9 @@ def iterate(stepper: Stepper, solver: Solver, state: Any, clock: Clock, *, max_i
                 member, member_aux = stepper.member(state, final, b)
                 row = histories[b].log(k, clock.elapsed, clock.counts, member_aux, member.x, member.y)
                 status = Status.COMPLETED if tol is None else Status.CONVERGED if converged(row, tol) else Status.MAX_ITER
-                outcomes[b] = Outcome(member, clock, status, k, str(status))
+                away = histories[b].runaway(final=status is not Status.CONVERGED)
+                message = str(status) if not away else f"{Status.RUNAWAY}: {away} by iteration {k}"
+                outcomes[b] = Outcome(member, clock, Status.RUNAWAY if away else status, k, message)
     return outcomes
 
 
@@ -163,6 +165,9 @@ def _visit(stepper: Stepper, b: int, k: int, state: Any, new: Any, aux: Any, poi
         row = history.log(k, clock.elapsed, clock.counts, current_aux, current.x, current.y)
         if point_ok and converged(row, tol):
             return Outcome(current, clock, Status.CONVERGED, k, str(Status.CONVERGED))
+        away = history.runaway()
+        if away:
+            return Outcome(current, clock, Status.RUNAWAY, k, f"{Status.RUNAWAY}: {away} by iteration {k}")
     if not point_ok:
         next_state, _ = stepper.member(new, aux, b)
         bad = nonfinite_names([("x", next_state.x), ("y", next_state.y)])

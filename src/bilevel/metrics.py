@@ -9,6 +9,11 @@ multiplier nu in R^m and J = [grad_yx g, grad_yy g] (the Jacobian of grad_y g):
 
 Where a method defines no multiplier, the least-squares one is used:
 nu = argmin ||grad f + J^T nu||^2, i.e. J J^T nu = -J grad f, solved by conjugate gradient.
+
+On a y box the lower level's condition is r = y - P(y - grad_y g) = 0 (the projected gradient):
+kkt_feasibility = ||r||^2, and on the coordinates the lower level holds at a bound, grad_y g
+need not vanish and the bound's own multiplier takes up the y-component of the upper
+gradient: there nu is zero and the y residual is not counted (an active set, `free`).
 """
 from __future__ import annotations
 
@@ -24,44 +29,58 @@ from .problem import BilevelProblem
 _LSTSQ = ConjugateGradient(iters=50, tol=1e-12)
 
 
+def masked(v: Tensor, free: Tensor | None) -> Tensor:
+    """v on the free coordinates, zero on the others (v itself where every coordinate is free)."""
+    return v if free is None else torch.where(free, v, torch.zeros_like(v))
+
+
 def kkt_stationarity(oracle: Oracle, x: Tensor, y: Tensor, nu: Tensor,
-                     grad_f: tuple[Tensor, Tensor]) -> Tensor:
-    """||grad f + J^T nu||^2 at (x, y) given grad f = (grad_x f, grad_y f)."""
-    jx, jy = oracle.vjp_grad_y_g(x, y, nu)
-    rx, ry = grad_f[0] + jx, grad_f[1] + jy
+                     grad_f: tuple[Tensor, Tensor], free: Tensor | None = None) -> Tensor:
+    """||grad f + J^T nu||^2 at (x, y) given grad f = (grad_x f, grad_y f) (on a y box: nu and the
+    y residual on the `free` coordinates only)."""
+    jx, jy = oracle.vjp_grad_y_g(x, y, masked(nu, free))
+    rx, ry = grad_f[0] + jx, masked(grad_f[1] + jy, free)
     return inner(rx, rx) + inner(ry, ry)
 
 
 def least_squares_multiplier(oracle: Oracle, x: Tensor, y: Tensor, grad_f: tuple[Tensor, Tensor],
-                             linear_solver=_LSTSQ) -> Tensor:
-    """nu minimising ||grad f + J^T nu||^2 (J J^T nu = -J grad f by conjugate gradient)."""
+                             linear_solver=_LSTSQ, free: Tensor | None = None) -> Tensor:
+    """nu minimising ||grad f + J^T nu||^2 (J J^T nu = -J grad f by conjugate gradient), on the
+    `free` coordinates of a y box."""
     def normal_matvec(v: Tensor) -> Tensor:
-        return oracle.jvp_grad_y_g(x, y, *oracle.vjp_grad_y_g(x, y, v))
+        jx, jy = oracle.vjp_grad_y_g(x, y, masked(v, free))
+        return masked(oracle.jvp_grad_y_g(x, y, jx, masked(jy, free)), free)
 
-    return linear_solver(normal_matvec, -oracle.jvp_grad_y_g(x, y, *grad_f))
+    return linear_solver(normal_matvec, -masked(oracle.jvp_grad_y_g(x, y, grad_f[0], masked(grad_f[1], free)), free))
 
 
-def kkt_info(oracle: Oracle, x: Tensor, y: Tensor, nu: Tensor | None = None) -> dict[str, Tensor]:
-    """f, g, h and the KKT residuals at (x, y), with multiplier nu (least squares if None)."""
+def kkt_info(oracle: Oracle, x: Tensor, y: Tensor, nu: Tensor | None = None,
+             problem: BilevelProblem | None = None) -> dict[str, Tensor]:
+    """f, g, h and the KKT residuals at (x, y), with multiplier nu (least squares if None); with
+    the problem, on its y box (see the module docstring)."""
     f, gfx, gfy = oracle.grad_f(x, y)
     g, _, gy = oracle.grad_g(x, y)
+    free = problem.free_y(y, gy) if problem is not None else None
+    r = problem.lower_residual(y, gy) if problem is not None else gy
     if nu is None:
-        nu = least_squares_multiplier(oracle, x, y, (gfx, gfy))
-    h = inner(gy, gy)
+        nu = least_squares_multiplier(oracle, x, y, (gfx, gfy), free=free)
+    h = inner(r, r)
     return {"f": f, "g": g, "h": h,
-            "kkt_stationarity": kkt_stationarity(oracle, x, y, nu, (gfx, gfy)),
+            "kkt_stationarity": kkt_stationarity(oracle, x, y, nu, (gfx, gfy), free),
             "kkt_feasibility": h}
 
 
-def implicit_gradient(oracle: Oracle, x: Tensor, y: Tensor, linear_solver=_LSTSQ) -> Tensor:
+def implicit_gradient(oracle: Oracle, x: Tensor, y: Tensor, linear_solver=_LSTSQ,
+                      free: Tensor | None = None) -> Tensor:
     """F(x, y) = grad_x f - grad_yx g^T v with grad_yy g v = grad_y f (eq. 1 of the seed) at the
-    given y (no lower-level solve: see `hypergradient`).
+    given y (no lower-level solve: see `hypergradient`); on a y box, the system and v restricted
+    to the `free` coordinates (the active set held fixed: its y do not move with x).
 
     At `y = y*(x)`, with grad_yy g invertible, F is the gradient of `x -> f(x, y*(x))`.
     """
     _, gfx, gfy = oracle.grad_f(x, y)
-    v = linear_solver(lambda u: oracle.vjp_grad_y_g(x, y, u)[1], gfy)
-    return gfx - oracle.vjp_grad_y_g(x, y, v)[0]
+    v = linear_solver(lambda u: masked(oracle.vjp_grad_y_g(x, y, masked(u, free))[1], free), masked(gfy, free))
+    return gfx - oracle.vjp_grad_y_g(x, y, masked(v, free))[0]
 
 
 def hypergradient(problem: BilevelProblem, x: Any, *, y: Any = None, max_iter: int = 1000,
@@ -75,8 +94,9 @@ def hypergradient(problem: BilevelProblem, x: Any, *, y: Any = None, max_iter: i
         grad = grad_x f(x, y*) - grad_yx g(x, y*)^T v,   grad_yy g(x, y*) v = grad_y f(x, y*),
 
     v by conjugate gradient (the least-squares v where grad_yy g is singular: then y*(x) is not
-    unique and the formula is the gradient along the solution y* found). Valid where grad_yy g
-    is nonsingular at y* and y* is interior to the y box.
+    unique and the formula is the gradient along the solution y* found). On a y box the system
+    is restricted to the coordinates of y* not held at a bound (those stay put as x moves).
+    Valid where grad_yy g is nonsingular there and the active set does not change near x.
 
     Args:
         problem: the `BilevelProblem`.
@@ -99,7 +119,8 @@ def hypergradient(problem: BilevelProblem, x: Any, *, y: Any = None, max_iter: i
     from .verify import resolve
     x = Layout.of("x", x)[1].to(problem.x0)
     y = problem.y0 if y is None else Layout.of("y", y)[1].to(problem.y0)
-    oracle = Oracle(Autograd(problem.f, problem.g))
+    oracle = Oracle(Autograd(problem.f, problem.g, problem.y_bounds))
     y_star = resolve(problem, oracle, x, y, max_iter).y
-    grad = implicit_gradient(oracle, x, y_star, linear_solver or _LSTSQ)
+    free = problem.free_y(y_star, oracle.grad_g_y(x, y_star))
+    grad = implicit_gradient(oracle, x, y_star, linear_solver or _LSTSQ, free)
     return problem.layouts[0].structure(grad)

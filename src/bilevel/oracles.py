@@ -25,7 +25,10 @@ No method forms a Hessian. With h = ||grad_y g||^2 the gradient of h is
 
     grad_x h = 2 grad_yx g^T grad_y g,   grad_y h = 2 grad_yy g grad_y g,
 
-obtained by one backward pass through the graph of grad_y g (a double backward).
+obtained by one backward pass through the graph of grad_y g (a double backward). On a y box,
+h is the squared projected-gradient residual ||y - P(y - grad_y g)||^2 (zero exactly at the
+lower level's KKT points on the box, where grad_y g itself need not vanish), differentiated
+the same way.
 """
 from __future__ import annotations
 
@@ -64,6 +67,13 @@ def inner(a: Tensor, b: Tensor) -> Tensor:
     if a.dim() != 1:
         a, b = a.reshape(-1), b.reshape(-1)
     return torch.dot(a, b)
+
+
+def lower_residual(y: Tensor, grad_y: Tensor, y_bounds: tuple | None) -> Tensor:
+    """r = y - P(y - grad_y g) on a y box (low, high), grad_y g without one (differentiable)."""
+    if y_bounds is None:
+        return grad_y
+    return y - torch.clamp(y - grad_y, min=y_bounds[0], max=y_bounds[1])
 
 
 def _leaf(t: Tensor) -> Tensor:
@@ -129,11 +139,14 @@ class Backend:
     (`unrolled_grad`, by autograd whatever the back-end). Subclasses add the derivatives.
 
     Args:
-        f, g: the upper- and lower-level objectives, (x, y) -> scalar tensor.
+        f: the upper-level objective, (x, y) -> scalar tensor.
+        g: the lower-level objective, (x, y) -> scalar tensor.
+        y_bounds: the problem's y box (low, high), which h measures its residual on; None: none.
     """
 
-    def __init__(self, f: Objective, g: Objective):
+    def __init__(self, f: Objective, g: Objective, y_bounds: tuple | None = None):
         self.objectives = (f, g)
+        self.y_bounds = y_bounds
 
     def f(self, x: Tensor, y: Tensor) -> Tensor:
         """f(x, y)."""
@@ -200,7 +213,8 @@ class Autograd(Backend):
         """(g, grad_y g, h, grad_x h, grad_y h) with h = ||grad_y g||^2, by one double backward."""
         with torch.enable_grad():
             x_, y_, value, gy = self._grad_y_g_graph(x, y)
-            h = inner(gy, gy)
+            r = lower_residual(y_, gy, self.y_bounds)
+            h = inner(r, r)
             hx, hy = _grads(h, (x_, y_))
         return value.detach(), gy.detach(), h.detach(), hx, hy
 
@@ -231,7 +245,8 @@ class Autograd(Backend):
         """The Hessian of h = ||grad_y g||^2 times (vx, vy) (third derivatives of g)."""
         with torch.enable_grad():
             x_, y_, _, gy = self._grad_y_g_graph(x, y)
-            hx, hy = _grads(inner(gy, gy), (x_, y_), create_graph=True)
+            r = lower_residual(y_, gy, self.y_bounds)
+            hx, hy = _grads(inner(r, r), (x_, y_), create_graph=True)
             return _grads(inner(hx, vx.detach()) + inner(hy, vy.detach()), (x_, y_))
 
     def hvp_inner_grad_y_g(self, x: Tensor, y: Tensor, w: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
@@ -281,6 +296,7 @@ class Func(Backend):
     Args:
         f: the upper-level objective, (x, y) -> scalar tensor.
         g: the lower-level objective, (x, y) -> scalar tensor.
+        y_bounds: the problem's y box, as for `Autograd`.
         compile: compile each derivative with torch.compile; one whose compilation fails runs
             uncompiled, and `compile_failures` (name -> reason) says why. The forward-mode
             products (`FORWARD_MODE`: Hessian- and Jacobian-vector products, used at the start
@@ -290,13 +306,13 @@ class Func(Backend):
             synthetic-sc), and a crash cannot fall back.
     """
 
-    def __init__(self, f: Objective, g: Objective, compile: bool = False):
-        super().__init__(f, g)
+    def __init__(self, f: Objective, g: Objective, y_bounds: tuple | None = None, compile: bool = False):
+        super().__init__(f, g, y_bounds)
         grad_y_g = grad(g, argnums=1)
 
         def h(x: Tensor, y: Tensor) -> Tensor:
-            gy = grad_y_g(x, y)
-            return inner(gy, gy)
+            r = lower_residual(y, grad_y_g(x, y), y_bounds)
+            return inner(r, r)
 
         grad_f_xy, grad_h_xy = grad(f, argnums=(0, 1)), grad(h, argnums=(0, 1))
 
@@ -309,7 +325,8 @@ class Func(Backend):
         def h_and_grad(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
             def h_with_parts(x: Tensor, y: Tensor):
                 gy, value = grad_and_value(g, argnums=1)(x, y)
-                return inner(gy, gy), (value, gy)
+                r = lower_residual(y, gy, y_bounds)
+                return inner(r, r), (value, gy)
             (hx, hy), (h, (value, gy)) = grad_and_value(h_with_parts, argnums=(0, 1), has_aux=True)(x, y)
             return value, gy, h, hx, hy
 
@@ -349,12 +366,12 @@ class Func(Backend):
         return call
 
 
-def backend(kind: str, f: Objective, g: Objective):
-    """The back-end named `kind` ("autograd", "func" or "compiled") for f and g."""
+def backend(kind: str, f: Objective, g: Objective, y_bounds: tuple | None = None):
+    """The back-end named `kind` ("autograd", "func" or "compiled") for f and g (and a y box)."""
     if kind == "autograd":
-        return Autograd(f, g)
+        return Autograd(f, g, y_bounds)
     if kind in ("func", "compiled"):
-        return Func(f, g, compile=kind == "compiled")
+        return Func(f, g, y_bounds, compile=kind == "compiled")
     raise ValueError(f"Invalid oracle: {kind!r} (expected one of {', '.join(map(repr, BACKENDS))} or an Oracle)")
 
 

@@ -189,6 +189,19 @@ class BilevelProblem:
         object.__setattr__(self, "f", partial(on_data, fn=self.f, data=self.upper_data.all()))
         object.__setattr__(self, "g", partial(on_data, fn=self.g, data=self.lower_data.all()))
 
+    def lower_residual(self, y: Tensor, grad_y: Tensor) -> Tensor:
+        """The lower level's optimality residual at y: r = y - P_Y(y - grad_y g), zero exactly at
+        the KKT points of min_y g(x, .) over the y box (grad_y g itself without a box)."""
+        return grad_y if self.y_bounds is None else y - self.project_y(y - grad_y)
+
+    def free_y(self, y: Tensor, grad_y: Tensor) -> Tensor | None:
+        """The coordinates of y that the lower level does not hold at a bound (a bool mask, True
+        where free: y - grad_y g stays inside the box), or None without a y box."""
+        if self.y_bounds is None:
+            return None
+        step = y - grad_y
+        return self.project_y(step) == step
+
     def structure(self, x: Tensor, y: Tensor) -> tuple[Any, Any]:
         """(x, y) of the flat variables in the structure the problem was given (`Result.x`, `.y`)."""
         return self.layouts[0].structure(x), self.layouts[1].structure(y)

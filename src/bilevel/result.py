@@ -15,6 +15,7 @@ class Status(enum.Enum):
     CONVERGED = "converged: max(kkt_stationarity, kkt_feasibility) <= tol"
     MAX_ITER = "not converged: reached max_iter before meeting tol"
     DIVERGED = "diverged: a non-finite value appeared; the last finite iterate is returned"
+    RUNAWAY = "ran away: the iterates (or h) grew without bound; the last iterate is returned"
     STOPPED = "stopped: the callback asked to stop"
 
     def __str__(self) -> str:

@@ -235,9 +235,9 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
         oracle.reset()
         full = oracle
     else:
-        full = Oracle(context.wrap(backend(oracle, problem.f, problem.g)))
+        full = Oracle(context.wrap(backend(oracle, problem.f, problem.g, problem.y_bounds)))
         if batch_size is not None:
-            make = partial(backend, oracle)
+            make = partial(backend, oracle, y_bounds=problem.y_bounds)
             oracle = Oracle(context.wrap(data.Sampled(make, problem.batched, (problem.upper_data, problem.lower_data),
                                                       batch_size, generator)))
         else:

@@ -59,9 +59,12 @@ def select_best(frame: pd.DataFrame, metric: str, mode: str | None = None) -> pd
 
 
 def _runs(statuses: pd.Series) -> str:
-    """'3', or '3 (1 diverged)' when some runs ended with a non-finite value."""
-    diverged = int((statuses == "DIVERGED").sum())
-    return f"{len(statuses)}" + (f" ({diverged} diverged)" if diverged else "")
+    """'3', or '3 (1 diverged, 1 ran away)' when some runs ended with a non-finite value or with
+    iterates growing without bound."""
+    counts = [f"{int((statuses == status).sum())} {word}" for status, word in (("DIVERGED", "diverged"),
+                                                                              ("RUNAWAY", "ran away"))
+              if (statuses == status).any()]
+    return f"{len(statuses)}" + (f" ({', '.join(counts)})" if counts else "")
 
 
 def _mean_sd(values: pd.Series) -> str:

@@ -3,13 +3,14 @@ base class `ImplicitStep` is shared with galet, which solves for the multiplier 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor
 
 from .. import linear
 from ..linear import ConjugateGradient
+from ..metrics import masked
 from ..oracles import Oracle
 from ..problem import BilevelProblem
 from .base import (Aux, Solver, State, check_int, check_positive, curvature_in_y, descend, lower_diagnostics,
@@ -34,7 +35,10 @@ class ImplicitStep(Solver):
         x  <- P_X(x - step_size (grad_x f(x, y) + grad_yx g^T nu))
 
     Subclasses define `multiplier`; nu is the multiplier of grad_y g = 0 that the method
-    defines (kkt="method" uses it).
+    defines (kkt="method" uses it). On a y box the implicit derivative is taken on the active
+    set: coordinates of y that the lower level holds at a bound do not move with x, so the
+    system and nu live on the free coordinates only (grad_yy g restricted to them; one more
+    gradient of g a step to find them).
     """
 
     step_size: float = 0.1
@@ -53,9 +57,15 @@ class ImplicitStep(Solver):
             return "conjugate gradient stops on a test of each member's residual (Neumann(...) runs batched)"
         return ""
 
-    def multiplier(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor) -> Tensor:
-        """nu at (x, y), from products with grad_yy g and the linear solver."""
+    def multiplier(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor, free: Tensor | None) -> Tensor:
+        """nu at (x, y), from products with grad_yy g (restricted to the `free` coordinates of a y
+        box: `hessian`) and the linear solver."""
         raise NotImplementedError
+
+    @staticmethod
+    def hessian(oracle: Oracle, x: Tensor, y: Tensor, free: Tensor | None) -> Callable[[Tensor], Tensor]:
+        """u -> grad_yy g u at (x, y), on the free coordinates of a y box."""
+        return lambda u: masked(oracle.vjp_grad_y_g(x, y, masked(u, free))[1], free)
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> ImplicitState:
@@ -66,10 +76,11 @@ class ImplicitStep(Solver):
     def step(self, problem: BilevelProblem, oracle: Oracle, state: ImplicitState) -> tuple[ImplicitState, Aux]:
         x, y = state.x, state.y
         g, _, gy = oracle.grad_g(x, y)
-        diagnostics = {"f": oracle.f(x, y), **lower_diagnostics(g, gy)}
+        diagnostics = {"f": oracle.f(x, y), **lower_diagnostics(problem, y, g, gy)}
         y = descend(problem, oracle, x, y, steps=self.inner_steps, step_size=state.inner_step_size, gradient=gy)
         _, fx, fy = oracle.grad_f(x, y)
-        nu = self.multiplier(oracle, x, y, fy)
+        free = None if problem.y_bounds is None else problem.free_y(y, oracle.grad_g_y(x, y))
+        nu = self.multiplier(oracle, x, y, masked(fy, free), free)
         jx, _ = oracle.vjp_grad_y_g(x, y, nu)
         x_new = problem.project_x(x - self.step_size * (fx + jx))
         return replace(state, x=x_new, y=y, k=state.k + 1), Aux(diagnostics, nu=nu)
@@ -121,6 +132,6 @@ class AIDBiO(ImplicitStep):
     name: ClassVar[str] = "aid_bio"
     summary: ClassVar[str] = "approximate implicit differentiation, CG on the Hessian (Ji et al. 2021)"
 
-    def multiplier(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor) -> Tensor:
+    def multiplier(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor, free: Tensor | None) -> Tensor:
         """nu = -v, with grad_yy g v = grad_y f."""
-        return -self.linear_solver(lambda u: oracle.vjp_grad_y_g(x, y, u)[1], grad_y_f)
+        return -self.linear_solver(self.hessian(oracle, x, y, free), grad_y_f)

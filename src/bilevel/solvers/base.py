@@ -90,10 +90,12 @@ class Solver(abc.ABC):
         return tuple(f.name for f in dataclasses.fields(cls))
 
 
-def lower_diagnostics(g: Tensor, grad_y_g: Tensor, **more: Tensor | float) -> dict[str, Tensor | float]:
-    """f-free part of an Aux: g, h = ||grad_y g||^2 (also kkt_feasibility) and `more`."""
-    h = inner(grad_y_g, grad_y_g)
-    return {"g": g, "h": h, "kkt_feasibility": h, **more}
+def lower_diagnostics(problem: BilevelProblem, y: Tensor, g: Tensor, grad_y_g: Tensor) -> dict[str, Tensor | float]:
+    """The lower level's part of an Aux at (x, y): g, and h = ||r||^2 (also kkt_feasibility) with
+    r the residual `problem.lower_residual` (grad_y g, or the projected gradient on a y box)."""
+    r = problem.lower_residual(y, grad_y_g)
+    h = inner(r, r)
+    return {"g": g, "h": h, "kkt_feasibility": h}
 
 
 def descend(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, steps: int,

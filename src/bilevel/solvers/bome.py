@@ -118,7 +118,7 @@ class BOME(Solver):
         else:
             phi = self.eta * (g - oracle.g(x, y_hat))
         lam = torch.clamp(phi - inner(fx, qx) - inner(fy, qy), min=0) / (qq + 1e-8)
-        aux = Aux({"f": f, **lower_diagnostics(g, gy), "lambda": lam}, nu=lam * (y - y_hat))
+        aux = Aux({"f": f, **lower_diagnostics(problem, y, g, gy), "lambda": lam}, nu=lam * (y - y_hat))
         x_new = problem.project_x(x - self.step_size * (fx + lam * qx))
         y_new = problem.project_y(y - state.lower_step_size * (fy + lam * qy))
         return replace(state, x=x_new, y=y_new, k=state.k + 1), aux

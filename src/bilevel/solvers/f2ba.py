@@ -115,6 +115,7 @@ class F2BA(Solver):
         _, fx, _ = oracle.grad_f(x, y)
         d_x = fx + lam * (oracle.grad_g_x(x, y) - oracle.grad_g_x(x, z))
         nu = lam * (y - z)
-        aux = Aux({"f": f0, **lower_diagnostics(g0, gy0),
-                   "kkt_stationarity": metrics.kkt_stationarity(oracle, x, state.y, nu, grad_f0)}, nu=nu)
+        aux = Aux({"f": f0, **lower_diagnostics(problem, state.y, g0, gy0),
+                   "kkt_stationarity": metrics.kkt_stationarity(oracle, x, state.y, nu, grad_f0,
+                                                                problem.free_y(state.y, gy0))}, nu=nu)
         return replace(state, x=problem.project_x(x - self.step_size * d_x), y=y, k=state.k + 1), aux

@@ -62,9 +62,7 @@ class GALET(ImplicitStep):
     name: ClassVar[str] = "galet"
     summary: ClassVar[str] = "alternating y, least-squares shadow w and x steps (Xiao et al. 2023)"
 
-    def multiplier(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor) -> Tensor:
+    def multiplier(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor, free: Tensor | None) -> Tensor:
         """nu = w, the least-squares solution of grad_yy g w = -grad_y f (H^2 w = -H grad_y f)."""
-        def hessian(u: Tensor) -> Tensor:
-            return oracle.vjp_grad_y_g(x, y, u)[1]
-
+        hessian = self.hessian(oracle, x, y, free)
         return self.linear_solver(lambda u: hessian(hessian(u)), -hessian(grad_y_f))

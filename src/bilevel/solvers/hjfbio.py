@@ -7,6 +7,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..metrics import masked
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
 from .base import Aux, Solver, State, check_positive, curvature_in_y, lower_diagnostics, step_or
@@ -102,9 +103,10 @@ class HJFBiO(Solver):
         x, y, v = state.x, state.y, state.v
         f, fx, fy = oracle.grad_f(x, y)
         g, _, gy = oracle.grad_g(x, y)
-        jv, hv = oracle.fd_vjp_grad_y_g(x, y, v, self.delta)
-        rx, ry = fx - jv, fy - hv
+        free = problem.free_y(y, gy)                     # a y box: v on the free coordinates
+        jv, hv = oracle.fd_vjp_grad_y_g(x, y, masked(v, free), self.delta)
+        rx, ry = fx - jv, masked(fy - hv, free)
         v = project_ball(v + state.v_step_size * ry, self.radius)
-        aux = Aux({"f": f, **lower_diagnostics(g, gy), "kkt_stationarity": inner(rx, rx) + inner(ry, ry)}, nu=-v)
+        aux = Aux({"f": f, **lower_diagnostics(problem, y, g, gy), "kkt_stationarity": inner(rx, rx) + inner(ry, ry)}, nu=-v)
         return replace(state, x=problem.project_x(x - self.step_size * rx),
                        y=problem.project_y(y - state.lower_step_size * gy), v=v, k=state.k + 1), aux

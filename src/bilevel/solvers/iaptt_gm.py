@@ -101,7 +101,7 @@ class IAPTTGM(Solver):
         f = oracle.f(state.x, state.y)
         run = oracle.unrolled_grad(state.x, state.z, self.inner_steps, state.inner_step_size,
                                    project=problem.project_y, select=lambda fv: int(torch.argmax(fv)) + 1)
-        aux = Aux({"f": f, **lower_diagnostics(g, gy),
+        aux = Aux({"f": f, **lower_diagnostics(problem, state.y, g, gy),
                    "kkt_stationarity": inner(run.grad_x, run.grad_x) + inner(run.grad_z, run.grad_z),
                    "truncation": float(run.index)})
         x = problem.project_x(state.x - self.step_size * run.grad_x)

@@ -125,7 +125,8 @@ class MEHA(Solver):
         d_x = fx / c + gx - oracle.grad_g_x(x, theta)
         d_y = fy / c + gy - (y - theta) / self.gamma
         nu = c * (y - theta)
-        aux = Aux({"f": f, **lower_diagnostics(g, gy), "penalty": c,
-                   "kkt_stationarity": metrics.kkt_stationarity(oracle, x, y, nu, (fx, fy))}, nu=nu)
+        aux = Aux({"f": f, **lower_diagnostics(problem, y, g, gy), "penalty": c,
+                   "kkt_stationarity": metrics.kkt_stationarity(oracle, x, y, nu, (fx, fy), problem.free_y(y, gy))},
+                  nu=nu)
         return replace(state, x=problem.project_x(x - self.step_size * d_x),
                        y=problem.project_y(y - state.lower_step_size * d_y), theta=theta, k=state.k + 1), aux

@@ -8,6 +8,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from ..metrics import masked
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
 from .base import (Aux, Solver, State, as_float, check_choice, check_int, check_positive, curvature_in_y, descend,
@@ -265,7 +266,7 @@ class PGDQP(Solver):
         alpha = self.alpha or self.feasibility / (gamma * lh)
         return gamma, alpha
 
-    def _direction(self, oracle: Oracle, state: PGDQPState) -> Direction:
+    def _direction(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> Direction:
         x, y = state.x, state.y
         f, fx, fy = oracle.grad_f(x, y)
         g, gy, h, hx, hy = oracle.h_and_grad(x, y)
@@ -280,11 +281,11 @@ class PGDQP(Solver):
         # grad f + lambda grad h = (-dx, -dy / y_scale)
         stationarity = inner(dx, dx) + (inner(dy, dy) if self.lower_step_size is None else inner(dy, dy) / y_scale ** 2)
         aux = Aux({"f": f, "g": g, "h": h, "kkt_stationarity": stationarity, "kkt_feasibility": h, "lambda": lam,
-                   "step_size": gamma, "alpha": alpha}, nu=2 * lam * gy)
+                   "step_size": gamma, "alpha": alpha}, nu=2 * lam * masked(gy, problem.free_y(y, gy)))
         return Direction(dx, dy, gamma, lf, lh, grads if any(self._adapts()) else None, aux)
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> tuple[PGDQPState, Aux]:
-        d = self._direction(oracle, state)
+        d = self._direction(problem, oracle, state)
         vx, vy = d.gamma * d.dx, d.gamma * d.dy
         momentum = self._momentum()
         if momentum > 0 and state.velocity is not None:
@@ -301,7 +302,7 @@ class PGDQP(Solver):
         return ""
 
     def diagnose(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> Aux:
-        return self._direction(oracle, state).aux
+        return self._direction(problem, oracle, state).aux
 
 
 def _minimum(a: float | Tensor, b: float | Tensor) -> float | Tensor:

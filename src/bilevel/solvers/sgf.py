@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import torch
 
+from ..metrics import masked
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
 from .base import Aux, Solver, State, check_positive
@@ -58,7 +59,7 @@ class SGF(Solver):
         g, gy, h, hx, hy = oracle.h_and_grad(state.x, state.y)
         dx, dy, lam = qp_step((fx, fy), (hx, hy), self.alpha * (h - self.eps ** 2))
         aux = Aux({"f": f, "g": g, "h": h, "kkt_stationarity": inner(dx, dx) + inner(dy, dy), "kkt_feasibility": h,
-                   "lambda": lam}, nu=2 * lam * gy)
+                   "lambda": lam}, nu=2 * lam * masked(gy, problem.free_y(state.y, gy)))
         x = problem.project_x(state.x + self.step_size * dx)
         y = problem.project_y(state.y + self.step_size * dy)
         return replace(state, x=x, y=y, k=state.k + 1), aux

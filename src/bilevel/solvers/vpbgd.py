@@ -103,7 +103,7 @@ class VPBGD(Solver):
         f, fx, fy = oracle.grad_f(x, y)
         g, gx, gy = oracle.grad_g(x, y)
         gx_w = oracle.grad_g_x(x, w)
-        aux = Aux({"f": f, **lower_diagnostics(g, gy), "penalty": gamma}, nu=gamma * (y - w))
+        aux = Aux({"f": f, **lower_diagnostics(problem, y, g, gy), "penalty": gamma}, nu=gamma * (y - w))
         x_new = problem.project_x(x - self.step_size * s * (fx + gamma * (gx - gx_w)))
         if self.lower_step_size is None:   # s * y_step = min(step_size s, 1 / (L_f,y + gamma L_g))
             y_step = capped(self.step_size * s, state.lipschitz_f_y + gamma * state.lipschitz_g)
