@@ -221,15 +221,18 @@ def test_fig5_config_runs_through_sweep_and_plot(tmp_path, capsys):
 
 def test_table_counts_diverged_runs(tmp_path, capsys):
     config = {**BASE, "seeds": 2, "problems": {"synthetic-sc": {"dim": 3}},
-              "methods": {"pgdqp": {"schedule": "constant", "step_size": [1e30, 0.01]}}}
+              "methods": {"pgdqp": {"schedule": "constant", "step_size": [1e30, 1e-3]}, "sgf": {"step_size": 1e-3}}}
     run_sweep(check_config(config), tmp_path, progress=False)
-    statuses = read_results(tmp_path).groupby("config")["status"].unique()
-    assert list(statuses['{"schedule": "constant", "step_size": 1e+30}']) == ["DIVERGED"]
-    assert list(statuses['{"schedule": "constant", "step_size": 0.01}']) == ["COMPLETED"]
+    statuses = read_results(tmp_path).groupby(["method", "config"])["status"].unique()
+    assert list(statuses[("pgdqp", '{"schedule": "constant", "step_size": 1e+30}')]) == ["DIVERGED"]
+    # a step of 1e-3 with alpha = 1 blows up here within 10 iterations: stopped as RUNAWAY, never COMPLETED
+    assert list(statuses[("pgdqp", '{"schedule": "constant", "step_size": 0.001}')]) == ["RUNAWAY"]
+    assert list(statuses[("sgf", '{"step_size": 0.001}')]) == ["COMPLETED"]
     assert main(["table", str(tmp_path), "--metrics", "h"]) == 0
     table = capsys.readouterr().out
     assert '| synthetic-sc {"dim": 3} | pgdqp | {"schedule": "constant", "step_size": 1e+30} | 2 (2 diverged) |' in table
-    assert '| synthetic-sc {"dim": 3} | pgdqp | {"schedule": "constant", "step_size": 0.01} | 2 |' in table
+    assert '| synthetic-sc {"dim": 3} | pgdqp | {"schedule": "constant", "step_size": 0.001} | 2 (2 ran away) |' in table
+    assert '| synthetic-sc {"dim": 3} | sgf | {"step_size": 0.001} | 2 |' in table
 
 
 def test_table_wall_time_is_per_problem(tmp_path, capsys):
