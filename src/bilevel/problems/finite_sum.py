@@ -64,7 +64,7 @@ def biased_ridge(seed: int = 0, *, n_train: int = 1000, n_val: int = 500, dim: i
         device: where the data live. Default CPU.
         dtype: floating dtype. Default float64.
 
-    `info` holds `x_star`, `value_star` = F(x*) (full batch, exact), and the exact
+    `info` holds `x_star`, `value_star` = F(x*) (full batch, exact), the `basis` P, and the exact
     `hyper_objective(x)` and `lower_solution(x)`. Metrics at logged rows: `hyper_objective`
     F(x) (with y*(x) exact), `relative_gap` (F(x) - F(x*)) / F(x*) and
     `distance_to_solution` ||x - x*||.
@@ -128,7 +128,7 @@ def biased_ridge(seed: int = 0, *, n_train: int = 1000, n_val: int = 500, dim: i
                 "distance_to_solution": float((x - moved["x_star"]).norm())}
 
     info = {"seed": seed, "n_train": n_train, "n_val": n_val, "dim": dim, "rank": rank, "noise": noise, "mu": mu,
-            "x_star": x_star, "value_star": value_star, "hyper_objective": hyper_objective,
+            "x_star": x_star, "value_star": value_star, "basis": moved["basis"], "hyper_objective": hyper_objective,
             "lower_solution": lower_solution}
     return BilevelProblem(squared_loss, partial(biased_ridge_loss, basis=moved["basis"], mu=mu),
                           torch.zeros(rank, **placement), torch.zeros(dim, **placement),

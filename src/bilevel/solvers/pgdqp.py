@@ -351,23 +351,12 @@ class PGDQP(Solver):
 
     def _stochastic_direction(self, oracle: Oracle, state: PGDQPState) -> Direction:
         """The QP step from unbiased estimates of h and grad h on two independent lower batches
-        B1 (the loop's) and B2 (`oracle.resample("lower")`; B1 is restored after):
-
-            h      ~ <grad_y g_B1, grad_y g_B2>,
-            grad h ~ J_B1^T grad_y g_B2 + J_B2^T grad_y g_B1      (J = [grad_yx g, grad_yy g]),
-
-        two gradients of g and two backward products. With schedule="diminishing" on minibatches
-        the steps follow the stochastic schedule (see the class docstring)."""
+        B1 (the loop's) and B2 (`independent_h_and_grad`; J = [grad_yx g, grad_yy g]). With
+        schedule="diminishing" on minibatches the steps follow the stochastic schedule (see the
+        class docstring)."""
         x, y = state.x, state.y
         f, fx, fy = oracle.grad_f(x, y)
-        first = oracle.batches
-        g, _, gy1 = oracle.grad_g(x, y)
-        oracle.resample("lower")
-        gy2 = oracle.grad_g_y(x, y)
-        hx2, hy2 = oracle.vjp_grad_y_g(x, y, gy1)       # J_B2^T grad_y g_B1
-        oracle.batches = first
-        hx1, hy1 = oracle.vjp_grad_y_g(x, y, gy2)       # J_B1^T grad_y g_B2
-        hx, hy, h = hx1 + hx2, hy1 + hy2, inner(gy1, gy2)
+        g, gy1, gy2, h, hx, hy = independent_h_and_grad(oracle, x, y)
         lf, lh = state.lipschitz_f, state.lipschitz_h
         if self._noisy_schedule(oracle):
             t = 1.0 + state.k / self.noise_decay
@@ -383,6 +372,23 @@ class PGDQP(Solver):
         aux = Aux({"f": f, "g": g, "h": h, "kkt_stationarity": stationarity, "kkt_feasibility": h, "lambda": lam,
                    "step_size": gamma, "alpha": alpha}, nu=lam * (gy1 + gy2))
         return Direction(dx, dy, gamma, lf, lh, None, aux)
+
+
+def independent_h_and_grad(oracle: Oracle, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
+    """(g_B1, grad_y g_B1, grad_y g_B2, h, grad_x h, grad_y h) with the unbiased two-batch estimates
+
+        h ~ <grad_y g_B1, grad_y g_B2>,   grad h ~ J_B1^T grad_y g_B2 + J_B2^T grad_y g_B1,
+
+    B1 the oracle's current lower batch, B2 a new one (`oracle.resample("lower")`); the oracle is
+    left on B1. Two gradients of g and two backward products through grad_y g."""
+    first = oracle.batches
+    g, _, gy1 = oracle.grad_g(x, y)
+    oracle.resample("lower")
+    gy2 = oracle.grad_g_y(x, y)
+    hx2, hy2 = oracle.vjp_grad_y_g(x, y, gy1)       # J_B2^T grad_y g_B1
+    oracle.batches = first
+    hx1, hy1 = oracle.vjp_grad_y_g(x, y, gy2)       # J_B1^T grad_y g_B2
+    return g, gy1, gy2, inner(gy1, gy2), hx1 + hx2, hy1 + hy2
 
 
 def _minimum(a: float | Tensor, b: float | Tensor) -> float | Tensor:
