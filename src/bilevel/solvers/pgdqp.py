@@ -135,7 +135,8 @@ class PGDQP(Solver):
 
         gamma_k = gamma_0 / (1 + k/noise_decay),   gamma_k alpha_k = feasibility / (L_h sqrt(1 + k/noise_decay)),
 
-    (sum gamma_k = inf, sum gamma_k^2 < inf; the step on h decays more slowly, so alpha_k grows
+    (a given lower_step_size decays with gamma_k: y's step is lower_step_size / (1 + k/noise_decay);
+    sum gamma_k = inf, sum gamma_k^2 < inf; the step on h decays more slowly, so alpha_k grows
     and the O(1/alpha) pull of grad f off the lower-level solution vanishes), without momentum
     unless given (heavy ball multiplies the gradient noise) and with L_f, L_h from power
     iteration at the start, kept fixed (secants of noisy gradients over short steps blow up and
@@ -362,9 +363,10 @@ class PGDQP(Solver):
             t = 1.0 + state.k / self.noise_decay
             gamma = state.gamma0 / t                                      # 1/k: sum gamma = inf, sum gamma^2 < inf
             alpha = self.alpha or self.feasibility / (math.sqrt(t) * gamma * lh)   # gamma alpha L_h = feasibility / sqrt(t)
+            y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / state.gamma0   # decays too
         else:
             gamma, alpha = self._parameters(state, lf, lh)
-        y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / gamma
+            y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / gamma
         hh = inner(hx, hx) + y_scale * inner(hy, hy)
         rho = hh if self.rho == "grad" else torch.sqrt(hh * state.h0)
         dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale)
