@@ -343,3 +343,55 @@ def test_two_batch_h_estimates_are_unbiased_and_one_batch_ones_are_not():
     assert bool(((mean - expected).abs() <= 5 * error + 1e-12).all()), (mean, expected, error)
     one_mean, one_error = float(one.mean()), float(one.std()) / math.sqrt(len(one))
     assert one_mean - float(h_full) > 10 * one_error
+
+
+# ----- hyper-cleaning on minibatches, and batch sizes in runs, configs and the command line ---------
+def test_hyper_cleaning_with_minibatch_is_the_same_problem_on_all_the_data():
+    from bilevel.problems.hyper_cleaning import weighted_loss
+    kwargs = dict(pca=5, n_train=60, n_val=30, n_test=30, seed=1, retrain_steps=5, dtype=D)
+    plain = PROBLEMS["hyper-cleaning"](**kwargs)
+    batched = PROBLEMS["hyper-cleaning"](minibatch=True, **kwargs)
+    x, y = torch.randn(60, dtype=D), torch.randn(plain.y0.shape, dtype=D)
+    assert float(batched.f(x, y)) == pytest.approx(float(plain.f(x, y)), rel=1e-14)
+    assert float(batched.g(x, y)) == pytest.approx(float(plain.g(x, y)), rel=1e-14)
+    assert batched.lower_data.size == 60 and batched.upper_data.size == 30 and plain.lower_data is None
+    # a batch of indices reads those samples' features, labels and weights
+    idx = torch.tensor([3, 7, 7])
+    a, b = batched.info["_data"]["train"][:2]
+    expected = weighted_loss(batched.info["_data"]["classifier"], y, a[idx], b[idx], torch.sigmoid(x[idx]), 1e-3)
+    assert float(batched.batched[1](x, y, idx)) == pytest.approx(float(expected), rel=1e-14)
+    r = solve(batched, "soba", max_iter=5, log_every=5, batch_size=16, seed=0, verify=False)
+    assert r.status.name == "COMPLETED"
+    with pytest.raises(ValueError, match="Invalid minibatch: True with world_size=2"):
+        PROBLEMS["hyper-cleaning"](minibatch=True, world_size=2, rank=0, **kwargs)
+
+
+def test_batch_size_in_configs_runs_and_ids():
+    import dataclasses
+    import hashlib
+    import json
+    from bilevel.bench.config import ConfigError, RunSpec, check_config, expand
+    from bilevel.bench.runner import run
+    config = check_config({"max_iter": 3, "problems": {"biased-ridge": {"n_train": 100, "n_val": 50}},
+                           "batch_size": 32, "methods": {"soba": {"batch_size": [16, None]}, "saba": {}}})
+    assert [(r.method, r.batch_size) for r in expand(config)] == [("soba", 16), ("soba", None), ("saba", 32)]
+    spec = RunSpec.make("quadratic", {}, "pgdqp", {}, 0, 10, 5)
+    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k != "batch_size"}    # ids of full-data runs kept
+    assert spec.run_id == hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert RunSpec.make("quadratic", {}, "pgdqp", {}, 0, 10, 5, batch_size=8).run_id != spec.run_id
+    with pytest.raises(ConfigError, match=r"methods.soba.*batch_size.*0 \(expected a whole number >= 1"):
+        check_config({"max_iter": 3, "problems": {"biased-ridge": {}}, "methods": {"soba": {"batch_size": 0}}})
+    record = run(RunSpec.make("biased-ridge", {"n_train": 100, "n_val": 50}, "saba", {}, 0, 4, 2, batch_size=10),
+                 None, raise_errors=True)
+    final = record["final"]          # init: L_g from 20 products, one gradient per block (10 lower, 5 upper)
+    assert record["batch_size"] == 10 and (final["n_grad_g"], final["n_grad_f"], final["n_hvp"]) == (14, 9, 24)
+
+
+def test_command_line_batch_size(tmp_path, capsys):
+    from bilevel.bench.cli import main
+    out = tmp_path / "run"
+    assert main(["run", "--problem", "biased-ridge", "--problem-arg", "n_train=100", "--method", "soba",
+                 "--batch-size", "10", "--max-iter", "4", "--log-every", "2", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["table", str(out), "--metrics", "relative_gap"]) == 0
+    assert '{"batch_size": 10}' in capsys.readouterr().out
