@@ -141,8 +141,10 @@ class PGDQP(Solver):
     unless given (heavy ball multiplies the gradient noise) and with L_f, L_h from power
     iteration at the start, kept fixed (secants of noisy gradients over short steps blow up and
     freeze the run: measured with estimator="plain"). Measured on biased-ridge, batch 64, 3000
-    steps, 5 seeds: final (F(x) - F*) / F* median 0.4% (max 0.8%); with steps 1/sqrt(1 + k/100)
-    on both parts 1.5%, with heavy ball 0.9 1.6% (benchmarks/RESULTS.md).
+    steps, 5 seeds (benchmarks/stochastic_defaults.py): final (F(x) - F*) / F* median 0.39%
+    (max 0.80%); heavy ball 0.9: 0.81% (max 1.9%); noise_decay 30 or 1000: 1.2%, 1.1%; one batch
+    with the full-data schedule: 5.7% (max 9.9%); steps 1/sqrt(1 + k/100) on both parts (a
+    development variant, not an option): 1.5%.
 
     Args:
         step_size: gamma (the step on x; also on y unless lower_step_size). Default per schedule.
