@@ -43,8 +43,13 @@ class F2SA(Solver):
     alpha_k lam_k = gamma_k / 2, half of z's. Each step's gradients come from new batches
     (i lower, j upper); the two gradients of g in one step (z's and y's, and the x step's pair)
     share their lower batch, which keeps the estimates unbiased and the variance of their
-    difference, multiplied by lam, small (a choice of ours: the pairing of the paper's samples
-    was not checked against its text, nor were its step-size constants; see the ALGORITHMS.md card).
+    difference, multiplied by lam, small (a choice of ours).
+
+    Unverified: the paper's text could not be reached while this was written; the update, the
+    rule lam_k = gamma_k / (2 alpha_k), the x step xi alpha_k and the exponents 5/7, 4/7 are as
+    recalled from it (and the ALGORITHMS.md card), not checked line by line. Dagreou et al.'s
+    benchmark of stochastic methods (benchmark_bilevel) adds a fixed delta = 0.1 to lam from lam_0 = 1 and
+    decays all steps as k^(-1/2) with the y step not divided by lam.
     The multiplier of grad_y g = 0 it defines is nu = lam_k (y - z) (kkt="method" uses it at
     logged rows).
 
