@@ -58,6 +58,7 @@ bench: venv
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/batch.py
 	$(BIN)/python benchmarks/time_to_target.py
+	$(BIN)/python benchmarks/minibatch_cost.py
 
 # The seed paper's figures (PNGs under runs/, tables in benchmarks/RESULTS.md); about 10 minutes on 2 cores (measured).
 figures: venv

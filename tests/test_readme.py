@@ -24,6 +24,11 @@ def test_readme_quickstart_runs():
     torch.testing.assert_close(namespace["result"].x, torch.full((5,), 1.5, dtype=torch.float64), atol=2e-3, rtol=0)
 
 
+def test_readme_minibatch_example_runs():
+    namespace = run(python_block("## Minibatches and stochastic methods"))
+    assert namespace["result"].history["relative_gap"][-1] < 1e-6
+
+
 def test_readme_own_problem_runs():
     namespace = run(python_block("## Your own problem"))
     result, more = namespace["result"], namespace["more"]

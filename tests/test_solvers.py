@@ -15,7 +15,8 @@ from bilevel.solvers import Aux, State
 # iterations within which each method's defaults reach the known answer of `quadratic` (seed 0,
 # cond 5) to 5e-2; measured with margin
 KNOWN_ANSWER_ITERS = {"pgdqp": 3000, "sgf": 3000, "bome": 20000, "aid_bio": 3000, "vpbgd": 5000, "galet": 1000,
-                      "iaptt_gm": 300, "meha": 3000, "f2ba": 500, "hjfbio": 2000}
+                      "iaptt_gm": 300, "meha": 3000, "f2ba": 500, "hjfbio": 2000, "soba": 300, "saba": 300,
+                      "stocbio": 300, "f2sa": 300}
 # sgf's eps relaxation holds h near eps^2 = 1e-2 instead of 0: its x stops short of x* (issue 16)
 KNOWN_ANSWER_TOL = {"sgf": 0.15}
 

@@ -14,6 +14,9 @@ Batches are drawn uniformly with replacement (`torch.randint`): every minibatch 
 gradient and Hessian- or Jacobian-vector product is an unbiased estimate of its full-data
 value. A product of two estimates from one batch is not (h = ||grad_y g||^2 is biased upwards
 by the batch variance); solvers that need it draw a second, independent batch (`resample`).
+The sample indices of the current batches are `Sampled.indices`; `Sampled.select(upper, lower)`
+makes the batches those of given indices (a method whose estimator keeps memories of fixed
+groups of samples, as SABA's SAGA tables, chooses its batch itself).
 """
 from __future__ import annotations
 
@@ -96,6 +99,13 @@ def batch_sizes(value: Any, sizes: tuple[int, int]) -> tuple[int, int]:
     return out  # type: ignore[return-value]
 
 
+class Batches(tuple):
+    """The current (upper, lower) batches of a `Sampled` back-end, as a pair, carrying the sample
+    `indices` they were taken at (so that setting them back restores the indices too)."""
+
+    indices: tuple[Tensor | None, Tensor | None] = (None, None)
+
+
 class Sampled:
     """The back-end of minibatch objectives: `make(f_B, g_B)` for the current batches B_f, B_g of
     the problem's data, redrawn by `resample` from `generator`.
@@ -115,32 +125,47 @@ class Sampled:
                  sizes: tuple[int, int], generator: torch.Generator):
         self.make, self.objectives, self.data, self.sizes, self.generator = make, objectives, data, sizes, generator
         self.current: tuple[Any, Any] = (None, None)
+        self.current_indices: tuple[Tensor | None, Tensor | None] = (None, None)
         self.resample()
 
-    def _draw(self, level: int) -> Any:
-        data = self.data[level]
-        indices = torch.randint(data.size, (self.sizes[level],), generator=self.generator,
-                                device=self.generator.device)
-        return data.take(indices)
+    def _draw(self, level: int) -> Tensor:
+        return torch.randint(self.data[level].size, (self.sizes[level],), generator=self.generator,
+                             device=self.generator.device)
 
     def resample(self, which: str = "both") -> None:
         """Draw new batches: "both", "upper" (f's) or "lower" (g's)."""
-        upper, lower = self.current
-        if which in ("both", "upper"):
-            upper = self._draw(0)
-        if which in ("both", "lower"):
-            lower = self._draw(1)
-        self.batches = (upper, lower)
+        upper = self._draw(0) if which in ("both", "upper") else None
+        lower = self._draw(1) if which in ("both", "lower") else None
+        self.select(upper, lower)
+
+    def select(self, upper: Tensor | None = None, lower: Tensor | None = None) -> None:
+        """Make the current batches those of the samples at these indices (1-d integer tensors;
+        None keeps that level's batch)."""
+        batches, indices = list(self.current), list(self.current_indices)
+        for level, chosen in enumerate((upper, lower)):
+            if chosen is not None:
+                batches[level], indices[level] = self.data[level].take(chosen), chosen
+        pair = Batches((batches[0], batches[1]))
+        pair.indices = (indices[0], indices[1])
+        self.batches = pair
+
+    @property
+    def indices(self) -> tuple[Tensor | None, Tensor | None]:
+        """The sample indices of the current (upper, lower) batches, as drawn by `resample` or
+        chosen by `select` (None for a level whose batch was set through `batches` as plain data)."""
+        return self.current_indices
 
     @property
     def batches(self) -> tuple[Any, Any]:
-        """The current (upper, lower) batches; setting them rebuilds the back-end on them."""
+        """The current (upper, lower) batches (a `Batches` pair, which also carries their indices);
+        setting them rebuilds the back-end on them."""
         return self.current
 
     @batches.setter
     def batches(self, value: tuple[Any, Any]) -> None:
         from functools import partial
         self.current = value
+        self.current_indices = getattr(value, "indices", (None, None))
         f, g = self.objectives
         self.inner = self.make(partial(on_data, fn=f, data=value[0]), partial(on_data, fn=g, data=value[1]))
 

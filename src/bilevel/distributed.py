@@ -117,6 +117,13 @@ class Reduced:
     def batches(self, value: Any) -> None:
         self.local.batches = value
 
+    @property
+    def indices(self) -> Any:
+        return self.local.indices
+
+    def select(self, upper: Any = None, lower: Any = None) -> None:
+        self.local.select(upper, lower)
+
     def __getattr__(self, name: str) -> Any:
         """The sum over ranks of the local back-end's `name` (values, gradients, products)."""
         if name.startswith("_") or name == "unrolled_grad":   # iaptt_gm says it does not run data-parallel

@@ -466,6 +466,18 @@ class Oracle:
         if self.stochastic:
             self.backend.batches = value
 
+    @property
+    def indices(self) -> tuple[Tensor | None, Tensor | None] | None:
+        """The sample indices of the current (upper, lower) minibatches (None on full data): for
+        estimators with per-sample or per-group memories (SABA)."""
+        return self.backend.indices if self.stochastic else None
+
+    def select(self, upper: Tensor | None = None, lower: Tensor | None = None) -> None:
+        """Make the minibatches those of the samples at these indices (None keeps a level's
+        batch); nothing on full data."""
+        if self.stochastic:
+            self.backend.select(upper, lower)
+
     def reset(self) -> None:
         """Counts back to zero."""
         self.counts.clear()

@@ -12,6 +12,8 @@
     methods:
       pgdqp: {schedule: [constant, diminishing], step_size: 0.05}
       sgf: {}
+      soba: {batch_size: 64}       # minibatches of 64 (a list is a grid; null: all the data)
+    batch_size: 64                 # optional: the batch size of every method that names none
     plot: {metrics: [upper_objective], x: iter}
 
 Everything is checked before the first run, plot metrics included: each must be a column the
@@ -40,7 +42,7 @@ from ..solve import make_solver
 from .plot import X_AXES
 
 TOP_KEYS = {"name": str, "max_iter": int, "log_every": int, "seeds": (int, list), "kkt": str, "tol": (int, float),
-            "problems": dict, "methods": dict, "plot": dict, "description": str}
+            "problems": dict, "methods": dict, "plot": dict, "description": str, "batch_size": int}
 PLOT_KEYS = {"metrics": list, "x": str}
 REQUIRED = ("max_iter", "problems", "methods")
 # the history columns a run can have whatever its problem (bilevel.history.History.log: the counts,
@@ -69,23 +71,30 @@ class RunSpec:
     log_every: int
     kkt: str | None = None
     tol: float | None = None
+    batch_size: int | None = None          # minibatches of this size (solve's batch_size); None: all the data
 
     @property
     def run_id(self) -> str:
-        """A stable id: a hash of the full configuration."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        """A stable id: a hash of the full configuration (batch_size left out where None, so that
+        full-data runs keep the ids they had before it existed)."""
+        fields = dataclasses.asdict(self)
+        if fields["batch_size"] is None:
+            del fields["batch_size"]
+        text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     def describe(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "problem": self.problem, "problem_args": dict(self.problem_args),
                 "method": self.method, "options": dict(self.options), "seed": self.seed,
-                "max_iter": self.max_iter, "log_every": self.log_every, "kkt": self.kkt, "tol": self.tol}
+                "max_iter": self.max_iter, "log_every": self.log_every, "kkt": self.kkt, "tol": self.tol,
+                "batch_size": self.batch_size}
 
     @classmethod
     def make(cls, problem: str, problem_args: dict[str, Any], method: str, options: dict[str, Any], seed: int,
-             max_iter: int, log_every: int, kkt: str | None = None, tol: float | None = None) -> "RunSpec":
+             max_iter: int, log_every: int, kkt: str | None = None, tol: float | None = None,
+             batch_size: int | None = None) -> "RunSpec":
         return cls(problem, tuple(sorted(problem_args.items())), method, tuple(sorted(options.items())), seed,
-                   max_iter, log_every, kkt, tol)
+                   max_iter, log_every, kkt, tol, batch_size)
 
 
 # ----- reading and checking a config ---------------------------------------------------------
@@ -200,7 +209,7 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
     if "tol" in raw and raw.get("kkt") == "none":
         raise ConfigError(f"Invalid value: {_where(source, lines, ('tol',))}: {raw['tol']!r} with kkt: none (tol is "
                           f"checked against the KKT residuals)")
-    for key in ("max_iter", "log_every"):
+    for key in ("max_iter", "log_every", "batch_size"):
         if key in raw and raw[key] < 1:
             raise ConfigError(f"Invalid value: {_where(source, lines, (key,))}: {raw[key]!r} (expected >= 1)")
     seeds = raw.get("seeds", 1)
@@ -214,8 +223,8 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
     _check_section(raw, "problems", PROBLEMS, "problem", "builder argument",
                    lambda name: [p for p in inspect.signature(_builder(name, source, lines)).parameters if p != "seed"],
                    source, lines)
-    _check_section(raw, "methods", SOLVERS, "solver", "hyperparameter", lambda name: SOLVERS[name].options(),
-                   source, lines)
+    _check_section(raw, "methods", SOLVERS, "solver", "hyperparameter",
+                   lambda name: (*SOLVERS[name].options(), "batch_size"), source, lines)
     for name, args in raw["problems"].items():
         for dtype in _values((args or {}).get("dtype")):
             if dtype is not None and not (isinstance(dtype, str) and dtype in DTYPES):
@@ -223,7 +232,13 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
                                   f"(expected one of {', '.join(DTYPES)}){suggest(dtype, DTYPES)}")
     for name, options in raw["methods"].items():
         where = _where(source, lines, ("methods", name))
+        for batch_size in _values((options or {}).get("batch_size")):
+            if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                           or batch_size < 1):
+                raise ConfigError(f"Invalid value: {_where(source, lines, ('methods', name, 'batch_size'))}: "
+                                  f"{batch_size!r} (expected a whole number >= 1, or null for all the data)")
         for combo in _grid(options):                      # every grid point must build
+            combo.pop("batch_size", None)
             try:
                 make_solver(name, combo)
             except (TypeError, ValueError) as exc:
@@ -345,7 +360,9 @@ def expand(config: dict[str, Any]) -> list[RunSpec]:
         for problem_args in _grid(args):
             for method, options in config["methods"].items():
                 for opts in _grid(options):
+                    batch_size = opts.pop("batch_size", config.get("batch_size"))
                     for seed in seeds:
                         runs.append(RunSpec.make(problem, problem_args, method, opts, seed, config["max_iter"],
-                                                 config.get("log_every", 10), config.get("kkt"), config.get("tol")))
+                                                 config.get("log_every", 10), config.get("kkt"), config.get("tol"),
+                                                 batch_size))
     return runs

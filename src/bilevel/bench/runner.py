@@ -93,7 +93,8 @@ def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, pro
         with logger as callback:
             result = solve(problem, solver, max_iter=spec.max_iter, log_every=spec.log_every, tol=spec.tol,
                            kkt=spec.kkt, seed=spec.seed, progress=progress, distributed=distributed,
-                           checkpoint=checkpoint, checkpoint_every=checkpoint_every, callback=callback)
+                           checkpoint=checkpoint, checkpoint_every=checkpoint_every, callback=callback,
+                           batch_size=spec.batch_size)
         wall = time.perf_counter() - start
         final = {**{k: v[-1] for k, v in result.history.items()}, **store.verified_columns(result.verification)}
         record.update(status="finished", result_status=result.status.name, success=result.success, n_iter=result.n_iter,
@@ -111,10 +112,13 @@ def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, pro
 def _write(spec: RunSpec, out: str | Path, problem: BilevelProblem, solver: Any, result: Any, record: dict[str, Any],
            device: str | None) -> None:
     directory = store.run_dir(out, spec.run_id)
-    columns = {f"hp_{k}": v for k, v in dict(spec.options).items()}
+    options = dict(spec.options)
+    if spec.batch_size is not None:     # a configuration of its own in tables and plots
+        options["batch_size"] = spec.batch_size
+    columns = {f"hp_{k}": v for k, v in options.items()}
     frame = store.tidy(result, run_id=spec.run_id, method=spec.method, problem=spec.problem, title=problem.name,
                        problem_args=dict(spec.problem_args), seed=spec.seed, hyperparameters=hyperparameters(solver),
-                       config=json.dumps(dict(spec.options), sort_keys=True, default=str), **columns,
+                       config=json.dumps(options, sort_keys=True, default=str), **columns,
                        **store.provenance(device))
     store.write_parquet(frame, directory / "history.parquet")
     store.write_answer(result, directory / "answer.pt")

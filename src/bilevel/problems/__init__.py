@@ -10,6 +10,7 @@ from typing import Callable
 from ..checks import suggest
 from ..problem import BilevelProblem
 from ..registry import Registry
+from .finite_sum import biased_ridge
 from .hyper_cleaning import hyper_cleaning
 from .synthetic import coreset, quadratic, synthetic_nc, synthetic_sc
 from .toy_cleaning import toy_cleaning
@@ -22,6 +23,7 @@ PROBLEMS: dict[str, Callable[..., BilevelProblem]] = Registry("problem", {
     "quadratic": quadratic,
     "hyper-cleaning": hyper_cleaning,
     "toy-cleaning": toy_cleaning,
+    "biased-ridge": biased_ridge,
 })
 
 
@@ -52,4 +54,4 @@ def resolve(name: str) -> Callable[..., BilevelProblem]:
     return builder
 
 
-__all__ = ["PROBLEMS", "resolve", "coreset", "hyper_cleaning", "quadratic", "synthetic_nc", "synthetic_sc", "toy_cleaning"]
+__all__ = ["PROBLEMS", "resolve", "biased_ridge", "coreset", "hyper_cleaning", "quadratic", "synthetic_nc", "synthetic_sc", "toy_cleaning"]

@@ -93,7 +93,7 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
                    n_test: int | None = None, seed: int = 0, *, hidden: int = 50, weight_decay: float = 1e-3,
                    corruption_model: str = "uniform", data_dir: str | None = None, download: bool = False,
                    retrain_steps: int = 100, retrain_every_row: bool = False, rank: int = 0, world_size: int = 1,
-                   device: Any = None, dtype: torch.dtype = torch.float32) -> BilevelProblem:
+                   minibatch: bool = False, device: Any = None, dtype: torch.dtype = torch.float32) -> BilevelProblem:
     """Data hyper-cleaning on MNIST-type data.
 
     Args:
@@ -122,6 +122,11 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
             validation splits, of sums over ranks (scaled by the full split sizes; weight
             decay on rank 0). x, y and the metrics stay whole. Default 0.
         world_size: the number of ranks. Default 1.
+        minibatch: build the problem with data (`bilevel.data`) so that `solve(..., batch_size=B)`
+            runs on minibatches: `upper_data` the validation (features, labels), `lower_data` the
+            training sample indices 0..n_train-1 (a batch of indices i reads a_i, b~_i and x_i, so
+            g on a batch is (1/|B|) sum_{i in B} sigmoid(x_i) CE_i(y) + weight_decay ||y||^2); on all
+            the data f and g are the default's. Not with world_size > 1. Default False.
         device: where the data live (placed once). Default CPU.
         dtype: the data's floating dtype. Default float32.
 
@@ -188,6 +193,22 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
         return weighted_loss(classifier, y, a_tr[tr], b_noisy[tr], torch.sigmoid(x[tr]),
                              weight_decay if rank == 0 else 0.0, n_total=sizes[0])
 
+    data: dict[str, Any] = {}
+    if minibatch:
+        if world_size > 1:
+            raise ValueError(f"Invalid minibatch: True with world_size={world_size} (minibatches of a sharded "
+                             f"problem are not supported)")
+        every = torch.arange(sizes[0], device=device)
+
+        def f_batch(x: Tensor, y: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
+            return F.cross_entropy(classifier(y, batch[0]), batch[1])
+
+        def g_batch(x: Tensor, y: Tensor, idx: Tensor) -> Tensor:
+            if idx is every:           # all the data: no copy of the training set
+                return weighted_loss(classifier, y, a_tr, b_noisy, torch.sigmoid(x), weight_decay)
+            return weighted_loss(classifier, y, a_tr[idx], b_noisy[idx], torch.sigmoid(x[idx]), weight_decay)
+        f, g, data = f_batch, g_batch, {"upper_data": (a_val, b_val), "lower_data": every}
+
     clean = (~corrupted).numpy()
     from sklearn.metrics import roc_auc_score   # imported here, with the data, not in the first metric call
 
@@ -206,12 +227,12 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
     info = {"dataset": dataset, "model": model, "pca": pca, "n_features": a_tr.shape[1], "n_train": sizes[0],
             "n_val": sizes[1], "n_test": sizes[2], "corruption": corruption, "corruption_model": corruption_model,
             "corrupted_mask": corrupted, "seed": seed, "weight_decay": weight_decay, "hidden": hidden,
-            "rank": rank, "world_size": world_size,
+            "rank": rank, "world_size": world_size, "minibatch": minibatch,
             "_data": {"classifier": classifier, "train": (a_tr, b_noisy, b_tr), "val": (a_val, b_val),
                       "test": (a_te, b_te), "retrain_steps": retrain_steps}}
     name = f"hyper-cleaning ({dataset}, {model}{', pca ' + str(pca) if pca else ''})"
     problem = BilevelProblem(f, g, x0, classifier.y0.clone(), metrics=metrics, name=name, info=info,
-                             final_metrics=None if retrain_every_row else retrained)
+                             final_metrics=None if retrain_every_row else retrained, **data)
     info["reference_lines"] = lambda: reference_lines(problem)
     return problem
 
