@@ -131,5 +131,5 @@ class F2SA(Solver):
         _, fx, _ = oracle.grad_f(x, y)
         d_x = fx + lam * (oracle.grad_g_x(x, y) - oracle.grad_g_x(x, z))
         nu = lam * (state.y - state.z)
-        aux = Aux({"f": f0, **lower_diagnostics(g0, gy0), "penalty": lam, "step_size": x_step}, nu=nu)
+        aux = Aux({"f": f0, **lower_diagnostics(problem, state.y, g0, gy0), "penalty": lam, "step_size": x_step}, nu=nu)
         return replace(state, x=problem.project_x(x - x_step * d_x), y=y, z=z, k=state.k + 1), aux

@@ -179,12 +179,12 @@ class SABA(Framework):
     def step(self, problem: BilevelProblem, oracle: Oracle, state: SABAState) -> tuple[SABAState, Aux]:
         if state.memory is None:       # full data: the deterministic framework
             d = directions(oracle, state.x, state.y, state.v)
-            return self.advance(problem, state, d.dy, d.dv, d.dx), framework_aux(d, state.v, self.steps(state)[1])
+            return self.advance(problem, state, d.dy, d.dv, d.dx), framework_aux(problem, state.y, d, state.v, self.steps(state)[1])
         d, memory = self._estimate(oracle, state, update=True)
         return (self.advance(problem, state, d.dy, d.dv, d.dx, memory=memory),
-                framework_aux(d, state.v, self.steps(state)[1]))
+                framework_aux(problem, state.y, d, state.v, self.steps(state)[1]))
 
     def diagnose(self, problem: BilevelProblem, oracle: Oracle, state: SABAState) -> Aux:
         if state.memory is None:
             return self.step(problem, oracle, state)[1]
-        return framework_aux(self._estimate(oracle, state, update=False)[0], state.v, self.steps(state)[1])
+        return framework_aux(problem, state.y, self._estimate(oracle, state, update=False)[0], state.v, self.steps(state)[1])

@@ -36,10 +36,10 @@ def directions(oracle: Oracle, x: Tensor, y: Tensor, v: Tensor) -> Directions:
     return Directions(gy, jy + fy, jx + fx, f, g, gy)
 
 
-def framework_aux(d: Directions, v: Tensor, step_size: float | Tensor) -> Aux:
-    """Diagnostics of the iterate the directions were taken at. With nu = v, grad f + J^T nu is
-    (D_x, D_v), so the KKT residual of Definition 2.4 comes free: ||D_x||^2 + ||D_v||^2."""
-    return Aux({"f": d.f, **lower_diagnostics(d.g, d.grad_y_g),
+def framework_aux(problem: BilevelProblem, y: Tensor, d: Directions, v: Tensor, step_size: float | Tensor) -> Aux:
+    """Diagnostics of the iterate (x, y) the directions were taken at. With nu = v, grad f + J^T nu
+    is (D_x, D_v), so the KKT residual of Definition 2.4 comes free: ||D_x||^2 + ||D_v||^2."""
+    return Aux({"f": d.f, **lower_diagnostics(problem, y, d.g, d.grad_y_g),
                 "kkt_stationarity": inner(d.dx, d.dx) + inner(d.dv, d.dv), "step_size": step_size}, nu=v)
 
 
@@ -156,4 +156,4 @@ class SOBA(Framework):
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: FrameworkState) -> tuple[FrameworkState, Aux]:
         d = directions(oracle, state.x, state.y, state.v)
-        return self.advance(problem, state, d.dy, d.dv, d.dx), framework_aux(d, state.v, self.steps(state)[1])
+        return self.advance(problem, state, d.dy, d.dv, d.dx), framework_aux(problem, state.y, d, state.v, self.steps(state)[1])

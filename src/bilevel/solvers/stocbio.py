@@ -98,7 +98,7 @@ class StocBiO(Solver):
     def step(self, problem: BilevelProblem, oracle: Oracle, state: StocBiOState) -> tuple[StocBiOState, Aux]:
         x, y = state.x, state.y
         g, _, gy = oracle.grad_g(x, y)
-        diagnostics = {"f": oracle.f(x, y), **lower_diagnostics(g, gy)}
+        diagnostics = {"f": oracle.f(x, y), **lower_diagnostics(problem, y, g, gy)}
         for t in range(self.inner_steps):
             if t > 0:
                 oracle.resample("lower")
