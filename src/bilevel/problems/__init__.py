@@ -11,6 +11,7 @@ from ..checks import suggest
 from ..problem import BilevelProblem
 from ..registry import Registry
 from .finite_sum import biased_ridge
+from .hpo import feature_weight_decay, ridge_weights
 from .hyper_cleaning import hyper_cleaning
 from .synthetic import coreset, quadratic, synthetic_nc, synthetic_sc
 from .toy_cleaning import toy_cleaning
@@ -24,6 +25,8 @@ PROBLEMS: dict[str, Callable[..., BilevelProblem]] = Registry("problem", {
     "hyper-cleaning": hyper_cleaning,
     "toy-cleaning": toy_cleaning,
     "biased-ridge": biased_ridge,
+    "feature-weight-decay": feature_weight_decay,
+    "ridge-weights": ridge_weights,
 })
 
 
@@ -54,4 +57,4 @@ def resolve(name: str) -> Callable[..., BilevelProblem]:
     return builder
 
 
-__all__ = ["PROBLEMS", "resolve", "biased_ridge", "coreset", "hyper_cleaning", "quadratic", "synthetic_nc", "synthetic_sc", "toy_cleaning"]
+__all__ = ["PROBLEMS", "resolve", "biased_ridge", "coreset", "feature_weight_decay", "hyper_cleaning", "quadratic", "ridge_weights", "synthetic_nc", "synthetic_sc", "toy_cleaning"]

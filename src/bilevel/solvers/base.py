@@ -190,6 +190,35 @@ def capped(step: float, curvature: float | Tensor) -> float | Tensor:
     return step / max(1.0, step * curvature)
 
 
+# ----- the adaptive x step of the baselines ------------------------------------------------
+@dataclass(frozen=True)
+class AdaptiveXState(State):
+    """A State with the memory of the adaptive x step (`x_step`): x_memory = sum_i ||d_i||^2 / dim x
+    over the x directions so far, None before the first step or where the x step is a given number."""
+
+    x_memory: Tensor | None = None
+
+
+def x_step(step_size: float | None, scale: float, state: AdaptiveXState, d_x: Tensor) -> tuple[float | Tensor, Tensor | None]:
+    """The step on x along the direction d_x (x <- x - step d_x), and the next `x_memory`.
+
+    `step_size` when given (a fixed step, as in the papers). Otherwise AdaGrad-norm
+    (Ward, Wu, Bottou 2019) with a dimension-free normalisation,
+
+        S_k = S_{k-1} + ||d_k||^2 / dim x,    step_k = scale / sqrt(S_k),
+
+    so that the first step moves x by `scale` in root mean square per coordinate whatever the
+    scale of f and g, and later steps shrink only as much as the directions seen so far
+    demand. Tensor operations only (runs under torch.func.vmap).
+    """
+    if step_size is not None:
+        return step_size, state.x_memory
+    total = inner(d_x, d_x) / d_x.numel()
+    if state.x_memory is not None:
+        total = state.x_memory + total
+    return scale / torch.sqrt(torch.clamp(total, min=torch.finfo(total.dtype).tiny)), total
+
+
 # ----- hyperparameter checks, shared by every solver --------------------------------------
 def check_positive(obj: Any, *names: str, allow_none: bool = False, allow_zero: bool = False) -> None:
     """Each named field is a finite number > 0 (>= 0 with allow_zero; None allowed if asked)."""
