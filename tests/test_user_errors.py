@@ -47,8 +47,8 @@ def write_config(tmp_path, config, name="c.yaml") -> Path:
 def test_unknown_problem_key_lists_names_and_suggests(name, meant):
     with pytest.raises(KeyError) as info:
         bilevel.PROBLEMS[name]
-    assert info.value.args[0] == (f"Unknown problem: {name!r} (expected one of biased-ridge, coreset, hyper-cleaning, "
-                                  f"quadratic, synthetic-nc, synthetic-sc, toy-cleaning); did you mean {meant!r}?")
+    assert info.value.args[0] == (f"Unknown problem: {name!r} (expected one of biased-ridge, coreset, feature-weight-decay, "
+                                  f"hyper-cleaning, quadratic, ridge-weights, synthetic-nc, synthetic-sc, toy-cleaning); did you mean {meant!r}?")
 
 
 def test_problem_registry_is_still_a_dict():
@@ -61,7 +61,8 @@ def test_problem_registry_is_still_a_dict():
 
 
 SOLVER_NAMES = "aid_bio, bome, f2ba, f2sa, galet, hjfbio, iaptt_gm, meha, pgdqp, saba, sgf, soba, stocbio, vpbgd"
-PROBLEM_NAMES = "biased-ridge, coreset, hyper-cleaning, quadratic, synthetic-nc, synthetic-sc, toy-cleaning"
+PROBLEM_NAMES = ("biased-ridge, coreset, feature-weight-decay, hyper-cleaning, quadratic, ridge-weights, synthetic-nc, "
+                 "synthetic-sc, toy-cleaning")
 
 
 @pytest.mark.parametrize("argv, message", [
