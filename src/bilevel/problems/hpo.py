@@ -256,13 +256,15 @@ def feature_weight_decay(dataset: str = "breast_cancer", seed: int = 0, *, n_tra
         dataset: "breast_cancer" (default; 30 features), "digits" (64, 10 classes),
             "wine" (13, 3 classes) or "iris" (4, 3 classes): scikit-learn's bundled copies.
         seed: seeds the split. Default 0.
-        n_train, n_val, n_test: split sizes. Default 284/142/143 for breast_cancer,
-            otherwise a half, a quarter and the rest.
+        n_train: the training split's size. Default 284 for breast_cancer, otherwise half the data.
+        n_val: the validation split's size. Default 142 for breast_cancer, otherwise a quarter.
+        n_test: the test split's size. Default 143 for breast_cancer, otherwise the rest.
         x0: the starting log weight of every feature. Default 0 (weight 1: a strong
             regularisation, far from the best).
         honest_metric: also log `honest_val_loss`, f at the lower level re-solved at x
             (`honest_upper_value`; tens of milliseconds a logged row). Default True.
-        device, dtype: where the data live. Default CPU, float64.
+        device: where the data live. Default CPU.
+        dtype: the data's floating dtype. Default float64.
 
     Metrics: `val_loss` (f at the running y), `test_loss`, `test_accuracy` (of the running y),
     and `honest_val_loss` (see honest_metric).
@@ -292,8 +294,14 @@ def ridge_weights(dataset: str = "diabetes", seed: int = 0, *, n_train: int | No
 
     Args:
         dataset: "diabetes" (scikit-learn's bundled copy, 442 samples, 10 features).
-        seed, n_train, n_val, n_test, x0, honest_metric, device, dtype: as in
-            `feature_weight_decay` (default split 221/110/111).
+        seed: seeds the split. Default 0.
+        n_train: as in `feature_weight_decay` (default 221).
+        n_val: as in `feature_weight_decay` (default 110).
+        n_test: as in `feature_weight_decay` (default 111).
+        x0: the starting log weight of every feature. Default 0.
+        honest_metric: as in `feature_weight_decay`.
+        device: where the data live. Default CPU.
+        dtype: the data's floating dtype. Default float64.
 
     Metrics: `val_loss`, `test_loss`, `honest_val_loss`.
     """
