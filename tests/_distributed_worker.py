@@ -16,6 +16,7 @@ import bilevel
 from bilevel.bench import cli
 from bilevel.distributed import Reduced
 from bilevel.oracles import Autograd, Oracle
+from bilevel.sharding import shard_range
 
 PROBLEM_ARGS = dict(n_train=37, n_val=23, n_test=50, dim=4, classes=3, seed=3)
 HYPER_CLEANING_ARGS = dict(n_train=101, n_val=51, n_test=50, pca=8, hidden=6, retrain_steps=5, dtype=torch.float64)
@@ -65,13 +66,35 @@ def hyper_cleaning_runs(max_iter, rank=0, world_size=1):
     return out
 
 
+MINIBATCH_METHODS = ("pgdqp", "soba", "saba", "stocbio", "f2sa")
+
+
+def sharded_biased_ridge(rank=0, world_size=1):
+    """biased-ridge (a finite sum at both levels) with this rank's block of each level's samples."""
+    full = bilevel.PROBLEMS["biased-ridge"](seed=2, n_train=101, n_val=53, dim=6)
+    blocks = [tuple(t[shard_range(data.size, rank, world_size)] for t in data.value)
+              for data in (full.upper_data, full.lower_data)]
+    return bilevel.BilevelProblem(*full.batched, full.x0, full.y0, upper_data=blocks[0], lower_data=blocks[1])
+
+
+def minibatch_runs(max_iter, rank=0, world_size=1):
+    """The stochastic methods at batch size 16 on (sharded) biased-ridge: (x, y, history, status)."""
+    problem, out = sharded_biased_ridge(rank, world_size), {}
+    for name in MINIBATCH_METHODS:
+        r = bilevel.solve(problem, name, max_iter=max_iter, log_every=5, seed=1, batch_size=16,
+                          distributed=world_size > 1)
+        out[name] = (r.x, r.y, r.history, r.status.name, r.verification["upper_value"])
+    return out
+
+
 def compare(out_dir, max_iter):
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     problem = bilevel.PROBLEMS["toy-cleaning"](rank=rank, world_size=world, **PROBLEM_ARGS)
     oracles, counts = oracle_outputs(Oracle(Reduced(Autograd(problem.f, problem.g))), problem)
     torch.save({"oracles": oracles, "counts": counts, "runs": runs(problem, max_iter, True),
-                "hyper_cleaning": hyper_cleaning_runs(max_iter, rank, world)},
+                "hyper_cleaning": hyper_cleaning_runs(max_iter, rank, world),
+                "minibatch": minibatch_runs(max_iter, rank, world)},
                os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 

@@ -70,7 +70,7 @@ def single():
     problem = bilevel.PROBLEMS["toy-cleaning"](**worker.PROBLEM_ARGS)
     oracles, counts = worker.oracle_outputs(Oracle(Autograd(problem.f, problem.g)), problem)
     return {"oracles": oracles, "counts": counts, "runs": worker.runs(problem, MAX_ITER, False),
-            "hyper_cleaning": worker.hyper_cleaning_runs(MAX_ITER)}
+            "hyper_cleaning": worker.hyper_cleaning_runs(MAX_ITER), "minibatch": worker.minibatch_runs(MAX_ITER)}
 
 
 def test_every_rank_holds_the_same_bits(ranks):
@@ -114,6 +114,33 @@ def test_data_parallel_iterates_equal_single_process_iterates(ranks, single, run
                                        rtol=rtol, atol=atol, equal_nan=True,
                                        msg=f"{name} {column}")
         assert bool(y.abs().max() > 0.01), name  # the run moved
+
+
+def test_minibatch_runs_over_ranks_equal_the_single_process_run_on_all_the_data(ranks, single):
+    """Each rank holds a block of biased-ridge's samples and evaluates its part of the batch the
+    ranks draw together: the run is the single-process run on all the data, batch for batch."""
+    assert set(single["minibatch"]) == set(worker.MINIBATCH_METHODS)
+    rtol = roundoff(operations=MAX_ITER * 100)
+    for name, (x, y, history, status, verified) in single["minibatch"].items():
+        for rank in ranks:
+            dx, dy, dhistory, dstatus, dverified = rank["minibatch"][name]
+            assert dstatus == status, name
+            torch.testing.assert_close(dx, x, rtol=rtol, atol=1e-2 * rtol, msg=name)
+            torch.testing.assert_close(dy, y, rtol=rtol, atol=1e-2 * rtol, msg=name)
+            for column in ("f", "g", "oracle_calls"):
+                torch.testing.assert_close(torch.tensor(dhistory[column]), torch.tensor(history[column]),
+                                           rtol=rtol, atol=1e-2 * rtol, equal_nan=True, msg=f"{name} {column}")
+            assert dverified == pytest.approx(verified, rel=rtol, abs=1e-2 * rtol), name
+        assert float((x - worker.sharded_biased_ridge().x0).abs().max()) > 1e-3, name  # the run moved
+
+
+def test_shards_weight_their_part_of_a_batch():
+    from bilevel.data import Shard
+    shard = Shard(offset=3, size=4, total=10)
+    local, weight = shard.part(torch.tensor([0, 3, 6, 7, 9, 4]))
+    assert local.tolist() == [0, 3, 1] and weight == pytest.approx(3 / 6)
+    local, weight = shard.part(torch.tensor([0, 1, 9]))
+    assert local.numel() == 0 and weight == 0.0
 
 
 def test_hvp_inner_grad_y_g_matches_finite_differences():

@@ -20,6 +20,7 @@ groups of samples, as SABA's SAGA tables, chooses its batch itself).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -80,10 +81,32 @@ class Data:
         return self._all
 
 
-def on_data(x: Tensor, y: Tensor, *, fn: Callable, data: Any) -> Tensor:
+def on_data(x: Tensor, y: Tensor, *, fn: Callable, data: Any, weight: float = 1.0) -> Tensor:
     """fn(x, y, data): an objective on a batch (what the problem's two-argument f and g are, as
-    functools.partial of this function, with all of their level's data)."""
-    return fn(x, y, data)
+    functools.partial of this function, with all of their level's data), times `weight` (a
+    rank's share of a batch in a data-parallel run, `Shard`)."""
+    value = fn(x, y, data)
+    return value if weight == 1.0 else weight * value
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This rank's block of one level's samples in a data-parallel run: its `size` samples are
+    numbers offset .. offset + size - 1 of the `total` held by all the ranks (in rank order).
+
+    Objectives of data are means over a batch (plus terms that do not depend on it), so that the
+    sum over the ranks of weight_r fn(x, y, part_r), with part_r the samples of a batch of B that
+    rank r holds and weight_r = |part_r| / B, is fn on the whole batch: the ranks together
+    evaluate exactly the batch a single process would draw from all the data."""
+
+    offset: int
+    size: int
+    total: int
+
+    def part(self, indices: Tensor) -> tuple[Tensor, float]:
+        """(the local indices of the samples of `indices` this rank holds, their weight |part| / B)."""
+        mine = (indices >= self.offset) & (indices < self.offset + self.size)
+        return indices[mine] - self.offset, float(mine.sum()) / indices.numel()
 
 
 def batch_sizes(value: Any, sizes: tuple[int, int]) -> tuple[int, int]:
@@ -101,9 +124,11 @@ def batch_sizes(value: Any, sizes: tuple[int, int]) -> tuple[int, int]:
 
 class Batches(tuple):
     """The current (upper, lower) batches of a `Sampled` back-end, as a pair, carrying the sample
-    `indices` they were taken at (so that setting them back restores the indices too)."""
+    `indices` they were taken at (so that setting them back restores the indices too) and the
+    `weights` of this rank's parts (1 outside data-parallel runs)."""
 
     indices: tuple[Tensor | None, Tensor | None] = (None, None)
+    weights: tuple[float, float] = (1.0, 1.0)
 
 
 class Sampled:
@@ -117,19 +142,25 @@ class Sampled:
         sizes: the batch sizes (upper, lower).
         generator: the run's generator (its state is in checkpoints, so a continued run draws the
             batches an uninterrupted one would).
+        shards: in a data-parallel run, this rank's (upper, lower) `Shard`: batches are drawn
+            over all the ranks' samples from the generator every rank shares, and each rank
+            evaluates the part it holds, weighted. None: the data are all here.
     """
 
     sampled = True
 
     def __init__(self, make: Callable, objectives: tuple[Callable, Callable], data: tuple[Data, Data],
-                 sizes: tuple[int, int], generator: torch.Generator):
+                 sizes: tuple[int, int], generator: torch.Generator, shards: tuple[Shard, Shard] | None = None):
         self.make, self.objectives, self.data, self.sizes, self.generator = make, objectives, data, sizes, generator
+        self.shards = shards
+        self.totals = tuple(d.size for d in data) if shards is None else tuple(s.total for s in shards)
         self.current: tuple[Any, Any] = (None, None)
         self.current_indices: tuple[Tensor | None, Tensor | None] = (None, None)
+        self.current_weights: tuple[float, float] = (1.0, 1.0)
         self.resample()
 
     def _draw(self, level: int) -> Tensor:
-        return torch.randint(self.data[level].size, (self.sizes[level],), generator=self.generator,
+        return torch.randint(self.totals[level], (self.sizes[level],), generator=self.generator,
                              device=self.generator.device)
 
     def resample(self, which: str = "both") -> None:
@@ -141,12 +172,18 @@ class Sampled:
     def select(self, upper: Tensor | None = None, lower: Tensor | None = None) -> None:
         """Make the current batches those of the samples at these indices (1-d integer tensors;
         None keeps that level's batch)."""
-        batches, indices = list(self.current), list(self.current_indices)
+        batches, indices, weights = list(self.current), list(self.current_indices), list(self.current_weights)
         for level, chosen in enumerate((upper, lower)):
-            if chosen is not None:
-                batches[level], indices[level] = self.data[level].take(chosen), chosen
+            if chosen is None:
+                continue
+            local = chosen
+            if self.shards is not None:
+                local, weights[level] = self.shards[level].part(chosen)
+                if local.numel() == 0:           # none of the batch here: any sample, weighted 0
+                    local = torch.zeros(1, dtype=chosen.dtype, device=chosen.device)
+            batches[level], indices[level] = self.data[level].take(local), chosen
         pair = Batches((batches[0], batches[1]))
-        pair.indices = (indices[0], indices[1])
+        pair.indices, pair.weights = (indices[0], indices[1]), (weights[0], weights[1])
         self.batches = pair
 
     @property
@@ -166,8 +203,10 @@ class Sampled:
         from functools import partial
         self.current = value
         self.current_indices = getattr(value, "indices", (None, None))
-        f, g = self.objectives
-        self.inner = self.make(partial(on_data, fn=f, data=value[0]), partial(on_data, fn=g, data=value[1]))
+        self.current_weights = getattr(value, "weights", (1.0, 1.0))
+        (f, g), (wf, wg) = self.objectives, self.current_weights
+        self.inner = self.make(partial(on_data, fn=f, data=value[0], weight=wf),
+                               partial(on_data, fn=g, data=value[1], weight=wg))
 
     @property
     def compile_failures(self) -> dict[str, str]:

@@ -18,6 +18,13 @@ J = sum_r J_r (J_r the Jacobian of grad_y g_r):
     grad h = 2 J^T G = sum_r 2 J_r^T G                  (local vjp with the global G)
     hess h v = 2 J^T (J v) + 2 sum_r d/dz <grad_y g_r, G> . v
 
+A problem with data (`BilevelProblem(upper_data=..., lower_data=...)`, objectives that are
+means over a batch) needs no scaling: give each rank its block of the samples, in rank order,
+and f(x, y, batch), g(x, y, batch) as in one process; the full-data objective of rank r is
+weighted n_r / N. With `batch_size=B` the ranks draw one batch of B from all N samples (the
+generator they share) and each evaluates the part it holds, weighted by its share: the run is
+the single-process run on all the data, batch for batch (`bilevel.data.Shard`).
+
 A problem builder that supports sharding takes `rank` and `world_size` keyword
 arguments and keeps the block `bilevel.sharding.shard_range(n, rank, world_size)` of each
 data split (see bilevel.problems.toy_cleaning). A solver that cannot run data-parallel sets
@@ -42,6 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .data import Shard
 from .oracles import inner, lower_residual
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -124,6 +132,10 @@ class Reduced:
     def select(self, upper: Any = None, lower: Any = None) -> None:
         self.local.select(upper, lower)
 
+    @property
+    def totals(self) -> Any:
+        return self.local.totals
+
     def __getattr__(self, name: str) -> Any:
         """The sum over ranks of the local back-end's `name` (values, gradients, products)."""
         if name.startswith("_") or name == "unrolled_grad":   # iaptt_gm says it does not run data-parallel
@@ -156,6 +168,16 @@ class Reduced:
         ax, ay = self.vjp_grad_y_g(x, y, jv)
         bx, by = self.hvp_inner_grad_y_g(x, y, gy, vx, vy)
         return 2 * (ax + bx), 2 * (ay + by)
+
+
+def data_shards(upper_size: int, lower_size: int) -> tuple[Shard, Shard]:
+    """This rank's (upper, lower) `bilevel.data.Shard`: its numbers of samples and those of every
+    rank (one all_reduce), the ranks' blocks numbered in rank order."""
+    rank, world = _rank_and_world()
+    counts = torch.zeros(2, world, dtype=torch.float64)
+    counts[0, rank], counts[1, rank] = upper_size, lower_size
+    counts = all_reduce(counts)[0].to(torch.int64)
+    return tuple(Shard(int(row[:rank].sum()), int(row[rank]), int(row.sum())) for row in counts)  # type: ignore[return-value]
 
 
 # ----- what solve() needs --------------------------------------------------------------------

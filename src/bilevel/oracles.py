@@ -472,6 +472,12 @@ class Oracle:
         estimators with per-sample or per-group memories (SABA)."""
         return self.backend.indices if self.stochastic else None
 
+    @property
+    def data_sizes(self) -> tuple[int, int] | None:
+        """The numbers of (upper, lower) samples minibatches are drawn from, over all the ranks of a
+        data-parallel run (None on full data)."""
+        return tuple(self.backend.totals) if self.stochastic else None
+
     def select(self, upper: Tensor | None = None, lower: Tensor | None = None) -> None:
         """Make the minibatches those of the samples at these indices (None keeps a level's
         batch); nothing on full data."""

@@ -15,7 +15,7 @@ import torch
 from . import checkpoint as checkpoints
 from . import checks, data
 from . import verify as verification
-from .distributed import run_context
+from .distributed import data_shards, run_context
 from .history import KKT_MODES, History
 from .loop import Clock, iterate, nonfinite_names
 from .oracles import BACKENDS, Oracle, backend
@@ -168,8 +168,10 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
             anew at every step from the run's seeded generator (`bilevel.data`): the same seed
             gives the same batches, and checkpoints hold the sampler's position. The step's
             diagnostics and the KKT residuals of logged rows are then estimates on the current
-            batch; the problem's metrics and the verification use all the data. Default None
-            (all the data at every step).
+            batch; the problem's metrics and the verification use all the data. With
+            distributed=True the batch is drawn over all the ranks' samples and each rank
+            evaluates the part it holds (`bilevel.distributed`). Default None (all the data at
+            every step).
 
     Returns:
         A `Result`. A non-finite value ends the run with `Status.DIVERGED` and the last
@@ -214,7 +216,6 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
         if problem.batched is None:
             raise ValueError(f"Invalid batch_size: {batch_size!r} for a problem without data (give BilevelProblem "
                              f"upper_data and lower_data, and f(x, y, batch), g(x, y, batch))")
-        batch_size = data.batch_sizes(batch_size, (problem.upper_data.size, problem.lower_data.size))
         if isinstance(oracle, Oracle):
             raise ValueError("Invalid oracle: an Oracle object with batch_size (pass the back-end by name: "
                              "'autograd', 'func' or 'compiled')")
@@ -231,15 +232,26 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
     context = run_context(solver, distributed, seed, problem.x0, problem.y0)
     generator = torch.Generator(device=problem.x0.device)
     generator.manual_seed(context.seed)
+    shards = None
+    if context.distributed and problem.batched is not None:   # each rank holds a block of the samples
+        shards = data_shards(problem.upper_data.size, problem.lower_data.size)
+    if batch_size is not None:
+        totals = (problem.upper_data.size, problem.lower_data.size) if shards is None else (
+            shards[0].total, shards[1].total)
+        batch_size = data.batch_sizes(batch_size, totals)
     if isinstance(oracle, Oracle):
         oracle.reset()
         full = oracle
     else:
-        full = Oracle(context.wrap(backend(oracle, problem.f, problem.g, problem.y_bounds)))
+        f, g = problem.f, problem.g
+        if shards is not None:   # this rank's share n_r / N of the mean over all the samples
+            f, g = (partial(data.on_data, fn=fn, data=d.all(), weight=s.size / s.total)
+                    for fn, d, s in zip(problem.batched, (problem.upper_data, problem.lower_data), shards))
+        full = Oracle(context.wrap(backend(oracle, f, g, problem.y_bounds)))
         if batch_size is not None:
             make = partial(backend, oracle, y_bounds=problem.y_bounds)
             oracle = Oracle(context.wrap(data.Sampled(make, problem.batched, (problem.upper_data, problem.lower_data),
-                                                      batch_size, generator)))
+                                                      batch_size, generator, shards)))
         else:
             oracle = full
     with flushing_denormals(flush_denormal):

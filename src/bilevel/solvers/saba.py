@@ -136,8 +136,9 @@ class SABA(Framework):
             return state
         x, y = state.x, state.y
         upper_indices, lower_indices = oracle.indices
-        blocks = (Blocks.make(problem.upper_data.size, len(upper_indices), generator, x),
-                  Blocks.make(problem.lower_data.size, len(lower_indices), generator, x))
+        n_upper, n_lower = oracle.data_sizes          # over all the ranks of a data-parallel run
+        blocks = (Blocks.make(n_upper, len(upper_indices), generator, x),
+                  Blocks.make(n_lower, len(lower_indices), generator, x))
         rows = (len(blocks[1].weight),) * 3 + (len(blocks[0].weight),) * 2
         tables = [torch.zeros((r, *t.shape), dtype=t.dtype, device=t.device) for r, t in zip(rows, (y, y, x, y, x))]
         if self.init_memory == "full":
