@@ -68,10 +68,8 @@ class F2SA(Solver):
         inner_steps: T. Default 10.
         decay: the offset of the schedules (1 + k/decay). Default 100.
 
-    Measured: biased-ridge (batch 64, 3000 steps, seeds 0-4) final (F(x) - F*) / F* median
-    2.2e-4 (max 3.5e-4) at 33 oracle calls a step; on full data, `quadratic` (cond 5): x is
-    1.9e-2, 1.4e-2, 1.3e-2 from x* after 300, 3000, 5000 steps (the penalty's bias shrinks as
-    lam_k grows like k^(1/7)).
+    On full data the penalty's bias shrinks as lam_k grows like k^(1/7), slowly;
+    measurements: benchmarks/RESULTS.md, "Stochastic methods on biased-ridge".
 
     References:
         Kwon, Kwon, Wright, Nowak. A Fully First-Order Method for Stochastic Bilevel

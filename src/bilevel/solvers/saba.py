@@ -83,10 +83,8 @@ class SABA(Framework):
     Memory: the tables hold ceil(n_g / B_g) rows of dim y (grad_y g), dim y (grad_yy g v) and
     dim x (grad_xy g v), and ceil(n_f / B_f) rows of dim y and dim x (grad f): O(n / B x dim)
     per direction, O(n x dim) at batch size 1 (n samples, B the batch size); each step returns
-    new tables (states are not changed in place), so it copies them: measured on full-MNIST
-    hyper-cleaning (dim x = 20000 per-sample weights, 313 lower blocks of 64: a 25 MB table of
-    grad_xy g v) 10.8 ms a step against SOBA's 2.1 ms (benchmarks/minibatch_cost.py shows the
-    tables' share of a step's memory).
+    new tables (states are not changed in place), so it copies them (their share of a step's
+    time and memory: benchmarks/RESULTS.md, "Cost of a step on minibatches").
 
     Cost per step: as SOBA (one gradient of g, one of f, one backward through grad_y g).
     init_memory="full" adds, once, one gradient of g per lower block and one of f per upper
@@ -101,8 +99,8 @@ class SABA(Framework):
         init_memory: "full" (every block's terms at (x0, y0, v0): SAGA's usual start) or "zero"
             (the authors' benchmark default; the estimates are unbiased either way). Default "full".
 
-    Measured on biased-ridge (batch 64: 16 lower and 8 upper blocks, 3000 steps, seeds 0-4):
-    final (F(x) - F*) / F* median 1.6e-14, with either init_memory (SOBA: 1.5e-3).
+    Convergence with constant steps against SOBA's: benchmarks/RESULTS.md, "Stochastic methods
+    on biased-ridge".
 
     References:
         Dagreou, Ablin, Vaiter, Moreau. A framework for bilevel optimization that enables

@@ -131,10 +131,8 @@ class SOBA(Framework):
             authors' benchmark). Default None: "decreasing" on minibatches, "constant" on full data.
         decay: tau of the decreasing schedule. Default 100.
 
-    Measured on biased-ridge (batch 64, 3000 steps, seeds 0-4; final (F(x) - F*) / F*, F exact):
-    decreasing with decay 100 median 1.5e-3 (max 3.1e-3); decay 30 7.9e-4, decay 10 5.7e-4,
-    decay 3 5.6e-2 (the steps shrink before x arrives), decay 1 0.73; constant steps 7.5e-3
-    (max 3.6e-2: the iterates hover). The default keeps a wide margin from that cliff.
+    The default decay keeps a wide margin from the decays that shrink the steps before x
+    arrives (benchmarks/RESULTS.md, "Stochastic methods on biased-ridge").
 
     References:
         Dagreou, Ablin, Vaiter, Moreau. A framework for bilevel optimization that enables

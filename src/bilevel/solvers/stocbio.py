@@ -55,9 +55,8 @@ class StocBiO(Solver):
         inner_steps: T. Default 10.
         neumann_terms: Q. Default 10.
 
-    Measured: biased-ridge (batch 64, 3000 steps, seeds 0-4) final (F(x) - F*) / F* median
-    2.6e-3 (max 6.7e-3) at 23 oracle calls a step; on full data, `quadratic` (cond 5) keeps x
-    2.5e-2 from x* (the truncation bias of Q = 10 with eta = 1/L_g).
+    On full data the truncation leaves x biased where eta L_g is small (Q = 10 terms);
+    measurements: benchmarks/RESULTS.md, "Stochastic methods on biased-ridge".
 
     References:
         Ji, Yang, Liang. Bilevel Optimization: Convergence Analysis and Enhanced Design. ICML 2021
