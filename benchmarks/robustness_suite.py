@@ -8,13 +8,19 @@ point inside the boxes. A run reported COMPLETED whose iterates ran away would b
 table counts RUNAWAY statuses separately.
 
     python benchmarks/robustness_suite.py [--methods pgdqp,bome] [--families bolib,continuum]
-        [--max-iter 5000] [--results benchmarks/RESULTS.md]
+        [--max-iter 5000] [--jobs 2] [--log runs/robustness_suite.jsonl] [--results benchmarks/RESULTS.md]
+
+Every finished run is a line of the log: a run that dies loses only the run in progress, and
+the command run again goes on from there.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
 
@@ -33,40 +39,71 @@ def run(name: str, method: str, max_iter: int) -> dict:
             "verified": r.success, "seconds": time.perf_counter() - start}
 
 
+def _run_logged(job: tuple[str, str, int, int]) -> dict:
+    name, method, max_iter, threads = job
+    torch.set_num_threads(threads)
+    return {**run(name, method, max_iter), "max_iter": max_iter}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(sorted(bilevel.SOLVERS)))
     parser.add_argument("--families", default="bolib,continuum,quadratic,nonconvex")
     parser.add_argument("--max-iter", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (processes)")
+    parser.add_argument("--log", default="runs/robustness_suite.jsonl",
+                        help="one JSON line per finished run; runs already there are not repeated")
     parser.add_argument("--results", default=None, help="write the table as a section of this Markdown file")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     families = args.families.split(",")
+    methods = args.methods.split(",")
     names = [n for n in SUITE if n.split("/")[0] in families]
-    rows, per_method = [], defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
-    for method in args.methods.split(","):
-        for name in names:
-            row = run(name, method, args.max_iter)
-            rows.append(row)
-            cell = per_method[method][name.split("/")[0]]
-            cell[0] += row["success"]
-            cell[1] += 1
-            cell[2] += row["status"] == "RUNAWAY"
-            print(f"{method:9s} {name:40s} {row['status']:9s} success={row['success']!s:5s} "
+    log = Path(args.log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            row = json.loads(line)
+            done[(row["method"], row["problem"], row["max_iter"])] = row
+    jobs = [(name, method, args.max_iter, args.threads) for method in methods for name in names
+            if (method, name, args.max_iter) not in done]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for row in pool.map(_run_logged, jobs):
+            done[(row["method"], row["problem"], row["max_iter"])] = row
+            with log.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(f"{row['method']:9s} {row['problem']:40s} {row['status']:9s} success={row['success']!s:5s} "
                   f"F_error={row['F_error']:.2e} gap={row['lower_gap']:.2e} {row['seconds']:.1f}s", flush=True)
+    rows = [done[(m, n, args.max_iter)] for m in methods for n in names]
+    per_method = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
+    misses = defaultdict(list)
+    for row in rows:
+        cell = per_method[row["method"]][row["problem"].split("/")[0]]
+        cell[0] += row["success"]
+        cell[1] += 1
+        cell[2] += row["status"] == "RUNAWAY"
+        if not row["success"]:
+            misses[row["method"]].append(row["problem"].split("/", 1)[-1] + ("" if row["status"] == "COMPLETED"
+                                                                            else f" ({row['status']})"))
     summary = [{"method": m, **{f: f"{c[0]}/{c[1]}" + (f" ({c[2]} ran away)" if c[2] else "")
                                 for f, c in cells.items()}} for m, cells in per_method.items()]
     table = format_table(summary, ["method", *families])
-    completed_runaways = [r for r in rows if r["status"] == "COMPLETED" and not r["inside"]]
+    completed_outside = [r for r in rows if r["status"] == "COMPLETED" and not r["inside"]]
+    success_lies = [r for r in rows if r["verified"] and r["status"] in ("RUNAWAY", "DIVERGED")]
     print(table)
     if args.results:
-        text = "\n".join(["## Robustness suite (defaults)", "",
-                          f"Command: `{command()}`  ", f"Machine: {machine()}  ",
-                          f"Successes per family with default settings, {args.max_iter} iterations: |F - F*| <= 1e-2 "
-                          "max(1, |F*|), lower-level gap <= 1e-3, inside the boxes (bilevel.problems.bolib.success).", "",
-                          table, "", f"Runs outside the boxes reported COMPLETED: {len(completed_runaways)}."])
-        update_section(args.results, "robustness-suite", text)
+        text = ["## Robustness suite (defaults)", "",
+                f"Command: `{command()}`  ", f"Machine: {machine()}, {args.jobs} run(s) at a time, "
+                f"{args.threads} thread(s) each  ",
+                f"Successes per family with default settings, {args.max_iter} iterations: |F - F*| <= 1e-2 "
+                "max(1, |F*|), lower-level gap <= 1e-3, inside the boxes (bilevel.problems.bolib.success). "
+                "RUNAWAY counts runs whose iterates grew without bound (reported as such, success False).", "",
+                table, "", f"Runs outside the boxes reported COMPLETED: {len(completed_outside)}. "
+                f"Runs RUNAWAY or DIVERGED that claimed success: {len(success_lies)}.", "",
+                "Misses per method (status when not COMPLETED):", ""]
+        text += [f"- {m}: {', '.join(misses[m]) or 'none'}" for m in methods]
+        update_section(args.results, "robustness-suite", "\n".join(text))
 
 
 if __name__ == "__main__":
