@@ -114,3 +114,27 @@ def test_aid_bio_with_neumann_runs_batched():
         alone = solve(quadratic(s), solver, max_iter=30, log_every=30, seed=0, kkt="none")
         rtol = roundoff(operations=30 * 20)      # 10 inner steps and 10 Neumann terms an iteration
         torch.testing.assert_close(member.x, alone.x, rtol=rtol, atol=1e-2 * rtol)
+
+
+@pytest.mark.parametrize("method, options", [("pgdqp", dict(schedule="constant", step_size=0.02)), ("soba", {})])
+def test_members_stop_converged_at_their_own_iteration_as_alone(method, options):
+    """With tol, each member stops CONVERGED at the logged row where its own residual passes,
+    the iteration and the iterate of its run solved alone; the others go on."""
+    def f(x, y):
+        return ((x - 1) ** 2).sum() + ((y - 2) ** 2).sum()
+
+    def g(x, y):
+        return 0.5 * ((y - x) ** 2).sum()
+
+    def build(seed):   # one problem from starts at different distances: different stopping rows
+        return BilevelProblem(f, g, torch.full((3,), 0.5 * seed, dtype=D), torch.zeros(3, dtype=D))
+    seeds = [0, 4, 12]
+    batch = solve_batch(build, method, seeds=seeds, max_iter=4000, log_every=10, tol=1e-6, seed=0, options=options)
+    iterations = []
+    for s, member in zip(seeds, batch):
+        alone = solve(build(s), method, max_iter=4000, log_every=10, tol=1e-6, seed=0, options=options)
+        assert alone.status is Status.CONVERGED and member.status is Status.CONVERGED, (member.status, alone.status)
+        assert member.n_iter == alone.n_iter
+        torch.testing.assert_close(member.x, alone.x, rtol=roundoff(operations=4 * alone.n_iter), atol=1e-12)
+        iterations.append(member.n_iter)
+    assert len(set(iterations)) > 1, iterations       # the members stopped at different rows
