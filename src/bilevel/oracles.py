@@ -445,6 +445,14 @@ class Oracle:
         self.counts.update(n_grad_g=steps, n_f=steps, n_grad_f=1, n_hvp=run.index)
         return run
 
+    def lower_objective(self, x: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """y -> (g(x, y), grad_y g(x, y)) at a fixed x (counted as gradients of g): the lower
+        level as the function of y that `bilevel.lower.minimize` takes."""
+        def value_and_grad(y: Tensor) -> tuple[Tensor, Tensor]:
+            value, _, grad_y = self.grad_g(x, y)
+            return value, grad_y
+        return value_and_grad
+
     @property
     def stochastic(self) -> bool:
         """Whether the back-end evaluates minibatches (`bilevel.data.Sampled`)."""

@@ -83,10 +83,7 @@ def verify(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, tol
 def resolve(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, max_iter: int = 1000) -> Minimum:
     """The lower level solved at x from y, tightly (`bilevel.lower.minimize` to a stationarity
     residual eps^(3/4) times max(1, ||grad_y g(x, y)||), or until g stops decreasing)."""
-    def value_and_grad(v: Tensor) -> tuple[Tensor, Tensor]:
-        value, _, grad_y = oracle.grad_g(x, v)
-        return value, grad_y
-
+    value_and_grad = oracle.lower_objective(x)
     grad = value_and_grad(y)[1]
     scale = float(torch.linalg.vector_norm(grad)) if bool(torch.isfinite(grad).all()) else 1.0
     return minimize(value_and_grad, y, bounds=problem.y_bounds, max_iter=max_iter,

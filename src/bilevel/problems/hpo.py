@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .. import checks
 from ..lower import minimize
+from ..oracles import Autograd, Oracle
 from ..problem import BilevelProblem
 
 CLASSIFICATION = ("breast_cancer", "digits", "wine", "iris")
@@ -105,16 +106,8 @@ def lbfgs_lower(g: Callable[[Tensor, Tensor], Tensor], x: Tensor, y0: Tensor, *,
                 tol: float = 1e-10) -> Tensor:
     """argmin_y g(x, y) from y0 by `bilevel.lower.minimize` (L-BFGS, deterministic), in the dtype of
     x (float64 for a tight answer), stopping when ||grad_y g|| <= tol."""
-    x = x.detach()
-
-    def value_and_grad(y: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():
-            y = y.detach().requires_grad_(True)
-            value = g(x, y)
-            (grad,) = torch.autograd.grad(value, y)
-        return value.detach(), grad
-
-    return minimize(value_and_grad, y0.detach(), tol=tol, max_iter=max_iter).y.detach()
+    lower = Oracle(Autograd(g, g)).lower_objective(x.detach())
+    return minimize(lower, y0.detach(), tol=tol, max_iter=max_iter).y.detach()
 
 
 def ridge_lower(x: Tensor, *, A: Tensor, labels: Tensor) -> Tensor:

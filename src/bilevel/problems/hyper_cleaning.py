@@ -75,11 +75,7 @@ def train(classifier: Classifier, features: Tensor, labels: Tensor, weights: Ten
     oracle = Oracle(Autograd(lambda x, y: (y ** 2).sum(),
                              lambda x, y: weighted_loss(classifier, y, features, labels, weights, weight_decay)))
     dummy = torch.zeros(1, dtype=features.dtype, device=features.device)
-
-    def value_and_grad(y: Tensor) -> tuple[Tensor, Tensor]:
-        value, _, grad_y = oracle.grad_g(dummy, y)
-        return value, grad_y
-    return minimize(value_and_grad, classifier.y0, max_iter=steps, tol=1e-7).y
+    return minimize(oracle.lower_objective(dummy), classifier.y0, max_iter=steps, tol=1e-7).y
 
 
 def accuracy(classifier: Classifier, y: Tensor, features: Tensor, labels: Tensor) -> float:
