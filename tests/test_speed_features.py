@@ -102,3 +102,29 @@ def test_an_oracle_object_is_used_for_the_run_and_its_counts_reset():
     oracle.grad_f(problem.x0, problem.y0)
     r = solve(problem, "sgf", max_iter=10, log_every=10, oracle=oracle)
     assert oracle.snapshot()["n_grad_f"] == 10 and r.history["n_grad_f"][-1] == 10
+
+
+def test_the_oracle_from_the_command_line_and_a_sweep_config(tmp_path, capsys):
+    """--oracle and a config's `oracle:` reach solve: the func run's answer is the autograd run's
+    (float64), the back-end is a configuration of its own in tables, and a wrong name is refused
+    before anything runs."""
+    from bilevel.bench import store
+    from bilevel.bench.cli import main
+    base = ["run", "--problem", "synthetic-sc", "--problem-arg", "dim=4", "--method", "pgdqp", "--max-iter", "30",
+            "--log-every", "10", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--oracle", "func", "--out", str(tmp_path / "f")]) == 0
+    capsys.readouterr()
+    a, f = store.read_answer(tmp_path / "a"), store.read_answer(tmp_path / "f")
+    torch.testing.assert_close(f["x"], a["x"], rtol=1e-8, atol=1e-10)
+    assert main(["table", str(tmp_path / "f"), "--metrics", "f"]) == 0
+    assert '{"oracle": "func"}' in capsys.readouterr().out
+    config = tmp_path / "sweep.yaml"
+    config.write_text("max_iter: 20\nlog_every: 10\noracle: func\nproblems: {synthetic-sc: {dim: 4}}\n"
+                      "methods: {pgdqp: {}}\n")
+    assert main(["sweep", str(config), "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    capsys.readouterr()
+    config.write_text("max_iter: 20\noracle: funk\nproblems: {synthetic-sc: {}}\nmethods: {pgdqp: {}}\n")
+    assert main(["sweep", str(config), "--out", str(tmp_path / "t"), "--no-progress"]) != 0
+    assert "oracle (line 2): 'funk' (expected one of autograd, func, compiled); did you mean 'func'?" in \
+        capsys.readouterr().err

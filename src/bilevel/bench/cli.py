@@ -25,6 +25,7 @@ import yaml
 from .. import PROBLEMS, SOLVERS, distributed
 from ..checks import suggest
 from ..history import KKT_MODES
+from ..oracles import BACKENDS
 from ..problems import resolve
 from ..solve import make_solver
 from . import store, tables
@@ -219,7 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _lookup(SOLVERS, args.method, "--method")
     _make_solver(args.method, options)
     spec = RunSpec.make(args.problem, problem_args, args.method, options, args.seed, args.max_iter, args.log_every,
-                        args.kkt, args.tol, args.batch_size)
+                        args.kkt, args.tol, args.batch_size, args.oracle)
     if args.log_dir:
         make_dir(args.log_dir, "--log-dir", "for the live logs")
     if args.out:
@@ -273,7 +274,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_problem_args(args.problem, problem_args)
     metrics = _metrics_list(args.metrics)
     specs = [RunSpec.make(args.problem, problem_args, method, per_method[method], seed, args.max_iter, args.log_every,
-                          args.kkt, batch_size=args.batch_size) for method in methods for seed in range(args.seeds)]
+                          args.kkt, batch_size=args.batch_size, oracle=args.oracle)
+             for method in methods for seed in range(args.seeds)]
     out = Path(args.out)
     if args.log_dir:
         make_dir(args.log_dir, "--log-dir", "for the live logs")
@@ -419,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=whole("--batch-size", 1), default=None, metavar="B",
                        help="minibatches of B samples at each level (problems with data, e.g. biased-ridge or "
                             "hyper-cleaning with --problem-arg minibatch=true; default: all the data)")
+        p.add_argument("--oracle", default="autograd", choices=list(BACKENDS),
+                       help="the derivative back-end: torch.autograd (default), torch.func, or torch.func "
+                            "compiled by torch.compile")
         p.add_argument("--kkt", default=None, choices=list(KKT_MODES),
                        help="KKT residuals at logged iterations: the method's multiplier (default without --tol), "
                             "the least-squares one for every method (comparable, about 100 products a row; the "

@@ -14,6 +14,7 @@
       sgf: {}
       soba: {batch_size: 64}       # minibatches of 64 (a list is a grid; null: all the data)
     batch_size: 64                 # optional: the batch size of every method that names none
+    oracle: func                   # optional: the derivative back-end, autograd (default), func or compiled
     plot: {metrics: [upper_objective], x: iter}
 
 Everything is checked before the first run, plot metrics included: each must be a column the
@@ -36,13 +37,14 @@ import yaml
 from .. import PROBLEMS, SOLVERS
 from ..checks import suggest
 from ..history import KKT_MODES, problem_metrics
-from ..oracles import COUNTERS
+from ..oracles import BACKENDS, COUNTERS
 from ..problems import resolve
 from ..solve import make_solver
 from .plot import X_AXES
 
 TOP_KEYS = {"name": str, "max_iter": int, "log_every": int, "seeds": (int, list), "kkt": str, "tol": (int, float),
-            "problems": dict, "methods": dict, "plot": dict, "description": str, "batch_size": int}
+            "problems": dict, "methods": dict, "plot": dict, "description": str, "batch_size": int,
+            "oracle": str}
 PLOT_KEYS = {"metrics": list, "x": str}
 REQUIRED = ("max_iter", "problems", "methods")
 # the history columns a run can have whatever its problem (bilevel.history.History.log: the counts,
@@ -72,14 +74,17 @@ class RunSpec:
     kkt: str | None = None
     tol: float | None = None
     batch_size: int | None = None          # minibatches of this size (solve's batch_size); None: all the data
+    oracle: str = "autograd"               # the derivative back-end (solve's oracle)
 
     @property
     def run_id(self) -> str:
-        """A stable id: a hash of the full configuration (batch_size left out where None, so that
-        full-data runs keep the ids they had before it existed)."""
+        """A stable id: a hash of the full configuration (batch_size left out where None and oracle
+        where autograd, so that runs keep the ids they had before these existed)."""
         fields = dataclasses.asdict(self)
         if fields["batch_size"] is None:
             del fields["batch_size"]
+        if fields["oracle"] == "autograd":
+            del fields["oracle"]
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -87,14 +92,14 @@ class RunSpec:
         return {"run_id": self.run_id, "problem": self.problem, "problem_args": dict(self.problem_args),
                 "method": self.method, "options": dict(self.options), "seed": self.seed,
                 "max_iter": self.max_iter, "log_every": self.log_every, "kkt": self.kkt, "tol": self.tol,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, "oracle": self.oracle}
 
     @classmethod
     def make(cls, problem: str, problem_args: dict[str, Any], method: str, options: dict[str, Any], seed: int,
              max_iter: int, log_every: int, kkt: str | None = None, tol: float | None = None,
-             batch_size: int | None = None) -> "RunSpec":
+             batch_size: int | None = None, oracle: str = "autograd") -> "RunSpec":
         return cls(problem, tuple(sorted(problem_args.items())), method, tuple(sorted(options.items())), seed,
-                   max_iter, log_every, kkt, tol, batch_size)
+                   max_iter, log_every, kkt, tol, batch_size, oracle)
 
 
 # ----- reading and checking a config ---------------------------------------------------------
@@ -204,6 +209,9 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
     if raw.get("kkt", "method") not in KKT_MODES:
         raise ConfigError(f"Invalid value: {_where(source, lines, ('kkt',))}: {raw['kkt']!r} "
                           f"(expected one of {', '.join(KKT_MODES)}){suggest(raw['kkt'], KKT_MODES)}")
+    if raw.get("oracle", "autograd") not in BACKENDS:
+        raise ConfigError(f"Invalid value: {_where(source, lines, ('oracle',))}: {raw['oracle']!r} "
+                          f"(expected one of {', '.join(BACKENDS)}){suggest(raw['oracle'], BACKENDS)}")
     if "tol" in raw and (isinstance(raw["tol"], bool) or raw["tol"] < 0):
         raise ConfigError(f"Invalid value: {_where(source, lines, ('tol',))}: {raw['tol']!r} (expected a number >= 0)")
     if "tol" in raw and raw.get("kkt") == "none":
@@ -364,5 +372,5 @@ def expand(config: dict[str, Any]) -> list[RunSpec]:
                     for seed in seeds:
                         runs.append(RunSpec.make(problem, problem_args, method, opts, seed, config["max_iter"],
                                                  config.get("log_every", 10), config.get("kkt"), config.get("tol"),
-                                                 batch_size))
+                                                 batch_size, config.get("oracle", "autograd")))
     return runs

@@ -94,7 +94,7 @@ def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, pro
             result = solve(problem, solver, max_iter=spec.max_iter, log_every=spec.log_every, tol=spec.tol,
                            kkt=spec.kkt, seed=spec.seed, progress=progress, distributed=distributed,
                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, callback=callback,
-                           batch_size=spec.batch_size)
+                           batch_size=spec.batch_size, oracle=spec.oracle)
         wall = time.perf_counter() - start
         final = {**{k: v[-1] for k, v in result.history.items()}, **store.verified_columns(result.verification)}
         record.update(status="finished", result_status=result.status.name, success=result.success, n_iter=result.n_iter,
@@ -115,6 +115,8 @@ def _write(spec: RunSpec, out: str | Path, problem: BilevelProblem, solver: Any,
     options = dict(spec.options)
     if spec.batch_size is not None:     # a configuration of its own in tables and plots
         options["batch_size"] = spec.batch_size
+    if spec.oracle != "autograd":
+        options["oracle"] = spec.oracle
     columns = {f"hp_{k}": v for k, v in options.items()}
     frame = store.tidy(result, run_id=spec.run_id, method=spec.method, problem=spec.problem, title=problem.name,
                        problem_args=dict(spec.problem_args), seed=spec.seed, hyperparameters=hyperparameters(solver),
