@@ -208,9 +208,16 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
     clean = (~corrupted).numpy()
     from sklearn.metrics import roc_auc_score   # imported here, with the data, not in the first metric call
 
+    last: dict[bytes, dict[str, float]] = {}
+
     def retrained(x: Tensor, y: Tensor) -> dict[str, float]:
-        weights = train(classifier, a_tr, b_noisy, torch.sigmoid(x), weight_decay, retrain_steps)
-        return {"retrained_accuracy": accuracy(classifier, weights, a_te, b_te)}
+        """Depends on x only: the final row's value serves the verified row at the same x."""
+        key = x.detach().cpu().numpy().tobytes()
+        if key not in last:
+            weights = train(classifier, a_tr, b_noisy, torch.sigmoid(x), weight_decay, retrain_steps)
+            last.clear()
+            last[key] = {"retrained_accuracy": accuracy(classifier, weights, a_te, b_te)}
+        return dict(last[key])
 
     def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
         return {"val_loss": float(F.cross_entropy(classifier(y, a_val), b_val)),
