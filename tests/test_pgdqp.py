@@ -128,7 +128,11 @@ def test_lipschitz_estimates_match_the_quadratic():
     problem = PROBLEMS["quadratic"](seed=0)
     state = PGDQP().init(problem, Oracle(Autograd(problem.f, problem.g)), max_iter=10,
                          generator=torch.Generator().manual_seed(0))
-    assert abs(state.lipschitz_f - 1.0) < 1e-6       # f = 1/2||x - a||^2 + 1/2||y - b||^2
+    # f = 1/2||x - a||^2 + 1/2||y - b||^2 has curvature 1; at z0 = 0 the floor ||grad f(z0)|| / max(1, ||z0||)
+    # = ||(a, b)|| is above it (a step 1/L_f moves z by at most 1)
+    assert float(problem.x0.norm() + problem.y0.norm()) == 0.0
+    floor = float(torch.cat(Oracle(Autograd(problem.f, problem.g)).grad_f(problem.x0, problem.y0)[1:]).norm())
+    assert floor > 1.0 and abs(state.lipschitz_f - floor) < 1e-12
     assert state.lipschitz_h > 0
 
 
@@ -170,3 +174,16 @@ def test_given_constants_stay_fixed_and_estimated_ones_only_grow():
     # the constant and theorem schedules keep their constants (Algorithm 1 and the theorems as written)
     theorem = solve(PROBLEMS["quadratic"](seed=0), "pgdqp", max_iter=50, options=dict(schedule="theorem"))
     assert isinstance(theorem.state.lipschitz_h, float) and theorem.state.grads is None
+
+
+def test_linear_upper_level_gets_a_step_on_the_problems_scale():
+    """f = y is linear: power iteration finds L_f = 0 at z0, and the step 1/L_f used to be 1e12.
+    The floor L_f >= ||grad f(z0)|| / max(1, ||z0||) bounds the first step by sqrt(2) here.
+    F(x) = x^2 (y*(x) = x^2): x* = 0."""
+    problem = BilevelProblem(lambda x, y: y[0], lambda x, y: 0.5 * (y[0] - x[0] ** 2) ** 2,
+                             torch.tensor([1.0], dtype=D), torch.tensor([1.0], dtype=D))
+    result = solve(problem, "pgdqp", max_iter=1000, log_every=1)
+    assert result.status is Status.COMPLETED
+    assert max(result.history["step_size"]) <= math.sqrt(2) * (1 + 1e-9)
+    assert torch.isfinite(result.x).all() and torch.isfinite(result.y).all()
+    assert abs(float(result.x[0])) < 1e-2 and abs(float(result.y[0])) < 0.1

@@ -241,11 +241,13 @@ class PGDQP(Solver):
         needs_lh = self.schedule == "diminishing" or (self.schedule == "theorem" and self.rho == "grad")
         lf = lh = None
         if needs_lf:
-            lf = self.lipschitz_f or as_float(power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y),
-                                                               self.power_iters, generator))
+            lf = self.lipschitz_f or as_float(curvature_floor(
+                power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y), self.power_iters, generator),
+                oracle.grad_f(x, y)[1:], x, y))
         if needs_lh:
-            lh = self.lipschitz_h or as_float(power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y),
-                                                               self.power_iters, generator))
+            lh = self.lipschitz_h or as_float(curvature_floor(
+                power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y), self.power_iters, generator),
+                oracle.h_and_grad(x, y)[3:], x, y))
         for name, value in (("lipschitz_f", lf), ("lipschitz_h", lh)):
             if isinstance(value, float) and not (math.isfinite(value) and value > 0):  # (under vmap: solve_batch checks)
                 raise ValueError(f"Invalid problem for pgdqp: the estimate of {name} at (x0, y0) is {value} (the "
@@ -395,6 +397,19 @@ def independent_h_and_grad(oracle: Oracle, x: Tensor, y: Tensor) -> tuple[Tensor
     oracle.batches = first
     hx1, hy1 = oracle.vjp_grad_y_g(x, y, gy2)       # J_B1^T grad_y g_B2
     return g, gy1, gy2, inner(gy1, gy2), hx1 + hx2, hy1 + hy2
+
+
+def curvature_floor(estimate: Tensor, gradient: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:
+    """A curvature estimate L (power iteration at z0 = (x0, y0)) floored at the problem's scale,
+
+        L >= ||grad(z0)|| / max(1, ||z0||),
+
+    so that a first step 1/L along the gradient moves z by at most max(1, ||z0||): power
+    iteration finds no curvature where the function is linear at z0 (f = y: L = 0, a step of
+    1e12); the secants raise L from there where curvature shows up later."""
+    norm = torch.sqrt(sum(inner(t, t) for t in gradient))
+    scale = torch.clamp(torch.sqrt(inner(x, x) + inner(y, y)), min=1.0)
+    return torch.maximum(estimate, (norm / scale).to(estimate.dtype))
 
 
 def _minimum(a: float | Tensor, b: float | Tensor) -> float | Tensor:
