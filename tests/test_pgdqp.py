@@ -187,3 +187,35 @@ def test_linear_upper_level_gets_a_step_on_the_problems_scale():
     assert max(result.history["step_size"]) <= math.sqrt(2) * (1 + 1e-9)
     assert torch.isfinite(result.x).all() and torch.isfinite(result.y).all()
     assert abs(float(result.x[0])) < 1e-2 and abs(float(result.y[0])) < 0.1
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(block_steps="yes"), r"Invalid block_steps: 'yes' \(expected True or False\)"),
+    (dict(ratio_growth=0.9), r"Invalid ratio_growth: 0.9 \(expected a finite number >= 1.0\)"),
+    (dict(max_ratio=0.0), r"Invalid max_ratio: 0.0 \(expected a finite number > 0\)"),
+    (dict(ratio_warm_start=-1), r"Invalid ratio_warm_start: -1"),
+])
+def test_block_step_options_are_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        PGDQP(**options)
+
+
+def test_block_steps_ramp_to_the_ratio_of_the_curvature_blocks():
+    """f = 1/2 ||y - b||^2 + eps/2 ||x||^2 and g = 1/2 ||y - c x||^2 (c = 0.1): grad^2 f has blocks
+    (eps, 1), grad^2 h = 2 J^T J with J = [-c I, I] has blocks (2 c^2, 2). So rho* = min(1/c^2, 1/eps)
+    = 100 for eps = 1e-3, reached by the ramp 1.1^(k+1) after 49 steps; x moves rho times faster
+    than with one step (block_steps=False)."""
+    b, c, eps = torch.tensor([1.0, -2.0], dtype=D), 0.1, 1e-3
+    problem = BilevelProblem(lambda x, y: 0.5 * ((y - b) ** 2).sum() + 0.5 * eps * (x ** 2).sum(),
+                             lambda x, y: 0.5 * ((y - c * x) ** 2).sum(), torch.zeros(2, dtype=D),
+                             torch.zeros(2, dtype=D))
+    result = solve(problem, "pgdqp", max_iter=60, log_every=1, seed=0)
+    ratios = [s / ls for s, ls in zip(result.history["step_size"], result.history["lower_step_size"])]
+    assert ratios[0] == pytest.approx(1.1)
+    assert ratios[10] == pytest.approx(1.1 ** 11)
+    assert ratios[-1] == pytest.approx(1 / c ** 2, rel=1e-3)
+    assert float(result.state.ratio_target) == pytest.approx(1 / c ** 2, rel=1e-3)
+    # F(x) = 1/2 ||c x - b||^2 + eps/2 ||x||^2: x* = c b / (c^2 + eps); block steps get closer in 60 steps
+    x_star = c * b / (c ** 2 + eps)
+    joint = solve(problem, "pgdqp", max_iter=60, log_every=60, seed=0, options=dict(block_steps=False))
+    assert float((result.x - x_star).norm()) < 0.5 * float((joint.x - x_star).norm())
