@@ -163,7 +163,7 @@ class PGDQP(Solver):
     and the O(1/alpha) pull of grad f off the lower-level solution vanishes), without momentum
     unless given (heavy ball multiplies the gradient noise) and with L_f, L_h from power
     iteration at the start, kept fixed (secants of noisy gradients over short steps blow up and
-    freeze the run). Block steps are off on this path.
+    freeze the run). Block steps are off on minibatches.
 
     Measurements behind these defaults: benchmarks/RESULTS.md, sections "pgdqp-defaults",
     "pgdqp-schedules" and "stochastic-defaults".
@@ -304,7 +304,7 @@ class PGDQP(Solver):
     def _blocks(self, oracle: Oracle) -> bool:
         """Whether x and y get their own steps: block_steps in "diminishing" on full data, steps not given."""
         return (self.block_steps and self.schedule == "diminishing" and self.step_size is None
-                and self.lower_step_size is None and not self._independent(oracle))
+                and self.lower_step_size is None and not (oracle.stochastic or self._independent(oracle)))
 
     def _ratio_target(self, problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor,
                       generator: torch.Generator) -> float | Tensor:
