@@ -219,3 +219,24 @@ def test_block_steps_ramp_to_the_ratio_of_the_curvature_blocks():
     x_star = c * b / (c ** 2 + eps)
     joint = solve(problem, "pgdqp", max_iter=60, log_every=60, seed=0, options=dict(block_steps=False))
     assert float((result.x - x_star).norm()) < 0.5 * float((joint.x - x_star).norm())
+
+
+def test_escapes_lower_level_maximisers_and_non_global_minimisers():
+    """h = ||grad_y g||^2 vanishes at every stationary point of g, so the QP alone keeps y where
+    grad_y g = 0. g = y^4/4 - y^2/2 from y0 = 0 (a maximiser; minimisers +-1) and f = y^2 + (x-1)^2/2,
+    which pulls y to 0: the negative-curvature check (grad_yy g = -1 there) moves y to a minimiser.
+    g = y^2/2 - y^3 on [-1, 1] from y0 = 0.1: y = 0 is a local minimiser (g = 0), y = 1 the global
+    one (g = -1/2), found from points drawn in the box."""
+    f = lambda x, y: (y ** 2).sum() + 0.5 * ((x - 1) ** 2).sum()
+    saddle = BilevelProblem(f, lambda x, y: (y ** 4 / 4 - y ** 2 / 2).sum(), torch.zeros(1, dtype=D),
+                            torch.zeros(1, dtype=D))
+    stuck = solve(saddle, "pgdqp", max_iter=300, log_every=300, options=dict(escape_every=0))
+    assert float(stuck.y.abs()) < 1e-12
+    escaped = solve(saddle, "pgdqp", max_iter=1000, log_every=1000)
+    assert abs(float(escaped.y.abs()) - 1) < 0.01 and escaped.final("h") < 1e-4
+    local = BilevelProblem(f, lambda x, y: (y ** 2 / 2 - y ** 3).sum(), torch.zeros(1, dtype=D),
+                           torch.tensor([0.1], dtype=D), y_bounds=(-1.0, 1.0))
+    stuck = solve(local, "pgdqp", max_iter=300, log_every=300, options=dict(escape_starts=0))
+    assert abs(float(stuck.y)) < 0.05
+    escaped = solve(local, "pgdqp", max_iter=300, log_every=300)
+    assert float(escaped.y) == 1.0

@@ -63,6 +63,8 @@ class PGDQPState(State):
     grads: Gradients | None = None         # at the previous iterate, for the secants ("diminishing")
     ratio: float | Tensor = 1.0            # block steps: (x step) / (y step) of the last step
     ratio_target: float | Tensor = 1.0     # block steps: rho*, the ratio the ramp grows to
+    escape_next: int = 0                   # the iteration of the next negative-curvature check
+    escape_interval: int = 0               # iterations from that check to the one after
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,19 @@ class PGDQP(Solver):
     while y is far from feasible. rho* = 1 where f is as curved in x as in y (the closed-form
     quadratics). Cost: about 130 products at the start, none per iteration.
 
+    Lower-level escapes ("diminishing" on full data, escape_every > 0; not under solve_batch): h = ||grad_y g||^2
+    vanishes at every stationary point of g(x, .), maximisers and saddles included, so the QP
+    alone can settle there. At iterations escape_every, then at doubling intervals while a check
+    changes nothing, pgdqp takes mu = <v, grad_yy g v> along v from power iteration on
+    L_g I - grad_yy g (free coordinates of a y box) and descends on g(x, .) (Armijo, escape_steps
+    steps) from P_Y(y +- t v) where mu < -escape_tol L_g (t = 0.1 max(1, ||y||)), and from
+    escape_starts points drawn uniformly in a bounded y box; y jumps to the best end point when
+
+        g(x, y') < g(x, y) - escape_gain max(1, |g(x, y)|),
+
+    and the heavy ball and secant memories restart. Algorithm 1 itself has no such step (its
+    "perturbed" is the QP's minimal change of -grad f).
+
     Minibatches (`solve(..., batch_size=B)`, `bilevel.data`): h = ||grad_y g||^2 and grad h =
     2 J^T grad_y g from one batch are biased, upwards by the batch variance of grad_y g (their
     expectation is ||grad_y g||^2 + tr Cov(grad_y g_B) and 2 J^T grad_y g + 2 E[J_B^T (grad_y g_B -
@@ -192,6 +207,11 @@ class PGDQP(Solver):
         max_ratio: the largest rho. Default 1e6.
         ratio_warm_start: gradient steps on g(x0, .) before the blocks of grad^2 h are
             estimated (for the estimate only). Default 30.
+        escape_every: the first lower-level check (0: none). Default 50.
+        escape_steps: descent steps on g(x, .) from each start of a check. Default 100.
+        escape_tol: the negative curvature that counts, relative to L_g. Default 1e-3.
+        escape_starts: points drawn in a bounded y box per check. Default 4.
+        escape_gain: the relative fall of g that moves y. Default 1e-3.
         power_iters: power iterations for those estimates. Default 20.
         warm_start_steps: gradient steps on g(x0, .) for rho="warm". Default 1000.
         warm_start_tol: stop the warm start when h(x0, y0) <= this. Default 1e-10.
@@ -231,6 +251,11 @@ class PGDQP(Solver):
     ratio_growth: float = 1.1
     max_ratio: float = 1e6
     ratio_warm_start: int = 30
+    escape_every: int = 50
+    escape_steps: int = 100
+    escape_tol: float = 1e-3
+    escape_starts: int = 4
+    escape_gain: float = 1e-3
     # ----- minibatches (bilevel.data): the stochastic code path, see `_stochastic_direction` -----
     estimator: str | None = None
     noise_decay: float = 100.0
@@ -246,7 +271,8 @@ class PGDQP(Solver):
         if not isinstance(self.block_steps, bool):
             raise ValueError(f"Invalid block_steps: {self.block_steps!r} (expected True or False)")
         checks.number("ratio_growth", self.ratio_growth, minimum=1.0)
-        check_int(self, "ratio_warm_start", minimum=0)
+        check_int(self, "ratio_warm_start", "escape_every", "escape_steps", "escape_starts", minimum=0)
+        check_positive(self, "escape_tol", "escape_gain")
         check_positive(self, "warm_start_tol", allow_zero=True)
         check_int(self, "power_iters")
         check_int(self, "warm_start_steps", minimum=0)
@@ -298,7 +324,39 @@ class PGDQP(Solver):
             gamma, alpha = self.step_size or self.step_scale / lf, None
         target = self._ratio_target(problem, oracle, x, y, generator) if self._blocks(oracle) else 1.0
         return PGDQPState(x=x, y=y, h0=h0, lipschitz_f=lf, lipschitz_h=lh, gamma0=gamma, alpha0=alpha,
-                          ratio_target=target)
+                          ratio_target=target, escape_next=self.escape_every, escape_interval=self.escape_every)
+
+    # ----- escape from lower-level saddles and maximisers ----------------------------------
+    def _escape(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> PGDQPState:
+        """At the checks (iterations escape_every, then at doubling intervals while nothing is
+        found): where grad_yy g(x, y) (on the free coordinates of a y box) has an eigenvalue
+        mu < -escape_tol L_g along v, y <- the better of descent on g(x, .) from P_Y(y +- t v),
+        t = 0.1 max(1, ||y||), kept only if g falls (h, the QP's only view of the lower level,
+        is as small at a maximiser of g as at a minimiser). Not under torch.func.vmap."""
+        x, y, k = state.x, state.y, state.k
+        if (not self.escape_every or self.schedule != "diminishing" or k < state.escape_next
+                or not isinstance(as_float(torch.sum(y)), float)):
+            return state
+        found = negative_curvature(problem, oracle, x, y, self.power_iters, k)
+        starts = []
+        if found is not None and found[0] < -self.escape_tol * found[1]:
+            t = 0.1 * max(1.0, float(torch.linalg.vector_norm(y)))
+            starts = [problem.project_y(y + t * found[2]), problem.project_y(y - t * found[2])]
+        starts += box_points(problem, y, self.escape_starts, k)
+        if starts:
+            g0 = float(oracle.g(x, y))
+            step = 1.0 / found[1] if found is not None else 1.0 / curvature_in_y(oracle, x, y, torch.Generator().manual_seed(k))
+            best, best_g = y, g0
+            for start in starts:
+                candidate = armijo_descent(problem, oracle, x, start, self.escape_steps, step)
+                value = float(oracle.g(x, candidate))
+                if math.isfinite(value) and value < best_g:
+                    best, best_g = candidate, value
+            if best_g < g0 - self.escape_gain * max(1.0, abs(g0)):
+                return replace(state, y=best, velocity=None, grads=None, escape_next=k + self.escape_every,
+                               escape_interval=self.escape_every)
+        interval = 2 * state.escape_interval
+        return replace(state, escape_next=k + interval, escape_interval=interval)
 
     # ----- block steps: x's step rho_k times y's ------------------------------------------
     def _blocks(self, oracle: Oracle) -> bool:
@@ -410,6 +468,8 @@ class PGDQP(Solver):
         y = problem.project_y(state.y + vy)
         new = replace(state, x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y),
                       lipschitz_f=d.lipschitz_f, lipschitz_h=d.lipschitz_h, grads=d.grads, ratio=d.ratio)
+        if not oracle.stochastic:
+            new = self._escape(problem, oracle, new)
         return new, d.aux
 
     def batch_support(self) -> str:
@@ -487,6 +547,63 @@ def curvature_floor(estimate: Tensor, gradient: tuple[Tensor, Tensor], x: Tensor
     norm = torch.sqrt(sum(inner(t, t) for t in gradient))
     scale = torch.clamp(torch.sqrt(inner(x, x) + inner(y, y)), min=1.0)
     return torch.maximum(estimate, (norm / scale).to(estimate.dtype))
+
+
+def negative_curvature(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, iters: int,
+                       seed: int) -> tuple[float, float, Tensor] | None:
+    """(mu, L_g, v): L_g the largest |eigenvalue| of H = grad_yy g(x, y) on the free coordinates of y
+    (power iteration), v the unit vector of power iteration on L_g I - H (its largest eigenvalue is
+    L_g - mu_min) and mu = <v, H v>; None where no coordinate is free. 2 iters products."""
+    free = problem.free_y(y, oracle.grad_g_y(x, y))
+    if free is not None and not bool(free.any()):
+        return None
+
+    def hess(v: Tensor) -> Tensor:
+        v = v if free is None else v * free
+        out = oracle.vjp_grad_y_g(x, y, v)[1]
+        return out if free is None else out * free
+
+    generator = torch.Generator().manual_seed(seed)
+    lipschitz_g = float(power_iteration(lambda v: (hess(v[0]),), (y,), iters, generator))
+    v = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
+    v = v if free is None else v * free
+    for _ in range(iters):
+        v = v / torch.clamp(torch.linalg.vector_norm(v), min=torch.finfo(v.dtype).tiny)
+        v = lipschitz_g * v - hess(v)
+    v = v / torch.clamp(torch.linalg.vector_norm(v), min=torch.finfo(v.dtype).tiny)
+    return float(inner(v, hess(v))), lipschitz_g, v
+
+
+def box_points(problem: BilevelProblem, y: Tensor, n: int, seed: int) -> list[Tensor]:
+    """n points drawn uniformly from the y box (none unless every coordinate has two finite bounds)."""
+    bounds = problem.y_bounds
+    if not n or bounds is None or bounds[0] is None or bounds[1] is None:
+        return []
+    low, high = (torch.broadcast_to(b, y.shape) for b in bounds)
+    if not bool(torch.isfinite(low).all() and torch.isfinite(high).all()):
+        return []
+    generator = torch.Generator().manual_seed(seed)
+    return [low + (high - low) * torch.rand(y.shape, generator=generator, dtype=y.dtype).to(y.device)
+            for _ in range(n)]
+
+
+def armijo_descent(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, steps: int,
+                   step_size: float) -> Tensor:
+    """`steps` projected gradient steps on g(x, .) from y, each step halved until g falls
+    (Armijo: g(y') <= g(y) - 1/2 <grad, y - y'>), and the next tried at twice the last accepted."""
+    value = oracle.g(x, y)
+    for _ in range(steps):
+        gy = oracle.grad_g_y(x, y)
+        for _ in range(30):
+            trial = problem.project_y(y - step_size * gy)
+            trial_value = oracle.g(x, trial)
+            if bool(trial_value <= value - 0.5 * inner(gy, y - trial)):
+                break
+            step_size *= 0.5
+        else:
+            return y
+        y, value, step_size = trial, trial_value, 2 * step_size
+    return y
 
 
 def _ratio(num: Tensor, den: Tensor, largest: float) -> Tensor:
