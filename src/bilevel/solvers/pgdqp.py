@@ -145,8 +145,8 @@ class PGDQP(Solver):
     while y is far from feasible. rho* = 1 where f is as curved in x as in y (the closed-form
     quadratics). Cost: about 130 products at the start, none per iteration.
 
-    Lower-level escapes ("diminishing" on full data, escape_every > 0; not under solve_batch): h = ||grad_y g||^2
-    vanishes at every stationary point of g(x, .), maximisers and saddles included, so the QP
+    Lower-level escapes ("diminishing" on full data, escape_every > 0; not under solve_batch):
+    h = ||grad_y g||^2 vanishes at every stationary point of g(x, .), maximisers and saddles included, so the QP
     alone can settle there. At iterations escape_every, then at doubling intervals while a check
     changes nothing, pgdqp takes mu = <v, grad_yy g v> along v from power iteration on
     L_g I - grad_yy g (free coordinates of a y box) and descends on g(x, .) (Armijo, escape_steps
@@ -345,7 +345,9 @@ class PGDQP(Solver):
         starts += box_points(problem, y, self.escape_starts, k)
         if starts:
             g0 = float(oracle.g(x, y))
-            step = 1.0 / found[1] if found is not None else 1.0 / curvature_in_y(oracle, x, y, torch.Generator().manual_seed(k))
+            lipschitz_g = found[1] if found is not None else curvature_in_y(oracle, x, y,
+                                                                            torch.Generator().manual_seed(k))
+            step = 1.0 / lipschitz_g
             best, best_g = y, g0
             for start in starts:
                 candidate = armijo_descent(problem, oracle, x, start, self.escape_steps, step)
