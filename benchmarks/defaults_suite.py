@@ -21,6 +21,7 @@ synthetic-nc h <= 1e-6 and ||Delta||^2 <= 1e-3. A run is stopped after --budget 
 
     OMP_NUM_THREADS=1 python benchmarks/defaults_suite.py [--methods pgdqp,bome] [--problems KEY,...]
         [--skip-slow] [--budget 240] [--log runs/robustness.jsonl] [--results benchmarks/RESULTS.md]
+        [--section robustness]
 
 Runs already in the log are not repeated; the table covers the whole log.
 """
@@ -47,11 +48,12 @@ DEFAULT_PROBLEMS = [e.key for e in ENTRIES if e.key not in ("hc 784 s12", "quadr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(bilevel.SOLVERS))
-    parser.add_argument("--problems", default=",".join(DEFAULT_PROBLEMS))
+    parser.add_argument("--problems", default=",".join(DEFAULT_PROBLEMS), help="keys, or 'all'")
     parser.add_argument("--skip-slow", action="store_true", help="leave out hyper-cleaning on 784 pixels")
     parser.add_argument("--budget", type=float, default=240.0, help="seconds a run may take before it is stopped")
     parser.add_argument("--log", default="runs/robustness.jsonl")
     parser.add_argument("--results", default=None, help="write the table into this Markdown file")
+    parser.add_argument("--section", default="robustness", help="the section of --results to write")
     args = parser.parse_args()
     torch.manual_seed(0)
     log = Path(args.log)
@@ -60,7 +62,7 @@ def main() -> None:
     if log.exists():
         done = {(r["method"], r["problem"]) for r in map(json.loads, log.read_text().splitlines())}
     methods = args.methods.split(",")
-    for key in args.problems.split(","):
+    for key in ([e.key for e in ENTRIES] if args.problems == "all" else args.problems.split(",")):
         entry = BY_KEY[key]
         if entry.slow and args.skip_slow:
             continue
@@ -87,7 +89,7 @@ def main() -> None:
     table = render(rows, [e.key for e in ENTRIES], list(bilevel.SOLVERS))
     print(table)
     if args.results:
-        update_section(args.results, "robustness", table)
+        update_section(args.results, args.section, table)
 
 
 def render(rows: list[dict], problems: list[str], methods: list[str]) -> str:

@@ -127,3 +127,15 @@ def test_honest_value_of_a_plain_problem_resolves_by_lbfgs():
     x = p.info["x_star"]
     assert honest_upper_value(p, x) == pytest.approx(float(p.f(x, p.info["y_star"])), rel=1e-8)
     assert np.isfinite(honest_upper_value(p, p.x0))
+
+
+def test_default_pgdqp_more_than_halves_the_gap_to_the_best_shared_weight():
+    """Per-feature weights enter g through exp(x) y^2 (grad_yx g is small where y is): pgdqp's block
+    steps move x on its own scale, and 200 default iterations close more than half of the gap between
+    the start's honest value and the best shared weight's (one step for x and y closes about 40%)."""
+    problem = feature_weight_decay(seed=0, honest_metric=False)
+    start = honest_upper_value(problem, problem.x0)
+    best = best_shared_weight(problem, np.linspace(-12.0, 4.0, 17))["value"]   # weights 10x apart
+    result = bilevel.solve(problem, "pgdqp", max_iter=200, log_every=200)
+    assert result.status is bilevel.Status.COMPLETED
+    assert start - honest_upper_value(problem, result.x) > 0.5 * (start - best)

@@ -128,7 +128,11 @@ def test_lipschitz_estimates_match_the_quadratic():
     problem = PROBLEMS["quadratic"](seed=0)
     state = PGDQP().init(problem, Oracle(Autograd(problem.f, problem.g)), max_iter=10,
                          generator=torch.Generator().manual_seed(0))
-    assert abs(state.lipschitz_f - 1.0) < 1e-6       # f = 1/2||x - a||^2 + 1/2||y - b||^2
+    # f = 1/2||x - a||^2 + 1/2||y - b||^2 has curvature 1; at z0 = 0 the floor ||grad f(z0)|| / max(1, ||z0||)
+    # = ||(a, b)|| is above it (a step 1/L_f moves z by at most 1)
+    assert float(problem.x0.norm() + problem.y0.norm()) == 0.0
+    floor = float(torch.cat(Oracle(Autograd(problem.f, problem.g)).grad_f(problem.x0, problem.y0)[1:]).norm())
+    assert floor > 1.0 and abs(state.lipschitz_f - floor) < 1e-12
     assert state.lipschitz_h > 0
 
 
@@ -170,3 +174,69 @@ def test_given_constants_stay_fixed_and_estimated_ones_only_grow():
     # the constant and theorem schedules keep their constants (Algorithm 1 and the theorems as written)
     theorem = solve(PROBLEMS["quadratic"](seed=0), "pgdqp", max_iter=50, options=dict(schedule="theorem"))
     assert isinstance(theorem.state.lipschitz_h, float) and theorem.state.grads is None
+
+
+def test_linear_upper_level_gets_a_step_on_the_problems_scale():
+    """f = y is linear: power iteration finds L_f = 0 at z0, and the step 1/L_f used to be 1e12.
+    The floor L_f >= ||grad f(z0)|| / max(1, ||z0||) bounds the first step by sqrt(2) here.
+    F(x) = x^2 (y*(x) = x^2): x* = 0."""
+    problem = BilevelProblem(lambda x, y: y[0], lambda x, y: 0.5 * (y[0] - x[0] ** 2) ** 2,
+                             torch.tensor([1.0], dtype=D), torch.tensor([1.0], dtype=D))
+    result = solve(problem, "pgdqp", max_iter=1000, log_every=1)
+    assert result.status is Status.COMPLETED
+    assert max(result.history["step_size"]) <= math.sqrt(2) * (1 + 1e-9)
+    assert torch.isfinite(result.x).all() and torch.isfinite(result.y).all()
+    assert abs(float(result.x[0])) < 1e-2 and abs(float(result.y[0])) < 0.1
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(block_steps="yes"), r"Invalid block_steps: 'yes' \(expected True or False\)"),
+    (dict(ratio_growth=0.9), r"Invalid ratio_growth: 0.9 \(expected a finite number >= 1.0\)"),
+    (dict(max_ratio=0.0), r"Invalid max_ratio: 0.0 \(expected a finite number > 0\)"),
+    (dict(ratio_warm_start=-1), r"Invalid ratio_warm_start: -1"),
+])
+def test_block_step_options_are_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        PGDQP(**options)
+
+
+def test_block_steps_ramp_to_the_ratio_of_the_curvature_blocks():
+    """f = 1/2 ||y - b||^2 + eps/2 ||x||^2 and g = 1/2 ||y - c x||^2 (c = 0.1): grad^2 f has blocks
+    (eps, 1), grad^2 h = 2 J^T J with J = [-c I, I] has blocks (2 c^2, 2). So rho* = min(1/c^2, 1/eps)
+    = 100 for eps = 1e-3, reached by the ramp 1.1^(k+1) after 49 steps; x moves rho times faster
+    than with one step (block_steps=False)."""
+    b, c, eps = torch.tensor([1.0, -2.0], dtype=D), 0.1, 1e-3
+    problem = BilevelProblem(lambda x, y: 0.5 * ((y - b) ** 2).sum() + 0.5 * eps * (x ** 2).sum(),
+                             lambda x, y: 0.5 * ((y - c * x) ** 2).sum(), torch.zeros(2, dtype=D),
+                             torch.zeros(2, dtype=D))
+    result = solve(problem, "pgdqp", max_iter=60, log_every=1, seed=0)
+    ratios = [s / ls for s, ls in zip(result.history["step_size"], result.history["lower_step_size"])]
+    assert ratios[0] == pytest.approx(1.1)
+    assert ratios[10] == pytest.approx(1.1 ** 11)
+    assert ratios[-1] == pytest.approx(1 / c ** 2, rel=1e-3)
+    assert float(result.state.ratio_target) == pytest.approx(1 / c ** 2, rel=1e-3)
+    # F(x) = 1/2 ||c x - b||^2 + eps/2 ||x||^2: x* = c b / (c^2 + eps); block steps get closer in 60 steps
+    x_star = c * b / (c ** 2 + eps)
+    joint = solve(problem, "pgdqp", max_iter=60, log_every=60, seed=0, options=dict(block_steps=False))
+    assert float((result.x - x_star).norm()) < 0.5 * float((joint.x - x_star).norm())
+
+
+def test_escapes_lower_level_maximisers_and_non_global_minimisers():
+    """h = ||grad_y g||^2 vanishes at every stationary point of g, so the QP alone keeps y where
+    grad_y g = 0. g = y^4/4 - y^2/2 from y0 = 0 (a maximiser; minimisers +-1) and f = y^2 + (x-1)^2/2,
+    which pulls y to 0: the negative-curvature check (grad_yy g = -1 there) moves y to a minimiser.
+    g = y^2/2 - y^3 on [-1, 1] from y0 = 0.1: y = 0 is a local minimiser (g = 0), y = 1 the global
+    one (g = -1/2), found from points drawn in the box."""
+    f = lambda x, y: (y ** 2).sum() + 0.5 * ((x - 1) ** 2).sum()
+    saddle = BilevelProblem(f, lambda x, y: (y ** 4 / 4 - y ** 2 / 2).sum(), torch.zeros(1, dtype=D),
+                            torch.zeros(1, dtype=D))
+    stuck = solve(saddle, "pgdqp", max_iter=300, log_every=300, options=dict(escape_every=0))
+    assert float(stuck.y.abs()) < 1e-12
+    escaped = solve(saddle, "pgdqp", max_iter=1000, log_every=1000)
+    assert abs(float(escaped.y.abs()) - 1) < 0.01 and escaped.final("h") < 1e-4
+    local = BilevelProblem(f, lambda x, y: (y ** 2 / 2 - y ** 3).sum(), torch.zeros(1, dtype=D),
+                           torch.tensor([0.1], dtype=D), y_bounds=(-1.0, 1.0))
+    stuck = solve(local, "pgdqp", max_iter=300, log_every=300, options=dict(escape_starts=0))
+    assert abs(float(stuck.y)) < 0.05
+    escaped = solve(local, "pgdqp", max_iter=300, log_every=300)
+    assert float(escaped.y) == 1.0

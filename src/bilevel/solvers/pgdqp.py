@@ -8,6 +8,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
+from .. import checks
 from ..metrics import masked
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
@@ -60,6 +61,10 @@ class PGDQPState(State):
     velocity: tuple | None = None          # heavy-ball memory (x, y) when momentum > 0
     alpha0: float | Tensor | None = None   # None in "diminishing": set per iteration
     grads: Gradients | None = None         # at the previous iterate, for the secants ("diminishing")
+    ratio: float | Tensor = 1.0            # block steps: (x step) / (y step) of the last step
+    ratio_target: float | Tensor = 1.0     # block steps: rho*, the ratio the ramp grows to
+    escape_next: int = 0                   # the iteration of the next negative-curvature check
+    escape_interval: int = 0               # iterations from that check to the one after
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class Direction:
     lipschitz_h: float | Tensor | None
     grads: Gradients | None
     aux: Aux
+    ratio: float | Tensor = 1.0
 
 
 @dataclass(frozen=True)
@@ -114,12 +120,43 @@ class PGDQP(Solver):
             (no extra oracle call), so that the steps shrink where the curvature grows
             beyond its value at the start (nonconvex lower levels). A constant given as
             lipschitz_f / lipschitz_h is taken as a global bound and kept fixed; a given
-            step_size fixes gamma_0 (L_f unused), a given alpha fixes alpha (L_h unused).
-            Measured (20000 iterations): g = 1/4(||y||^2 - 1
-            - x^2)^2, whose L_h grows from 2.5 at the start to 660 at the solution, diverged
-            within 5 iterations and now ends at h 1.3e-6, |x - x*| 3.4e-5 (benchmarks/RESULTS.md);
-            closed-form quadratics are unchanged (secants there never exceed the start's estimate
-            by much).
+            step_size fixes gamma_0 (L_f unused), a given alpha fixes alpha (L_h unused). The
+            estimates are floored at the problem's scale, L >= ||grad(z0)|| / max(1, ||z0||) (a first
+            step 1/L moves z by at most max(1, ||z0||); where f is linear power iteration finds 0).
+
+    Block steps (block_steps=True, the default of "diminishing" on full data when neither step_size
+    nor lower_step_size is given): x's step is rho_k times y's, the QP in the metric P = diag(rho_k I, I),
+
+        lambda_k = [ alpha_k ||grad h||_P^2 - <grad h, grad f>_P ]_+ / ||grad h||_P^2,
+        (x, y) <- (x, y) - gamma_k P (grad f + lambda_k grad h),    <a, b>_P = rho_k <a_x, b_x> + <a_y, b_y>,
+
+    (qp_step with y_scale = 1 / rho_k and step rho_k gamma_k), gamma_k, alpha_k as above with L_f, L_h
+    in that metric (secants ||P^1/2 (grad' - grad)|| / ||P^-1/2 (z' - z)||), and
+
+        rho* = clip(L_h,y / L_h,x, 1, min(L_f,y / L_f,x, max_ratio)),   rho_k = min(rho*, ratio_growth^(k+1)),
+
+    L_.,x = |grad^2_xx .|, L_.,y = |grad^2_yy .| by power iteration with the other block zero: f's at
+    (x0, y0), h's at (x0, y_w), y_w after ratio_warm_start steps y <- P_Y(y - grad_y g(x0, y) / L_g)
+    (for the estimate only; at y0 the x block can vanish, e.g. grad_yx g = diag(exp(x) y) = 0 at
+    y0 = 0). Where x enters g weakly (per-sample weights in hyper-cleaning, per-feature L2 weights),
+    one step for x and y, set by the joint curvature, moves x by O(gamma ||grad_yx g||) and the
+    decay freezes it; rho* balances the blocks of grad^2 h so that restoring feasibility moves x
+    and y alike, and never lets x's step exceed step_scale / L_f,x. The ramp keeps x's steps short
+    while y is far from feasible. rho* = 1 where f is as curved in x as in y (the closed-form
+    quadratics). Cost: about 130 products at the start, none per iteration.
+
+    Lower-level escapes ("diminishing" on full data, escape_every > 0; not under solve_batch):
+    h = ||grad_y g||^2 vanishes at every stationary point of g(x, .), maximisers and saddles included, so the QP
+    alone can settle there. At iterations escape_every, then at doubling intervals while a check
+    changes nothing, pgdqp takes mu = <v, grad_yy g v> along v from power iteration on
+    L_g I - grad_yy g (free coordinates of a y box) and descends on g(x, .) (Armijo, escape_steps
+    steps) from P_Y(y +- t v) where mu < -escape_tol L_g (t = 0.1 max(1, ||y||)), and from
+    escape_starts points drawn uniformly in a bounded y box; y jumps to the best end point when
+
+        g(x, y') < g(x, y) - escape_gain max(1, |g(x, y)|),
+
+    and the heavy ball and secant memories restart. Algorithm 1 itself has no such step (its
+    "perturbed" is the QP's minimal change of -grad f).
 
     Minibatches (`solve(..., batch_size=B)`, `bilevel.data`): h = ||grad_y g||^2 and grad h =
     2 J^T grad_y g from one batch are biased, upwards by the batch variance of grad_y g (their
@@ -141,11 +178,10 @@ class PGDQP(Solver):
     and the O(1/alpha) pull of grad f off the lower-level solution vanishes), without momentum
     unless given (heavy ball multiplies the gradient noise) and with L_f, L_h from power
     iteration at the start, kept fixed (secants of noisy gradients over short steps blow up and
-    freeze the run: measured with estimator="plain"). Measured on biased-ridge, batch 64, 3000
-    steps, 5 seeds (benchmarks/stochastic_defaults.py): final (F(x) - F*) / F* median 0.39%
-    (max 0.80%); heavy ball 0.9: 0.81% (max 1.9%); noise_decay 30 or 1000: 1.2%, 1.1%; one batch
-    with the full-data schedule: 5.7% (max 9.9%); steps 1/sqrt(1 + k/100) on both parts (a
-    development variant, not an option): 1.5%.
+    freeze the run). Block steps are off on minibatches.
+
+    Measurements behind these defaults: benchmarks/RESULTS.md, sections "pgdqp-defaults",
+    "pgdqp-schedules" and "stochastic-defaults".
 
     Args:
         step_size: gamma (the step on x; also on y unless lower_step_size). Default per schedule.
@@ -164,10 +200,18 @@ class PGDQP(Solver):
         lipschitz_h: L_h; as lipschitz_f.
         step_scale: in "diminishing", step_size = step_scale / L_f when step_size is None.
             Default 1. Smaller values trade progress on f for a lower floor on strongly
-            convex problems whose J = [grad_yx g, grad_yy g] is ill-conditioned (measured:
-            0.1 brings 12 of 14 such problems within 1e-2 of x*, 1 brings 9, but 0.1 or
-            0.5 leave synthetic-nc far from a KKT point).
+            convex problems whose J = [grad_yx g, grad_yy g] is ill-conditioned.
         adaptive: in "diminishing", raise the estimated L_f and L_h by secants. Default True.
+        block_steps: x's own step, rho_k times y's (see above). Default True.
+        ratio_growth: the ramp, rho_k <= ratio_growth rho_(k-1) (>= 1). Default 1.1.
+        max_ratio: the largest rho. Default 1e6.
+        ratio_warm_start: gradient steps on g(x0, .) before the blocks of grad^2 h are
+            estimated (for the estimate only). Default 30.
+        escape_every: the first lower-level check (0: none). Default 50.
+        escape_steps: descent steps on g(x, .) from each start of a check. Default 100.
+        escape_tol: the negative curvature that counts, relative to L_g. Default 1e-3.
+        escape_starts: points drawn in a bounded y box per check. Default 4.
+        escape_gain: the relative fall of g that moves y. Default 1e-3.
         power_iters: power iterations for those estimates. Default 20.
         warm_start_steps: gradient steps on g(x0, .) for rho="warm". Default 1000.
         warm_start_tol: stop the warm start when h(x0, y0) <= this. Default 1e-10.
@@ -203,6 +247,15 @@ class PGDQP(Solver):
     momentum: float | None = None
     step_scale: float = 1.0
     adaptive: bool = True
+    block_steps: bool = True
+    ratio_growth: float = 1.1
+    max_ratio: float = 1e6
+    ratio_warm_start: int = 30
+    escape_every: int = 50
+    escape_steps: int = 100
+    escape_tol: float = 1e-3
+    escape_starts: int = 4
+    escape_gain: float = 1e-3
     # ----- minibatches (bilevel.data): the stochastic code path, see `_stochastic_direction` -----
     estimator: str | None = None
     noise_decay: float = 100.0
@@ -214,7 +267,12 @@ class PGDQP(Solver):
         check_choice(self, "rho", ("grad", "warm"))
         check_choice(self, "schedule", ("constant", "theorem", "diminishing"))
         check_positive(self, "step_size", "alpha", "lower_step_size", "lipschitz_f", "lipschitz_h", allow_none=True)
-        check_positive(self, "decay", "feasibility", "step_scale")
+        check_positive(self, "decay", "feasibility", "step_scale", "max_ratio")
+        if not isinstance(self.block_steps, bool):
+            raise ValueError(f"Invalid block_steps: {self.block_steps!r} (expected True or False)")
+        checks.number("ratio_growth", self.ratio_growth, minimum=1.0)
+        check_int(self, "ratio_warm_start", "escape_every", "escape_steps", "escape_starts", minimum=0)
+        check_positive(self, "escape_tol", "escape_gain")
         check_positive(self, "warm_start_tol", allow_zero=True)
         check_int(self, "power_iters")
         check_int(self, "warm_start_steps", minimum=0)
@@ -241,11 +299,13 @@ class PGDQP(Solver):
         needs_lh = self.schedule == "diminishing" or (self.schedule == "theorem" and self.rho == "grad")
         lf = lh = None
         if needs_lf:
-            lf = self.lipschitz_f or as_float(power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y),
-                                                               self.power_iters, generator))
+            lf = self.lipschitz_f or as_float(curvature_floor(
+                power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y), self.power_iters, generator),
+                oracle.grad_f(x, y)[1:], x, y))
         if needs_lh:
-            lh = self.lipschitz_h or as_float(power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y),
-                                                               self.power_iters, generator))
+            lh = self.lipschitz_h or as_float(curvature_floor(
+                power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y), self.power_iters, generator),
+                oracle.h_and_grad(x, y)[3:], x, y))
         for name, value in (("lipschitz_f", lf), ("lipschitz_h", lh)):
             if isinstance(value, float) and not (math.isfinite(value) and value > 0):  # (under vmap: solve_batch checks)
                 raise ValueError(f"Invalid problem for pgdqp: the estimate of {name} at (x0, y0) is {value} (the "
@@ -262,7 +322,75 @@ class PGDQP(Solver):
                 gamma = _minimum(K ** (-2 / 3), 1.0 / lf)
         else:
             gamma, alpha = self.step_size or self.step_scale / lf, None
-        return PGDQPState(x=x, y=y, h0=h0, lipschitz_f=lf, lipschitz_h=lh, gamma0=gamma, alpha0=alpha)
+        target = self._ratio_target(problem, oracle, x, y, generator) if self._blocks(oracle) else 1.0
+        return PGDQPState(x=x, y=y, h0=h0, lipschitz_f=lf, lipschitz_h=lh, gamma0=gamma, alpha0=alpha,
+                          ratio_target=target, escape_next=self.escape_every, escape_interval=self.escape_every)
+
+    # ----- escape from lower-level saddles and maximisers ----------------------------------
+    def _escape(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> PGDQPState:
+        """At the checks (iterations escape_every, then at doubling intervals while nothing is
+        found): where grad_yy g(x, y) (on the free coordinates of a y box) has an eigenvalue
+        mu < -escape_tol L_g along v, y <- the better of descent on g(x, .) from P_Y(y +- t v),
+        t = 0.1 max(1, ||y||), kept only if g falls (h, the QP's only view of the lower level,
+        is as small at a maximiser of g as at a minimiser). Not under torch.func.vmap."""
+        x, y, k = state.x, state.y, state.k
+        if (not self.escape_every or self.schedule != "diminishing" or k < state.escape_next
+                or not isinstance(as_float(torch.sum(y)), float)):
+            return state
+        found = negative_curvature(problem, oracle, x, y, self.power_iters, k)
+        starts = []
+        if found is not None and found[0] < -self.escape_tol * found[1]:
+            t = 0.1 * max(1.0, float(torch.linalg.vector_norm(y)))
+            starts = [problem.project_y(y + t * found[2]), problem.project_y(y - t * found[2])]
+        starts += box_points(problem, y, self.escape_starts, k)
+        if starts:
+            g0 = float(oracle.g(x, y))
+            lipschitz_g = found[1] if found is not None else curvature_in_y(oracle, x, y,
+                                                                            torch.Generator().manual_seed(k))
+            step = 1.0 / lipschitz_g
+            best, best_g = y, g0
+            for start in starts:
+                candidate = armijo_descent(problem, oracle, x, start, self.escape_steps, step)
+                value = float(oracle.g(x, candidate))
+                if math.isfinite(value) and value < best_g:
+                    best, best_g = candidate, value
+            if best_g < g0 - self.escape_gain * max(1.0, abs(g0)):
+                return replace(state, y=best, velocity=None, grads=None, escape_next=k + self.escape_every,
+                               escape_interval=self.escape_every)
+        interval = 2 * state.escape_interval
+        return replace(state, escape_next=k + interval, escape_interval=interval)
+
+    # ----- block steps: x's step rho_k times y's ------------------------------------------
+    def _blocks(self, oracle: Oracle) -> bool:
+        """Whether x and y get their own steps: block_steps in "diminishing" on full data, steps not given."""
+        return (self.block_steps and self.schedule == "diminishing" and self.step_size is None
+                and self.lower_step_size is None and not (oracle.stochastic or self._independent(oracle)))
+
+    def _ratio_target(self, problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor,
+                      generator: torch.Generator) -> float | Tensor:
+        """rho* = clip(L_h,y / L_h,x, 1, min(L_f,y / L_f,x, max_ratio)): the diagonal blocks of
+        grad^2 f at (x0, y0) and of grad^2 h at (x0, y_w), y_w after ratio_warm_start gradient
+        steps y <- P_Y(y - grad_y g(x0, y) / L_g) (for the estimate only)."""
+        zx, zy = torch.zeros_like(x), torch.zeros_like(y)
+
+        def block(hvp, at, which):
+            if which == "x":
+                return power_iteration(lambda v: (hvp(x, at, v[0], zy)[0], zy), (x, y), self.power_iters, generator)
+            return power_iteration(lambda v: (zx, hvp(x, at, zx, v[1])[1]), (x, y), self.power_iters, generator)
+
+        cap = _ratio(block(oracle.hvp_f, y, "y"), block(oracle.hvp_f, y, "x"), self.max_ratio)
+        warm = y
+        if self.ratio_warm_start:
+            lipschitz_g = power_iteration(lambda v: (oracle.vjp_grad_y_g(x, y, v[0])[1],), (y,), self.power_iters,
+                                          generator)
+            warm = descend(problem, oracle, x, y, steps=self.ratio_warm_start, step_size=1.0 / lipschitz_g)
+        target = _ratio(block(oracle.hvp_h, warm, "y"), block(oracle.hvp_h, warm, "x"), self.max_ratio)
+        return as_float(torch.clamp(torch.minimum(target, cap), min=1.0))
+
+    def _next_ratio(self, state: PGDQPState) -> Tensor:
+        """rho_k = min(rho*, ratio_growth rho_(k-1)), rho_(-1) = 1."""
+        return torch.minimum(torch.as_tensor(state.ratio_target, dtype=torch.float64),
+                             torch.as_tensor(state.ratio, dtype=torch.float64) * self.ratio_growth)
 
     # ----- one iteration ------------------------------------------------------------------
     def _momentum(self) -> float:
@@ -283,14 +411,16 @@ class PGDQP(Solver):
         if not (adapt_f or adapt_h) or state.grads is None or state.velocity is None:
             return lf, lh
         vx, vy = state.velocity
-        step = torch.hypot(torch.linalg.vector_norm(vx), torch.linalg.vector_norm(vy))
+        # in the metric P = diag(rho I, I) of the last step: ||P^1/2 (grad' - grad)|| / ||P^-1/2 (z' - z)||
+        scale = torch.sqrt(torch.as_tensor(state.ratio, dtype=vx.dtype, device=vx.device))
+        step = torch.hypot(torch.linalg.vector_norm(vx) / scale, torch.linalg.vector_norm(vy))
         inv = torch.where(step > 0, step.reciprocal(), 0.0)   # a step of length 0 tells nothing
         old = state.grads
         if adapt_f:
-            secant = torch.hypot(torch.dist(grads.fx, old.fx), torch.dist(grads.fy, old.fy)) * inv
+            secant = torch.hypot(scale * torch.dist(grads.fx, old.fx), torch.dist(grads.fy, old.fy)) * inv
             lf = torch.maximum(torch.as_tensor(lf, dtype=secant.dtype, device=secant.device), secant)
         if adapt_h:
-            secant = torch.hypot(torch.dist(grads.hx, old.hx), torch.dist(grads.hy, old.hy)) * inv
+            secant = torch.hypot(scale * torch.dist(grads.hx, old.hx), torch.dist(grads.hy, old.hy)) * inv
             lh = torch.maximum(torch.as_tensor(lh, dtype=secant.dtype, device=secant.device), secant)
         return lf, lh
 
@@ -309,16 +439,25 @@ class PGDQP(Solver):
         grads = Gradients(fx, fy, hx, hy)
         lf, lh = self._lipschitz(state, grads)
         gamma, alpha = self._parameters(state, lf, lh)
-        y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / gamma
+        ratio = state.ratio
+        if self._blocks(oracle):   # x steps rho times y's: the QP in the metric D = diag(I, I / rho)
+            ratio = self._next_ratio(state)
+            y_scale = 1.0 / ratio
+            gamma_y, gamma = gamma, gamma * ratio
+        else:
+            y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / gamma
+            gamma_y = gamma if self.lower_step_size is None else self.lower_step_size
         hh = inner(hx, hx) + y_scale * inner(hy, hy)
         rho = hh if self.rho == "grad" else torch.sqrt(hh * state.h0)
         dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale)
         # KKT residual of Definition 2.4 with nu = 2 lambda grad_y g (grad h = 2 J^T grad_y g):
         # grad f + lambda grad h = (-dx, -dy / y_scale)
-        stationarity = inner(dx, dx) + (inner(dy, dy) if self.lower_step_size is None else inner(dy, dy) / y_scale ** 2)
+        plain = isinstance(y_scale, float) and y_scale == 1.0
+        stationarity = inner(dx, dx) + (inner(dy, dy) if plain else inner(dy, dy) / y_scale ** 2)
         aux = Aux({"f": f, "g": g, "h": h, "kkt_stationarity": stationarity, "kkt_feasibility": h, "lambda": lam,
-                   "step_size": gamma, "alpha": alpha}, nu=2 * lam * masked(gy, problem.free_y(y, gy)))
-        return Direction(dx, dy, gamma, lf, lh, grads if any(self._adapts()) else None, aux)
+                   "step_size": gamma, "lower_step_size": gamma_y, "alpha": alpha},
+                  nu=2 * lam * masked(gy, problem.free_y(y, gy)))
+        return Direction(dx, dy, gamma, lf, lh, grads if any(self._adapts()) else None, aux, ratio)
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> tuple[PGDQPState, Aux]:
         d = (self._stochastic_direction(problem, oracle, state) if self._independent(oracle)
@@ -330,7 +469,9 @@ class PGDQP(Solver):
         x = problem.project_x(state.x + vx)
         y = problem.project_y(state.y + vy)
         new = replace(state, x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y),
-                      lipschitz_f=d.lipschitz_f, lipschitz_h=d.lipschitz_h, grads=d.grads)
+                      lipschitz_f=d.lipschitz_f, lipschitz_h=d.lipschitz_h, grads=d.grads, ratio=d.ratio)
+        if not oracle.stochastic:
+            new = self._escape(problem, oracle, new)
         return new, d.aux
 
     def batch_support(self) -> str:
@@ -395,6 +536,82 @@ def independent_h_and_grad(oracle: Oracle, x: Tensor, y: Tensor) -> tuple[Tensor
     oracle.batches = first
     hx1, hy1 = oracle.vjp_grad_y_g(x, y, gy2)       # J_B1^T grad_y g_B2
     return g, gy1, gy2, inner(gy1, gy2), hx1 + hx2, hy1 + hy2
+
+
+def curvature_floor(estimate: Tensor, gradient: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:
+    """A curvature estimate L (power iteration at z0 = (x0, y0)) floored at the problem's scale,
+
+        L >= ||grad(z0)|| / max(1, ||z0||),
+
+    so that a first step 1/L along the gradient moves z by at most max(1, ||z0||): power
+    iteration finds no curvature where the function is linear at z0 (f = y: L = 0, a step of
+    1e12); the secants raise L from there where curvature shows up later."""
+    norm = torch.sqrt(sum(inner(t, t) for t in gradient))
+    scale = torch.clamp(torch.sqrt(inner(x, x) + inner(y, y)), min=1.0)
+    return torch.maximum(estimate, (norm / scale).to(estimate.dtype))
+
+
+def negative_curvature(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, iters: int,
+                       seed: int) -> tuple[float, float, Tensor] | None:
+    """(mu, L_g, v): L_g the largest |eigenvalue| of H = grad_yy g(x, y) on the free coordinates of y
+    (power iteration), v the unit vector of power iteration on L_g I - H (its largest eigenvalue is
+    L_g - mu_min) and mu = <v, H v>; None where no coordinate is free. 2 iters products."""
+    free = problem.free_y(y, oracle.grad_g_y(x, y))
+    if free is not None and not bool(free.any()):
+        return None
+
+    def hess(v: Tensor) -> Tensor:
+        v = v if free is None else v * free
+        out = oracle.vjp_grad_y_g(x, y, v)[1]
+        return out if free is None else out * free
+
+    generator = torch.Generator().manual_seed(seed)
+    lipschitz_g = float(power_iteration(lambda v: (hess(v[0]),), (y,), iters, generator))
+    v = torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)
+    v = v if free is None else v * free
+    for _ in range(iters):
+        v = v / torch.clamp(torch.linalg.vector_norm(v), min=torch.finfo(v.dtype).tiny)
+        v = lipschitz_g * v - hess(v)
+    v = v / torch.clamp(torch.linalg.vector_norm(v), min=torch.finfo(v.dtype).tiny)
+    return float(inner(v, hess(v))), lipschitz_g, v
+
+
+def box_points(problem: BilevelProblem, y: Tensor, n: int, seed: int) -> list[Tensor]:
+    """n points drawn uniformly from the y box (none unless every coordinate has two finite bounds)."""
+    bounds = problem.y_bounds
+    if not n or bounds is None or bounds[0] is None or bounds[1] is None:
+        return []
+    low, high = (torch.broadcast_to(b, y.shape) for b in bounds)
+    if not bool(torch.isfinite(low).all() and torch.isfinite(high).all()):
+        return []
+    generator = torch.Generator().manual_seed(seed)
+    return [low + (high - low) * torch.rand(y.shape, generator=generator, dtype=y.dtype).to(y.device)
+            for _ in range(n)]
+
+
+def armijo_descent(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, steps: int,
+                   step_size: float) -> Tensor:
+    """`steps` projected gradient steps on g(x, .) from y, each step halved until g falls
+    (Armijo: g(y') <= g(y) - 1/2 <grad, y - y'>), and the next tried at twice the last accepted."""
+    value = oracle.g(x, y)
+    for _ in range(steps):
+        gy = oracle.grad_g_y(x, y)
+        for _ in range(30):
+            trial = problem.project_y(y - step_size * gy)
+            trial_value = oracle.g(x, trial)
+            if bool(trial_value <= value - 0.5 * inner(gy, y - trial)):
+                break
+            step_size *= 0.5
+        else:
+            return y
+        y, value, step_size = trial, trial_value, 2 * step_size
+    return y
+
+
+def _ratio(num: Tensor, den: Tensor, largest: float) -> Tensor:
+    """num / den within (0, largest], and `largest` where den is 0."""
+    value = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), largest)
+    return torch.clamp(value, max=largest)
 
 
 def _minimum(a: float | Tensor, b: float | Tensor) -> float | Tensor:
