@@ -50,14 +50,13 @@ class MEHA(Solver):
     Defaults: the paper's nonconvex example uses eta = 1e-3, 1/gamma = 0.005, c_0 = 50,
     p = 0.48, alpha = beta = 5e-4, tuned for that problem; the defaults keep p = 0.48 and take
     gamma = 1, c_0 = 1, a scale-free x step and lower-level steps from L_g. Measurements:
-    benchmarks/RESULTS.md, sections "baseline-x-steps" and "baseline-schedules".
+    benchmarks/RESULTS.md, sections "baseline-schedules" and "baseline-notes".
 
     Args:
         step_size: alpha, a fixed step on x (the former default 0.05). Default None: AdaGrad-norm
             on d_x (`base.x_step`), alpha_k = x_scale / sqrt(sum_(i<=k) ||d_x,i||^2 / dim x).
         x_scale: the root-mean-square length of the first x step when step_size is None. Default 0.5
-            (0.2, the other baselines', leaves x 0.18 from x* on a quadratic of condition 100: x's
-            direction carries f only as grad_x f / c_k).
+            (larger than the other baselines' 0.2: d_x carries f only as grad_x f / c_k).
         lower_step_size: beta, the step on y. Default None: min(0.05, 1 / (L_g + 1/gamma + L_f,y / c_0)),
             a bound on the y-curvature of d_y (grad_yy f / c_k + grad_yy g - I / gamma, with
             c_k >= c_0), so that the explicit y step is stable. L_g and L_f,y are the largest

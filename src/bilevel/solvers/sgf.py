@@ -40,7 +40,8 @@ class SGF(Solver):
         eps_power: the decay of eps_k = eps (k + 1)^-eps_power, >= 0 (0: the authors' constant
             eps). Default 0.5.
 
-    Measurements of these defaults: benchmarks/RESULTS.md, section "baseline-schedules".
+    The Euler step of y is a fixed number: where f or g is scaled by 1e4 the flow is too stiff
+    for it and diverges (measured: benchmarks/RESULTS.md, section "baseline-schedules").
 
     References:
         Sharifi, Abolfazli, Hamedani, Fazlyab. Safe Gradient Flow for Bilevel
