@@ -7,13 +7,18 @@ level has many solutions). A cell is |x - x*| and, where the run did not complet
 Targets: |x - x*| <= 5e-2 on the quadratics and 1e-2 on the continuum family.
 
     OMP_NUM_THREADS=1 python benchmarks/baseline_schedules.py [--methods sgf,f2ba] [--families quadratic,continuum]
-        [--max-iter 5000] [--variant 'label=method:{"penalty": 10}' ...] [--results benchmarks/RESULTS.md --key KEY]
+        [--max-iter 5000] [--variant 'label=method:{"penalty": 10}' ...] [--log runs/schedules.jsonl]
+        [--results benchmarks/RESULTS.md --key KEY]
+
+With --log, each run is appended to the log as it ends and runs already there are not repeated
+(processes for different methods can share one log; the table covers the runs asked for).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -38,6 +43,7 @@ def main() -> None:
                         help="label=method:JSON options (repeatable); replaces --methods")
     parser.add_argument("--families", default="quadratic,continuum")
     parser.add_argument("--max-iter", type=int, default=5000)
+    parser.add_argument("--log", default=None, help="JSON lines of finished runs, reused and appended to")
     parser.add_argument("--results", default=None, help="write the table as a section of this Markdown file")
     parser.add_argument("--key", default="baseline-schedules", help="the section's key in --results")
     parser.add_argument("--title", default="sgf, f2ba, vpbgd, meha: |x - x*| with defaults")
@@ -52,12 +58,24 @@ def main() -> None:
         runs = [(m, m, {}) for m in args.methods.split(",")]
     families = args.families.split(",")
     names = [n for n in SUITE if n.split("/")[0] in families]
+    log = Path(args.log) if args.log else None
+    done = {}
+    if log and log.exists():
+        done = {(r["run"], r["problem"], r["max_iter"]): r for r in map(json.loads, log.read_text().splitlines())}
     rows = []
     for label, method, options in runs:
         row, passes, started = {"run": label}, {f: [0, 0] for f in families}, time.perf_counter()
         for name in names:
             family = name.split("/")[0]
-            d, status = distance(name, method, options, args.max_iter)
+            key = (label, name, args.max_iter)
+            if key in done:
+                d, status = done[key]["distance"], done[key]["status"]
+            else:
+                d, status = distance(name, method, options, args.max_iter)
+                if log:
+                    with log.open("a") as out:
+                        out.write(json.dumps({"run": label, "problem": name, "max_iter": args.max_iter, "distance": d,
+                                              "status": status, "method": method, "options": options}) + "\n")
             ok = d <= TARGET.get(family, 1e-2)
             passes[family][0] += ok
             passes[family][1] += 1
