@@ -49,8 +49,11 @@ class MEHA(Solver):
 
     Defaults: the paper's nonconvex example uses eta = 1e-3, 1/gamma = 0.005, c_0 = 50,
     p = 0.48, alpha = beta = 5e-4, tuned for that problem; the defaults keep p = 0.48 and take
-    gamma = 1, c_0 = 1, a scale-free x step and lower-level steps from L_g. Measurements:
-    benchmarks/RESULTS.md, sections "baseline-schedules" and "baseline-notes".
+    gamma = 1, c_0 = 1, a scale-free x step and lower-level steps from L_g. gamma and c_0 are
+    fixed numbers, so the penalty is not scale-free: in 5000 iterations x stays 0.1 to 0.9 from
+    x* where f and g are scaled by 1e-2 (condition 1 and 10), at condition 1000, and where f is
+    scaled by 1e-2 and g by 1e4. Measurements: benchmarks/RESULTS.md, sections
+    "baseline-schedules" and "baseline-notes".
 
     Args:
         step_size: alpha, a fixed step on x (the former default 0.05). Default None: AdaGrad-norm

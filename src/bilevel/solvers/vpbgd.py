@@ -68,7 +68,11 @@ class VPBGD(Solver):
         penalty_warmup: iterations over which gamma rises linearly from 0, as in the
             authors' code; 0: no warm-up. Default 0.
 
-    Measurements of these defaults: benchmarks/RESULTS.md, section "baseline-schedules".
+    Where the defaults fall short (5000 iterations): at condition 1000 of g x stays about 0.3
+    from x* (w and y contract by about 1 - 1/cond per iteration), and where f and g are scaled
+    apart (f by 1e-2, g by 1e4, or the reverse) gamma_0 = 10 is too strong or too weak a
+    penalty: it is a number in units of f / g. Measurements: benchmarks/RESULTS.md, sections
+    "baseline-schedules" and "baseline-notes".
 
     References:
         Shen, Chen. On Penalty-based Bilevel Gradient Descent Method. ICML 2023.
