@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 import bilevel
-from bilevel.bench.report import command, format_table, machine, update_section
+from bilevel.bench.report import format_table, machine, update_section
 from bilevel.problems.bolib import SUITE
 
 TARGET = {"quadratic": 5e-2, "continuum": 1e-2}
@@ -47,6 +49,7 @@ def main() -> None:
     parser.add_argument("--results", default=None, help="write the table as a section of this Markdown file")
     parser.add_argument("--key", default="baseline-schedules", help="the section's key in --results")
     parser.add_argument("--title", default="sgf, f2ba, vpbgd, meha: |x - x*| with defaults")
+    parser.add_argument("--note", default="", help="a sentence added under the section's command")
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = []
@@ -64,25 +67,29 @@ def main() -> None:
         done = {(r["run"], r["problem"], r["max_iter"]): r for r in map(json.loads, log.read_text().splitlines())}
     rows = []
     for label, method, options in runs:
-        row, passes, started = {"run": label}, {f: [0, 0] for f in families}, time.perf_counter()
+        row, passes, total = {"run": label}, {f: [0, 0] for f in families}, 0.0
         for name in names:
             family = name.split("/")[0]
             key = (label, name, args.max_iter)
             if key in done:
-                d, status = done[key]["distance"], done[key]["status"]
+                d, status, seconds = done[key]["distance"], done[key]["status"], done[key].get("seconds")
             else:
+                begun = time.perf_counter()
                 d, status = distance(name, method, options, args.max_iter)
+                seconds = time.perf_counter() - begun
                 if log:
                     with log.open("a") as out:
                         out.write(json.dumps({"run": label, "problem": name, "max_iter": args.max_iter, "distance": d,
-                                              "status": status, "method": method, "options": options}) + "\n")
+                                              "status": status, "method": method, "options": options,
+                                              "seconds": seconds}) + "\n")
             ok = d <= TARGET.get(family, 1e-2)
             passes[family][0] += ok
             passes[family][1] += 1
             row[name] = f"{d:.1e}" + ("" if ok else " x") + ("" if status == "COMPLETED" else f" {status}")
+            total = None if total is None or seconds is None else total + seconds
             print(label, name, row[name], flush=True)
         row.update({f"{f} within {TARGET.get(f, 1e-2):g}": f"{p[0]}/{p[1]}" for f, p in passes.items()})
-        row["seconds"] = round(time.perf_counter() - started, 1)
+        row["seconds"] = "-" if total is None else round(total, 1)
         rows.append(row)
     columns = ["run", *[c for c in rows[0] if c not in ("run", "seconds") and "/" not in c], "seconds"]
     summary = format_table(rows, columns)
@@ -91,7 +98,8 @@ def main() -> None:
     print(summary)
     print(detail)
     if args.results:
-        text = "\n".join([f"## {args.title}", "", f"Command: `{command()}`  ", f"Machine: {machine()}, OMP_NUM_THREADS=1  ",
+        text = "\n".join([f"## {args.title}", "", f"Command: `python {shlex.join(sys.argv)}`  ",
+                          f"Machine: {machine()}, OMP_NUM_THREADS=1  ", *([args.note + "  "] if args.note else []),
                           f"|x - x*| after {args.max_iter} iterations (x: misses the target, 5e-2 on the quadratics, "
                           "1e-2 on the continuum family); solve(..., kkt='none', seed=0).", "", summary, "", detail])
         update_section(args.results, args.key, text)
