@@ -63,7 +63,9 @@ class F2BA(Solver):
             steps of power iteration on Hessian-vector products (`F2BAState.lipschitz_g`,
             `.lipschitz_f_y`).
 
-    Measurements of these defaults: benchmarks/RESULTS.md, section "baseline-schedules".
+    Where the defaults fall short (5000 iterations): lam_0 = 10 is a number in units of f / g,
+    so where f is scaled by 1e4 and g by 1e-2 x stays about 0.09 from x*. Measurements:
+    benchmarks/RESULTS.md, sections "baseline-schedules" and "baseline-notes".
 
     References:
         Chen, Xu, Zhang. Near-Optimal Nonconvex-Strongly-Convex Bilevel Optimization with
