@@ -75,9 +75,12 @@ def test_vpbgd_step_by_hand_and_cost():
     torch.testing.assert_close(r.y, y - a * s * ((y - b) + gamma * gy))
     torch.testing.assert_close(r.state.w, w)
     assert counts(r) == {"n_f": 0, "n_grad_f": 1, "n_grad_g": T + 2, "n_hvp": 0}
-    # the penalty rises linearly over penalty_warmup iterations
-    r = solve(problem(), VPBGD(penalty=4.0, penalty_warmup=4), max_iter=4, kkt="none")
-    assert r.history["penalty"][:4] == [0.0, 1.0, 2.0, 3.0]
+    # the penalty rises linearly over penalty_warmup iterations (constant after with penalty_power=0)
+    r = solve(problem(), VPBGD(penalty=4.0, penalty_warmup=4, penalty_power=0.0), max_iter=6, kkt="none")
+    assert r.history["penalty"][:6] == [0.0, 1.0, 2.0, 3.0, 4.0, 4.0]
+    # by default it grows as gamma_0 (k + 1)^(1/4), times the warm-up's factor
+    r = solve(problem(), VPBGD(penalty=4.0, penalty_warmup=2), max_iter=4, kkt="none")
+    assert r.history["penalty"][:4] == pytest.approx([0.0, 4.0 * 2 ** 0.25 / 2, 4.0 * 3 ** 0.25, 4.0 * 4 ** 0.25])
 
 
 def test_galet_step_by_hand_and_cost():

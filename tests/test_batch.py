@@ -24,8 +24,10 @@ def quadratic(seed):
 def test_members_equal_runs_solved_alone(method, options):
     batch = solve_batch(quadratic, method, seeds=SEEDS, max_iter=60, log_every=20, seed=0, options=options)
     # derivatives by torch.func here and autograd alone differ by round-off, over 60 iterations of
-    # up to 4 dependent gradients each; hjfbio's finite differences (delta = 1e-5) amplify it 1/delta times
-    rtol = roundoff(operations=60 * 4, amplification=1e5 if method == "hjfbio" else 1.0)
+    # up to 4 dependent gradients each; hjfbio's finite differences (delta = 1e-5) amplify it 1/delta times;
+    # sgf's lambda = [alpha (h - eps_k^2) - <grad h, grad f>]_+ / ||grad h||^2 cancels terms of the size of
+    # |grad f| / ||grad h|| >> lambda as h -> eps_k^2 -> 0 (its relaxation decays): about 10 times
+    rtol = roundoff(operations=60 * 4, amplification={"hjfbio": 1e5, "sgf": 10.0}.get(method, 1.0))
     atol = 1e-2 * rtol
     for s, member in zip(SEEDS, batch):
         alone = solve(quadratic(s), method, max_iter=60, log_every=20, seed=0, kkt="none", options=options)
