@@ -59,7 +59,45 @@ def test_aid_bio_step_by_hand_and_cost():
     torch.testing.assert_close(r.y, y)
     torch.testing.assert_close(r.x, X0 - a * hyper)
     torch.testing.assert_close(seen[0].nu, -v)          # the multiplier the step defines at (x0, y0)
-    assert counts(r) == {"n_f": 1, "n_grad_f": 1, "n_grad_g": T, "n_hvp": N + 1}
+    # N CG products, one Jacobian-vector product, one product for the residual check
+    assert counts(r) == {"n_f": 1, "n_grad_f": 1, "n_grad_g": T, "n_hvp": N + 2}
+    assert float(seen[0].diagnostics["linear_residual"]) < 1e-12
+
+
+@pytest.mark.parametrize("method, scale", [("aid_bio", 0.2), ("galet", 0.2), ("hjfbio", 0.1), ("iaptt_gm", 0.2),
+                                           ("bome", 0.2)])
+def test_default_x_step_is_adagrad_norm(method, scale):
+    """step_size=None: the first x step has root-mean-square length x_scale whatever the scale of f,
+    x_memory holds mean(d^2) of that direction, and the second step is x_scale / sqrt(S_2)."""
+    first = {}
+    for factor in (1.0, 1e3):      # f scaled by 1e3: a fixed step would move x 1e3 times as far
+        p = BilevelProblem(lambda x, y, c=factor: c * problem().f(x, y), problem().g, X0, Y0)
+        r = solve(p, method, max_iter=2, log_every=1, kkt="none", seed=0)
+        one = solve(p, method, max_iter=1, kkt="none", seed=0)
+        move = one.x - X0
+        torch.testing.assert_close(move.pow(2).mean().sqrt(), torch.tensor(scale, dtype=D))
+        d1 = move / -(scale / one.state.x_memory.sqrt())          # the first direction, recovered
+        torch.testing.assert_close(one.state.x_memory, d1.pow(2).mean())
+        d2_mean = r.state.x_memory - one.state.x_memory
+        assert float(d2_mean) > 0
+        torch.testing.assert_close((r.x - one.x).pow(2).mean().sqrt(),
+                                   scale * d2_mean.sqrt() / r.state.x_memory.sqrt())
+        first[factor] = move
+    if method != "bome":   # (bome's direction grad f + lambda grad q is not linear in f: lambda depends on it)
+        torch.testing.assert_close(first[1.0], first[1e3], rtol=1e-3, atol=1e-6)  # the first move is scale-free
+
+
+def test_aid_bio_warns_when_the_hessian_is_singular():
+    from bilevel.problems.bolib import SUITE
+    from bilevel.solvers.aid_bio import SingularHessianWarning
+    with pytest.warns(SingularHessianWarning, match="singular"):
+        r = solve(SUITE["continuum/1"](), "aid_bio", max_iter=3, log_every=1, kkt="none", seed=0)
+    assert min(r.history["linear_residual"]) > 0.5          # grad_y f has a part outside grad_yy g's range
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SingularHessianWarning)
+        r = solve(problem(), "aid_bio", max_iter=3, log_every=1, kkt="none", seed=0)
+    assert max(r.history["linear_residual"]) < 1e-8
 
 
 def test_vpbgd_step_by_hand_and_cost():
