@@ -11,6 +11,9 @@ methods on the quadratics and the continuum family: 5e-2). Rows carry a label (e
         [--families quadratic,continuum] [--max-iter 5000] [--log runs/baselines_a.jsonl]
         [--results benchmarks/RESULTS.md] [--import-lines OUTPUT_OF_robustness_suite.py]
 
+--hpo-log LOG renders the log of benchmarks/defaults_suite.py (run with --methods of these five) as
+the section "baselines-a-hpo" instead.
+
 --import-lines adds the runs printed by benchmarks/robustness_suite.py (for code that predates this
 script) under the label, without |x - x*| (that script does not print it).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -95,6 +99,20 @@ def parse_lines(path: str, label: str, max_iter: int) -> list[dict]:
     return rows
 
 
+def hpo_section(log: str, results: str | None, methods: list[str]) -> None:
+    """The defaults_suite.py table of these methods, as the section "baselines-a-hpo"."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from defaults_suite import render   # noqa: E402  (a sibling script)
+    from _robust_set import ENTRIES     # noqa: E402
+    rows = [r for r in map(json.loads, Path(log).read_text().splitlines()) if r["method"] in methods]
+    table = render(rows, [e.key for e in ENTRIES], methods)
+    table = table.replace("## Robustness: every solver", "## Baselines aid_bio, galet, hjfbio, iaptt_gm, bome", 1)
+    print(table)
+    if results:
+        update_section(results, "baselines-a-hpo", table + "\n\nThe runs: `cd benchmarks && python defaults_suite.py "
+                       f"--methods {','.join(methods)} --problems KEYS --log {log}`.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", required=True, help="the label of these runs (e.g. before, after)")
@@ -104,8 +122,12 @@ def main() -> None:
     parser.add_argument("--log", default="runs/baselines_a.jsonl")
     parser.add_argument("--results", default=None, help="write the section into this Markdown file")
     parser.add_argument("--import-lines", default=None, help="add the runs printed by robustness_suite.py")
+    parser.add_argument("--hpo-log", default=None, help="render this defaults_suite.py log (with --results)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.hpo_log:
+        hpo_section(args.hpo_log, args.results, args.methods.split(","))
+        return
     log = Path(args.log)
     log.parent.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []

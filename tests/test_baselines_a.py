@@ -65,7 +65,7 @@ def test_aid_bio_step_by_hand_and_cost():
 
 
 @pytest.mark.parametrize("method, scale", [("aid_bio", 0.2), ("galet", 0.2), ("hjfbio", 0.1), ("iaptt_gm", 0.2),
-                                           ("bome", 0.2)])
+                                           ("bome", 0.1)])
 def test_default_x_step_is_adagrad_norm(method, scale):
     """step_size=None: the first x step has root-mean-square length x_scale whatever the scale of f,
     x_memory holds mean(d^2) of that direction, and the second step is x_scale / sqrt(S_2)."""

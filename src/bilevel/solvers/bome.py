@@ -48,7 +48,9 @@ class BOME(Solver):
         step_size: a fixed step on x, and the paper's joint step on y (see lower_step_size).
             Default None: AdaGrad-norm on x, whose first step moves x by x_scale per
             coordinate (root mean square).
-        x_scale: the root-mean-square length of the first x step where step_size is None. Default 0.2.
+        x_scale: the root-mean-square length of the first x step where step_size is None. Default 0.1
+            (x's later steps, x_scale / sqrt(k) with steady directions, set how close x settles to an
+            optimum at a kink of the value function, as in the BOLIB problems with linear lower levels).
         lower_step_size: a separate step on y (the paper's data-cleaning runs use an upper
             step of 10 to 1000 and a lower step of 0.01). Default None: the joint step
             (step_size, or 0.02 where that is None), capped for phi="grad" at 1/(eta L_g): the
@@ -76,7 +78,7 @@ class BOME(Solver):
     """
 
     step_size: float | None = None
-    x_scale: float = 0.2
+    x_scale: float = 0.1
     lower_step_size: float | None = None
     inner_steps: int = 30
     inner_step_size: float | None = None
