@@ -21,7 +21,8 @@ from .base import (AdaptiveXState, Aux, Solver, as_float, check_int, check_posit
 @dataclass(frozen=True)
 class ImplicitState(AdaptiveXState):
     """The state of an implicit-gradient method: also its lower-level step, resolved by init
-    (L_g: the estimate behind the default, None where the step was given)."""
+    (L_g: the estimate behind the default, None where the step was given), and whether
+    aid_bio has warned of an unsolved linear system (once a run)."""
 
     inner_step_size: float | Tensor = 0.0
     lipschitz_g: float | Tensor | None = None
