@@ -45,6 +45,33 @@ def test_bome_step_by_hand_and_cost():
     assert counts(r10)["n_grad_g"] == 11 and counts(r10)["n_hvp"] == 20
 
 
+def test_bome_adaptive_step_takes_lambda_in_the_metric_of_its_step():
+    """step_size=None: lambda is BOME's multiplier in the metric diag(r I, I), r = eta_x / lower_step_size."""
+    s, a, T, eta, scale = 0.1, 0.05, 3, 0.5, 0.2
+    x, y = X0, Y0
+    y_hat = y
+    for _ in range(T):
+        y_hat = y_hat - s * (Q @ y_hat - A @ x)
+    qx, qy = -A.T @ y + A.T @ y_hat, Q @ y - A @ x
+    fx, fy = x, y - b
+
+    def lam(r):
+        qq = r * qx @ qx + qy @ qy
+        return max(0.0, float(eta * qq - r * fx @ qx - fy @ qy)) / (float(qq) + 1e-8)
+
+    def x_step(d):
+        return scale / d.pow(2).mean().sqrt()
+
+    ratio = x_step(fx + lam(1.0) * qx) / a
+    lam_d = lam(float(ratio))
+    assert abs(lam_d - lam(1.0)) > 1e-3                        # the metric matters here
+    d = fx + lam_d * qx
+    r = solve(problem(), BOME(lower_step_size=a, inner_steps=T, inner_step_size=s, eta=eta, x_scale=scale),
+              max_iter=1, kkt="none")
+    torch.testing.assert_close(r.x, x - x_step(d) * d)
+    torch.testing.assert_close(r.y, y - a * (fy + lam_d * qy))
+
+
 def test_aid_bio_step_by_hand_and_cost():
     s, a, T, N = 0.2, 0.1, 4, 2
     x, y = X0, Y0
@@ -65,7 +92,7 @@ def test_aid_bio_step_by_hand_and_cost():
 
 
 @pytest.mark.parametrize("method, scale", [("aid_bio", 0.2), ("galet", 0.2), ("hjfbio", 0.1), ("iaptt_gm", 0.2),
-                                           ("bome", 0.1)])
+                                           ("bome", 0.2)])
 def test_default_x_step_is_adagrad_norm(method, scale):
     """step_size=None: the first x step has root-mean-square length x_scale whatever the scale of f,
     x_memory holds mean(d^2) of that direction, and the second step is x_scale / sqrt(S_2)."""

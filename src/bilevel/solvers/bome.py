@@ -31,15 +31,20 @@ class BOME(Solver):
         y_hat = T steps of y_hat <- y_hat - inner_step_size grad_y g(x, y_hat), from y_hat = y
         q(x, y) = g(x, y) - g(x, y_hat)              (y_hat held fixed)
         grad q = (grad_x g(x, y) - grad_x g(x, y_hat), grad_y g(x, y))
-        lambda = [ phi - <grad f, grad q> ]_+ / (||grad q||^2 + 1e-8)
+        lambda = [ phi - <grad f, grad q>_D ]_+ / (||grad q||_D^2 + 1e-8),   <a, b>_D = r <a_x, b_x> + <a_y, b_y>
         x <- x - eta_k (grad_x f + lambda grad_x q)
         y <- y - lower_step_size (grad_y f + lambda grad_y q)
 
-    with eta_k = step_size, or AdaGrad-norm (`base.x_step`) where step_size is None, and
-    phi = eta ||grad q||^2 (phi="grad", the paper's toy problems) or phi = eta q (phi="value",
-    its data-cleaning variant, eta the paper's u1). To first order in y - y_hat,
-    grad q = J^T (y - y_hat) with J the Jacobian of grad_y g, so the multiplier of
-    grad_y g = 0 that the step defines is nu = lambda (y - y_hat) (kkt="method" uses it).
+    with phi = eta ||grad q||_D^2 (phi="grad", the paper's toy problems) or phi = eta q
+    (phi="value", its data-cleaning variant, eta the paper's u1). Where step_size is given,
+    eta_k = step_size and r = 1: the paper's update. Where it is None, eta_k is AdaGrad-norm
+    (`base.x_step`) and r = eta_k / lower_step_size (eta_k from the direction of the r = 1
+    multiplier), our choice: lambda is then the paper's multiplier for the step actually taken,
+    so that the first-order change of q along it, -<grad q, grad f + lambda grad q>_D, is at
+    most -phi (with r = 1 and x's step longer than y's, x could climb q: the lower-level gap
+    stalls at kinks of the value function). To first order in y - y_hat, grad q = J^T (y - y_hat)
+    with J the Jacobian of grad_y g, so the multiplier of grad_y g = 0 that the step defines
+    is nu = lambda (y - y_hat) (kkt="method" uses it).
 
     Cost per step: T + 1 gradients of g (the one at (x, y) serves both grad q and the
     first inner step; one more grad_x g at y_hat), one gradient of f, no second-order products.
@@ -48,9 +53,7 @@ class BOME(Solver):
         step_size: a fixed step on x, and the paper's joint step on y (see lower_step_size).
             Default None: AdaGrad-norm on x, whose first step moves x by x_scale per
             coordinate (root mean square).
-        x_scale: the root-mean-square length of the first x step where step_size is None. Default 0.1
-            (x's later steps, x_scale / sqrt(k) with steady directions, set how close x settles to an
-            optimum at a kink of the value function, as in the BOLIB problems with linear lower levels).
+        x_scale: the root-mean-square length of the first x step where step_size is None. Default 0.2.
         lower_step_size: a separate step on y (the paper's data-cleaning runs use an upper
             step of 10 to 1000 and a lower step of 0.01). Default None: the joint step
             (step_size, or 0.02 where that is None), capped for phi="grad" at 1/(eta L_g): the
@@ -78,7 +81,7 @@ class BOME(Solver):
     """
 
     step_size: float | None = None
-    x_scale: float = 0.1
+    x_scale: float = 0.2
     lower_step_size: float | None = None
     inner_steps: int = 30
     inner_step_size: float | None = None
@@ -112,12 +115,17 @@ class BOME(Solver):
         g, gx, gy = oracle.grad_g(x, y)
         y_hat = descend(problem, oracle, x, y, steps=self.inner_steps, step_size=state.inner_step_size, gradient=gy)
         qx, qy = gx - oracle.grad_g_x(x, y_hat), gy
-        qq = inner(qx, qx) + inner(qy, qy)
-        if self.phi == "grad":
-            phi = self.eta * qq
-        else:
-            phi = self.eta * (g - oracle.g(x, y_hat))
-        lam = torch.clamp(phi - inner(fx, qx) - inner(fy, qy), min=0) / (qq + 1e-8)
+        q_value = g - oracle.g(x, y_hat) if self.phi == "value" else None
+
+        def multiplier(r):   # lambda in the metric diag(r I, I): x's step r times y's
+            qq = r * inner(qx, qx) + inner(qy, qy)
+            phi = self.eta * qq if self.phi == "grad" else self.eta * q_value
+            return torch.clamp(phi - r * inner(fx, qx) - inner(fy, qy), min=0) / (qq + 1e-8)
+
+        lam = multiplier(1.0)
+        if self.step_size is None:
+            ratio = x_step(None, self.x_scale, state, fx + lam * qx)[0] / state.lower_step_size
+            lam = multiplier(ratio)
         aux = Aux({"f": f, **lower_diagnostics(problem, y, g, gy), "lambda": lam}, nu=lam * (y - y_hat))
         eta_x, memory = x_step(self.step_size, self.x_scale, state, fx + lam * qx)
         x_new = problem.project_x(x - eta_x * (fx + lam * qx))
