@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--label", required=True, help="the label of these runs (e.g. before, after)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--families", default="quadratic,continuum")
+    parser.add_argument("--problems", default=None, help="suite names, comma-separated (instead of --families)")
     parser.add_argument("--max-iter", type=int, default=5000)
     parser.add_argument("--log", default="runs/baselines_a.jsonl")
     parser.add_argument("--results", default=None, help="write the section into this Markdown file")
@@ -141,7 +142,8 @@ def main() -> None:
         done |= {(r["label"], r["method"], r["problem"], r["max_iter"]) for r in new}
     families = args.families.split(",") if not args.import_lines else []
     for method in args.methods.split(","):
-        for name in (n for n in SUITE if n.split("/")[0] in families):
+        names = args.problems.split(",") if args.problems else [n for n in SUITE if n.split("/")[0] in families]
+        for name in names:
             if (args.label, method, name, args.max_iter) in done:
                 continue
             row = {"label": args.label, "version": bilevel.__version__, **run(name, method, args.max_iter)}
