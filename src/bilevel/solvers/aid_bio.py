@@ -47,6 +47,8 @@ class ImplicitStep(Solver):
     with eta_k = step_size when given, else AdaGrad-norm (`base.x_step`): x_scale /
     sqrt(sum_{i<=k} ||d_i||^2 / dim x) over the x directions d_i so far.
 
+    Where the T steps raised g(x, .) (the curvature outgrew the step: it is estimated once, at the
+    start), y is kept and inner_step_size halved (one more value of g a step).
     Subclasses define `multiplier`; nu is the multiplier of grad_y g = 0 that the method
     defines (kkt="method" uses it). On a y box the implicit derivative is taken on the active
     set: coordinates of y that the lower level holds at a bound do not move with x, so the
@@ -96,7 +98,13 @@ class ImplicitStep(Solver):
         x, y = state.x, state.y
         g, _, gy = oracle.grad_g(x, y)
         diagnostics = {"f": oracle.f(x, y), **lower_diagnostics(problem, y, g, gy)}
-        y = descend(problem, oracle, x, y, steps=self.inner_steps, step_size=state.inner_step_size, gradient=gy)
+        step = state.inner_step_size
+        y_new = descend(problem, oracle, x, y, steps=self.inner_steps, step_size=step, gradient=gy)
+        # a safeguard: g's curvature can outgrow the step estimated at the start (ridge weights exp(x) that
+        # rise along the run); where the steps raised g(x, .), keep y and halve the step
+        raised = ~(oracle.g(x, y_new) <= g + 1e-8 * torch.abs(g))
+        y = torch.where(raised, y, y_new)
+        step = torch.where(raised, 0.5 * torch.as_tensor(step, dtype=g.dtype, device=g.device), step)
         _, fx, fy = oracle.grad_f(x, y)
         free = None if problem.y_bounds is None else problem.free_y(y, oracle.grad_g_y(x, y))
         nu = self.multiplier(oracle, x, y, masked(fy, free), free)
@@ -104,7 +112,8 @@ class ImplicitStep(Solver):
         jx, _ = oracle.vjp_grad_y_g(x, y, nu)
         eta, memory = x_step(self.step_size, self.x_scale, state, fx + jx)
         x_new = problem.project_x(x - eta * (fx + jx))
-        return replace(state, x=x_new, y=y, k=state.k + 1, x_memory=memory), Aux(diagnostics, nu=nu)
+        return (replace(state, x=x_new, y=y, k=state.k + 1, x_memory=memory, inner_step_size=step),
+                Aux(diagnostics, nu=nu))
 
 
 @dataclass(frozen=True)
