@@ -3,7 +3,7 @@ method's stated cost, convergence on problems with known answers, and bad hyperp
 import pytest
 import torch
 
-from bilevel import BilevelProblem, ConjugateGradient, Neumann, PROBLEMS, solve
+from bilevel import BilevelProblem, ConjugateGradient, Neumann, PROBLEMS, Status, solve
 from bilevel.bench.cli import main
 from bilevel.solvers import AIDBiO, BOME, GALET, VPBGD
 
@@ -207,3 +207,13 @@ def test_linear_solver_from_a_mapping_as_yaml_gives_it():
 def test_cli_runs_on_coreset(method, capsys):
     assert main(["run", "--problem", "coreset", "--method", method, "--max-iter", "200", "--no-progress"]) == 0
     assert f"| {method} |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cls", [AIDBiO, GALET])
+def test_lower_step_that_raises_g_is_halved(cls):
+    """grad_yy g = Q has largest eigenvalue 2.21: a step of 1.0 diverges (|1 - 2.21| > 1), 0.5 does not."""
+    r = solve(problem(), cls(inner_step_size=1.0, inner_steps=5), max_iter=20, log_every=10, kkt="none")
+    assert float(r.state.inner_step_size) == 0.5                 # halved once, then kept
+    assert r.status is Status.COMPLETED and r.final("h") < 1e-3      # (x still moves; unguarded: inf)
+    kept = solve(problem(), cls(inner_step_size=0.4, inner_steps=5), max_iter=20, log_every=10, kkt="none")
+    assert float(kept.state.inner_step_size) == 0.4               # a stable step is never touched
