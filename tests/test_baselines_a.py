@@ -3,7 +3,7 @@ method's stated cost, convergence on problems with known answers, and bad hyperp
 import pytest
 import torch
 
-from bilevel import BilevelProblem, ConjugateGradient, Neumann, PROBLEMS, solve
+from bilevel import BilevelProblem, ConjugateGradient, Neumann, PROBLEMS, Status, solve
 from bilevel.bench.cli import main
 from bilevel.solvers import AIDBiO, BOME, GALET, VPBGD
 
@@ -45,6 +45,33 @@ def test_bome_step_by_hand_and_cost():
     assert counts(r10)["n_grad_g"] == 11 and counts(r10)["n_hvp"] == 20
 
 
+def test_bome_adaptive_step_takes_lambda_in_the_metric_of_its_step():
+    """step_size=None: lambda is BOME's multiplier in the metric diag(r I, I), r = eta_x / lower_step_size."""
+    s, a, T, eta, scale = 0.1, 0.05, 3, 0.5, 0.2
+    x, y = X0, Y0
+    y_hat = y
+    for _ in range(T):
+        y_hat = y_hat - s * (Q @ y_hat - A @ x)
+    qx, qy = -A.T @ y + A.T @ y_hat, Q @ y - A @ x
+    fx, fy = x, y - b
+
+    def lam(r):
+        qq = r * qx @ qx + qy @ qy
+        return max(0.0, float(eta * qq - r * fx @ qx - fy @ qy)) / (float(qq) + 1e-8)
+
+    def x_step(d):
+        return scale / d.pow(2).mean().sqrt()
+
+    ratio = x_step(fx + lam(1.0) * qx) / a
+    lam_d = lam(float(ratio))
+    assert abs(lam_d - lam(1.0)) > 1e-3                        # the metric matters here
+    d = fx + lam_d * qx
+    r = solve(problem(), BOME(lower_step_size=a, inner_steps=T, inner_step_size=s, eta=eta, x_scale=scale),
+              max_iter=1, kkt="none")
+    torch.testing.assert_close(r.x, x - x_step(d) * d)
+    torch.testing.assert_close(r.y, y - a * (fy + lam_d * qy))
+
+
 def test_aid_bio_step_by_hand_and_cost():
     s, a, T, N = 0.2, 0.1, 4, 2
     x, y = X0, Y0
@@ -59,7 +86,45 @@ def test_aid_bio_step_by_hand_and_cost():
     torch.testing.assert_close(r.y, y)
     torch.testing.assert_close(r.x, X0 - a * hyper)
     torch.testing.assert_close(seen[0].nu, -v)          # the multiplier the step defines at (x0, y0)
-    assert counts(r) == {"n_f": 1, "n_grad_f": 1, "n_grad_g": T, "n_hvp": N + 1}
+    # N CG products, one Jacobian-vector product, one product for the residual check
+    assert counts(r) == {"n_f": 1, "n_grad_f": 1, "n_grad_g": T, "n_hvp": N + 2}
+    assert float(seen[0].diagnostics["linear_residual"]) < 1e-12
+
+
+@pytest.mark.parametrize("method, scale", [("aid_bio", 0.2), ("galet", 0.2), ("hjfbio", 0.1), ("iaptt_gm", 0.2),
+                                           ("bome", 0.2)])
+def test_default_x_step_is_adagrad_norm(method, scale):
+    """step_size=None: the first x step has root-mean-square length x_scale whatever the scale of f,
+    x_memory holds mean(d^2) of that direction, and the second step is x_scale / sqrt(S_2)."""
+    first = {}
+    for factor in (1.0, 1e3):      # f scaled by 1e3: a fixed step would move x 1e3 times as far
+        p = BilevelProblem(lambda x, y, c=factor: c * problem().f(x, y), problem().g, X0, Y0)
+        r = solve(p, method, max_iter=2, log_every=1, kkt="none", seed=0)
+        one = solve(p, method, max_iter=1, kkt="none", seed=0)
+        move = one.x - X0
+        torch.testing.assert_close(move.pow(2).mean().sqrt(), torch.tensor(scale, dtype=D))
+        d1 = move / -(scale / one.state.x_memory.sqrt())          # the first direction, recovered
+        torch.testing.assert_close(one.state.x_memory, d1.pow(2).mean())
+        d2_mean = r.state.x_memory - one.state.x_memory
+        assert float(d2_mean) > 0
+        torch.testing.assert_close((r.x - one.x).pow(2).mean().sqrt(),
+                                   scale * d2_mean.sqrt() / r.state.x_memory.sqrt())
+        first[factor] = move
+    if method != "bome":   # (bome's direction grad f + lambda grad q is not linear in f: lambda depends on it)
+        torch.testing.assert_close(first[1.0], first[1e3], rtol=1e-3, atol=1e-6)  # the first move is scale-free
+
+
+def test_aid_bio_warns_when_the_hessian_is_singular():
+    from bilevel.problems.bolib import SUITE
+    from bilevel.solvers.aid_bio import SingularHessianWarning
+    with pytest.warns(SingularHessianWarning, match="singular"):
+        r = solve(SUITE["continuum/1"](), "aid_bio", max_iter=3, log_every=1, kkt="none", seed=0)
+    assert min(r.history["linear_residual"]) > 0.5          # grad_y f has a part outside grad_yy g's range
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SingularHessianWarning)
+        r = solve(problem(), "aid_bio", max_iter=3, log_every=1, kkt="none", seed=0)
+    assert max(r.history["linear_residual"]) < 1e-8
 
 
 def test_vpbgd_step_by_hand_and_cost():
@@ -145,3 +210,13 @@ def test_linear_solver_from_a_mapping_as_yaml_gives_it():
 def test_cli_runs_on_coreset(method, capsys):
     assert main(["run", "--problem", "coreset", "--method", method, "--max-iter", "200", "--no-progress"]) == 0
     assert f"| {method} |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cls", [AIDBiO, GALET])
+def test_lower_step_that_raises_g_is_halved(cls):
+    """grad_yy g = Q has largest eigenvalue 2.21: a step of 1.0 diverges (|1 - 2.21| > 1), 0.5 does not."""
+    r = solve(problem(), cls(inner_step_size=1.0, inner_steps=5), max_iter=20, log_every=10, kkt="none")
+    assert float(r.state.inner_step_size) == 0.5                 # halved once, then kept
+    assert r.status is Status.COMPLETED and r.final("h") < 1e-3      # (x still moves; unguarded: inf)
+    kept = solve(problem(), cls(inner_step_size=0.4, inner_steps=5), max_iter=20, log_every=10, kkt="none")
+    assert float(kept.state.inner_step_size) == 0.4               # a stable step is never touched

@@ -20,7 +20,10 @@ def quadratic(seed):
 @pytest.mark.parametrize("method, options", [("sgf", {}), ("pgdqp", dict(schedule="constant", step_size=0.02)),
                                              ("pgdqp", dict(schedule="theorem")), ("vpbgd", {}), ("meha", {}),
                                              ("hjfbio", {}), ("f2ba", dict(inner_steps=3)),
-                                             ("bome", dict(inner_steps=3))])
+                                             # bome's fixed x step: its lambda reaches 30 by iteration 60 with
+                                             # the AdaGrad-norm one (x_step, run batched by hjfbio here), which
+                                             # amplifies round-off beyond these tolerances on seed 2
+                                             ("bome", dict(inner_steps=3, step_size=0.02))])
 def test_members_equal_runs_solved_alone(method, options):
     batch = solve_batch(quadratic, method, seeds=SEEDS, max_iter=60, log_every=20, seed=0, options=options)
     # derivatives by torch.func here and autograd alone differ by round-off, over 60 iterations of

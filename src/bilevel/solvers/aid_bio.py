@@ -2,6 +2,7 @@
 base class `ImplicitStep` is shared with galet, which solves for the multiplier differently."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar
 
@@ -13,17 +14,26 @@ from ..linear import ConjugateGradient
 from ..metrics import masked
 from ..oracles import Oracle
 from ..problem import BilevelProblem
-from .base import (Aux, Solver, State, check_int, check_positive, curvature_in_y, descend, lower_diagnostics,
-                   step_or)
+from .base import (AdaptiveXState, Aux, Solver, as_float, check_int, check_positive, curvature_in_y, descend,
+                   lower_diagnostics, step_or, x_step)
 
 
 @dataclass(frozen=True)
-class ImplicitState(State):
+class ImplicitState(AdaptiveXState):
     """The state of an implicit-gradient method: also its lower-level step, resolved by init
-    (L_g: the estimate behind the default, None where the step was given)."""
+    (L_g: the estimate behind the default, None where the step was given), and whether
+    aid_bio has warned of an unsolved linear system (once a run)."""
 
     inner_step_size: float | Tensor = 0.0
     lipschitz_g: float | Tensor | None = None
+    warned: bool = False
+
+
+SINGULAR_RESIDUAL = 0.5   # aid_bio warns once ||grad_yy g v - grad_y f|| exceeds this fraction of ||grad_y f||
+
+
+class SingularHessianWarning(RuntimeWarning):
+    """aid_bio could not solve grad_yy g v = grad_y f: grad_yy g is singular or too ill-conditioned."""
 
 
 @dataclass(frozen=True)
@@ -32,8 +42,13 @@ class ImplicitStep(Solver):
 
         y  <- T steps of y <- P_Y(y - inner_step_size grad_y g(x, y))    (warm start: y persists)
         nu  = multiplier(x, y)            (grad_yx g^T nu + grad_x f is the hypergradient)
-        x  <- P_X(x - step_size (grad_x f(x, y) + grad_yx g^T nu))
+        x  <- P_X(x - eta_k (grad_x f(x, y) + grad_yx g^T nu))
 
+    with eta_k = step_size when given, else AdaGrad-norm (`base.x_step`): x_scale /
+    sqrt(sum_{i<=k} ||d_i||^2 / dim x) over the x directions d_i so far.
+
+    Where the T steps raised g(x, .) (the curvature outgrew the step: it is estimated once, at the
+    start), y is kept and inner_step_size halved (one more value of g a step).
     Subclasses define `multiplier`; nu is the multiplier of grad_y g = 0 that the method
     defines (kkt="method" uses it). On a y box the implicit derivative is taken on the active
     set: coordinates of y that the lower level holds at a bound do not move with x, so the
@@ -41,14 +56,15 @@ class ImplicitStep(Solver):
     gradient of g a step to find them).
     """
 
-    step_size: float = 0.1
+    step_size: float | None = None
+    x_scale: float = 0.2
     inner_steps: int = 10
     inner_step_size: float | None = None
     linear_solver: Any = field(default_factory=lambda: ConjugateGradient(iters=100))
 
     def validate(self) -> None:
-        check_positive(self, "step_size")
-        check_positive(self, "inner_step_size", allow_none=True)
+        check_positive(self, "step_size", "inner_step_size", allow_none=True)
+        check_positive(self, "x_scale")
         check_int(self, "inner_steps")
         object.__setattr__(self, "linear_solver", linear.from_spec(self.linear_solver))
 
@@ -67,6 +83,11 @@ class ImplicitStep(Solver):
         """u -> grad_yy g u at (x, y), on the free coordinates of a y box."""
         return lambda u: masked(oracle.vjp_grad_y_g(x, y, masked(u, free))[1], free)
 
+    def check(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor, free: Tensor | None,
+              nu: Tensor) -> dict[str, Tensor]:
+        """Diagnostics of the multiplier nu (logged with the step's). Default: none."""
+        return {}
+
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> ImplicitState:
         lipschitz_g = curvature_in_y(oracle, problem.x0, problem.y0, generator) if self.inner_step_size is None else None
@@ -77,13 +98,22 @@ class ImplicitStep(Solver):
         x, y = state.x, state.y
         g, _, gy = oracle.grad_g(x, y)
         diagnostics = {"f": oracle.f(x, y), **lower_diagnostics(problem, y, g, gy)}
-        y = descend(problem, oracle, x, y, steps=self.inner_steps, step_size=state.inner_step_size, gradient=gy)
+        step = state.inner_step_size
+        y_new = descend(problem, oracle, x, y, steps=self.inner_steps, step_size=step, gradient=gy)
+        # a safeguard: g's curvature can outgrow the step estimated at the start (ridge weights exp(x) that
+        # rise along the run); where the steps raised g(x, .), keep y and halve the step
+        raised = ~(oracle.g(x, y_new) <= g + 1e-8 * torch.abs(g))
+        y = torch.where(raised, y, y_new)
+        step = torch.where(raised, 0.5 * torch.as_tensor(step, dtype=g.dtype, device=g.device), step)
         _, fx, fy = oracle.grad_f(x, y)
         free = None if problem.y_bounds is None else problem.free_y(y, oracle.grad_g_y(x, y))
         nu = self.multiplier(oracle, x, y, masked(fy, free), free)
+        diagnostics.update(self.check(oracle, x, y, masked(fy, free), free, nu))
         jx, _ = oracle.vjp_grad_y_g(x, y, nu)
-        x_new = problem.project_x(x - self.step_size * (fx + jx))
-        return replace(state, x=x_new, y=y, k=state.k + 1), Aux(diagnostics, nu=nu)
+        eta, memory = x_step(self.step_size, self.x_scale, state, fx + jx)
+        x_new = problem.project_x(x - eta * (fx + jx))
+        return (replace(state, x=x_new, y=y, k=state.k + 1, x_memory=memory, inner_step_size=step),
+                Aux(diagnostics, nu=nu))
 
 
 @dataclass(frozen=True)
@@ -92,30 +122,31 @@ class AIDBiO(ImplicitStep):
 
         y <- T steps of y <- y - inner_step_size grad_y g(x, y)        (warm start: y persists)
         v  = linear_solver(grad_yy g, grad_y f)                       (N products with grad_yy g)
-        x <- x - step_size (grad_x f - grad_xy g v)
+        x <- x - eta_k (grad_x f - grad_xy g v)
 
-    The multiplier estimate of grad_y g = 0 is nu = -v.
+    with eta_k = step_size, or AdaGrad-norm (`base.x_step`) where step_size is None. The
+    multiplier of grad_y g = 0 is nu = -v. The method needs grad_yy g nonsingular: each step
+    logs `linear_residual` = ||grad_yy g v - grad_y f|| / ||grad_y f|| (one more
+    Hessian-vector product), and the first time it exceeds 0.5 (a singular grad_yy g, as on a
+    lower level with a continuum of solutions, or one too ill-conditioned for the solver) the
+    step warns (`SingularHessianWarning`) that v, and so x, cannot be trusted.
 
-    Cost per step: T gradients of g, N Hessian-vector products, one Jacobian-vector
+    Cost per step: T gradients of g, N + 1 Hessian-vector products, one Jacobian-vector
     product (grad_xy g v), one gradient of f and one value of f.
 
     Args:
-        step_size: the step on x. Default 0.1.
+        step_size: a fixed step on x (the paper's; a = 0.1 there). Default None: AdaGrad-norm,
+            whose first step moves x by x_scale per coordinate (root mean square).
+        x_scale: the root-mean-square length of the first x step where step_size is None. Default 0.2.
         inner_steps: T. Default 10 (the paper uses 200 for data hyper-cleaning).
-        inner_step_size: alpha, the lower-level step. Default None: min(0.1, 1/L_g), with L_g the largest
-            |eigenvalue| of grad_yy g at (x0, y0), estimated at the start by 20 steps of power
-            iteration on Hessian-vector products (`ImplicitState.lipschitz_g`): the
-            paper's analysis takes alpha <= 1/L_g for gradient descent on the L_g-smooth,
-            strongly convex g(x, .) (a fixed 0.1 diverges once L_g > 20; the cap 0.1 keeps
-            the steps safe where g's curvature grows away from the start).
-        linear_solver: an object solving A v = b from products A u: default
-            `bilevel.ConjugateGradient(iters=100)` (stops early at relative residual 1e-10,
-            so about min(dim y, a few sqrt(cond)) products where grad_yy g is well
-            conditioned), or `bilevel.Neumann(...)`. The paper's N = 3 leaves v inexact, and the
-            fixed point of x biased: 7.4e-2 from x* on a quadratic with cond 10 after 20000
-            steps; 10 products leave x 0.12 from x* at cond(grad_yy g) = 100 (measured).
-            The method needs grad_yy g nonsingular: with many lower-level solutions CG's v
-            (and x) can blow up.
+        inner_step_size: the lower-level step. Default None: min(0.1, 1/L_g), L_g the largest
+            |eigenvalue| of grad_yy g at (x0, y0) by 20 steps of power iteration
+            (`ImplicitState.lipschitz_g`); the paper's analysis takes a step <= 1/L_g.
+        linear_solver: solves grad_yy g v = grad_y f from products: default
+            `bilevel.ConjugateGradient(iters=100)` (stops at relative residual 1e-10), or
+            `bilevel.Neumann(...)` (the paper's N = 3 leaves v, and x's fixed point, biased).
+
+    Measurements behind these defaults: benchmarks/RESULTS.md, section "basea-defaults".
 
     References:
         Ji, Yang, Liang. Bilevel Optimization: Convergence Analysis and Enhanced Design.
@@ -135,3 +166,24 @@ class AIDBiO(ImplicitStep):
     def multiplier(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor, free: Tensor | None) -> Tensor:
         """nu = -v, with grad_yy g v = grad_y f."""
         return -self.linear_solver(self.hessian(oracle, x, y, free), grad_y_f)
+
+    def check(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor, free: Tensor | None,
+              nu: Tensor) -> dict[str, Tensor]:
+        """linear_residual = ||grad_yy g v - grad_y f|| / ||grad_y f|| with v = -nu (0 where grad_y f = 0)."""
+        residual = self.hessian(oracle, x, y, free)(-nu) - grad_y_f
+        scale = torch.linalg.vector_norm(grad_y_f)
+        relative = torch.linalg.vector_norm(residual) / torch.clamp(scale, min=torch.finfo(scale.dtype).tiny)
+        return {"linear_residual": torch.where(scale > 0, relative, torch.zeros_like(relative))}
+
+    def step(self, problem: BilevelProblem, oracle: Oracle, state: ImplicitState) -> tuple[ImplicitState, Aux]:
+        new, aux = super().step(problem, oracle, state)
+        if not state.warned:
+            residual = as_float(aux.diagnostics["linear_residual"])
+            if isinstance(residual, float) and not residual <= SINGULAR_RESIDUAL:   # (not under vmap)
+                warnings.warn(f"aid_bio: grad_yy g v = grad_y f is not solved at iteration {state.k} (relative "
+                              f"residual {residual:.3g} > {SINGULAR_RESIDUAL}): grad_yy g is singular (a lower level "
+                              f"with a continuum of solutions?) or too ill-conditioned for linear_solver, so the "
+                              f"hypergradient and x cannot be trusted; galet solves the least-squares system "
+                              f"instead", SingularHessianWarning, stacklevel=2)
+                new = replace(new, warned=True)
+        return new, aux

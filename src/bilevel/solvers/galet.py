@@ -15,37 +15,39 @@ class GALET(ImplicitStep):
     """GALET: alternating steps on y, the shadow w, and x.
 
         y <- N steps of y <- y - inner_step_size grad_y g(x, y)             (warm start)
-        w  = argmin_w 1/2 ||grad_y f + grad_yy g w||^2, approximately:
-             T steps of w <- w - rho grad_yy g (grad_y f + grad_yy g w) from w = 0,
-             which is the Neumann series rho sum_{i<T} (I - rho H^2)^i (-H grad_y f), H = grad_yy g
-        x <- x - step_size (grad_x f + grad_xy g w)
+        w  = argmin_w 1/2 ||grad_y f + grad_yy g w||^2, the minimum-norm solution: the paper runs
+             T steps of w <- w - rho grad_yy g (grad_y f + grad_yy g w) from w = 0
+        x <- x - eta_k (grad_x f + grad_xy g w)
 
-    The shadow w is the minimum-norm least-squares multiplier; it is the method's nu.
-    Implementation choice (the card marks details unverified): the w problem is solved by the
-    `linear_solver` object on the normal equations H^2 w = -H grad_y f; `Neumann(iters=T,
-    step_size=rho)` is exactly the paper's T gradient steps from w = 0, and the default,
-    conjugate gradient with at most 100 products (early stop at relative residual 1e-10),
-    reaches the same w in far fewer products (measured: with Neumann(10, 0.01) x stays 0.4
-    from x* on `quadratic` after 3000 steps).
+    with eta_k = step_size, or AdaGrad-norm (`base.x_step`) where step_size is None. The
+    shadow w is the method's nu. It needs no invertible grad_yy g (a PL lower level, e.g. one
+    with a continuum of solutions): the least-squares w gives the hypergradient of the
+    solution set's value there. GALET's y step is gradient descent on g alone, so y stays
+    in the solution set where gradient descent from the previous y lands: x reaches x*, y
+    need not be the optimistic solution. The w problem is solved by `linear_solver` on the
+    normal equations H^2 w = -H grad_y f (H = grad_yy g): `Neumann(iters=T, step_size=rho)`
+    is exactly the paper's T gradient steps from w = 0; the default conjugate gradient
+    reaches the same minimum-norm w (from w = 0 its iterates stay in the range of H) in
+    far fewer products.
 
     Cost per step: N gradients of g, 2T - 1 Hessian-vector products for w (the normal
     matrix H^2 costs two per product, plus one for the right-hand side), one
     Jacobian-vector product, one gradient of f.
 
     Args:
-        step_size: the step on x. Default 0.1.
+        step_size: a fixed step on x (the paper's). Default None: AdaGrad-norm, whose first
+            step moves x by x_scale per coordinate (root mean square).
+        x_scale: the root-mean-square length of the first x step where step_size is None. Default 0.2.
         inner_steps: N. Default 10.
-        inner_step_size: the lower-level step. Default None: min(0.1, 1/L_g), with L_g the largest
-            |eigenvalue| of grad_yy g at (x0, y0), estimated at the start by 20 steps of power
-            iteration on Hessian-vector products (`ImplicitState.lipschitz_g`): gradient descent
-            on the L_g-smooth g(x, .), which the paper's analysis (PL lower level) runs with a
-            step <= 1/L_g (a fixed 0.1 diverges once L_g > 20).
+        inner_step_size: the lower-level step. Default None: min(0.1, 1/L_g), L_g the largest
+            |eigenvalue| of grad_yy g at (x0, y0) by 20 steps of power iteration
+            (`ImplicitState.lipschitz_g`); the paper runs gradient descent on the L_g-smooth
+            g(x, .) with a step <= 1/L_g.
         linear_solver: solves H^2 w = -H grad_y f. Default ConjugateGradient(iters=100)
-            (stops early at relative residual 1e-10); Neumann(iters=T, step_size=rho) is the
-            paper's loop of T gradient steps. The normal matrix H^2 has condition number
-            cond(H)^2: the former default, 10 products without the early stop, left w
-            inexact and x 0.14 to 0.54 from x* at cond(H) = 10..100 although h ~ 1e-31
-            (measured); 100 products reach w there.
+            (stops at relative residual 1e-10); Neumann(iters=T, step_size=rho) is the paper's
+            loop (rho < 2 / L_g^2; H^2 has condition number cond(H)^2).
+
+    Measurements behind these defaults: benchmarks/RESULTS.md, section "basea-defaults".
 
     References:
         Xiao, Lu, Chen. A Generalized Alternating Method for Bilevel Learning under the

@@ -10,11 +10,11 @@ from torch import Tensor
 from ..metrics import masked
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Aux, Solver, State, check_positive, curvature_in_y, lower_diagnostics, step_or
+from .base import AdaptiveXState, Aux, Solver, check_positive, curvature_in_y, lower_diagnostics, step_or, x_step
 
 
 @dataclass(frozen=True)
-class HJFBiOState(State):
+class HJFBiOState(AdaptiveXState):
     """hjfbio's state: also v, the running solution of grad_yy g v = grad_y f, the steps on y
     and v resolved by init, and the estimate of L_g behind their defaults (None where given)."""
 
@@ -43,8 +43,9 @@ class HJFBiO(Solver):
 
         y <- P_Y(y - lower_step_size grad_y g(x, y))
         v <- Proj_{||v|| <= radius}(v - v_step_size (H v - grad_y f(x, y)))
-        x <- P_X(x - step_size (grad_x f(x, y) - J v))
+        x <- P_X(x - eta_k (grad_x f(x, y) - J v))
 
+    with eta_k = step_size, or AdaGrad-norm (`base.x_step`) where step_size is None.
     What was chosen where the card leaves details open: deterministic gradients (the
     paper's stochastic variant draws minibatches), v from 0, and one v step per
     iteration, all updates simultaneous. The multiplier is nu = -v; `kkt_stationarity`
@@ -54,18 +55,20 @@ class HJFBiO(Solver):
     finite-difference gradients); no second-order products.
 
     Args:
-        step_size: the step on x. Default 0.05.
-        lower_step_size: the step on y. Default None: min(0.1, 1/L_g), with L_g the largest
-            |eigenvalue| of grad_yy g at (x0, y0), estimated at the start by 20 steps of power
-            iteration on Hessian-vector products (`HJFBiOState.lipschitz_g`): a gradient step on the
-            L_g-smooth g(x, .), stable below 2/L_g, with rate 1 - mu_g/L_g at 1/L_g.
-        v_step_size: tau, the step on v. Default None: min(0.1, 1/L_g), the gradient step on the
-            quadratic `1/2 v^T grad_yy g v - <grad_y f, v>`, whose Hessian grad_yy g has norm
-            L_g. (Both were a fixed 0.1, which diverges once L_g > 20.) The step on x stays
-            a fixed number: where y and v track their targets slowly (mu_g/L_g small) x
-            can run ahead of them.
+        step_size: a fixed step on x (the paper's). Default None: AdaGrad-norm, whose first
+            step moves x by x_scale per coordinate (root mean square).
+        x_scale: the root-mean-square length of the first x step where step_size is None.
+            Default 0.1 (y and v track their targets with single steps, so x moves more gently
+            than in the methods with inner loops).
+        lower_step_size: the step on y. Default None: min(0.1, 1/L_g), L_g the largest
+            |eigenvalue| of grad_yy g at (x0, y0) by 20 steps of power iteration
+            (`HJFBiOState.lipschitz_g`): a gradient step on the L_g-smooth g(x, .).
+        v_step_size: tau, the step on v. Default None: min(0.1, 1/L_g), the gradient step on
+            the quadratic 1/2 v^T grad_yy g v - <grad_y f, v>.
         radius: r, the bound on ||v||. Default 100.0.
         delta: the finite-difference step. Default 1e-5 (for float64; use ~1e-3 in float32).
+
+    Measurements behind these defaults: benchmarks/RESULTS.md, section "basea-defaults".
 
     References:
         Huang. Optimal Hessian/Jacobian-Free Nonconvex-PL Bilevel Optimization. ICML 2024.
@@ -78,7 +81,8 @@ class HJFBiO(Solver):
         True
     """
 
-    step_size: float = 0.05
+    step_size: float | None = None
+    x_scale: float = 0.1
     lower_step_size: float | None = None
     v_step_size: float | None = None
     radius: float = 100.0
@@ -88,8 +92,8 @@ class HJFBiO(Solver):
     summary: ClassVar[str] = "Hessian/Jacobian-free: finite-difference products, projected v (Huang 2024)"
 
     def validate(self) -> None:
-        check_positive(self, "step_size", "radius", "delta")
-        check_positive(self, "lower_step_size", "v_step_size", allow_none=True)
+        check_positive(self, "x_scale", "radius", "delta")
+        check_positive(self, "step_size", "lower_step_size", "v_step_size", allow_none=True)
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> HJFBiOState:
@@ -108,5 +112,6 @@ class HJFBiO(Solver):
         rx, ry = fx - jv, masked(fy - hv, free)
         v = project_ball(v + state.v_step_size * ry, self.radius)
         aux = Aux({"f": f, **lower_diagnostics(problem, y, g, gy), "kkt_stationarity": inner(rx, rx) + inner(ry, ry)}, nu=-v)
-        return replace(state, x=problem.project_x(x - self.step_size * rx),
-                       y=problem.project_y(y - state.lower_step_size * gy), v=v, k=state.k + 1), aux
+        eta, memory = x_step(self.step_size, self.x_scale, state, rx)
+        return replace(state, x=problem.project_x(x - eta * rx), y=problem.project_y(y - state.lower_step_size * gy),
+                       v=v, k=state.k + 1, x_memory=memory), aux

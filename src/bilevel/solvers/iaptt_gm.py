@@ -9,11 +9,12 @@ from torch import Tensor
 
 from ..oracles import Oracle, inner
 from ..problem import BilevelProblem
-from .base import Aux, Solver, State, check_int, check_positive, curvature_in_y, lower_diagnostics, step_or
+from .base import (AdaptiveXState, Aux, Solver, check_int, check_positive, curvature_in_y, lower_diagnostics, step_or,
+                   x_step)
 
 
 @dataclass(frozen=True)
-class IAPTTGMState(State):
+class IAPTTGMState(AdaptiveXState):
     """iaptt_gm's state: also z, the learned initialisation of the lower-level trajectory, and
     the unrolled step resolved by init (L_g: the estimate behind its default)."""
 
@@ -33,31 +34,33 @@ class IAPTTGM(Solver):
     truncates pessimistically at p* = argmax_{1<=t<=T} f(x, y_t), and descends the
     truncated objective phi(x, z) = f(x, y_{p*}(x, z)) by back-propagation:
 
-        x <- P_X(x - step_size d phi/dx),   z <- P_Y(z - lower_step_size d phi/dz).
+        x <- P_X(x - eta_k d phi/dx),   z <- P_Y(z - lower_step_size d phi/dz),
 
+    with eta_k = step_size, or AdaGrad-norm (`base.x_step`) where step_size is None.
     Choices: x and z take plain projected gradient steps (the paper's data-cleaning runs
-    use Adam on x; plain steps keep the update as analysed). The reported y is y_T, the
-    last point of the trajectory (the best lower-level approximation; y_{p*} is logged
-    through `truncation`). `kkt_stationarity` in the per-step info is ||d phi/dx||^2 +
-    ||d phi/dz||^2, the method's own stationarity measure (free: the step computes it);
-    the method defines no multiplier, so the final row uses the least-squares one.
+    use Adam on x). The reported y is y_T, the last point of the trajectory (the best
+    lower-level approximation; y_{p*} is logged through `truncation`). `kkt_stationarity`
+    in the per-step info is ||d phi/dx||^2 + ||d phi/dz||^2, the method's own stationarity
+    measure (free: the step computes it); the method defines no multiplier, so the final
+    row uses the least-squares one.
 
     Cost per iteration: T gradients of g with graph, T values of f, one gradient of f,
     p* second-order products (the backward), plus one value of f and one gradient of g
     for the diagnostics at (x, y). Not data-parallel (`supports_distributed = False`).
 
     Args:
-        step_size: the step on x. Default 0.1.
+        step_size: a fixed step on x (the paper's). Default None: AdaGrad-norm, whose first
+            step moves x by x_scale per coordinate (root mean square).
+        x_scale: the root-mean-square length of the first x step where step_size is None. Default 0.2.
         lower_step_size: the step on the initialisation z. Default 0.1 (a step on
             phi(x, z) = f(x, y_p*(x, z)), whose curvature in z is that of f, not of g).
         inner_steps: T, the unrolled steps. Default 40 (100 in the paper's data cleaning).
-        inner_step_size: s, the unrolled step. Default None: min(0.1, 1/L_g), with L_g the largest
-            |eigenvalue| of grad_yy g at (x0, y0), estimated at the start by 20 steps of power
-            iteration on Hessian-vector products (`IAPTTGMState.lipschitz_g`): the unrolled steps are
-            gradient descent on the L_g-smooth g(x, .), which the paper analyses with
-            s <= 1/L_g (a fixed 0.1 diverges once L_g > 20). T steps of 1/L_g reach y* only
-            to a factor (1 - mu_g/L_g)^T: with cond(grad_yy g) ~ 100, T = 40 leaves x 0.1 to
-            0.3 from x* (measured); raise inner_steps there.
+        inner_step_size: s, the unrolled step. Default None: min(0.1, 1/L_g), L_g the largest
+            |eigenvalue| of grad_yy g at (x0, y0) by 20 steps of power iteration
+            (`IAPTTGMState.lipschitz_g`); the paper analyses s <= 1/L_g. T steps reach y* only
+            to a factor (1 - mu_g/L_g)^T: raise inner_steps where grad_yy g is ill-conditioned.
+
+    Measurements behind these defaults: benchmarks/RESULTS.md, section "basea-defaults".
 
     References:
         Liu, Liu, Yuan, Zeng, Zhang. Towards Gradient-based Bilevel Optimization with
@@ -71,7 +74,8 @@ class IAPTTGM(Solver):
         True
     """
 
-    step_size: float = 0.1
+    step_size: float | None = None
+    x_scale: float = 0.2
     lower_step_size: float = 0.1
     inner_steps: int = 40
     inner_step_size: float | None = None
@@ -83,8 +87,8 @@ class IAPTTGM(Solver):
     summary: ClassVar[str] = "unrolled GD from a learned start, pessimistic truncation (Liu et al. 2021)"
 
     def validate(self) -> None:
-        check_positive(self, "step_size", "lower_step_size")
-        check_positive(self, "inner_step_size", allow_none=True)
+        check_positive(self, "x_scale", "lower_step_size")
+        check_positive(self, "step_size", "inner_step_size", allow_none=True)
         check_int(self, "inner_steps")
 
     def batch_support(self) -> str:
@@ -104,6 +108,7 @@ class IAPTTGM(Solver):
         aux = Aux({"f": f, **lower_diagnostics(problem, state.y, g, gy),
                    "kkt_stationarity": inner(run.grad_x, run.grad_x) + inner(run.grad_z, run.grad_z),
                    "truncation": float(run.index)})
-        x = problem.project_x(state.x - self.step_size * run.grad_x)
+        eta, memory = x_step(self.step_size, self.x_scale, state, run.grad_x)
+        x = problem.project_x(state.x - eta * run.grad_x)
         z = problem.project_y(state.z - self.lower_step_size * run.grad_z)
-        return replace(state, x=x, y=run.y_last, z=z, k=state.k + 1), aux
+        return replace(state, x=x, y=run.y_last, z=z, k=state.k + 1, x_memory=memory), aux
