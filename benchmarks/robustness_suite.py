@@ -19,7 +19,7 @@ import argparse
 import json
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -69,13 +69,14 @@ def main() -> None:
     jobs = [(name, method, args.max_iter, args.threads) for method in methods for name in names
             if (method, name, args.max_iter) not in done]
     with ProcessPoolExecutor(args.jobs) as pool:
-        for row in pool.map(_run_logged, jobs):
+        for future in as_completed([pool.submit(_run_logged, job) for job in jobs]):
+            row = future.result()
             done[(row["method"], row["problem"], row["max_iter"])] = row
             with log.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             print(f"{row['method']:9s} {row['problem']:40s} {row['status']:9s} success={row['success']!s:5s} "
                   f"F_error={row['F_error']:.2e} gap={row['lower_gap']:.2e} {row['seconds']:.1f}s", flush=True)
-    rows = [done[(m, n, args.max_iter)] for m in methods for n in names]
+    rows = [done[(m, n, args.max_iter)] for m in methods for n in names if (m, n, args.max_iter) in done]
     per_method = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
     misses = defaultdict(list)
     for row in rows:
