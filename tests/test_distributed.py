@@ -109,10 +109,15 @@ def test_data_parallel_iterates_equal_single_process_iterates(ranks, single, run
         assert set(dhistory) == set(history)
         # kkt_stationarity is each method's own residual (the least-squares one for bome and vpbgd,
         # which define no multiplier: compared on toy-cleaning, whose hyper-cleaning runs are pgdqp's)
-        for column in ("f", "g", "h", "kkt_stationarity", "oracle_calls"):
+        for column in ("f", "g", "h", "kkt_stationarity"):
             torch.testing.assert_close(torch.tensor(dhistory[column]), torch.tensor(history[column]),
                                        rtol=rtol, atol=atol, equal_nan=True,
                                        msg=f"{name} {column}")
+        # the counts are equal, except where conjugate gradient stops on a residual threshold (galet):
+        # the residual, summed in another order, may cross it one iteration earlier or later
+        slack = 0.02 if name == "galet" else 0.0
+        torch.testing.assert_close(torch.tensor(dhistory["oracle_calls"]), torch.tensor(history["oracle_calls"]),
+                                   rtol=slack, atol=0, msg=f"{name} oracle_calls")
         assert bool(y.abs().max() > 0.01), name  # the run moved
 
 
