@@ -100,7 +100,9 @@ def main() -> None:
                 f"Successes per family with default settings, {args.max_iter} iterations: |F - F*| <= 1e-2 "
                 "max(1, |F*|), lower-level gap <= 1e-3, inside the boxes (bilevel.problems.bolib.success). "
                 "RUNAWAY counts runs whose iterates grew without bound (reported as such, success False).", "",
-                table, "", f"Runs outside the boxes reported COMPLETED: {len(completed_outside)}. "
+                table, "", f"Runs finished: {len(rows)} of {len(methods) * len(names)} (each cell counts the "
+                "finished runs of its family). "
+                f"Runs outside the boxes reported COMPLETED: {len(completed_outside)}. "
                 f"Runs RUNAWAY or DIVERGED that claimed success: {len(success_lies)}.", "",
                 "Misses per method (status when not COMPLETED):", ""]
         text += [f"- {m}: {', '.join(misses[m]) or 'none'}" for m in methods]

@@ -135,7 +135,8 @@ def test_minibatch_runs_over_ranks_equal_the_single_process_run_on_all_the_data(
             for column in ("f", "g", "oracle_calls"):
                 torch.testing.assert_close(torch.tensor(dhistory[column]), torch.tensor(history[column]),
                                            rtol=rtol, atol=1e-2 * rtol, equal_nan=True, msg=f"{name} {column}")
-            assert dverified == pytest.approx(verified, rel=rtol, abs=1e-2 * rtol), name
+            # the verification re-solves y to a residual eps^(3/4): its value agrees to about that
+            assert dverified == pytest.approx(verified, rel=1e-8), name
         assert float((x - worker.sharded_biased_ridge().x0).abs().max()) > 1e-3, name  # the run moved
 
 

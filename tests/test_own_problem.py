@@ -13,6 +13,7 @@ import bilevel
 from bilevel import BilevelProblem, PROBLEMS, Status, solve
 from bilevel.bench.cli import main
 from bilevel.bench.store import read_answer, read_results
+from conftest import roundoff
 from bilevel.flat import FlatModule
 
 D = torch.float64
@@ -58,9 +59,12 @@ def test_parameters_as_a_dict_give_the_flat_problems_iterates(method):
     flat = solve(flat_problem(net), method, max_iter=30, log_every=10, seed=0)
     assert isinstance(structured.y, dict) and list(structured.y) == [n for n, _ in net.named_parameters()]
     got = torch.cat([v.reshape(-1) for v in structured.y.values()])
-    torch.testing.assert_close(got, flat.y, rtol=0, atol=0)
-    torch.testing.assert_close(structured.x, flat.x, rtol=0, atol=0)
-    assert structured.history["f"] == flat.history["f"]
+    # the same arithmetic up to the order of a few sums (functional_call on a dict, views of one
+    # vector): round-off through 30 iterations of up to 100 dependent products
+    rtol = roundoff(operations=30 * 100)
+    torch.testing.assert_close(got, flat.y, rtol=rtol, atol=1e-2 * rtol)
+    torch.testing.assert_close(structured.x, flat.x, rtol=rtol, atol=1e-2 * rtol)
+    assert structured.history["f"] == pytest.approx(flat.history["f"], rel=rtol, abs=1e-2 * rtol)
     assert isinstance(structured.verification["y_resolved"], dict)
     # the caller's module is left as it was
     torch.testing.assert_close(torch.nn.utils.parameters_to_vector(net.parameters()), FlatModule(network()).flatten())

@@ -376,9 +376,11 @@ def test_batch_size_in_configs_runs_and_ids():
                            "batch_size": 32, "methods": {"soba": {"batch_size": [16, None]}, "saba": {}}})
     assert [(r.method, r.batch_size) for r in expand(config)] == [("soba", 16), ("soba", None), ("saba", 32)]
     spec = RunSpec.make("quadratic", {}, "pgdqp", {}, 0, 10, 5)
-    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k != "batch_size"}    # ids of full-data runs kept
+    # ids of full-data autograd runs kept
+    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("batch_size", "oracle")}
     assert spec.run_id == hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert RunSpec.make("quadratic", {}, "pgdqp", {}, 0, 10, 5, batch_size=8).run_id != spec.run_id
+    assert RunSpec.make("quadratic", {}, "pgdqp", {}, 0, 10, 5, oracle="func").run_id != spec.run_id
     with pytest.raises(ConfigError, match=r"methods.soba.*batch_size.*0 \(expected a whole number >= 1"):
         check_config({"max_iter": 3, "problems": {"biased-ridge": {}}, "methods": {"soba": {"batch_size": 0}}})
     record = run(RunSpec.make("biased-ridge", {"n_train": 100, "n_val": 50}, "saba", {}, 0, 4, 2, batch_size=10),

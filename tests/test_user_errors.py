@@ -327,7 +327,7 @@ def test_plot_metrics_must_be_columns_the_runs_will_have(tmp_path, metric, meant
     path = write_config(tmp_path, {**SWEEP, "plot": {"metrics": ["f", metric]}})
     err = error_of(["sweep", str(path), "--out", str(tmp_path / "o")], capsys)
     assert err.startswith(f"Invalid metric: {path}: plot.metrics (line 8): {metric!r} is not a column the runs "
-                          f"will have (expected one of alpha, distance_to_solution, f, g, h, iter, ")
+                          f"will have (expected one of alpha, distance_to_solution, eps, f, g, h, iter, ")
     assert err.endswith(f"; did you mean {meant!r}?")
     assert not (tmp_path / "o").exists()
 

@@ -51,7 +51,8 @@ REQUIRED = ("max_iter", "problems", "methods")
 # the step's diagnostics of every solver, the KKT residuals) and its verification's
 # (bilevel.bench.store.verified_columns)
 RUN_COLUMNS = ("iter", "time", *COUNTERS, "oracle_calls", "f", "g", "h", "kkt_stationarity", "kkt_feasibility",
-               "kkt_stationarity_method", "z_norm", "lambda", "step_size", "alpha", "penalty", "truncation",
+               "kkt_stationarity_method", "z_norm", "lambda", "step_size", "lower_step_size", "alpha", "penalty", "eps",
+               "truncation", "linear_residual",
                "verified_f", "lower_gap", "y_distance", "verified")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
