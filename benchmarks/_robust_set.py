@@ -1,5 +1,4 @@
-"""The robustness set shared by benchmarks/defaults_suite.py (every solver, defaults) and
-benchmarks/pgdqp_robust_study.py (pgdqp's candidate defaults).
+"""The robustness set of benchmarks/defaults_suite.py (every solver with its defaults).
 
 Each entry builds a problem, says how many iterations a run gets, and scores a result:
 HPO by the honest upper value (f at the lower level re-solved at x) against the best shared
