@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--log", default="runs/robustness_suite.jsonl",
                         help="one JSON line per finished run; runs already there are not repeated")
     parser.add_argument("--results", default=None, help="write the table as a section of this Markdown file")
+    parser.add_argument("--no-run", action="store_true", help="only the table of the runs already in the log")
+    parser.add_argument("--section", default="robustness-suite", help="the section of --results to write")
     args = parser.parse_args()
     families = args.families.split(",")
     methods = args.methods.split(",")
@@ -67,7 +69,7 @@ def main() -> None:
             row = json.loads(line)
             done[(row["method"], row["problem"], row["max_iter"])] = row
     jobs = [(name, method, args.max_iter, args.threads) for method in methods for name in names
-            if (method, name, args.max_iter) not in done]
+            if (method, name, args.max_iter) not in done and not args.no_run]
     with ProcessPoolExecutor(args.jobs) as pool:
         for future in as_completed([pool.submit(_run_logged, job) for job in jobs]):
             row = future.result()
@@ -106,7 +108,7 @@ def main() -> None:
                 f"Runs RUNAWAY or DIVERGED that claimed success: {len(success_lies)}.", "",
                 "Misses per method (status when not COMPLETED):", ""]
         text += [f"- {m}: {', '.join(misses[m]) or 'none'}" for m in methods]
-        update_section(args.results, "robustness-suite", "\n".join(text))
+        update_section(args.results, args.section, "\n".join(text))
 
 
 if __name__ == "__main__":
