@@ -13,12 +13,13 @@ step are not counted; SABA's tables are reported apart (they are state).
 from __future__ import annotations
 
 import argparse
+import sys
 import statistics
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 import bilevel
 from bilevel.bench.report import command, format_table, machine, update_section
@@ -26,18 +27,10 @@ from bilevel.data import Sampled
 from bilevel.oracles import Autograd, Oracle, backend
 from bilevel.solve import make_solver
 
+sys.path.insert(0, str(Path(__file__).parent))
+from memory import peak_bytes  # noqa: E402  (the CPU profiler's peak, as the memory benchmark measures it)
+
 METHODS = ("soba", "saba", "pgdqp", "stocbio", "f2sa")
-
-
-def peak_bytes(work) -> int:
-    """The most memory that `work` held at once beyond what was held before it (CPU profiler)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        work()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
 
 
 def oracle_of(problem: bilevel.BilevelProblem, batch: int | None, seed: int = 0) -> Oracle:
@@ -63,7 +56,7 @@ def measure(problem: bilevel.BilevelProblem, method: str, batch: int | None, ste
         start = time.perf_counter()
         state = one(state)
         times.append(time.perf_counter() - start)
-    peak = peak_bytes(lambda: one(state))
+    peak = peak_bytes(lambda: one(state), "cpu")
     memory = getattr(state, "memory", None)
     tables = sum(t.numel() * t.element_size() for t in memory.tables) if memory is not None else 0
     return {"ms / step": 1e3 * statistics.mean(times), "peak KiB / step": peak / 1024, "tables KiB": tables / 1024}
