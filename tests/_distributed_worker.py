@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 import bilevel
 from bilevel.bench import cli
+from bilevel import distributed
 from bilevel.distributed import Reduced
 from bilevel.oracles import Autograd, Oracle
 from bilevel.sharding import shard_range
@@ -96,7 +97,7 @@ def compare(out_dir, max_iter):
                 "hyper_cleaning": hyper_cleaning_runs(max_iter, rank, world),
                 "minibatch": minibatch_runs(max_iter, rank, world)},
                os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    distributed.shutdown()  # a barrier first: a rank that tears down early aborts at exit
 
 
 def failing(mode):

@@ -252,7 +252,17 @@ def init_from_env(device: str | None = None, timeout: float = 300.0) -> tuple[in
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def shutdown() -> None:
-    """Destroy the default process group if there is one."""
+def shutdown(wait_for_others: bool = True) -> None:
+    """Destroy the default process group if there is one.
+
+    With `wait_for_others` every rank first meets the others at a barrier, so that no rank
+    tears its connections down while another still uses them (gloo then aborts the process
+    at exit). After another rank failed, pass False: the barrier would wait for a dead rank.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait_for_others:
+            try:
+                dist.barrier()
+            except RuntimeError:  # another rank is gone already: nothing left to wait for
+                pass
         dist.destroy_process_group()

@@ -509,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except distributed.DistributedError as exc:  # another rank stopped or failed
         print(f"bilevel: error: {exc}", file=sys.stderr)
-        distributed.shutdown()
+        distributed.shutdown(wait_for_others=False)
         return 1
     except OSError as exc:  # last resort: a file or directory that cannot be read or written
         print(f"bilevel: error: {_os_message(exc)}", file=sys.stderr)
