@@ -57,6 +57,26 @@ def _check_bounds(name: str, bounds: Any, like: Tensor) -> tuple[Tensor | None, 
     return (low, high)
 
 
+@dataclass(frozen=True)
+class NamedMetrics:
+    """metrics given as {name: (x, y) -> number}: one callable (x, y) -> {name: value}."""
+
+    functions: Mapping[str, Callable[..., Any]]
+
+    def __call__(self, *args: Any) -> dict[str, Any]:
+        return {name: function(*args) for name, function in self.functions.items()}
+
+
+def _check_metrics(name: str, value: Any) -> Any:
+    """None, a callable (x, y) -> dict, or a dict of callables (x, y) -> number (wrapped)."""
+    if value is None or callable(value):
+        return value
+    if isinstance(value, Mapping) and value and all(isinstance(k, str) and callable(v) for k, v in value.items()):
+        return NamedMetrics(dict(value))
+    raise TypeError(f"Invalid {name}: {value!r} (expected a callable (x, y) -> dict, a dict "
+                    "{name: callable (x, y) -> number}, or None)")
+
+
 def _clamp(t: Tensor, bounds: tuple[Tensor | None, Tensor | None] | None) -> Tensor:
     if bounds is None:
         return t
@@ -76,9 +96,10 @@ class BilevelProblem:
         x_bounds: optional (low, high) box for x, applied by projection (None: no bound). Each
             side a number, a tensor that broadcasts to x, or for a dict or module a dict of those.
         y_bounds: optional (low, high) box for y.
-        metrics: optional (x, y) -> dict[str, float], evaluated at logged iterations and
-            excluded from timing (test accuracy, distance to a known solution, ...).
-        final_metrics: optional (x, y) -> dict[str, float] for metrics too costly for every
+        metrics: optional (x, y) -> dict[str, float], or a dict {name: (x, y) -> number},
+            evaluated at logged iterations and excluded from timing (test accuracy, distance
+            to a known solution, ...).
+        final_metrics: optional (x, y) -> dict[str, float] (or a dict of callables) for metrics too costly for every
             logged row (a model retrained from scratch): evaluated at the final row and at the
             verified answer only.
         upper_data: data of the upper level: a tensor, a tuple of tensors sharing their first
@@ -124,8 +145,7 @@ class BilevelProblem:
             if not callable(getattr(self, arg)):
                 raise TypeError(f"Invalid {arg}: {getattr(self, arg)!r} (expected a callable (x, y) -> scalar tensor)")
         for arg in ("metrics", "final_metrics"):
-            if getattr(self, arg) is not None and not callable(getattr(self, arg)):
-                raise TypeError(f"Invalid {arg}: {getattr(self, arg)!r} (expected a callable (x, y) -> dict or None)")
+            object.__setattr__(self, arg, _check_metrics(arg, getattr(self, arg)))
         if self.layouts is None:
             self._flatten()
         if (self.upper_data is not None or self.lower_data is not None) and self.batched is None:
