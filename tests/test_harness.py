@@ -119,7 +119,11 @@ def test_plot_and_table_commands(tmp_path, capsys):
     frame = read_results(tmp_path / "o")
     last = frame.sort_values("iter").groupby("run_id").tail(1)
     sgf = last[last["method"] == "sgf"]["upper_objective"]
-    assert f"| coreset | sgf | {{}} | 2 | {sgf.mean():.4g} ± {sgf.std():.2g} |" in table
+    # the runs column counts the runs whose summary says the verification failed
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "o" / "runs").glob("*/summary.json")]
+    failed = sum(not s["final"]["verified"] for s in summaries if s["method"] == "sgf")
+    runs = "2" + (f" ({failed} not verified)" if failed else "")
+    assert f"| coreset | sgf | {{}} | {runs} | {sgf.mean():.4g} ± {sgf.std():.2g} |" in table
     assert main(["plot", str(tmp_path / "o"), "--metric", "upper_objective", "--x", "time"]) == 0
     png = tmp_path / "o" / "plot_coreset_upper_objective_time.png"
     assert png.stat().st_size > 10_000
@@ -232,7 +236,7 @@ def test_table_counts_diverged_runs(tmp_path, capsys):
     table = capsys.readouterr().out
     assert '| synthetic-sc {"dim": 3} | pgdqp | {"schedule": "constant", "step_size": 1e+30} | 2 (2 diverged) |' in table
     assert '| synthetic-sc {"dim": 3} | pgdqp | {"schedule": "constant", "step_size": 0.001} | 2 (2 ran away) |' in table
-    assert '| synthetic-sc {"dim": 3} | sgf | {"step_size": 0.001} | 2 |' in table
+    assert '| synthetic-sc {"dim": 3} | sgf | {"step_size": 0.001} | 2 (2 not verified) |' in table
 
 
 def test_table_wall_time_is_per_problem(tmp_path, capsys):
@@ -248,3 +252,21 @@ def test_table_wall_time_is_per_problem(tmp_path, capsys):
     for line in lines:
         problem, wall = line.split(" | ")[0].lstrip("| "), line.split(" | ")[-1].rstrip(" |")
         assert wall == f"{walls[problem]:.4g}"
+
+
+def test_summary_counts_unverified_runs_and_shows_a_users_metric_at_the_verified_answer():
+    import pandas as pd
+    from bilevel.bench.tables import default_metrics, summary_table
+    nan = float("nan")
+    frame = pd.DataFrame({
+        "run_id": ["a", "a", "b", "b", "c", "c"], "iter": [0, 10] * 3, "problem": "mine", "problem_args": "{}",
+        "method": ["m1", "m1", "m1", "m1", "m2", "m2"], "config": "{}",
+        "status": ["COMPLETED", "COMPLETED", "COMPLETED", "COMPLETED", "DIVERGED", "DIVERGED"],
+        "f": [1.0, 0.5, 1.0, 0.7, 1.0, 0.9], "h": [1.0, 0.1, 1.0, 0.2, 1.0, 0.3],
+        "acc": [0.1, 0.9, 0.1, 0.8, 0.1, 0.7], "verified_acc": [nan, 0.6, nan, 0.7, nan, 0.5],
+        "verified_f": [nan, 0.8, nan, 0.75, nan, 1.2], "verified": [nan, 0.0, nan, 1.0, nan, 0.0]})
+    assert default_metrics(frame) == ["verified_acc", "verified_f", "f", "h"]
+    rows = {r["method"]: r for r in summary_table(frame, ["verified_acc"], by_config=False)}
+    assert rows["m1"]["runs"] == "2 (1 not verified)"
+    assert rows["m2"]["runs"] == "1 (1 diverged)"   # a diverged run is not counted twice
+    assert rows["m1"]["verified_acc"] == f"{0.65:.4g} ± {pd.Series([0.6, 0.7]).std():.2g}"

@@ -16,8 +16,18 @@ PREFERRED_METRICS = ["retrained_accuracy", "test_accuracy", "val_loss", "corrupt
 
 
 def default_metrics(frame: pd.DataFrame, count: int = 4) -> list[str]:
-    """The problem's own metrics where it has them, else f and h."""
-    return [m for m in PREFERRED_METRICS if m in frame.columns and frame[m].notna().any()][:count]
+    """The problem's own metrics where it has them, else f and h.
+
+    A problem's metric m is known by name (PREFERRED_METRICS) or by its verified twin
+    `verified_m` (the metric at the re-solved lower level, which a user's own metrics have);
+    of a user's metric the verified value is shown, the honest one.
+    """
+    present = [c for c in frame.columns if frame[c].notna().any()]
+    own = [f"verified_{m}" for m in present
+           if f"verified_{m}" in present and m not in PREFERRED_METRICS and m != "f"]
+    preferred = [m for m in PREFERRED_METRICS if m in present]
+    cut = preferred.index("verified_f") if "verified_f" in preferred else len(preferred)
+    return (preferred[:cut] + own + preferred[cut:])[:count]
 
 
 def final_rows(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -58,12 +68,17 @@ def select_best(frame: pd.DataFrame, metric: str, mode: str | None = None) -> pd
     return frame.merge(best[keys + ["config"]], on=keys + ["config"])
 
 
-def _runs(statuses: pd.Series) -> str:
-    """'3', or '3 (1 diverged, 1 ran away)' when some runs ended with a non-finite value or with
-    iterates growing without bound."""
+def _runs(last: pd.DataFrame) -> str:
+    """'3', or '3 (1 diverged, 1 ran away, 2 not verified)' when some runs ended with a non-finite
+    value or with iterates growing without bound, or where the final verification found that y
+    does not solve the lower level (final rows `last`, with their status and verified columns)."""
+    statuses = last["status"]
     counts = [f"{int((statuses == status).sum())} {word}" for status, word in (("DIVERGED", "diverged"),
                                                                               ("RUNAWAY", "ran away"))
               if (statuses == status).any()]
+    if "verified" in last:   # among the runs that ended on a finite, bounded iterate
+        failed = int(((last["verified"] == 0) & ~statuses.isin(["DIVERGED", "RUNAWAY"])).sum())
+        counts += [f"{failed} not verified"] if failed else []
     return f"{len(statuses)}" + (f" ({', '.join(counts)})" if counts else "")
 
 
@@ -80,9 +95,9 @@ def problem_label(problem: str, problem_args: str | None) -> str:
 
 def summary_table(frame: pd.DataFrame, metrics: list[str], manifest: list[dict[str, Any]] | None = None,
                   by_config: bool = True) -> list[dict[str, Any]]:
-    """One row per (problem, method[, configuration]): runs (and how many diverged), mean ±
-    standard deviation over seeds of each metric's final value, and, from the manifest's
-    records, the mean wall time of a run."""
+    """One row per (problem, method[, configuration]): runs (how many diverged, ran away or
+    failed the verification), mean ± standard deviation over seeds of each metric's final
+    value, and, from the manifest's records, the mean wall time of a run."""
     last = final_rows(frame, ["run_id"])
     walls = {r["run_id"]: r["wall_s"] for r in manifest or [] if r.get("status") == "finished" and "wall_s" in r}
     keys = ["problem", "problem_args", "method"] + (["config"] if by_config else [])
@@ -91,7 +106,7 @@ def summary_table(frame: pd.DataFrame, metrics: list[str], manifest: list[dict[s
         row: dict[str, Any] = {"problem": problem_label(values[0], values[1]), "method": values[2]}
         if by_config:
             row["config"] = values[3]
-        row["runs"] = _runs(sub["status"])
+        row["runs"] = _runs(sub)
         for m in metrics:
             if m in sub:
                 row[m] = _mean_sd(sub[m])
