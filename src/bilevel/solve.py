@@ -346,6 +346,7 @@ def _run(problem: BilevelProblem, solver: Solver, oracle: Oracle, context: Any, 
                       tol=tol, histories=[history], callback=callback, on_advance=on_advance, progress=progress)[0]
     history.finish(outcome.state.x, outcome.state.y)
     message = outcome.message + (f" (continued from {origin} at iteration {clock.k})" if saved is not None else "")
+    message = "; ".join([message, *solver.caveats(outcome.state)])
     resume = None
     if outcome.status is not Status.DIVERGED:
         resume = payload(outcome.state, outcome.clock)

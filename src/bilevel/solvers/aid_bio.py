@@ -21,12 +21,12 @@ from .base import (AdaptiveXState, Aux, Solver, as_float, check_int, check_posit
 @dataclass(frozen=True)
 class ImplicitState(AdaptiveXState):
     """The state of an implicit-gradient method: also its lower-level step, resolved by init
-    (L_g: the estimate behind the default, None where the step was given), and whether
-    aid_bio has warned of an unsolved linear system (once a run)."""
+    (L_g: the estimate behind the default, None where the step was given), and the caveat
+    aid_bio found ('' or the sentence of its first unsolved linear system, warned once a run)."""
 
     inner_step_size: float | Tensor = 0.0
     lipschitz_g: float | Tensor | None = None
-    warned: bool = False
+    caveat: str = ""
 
 
 SINGULAR_RESIDUAL = 0.5   # aid_bio warns once ||grad_yy g v - grad_y f|| exceeds this fraction of ||grad_y f||
@@ -129,7 +129,8 @@ class AIDBiO(ImplicitStep):
     logs `linear_residual` = ||grad_yy g v - grad_y f|| / ||grad_y f|| (one more
     Hessian-vector product), and the first time it exceeds 0.5 (a singular grad_yy g, as on a
     lower level with a continuum of solutions, or one too ill-conditioned for the solver) the
-    step warns (`SingularHessianWarning`) that v, and so x, cannot be trusted.
+    step warns (`SingularHessianWarning`) that v, and so x, cannot be trusted, and
+    `Result.message` ends with that sentence (`caveats`).
 
     Cost per step: T gradients of g, N + 1 Hessian-vector products, one Jacobian-vector
     product (grad_xy g v), one gradient of f and one value of f.
@@ -177,13 +178,16 @@ class AIDBiO(ImplicitStep):
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: ImplicitState) -> tuple[ImplicitState, Aux]:
         new, aux = super().step(problem, oracle, state)
-        if not state.warned:
+        if not state.caveat:
             residual = as_float(aux.diagnostics["linear_residual"])
             if isinstance(residual, float) and not residual <= SINGULAR_RESIDUAL:   # (not under vmap)
-                warnings.warn(f"aid_bio: grad_yy g v = grad_y f is not solved at iteration {state.k} (relative "
-                              f"residual {residual:.3g} > {SINGULAR_RESIDUAL}): grad_yy g is singular (a lower level "
-                              f"with a continuum of solutions?) or too ill-conditioned for linear_solver, so the "
-                              f"hypergradient and x cannot be trusted; galet solves the least-squares system "
-                              f"instead", SingularHessianWarning, stacklevel=2)
-                new = replace(new, warned=True)
+                caveat = (f"grad_yy g v = grad_y f was not solved at iteration {state.k} (relative residual "
+                          f"{residual:.3g} > {SINGULAR_RESIDUAL}): grad_yy g is singular (a lower level with a "
+                          f"continuum of solutions?) or too ill-conditioned for linear_solver, so the hypergradient "
+                          f"and x cannot be trusted; galet solves the least-squares system instead")
+                warnings.warn(f"aid_bio: {caveat}", SingularHessianWarning, stacklevel=2)
+                new = replace(new, caveat=caveat)
         return new, aux
+
+    def caveats(self, state: ImplicitState) -> list[str]:
+        return [state.caveat] if state.caveat else []

@@ -79,6 +79,12 @@ class Solver(abc.ABC):
         by default those of one more step, whose new state is discarded."""
         return self.step(problem, oracle, state)[1]
 
+    def caveats(self, state: State) -> list[str]:
+        """What the run found that puts its answer in doubt beyond its status (aid_bio: a linear
+        system it could not solve), as sentences; `solve` appends them to `Result.message`, so
+        that they reach summaries and tables and not only a warning on the screen. None by default."""
+        return []
+
     def batch_support(self) -> str:
         """'' when `bilevel.solve_batch` can run this solver under torch.func.vmap (its init and
         step use tensor operations and no data-dependent Python control flow), else why not."""
