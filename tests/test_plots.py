@@ -21,6 +21,19 @@ def frame_of(runs, x="time", metric="f", **constant):
     return pd.DataFrame(rows)
 
 
+def test_a_metric_of_the_final_row_only_is_one_point_and_is_drawn():
+    # retrained_accuracy and verified values exist at each run's last row only
+    frame = frame_of({"a": ([4.0], [0.8]), "b": ([2.0], [0.9]), "c": ([3.0], [0.7])}, metric="acc", method="m")
+    b = band(frame, "time", "acc")
+    np.testing.assert_allclose(b[["time", "median", "low", "high"]].to_numpy(), [[3.0, 0.8, 0.75, 0.85]])
+    fig = figure(frame, ["acc"], x="time")
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    (points,) = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    np.testing.assert_allclose(points.get_xydata(), [[3.0, 0.8]])
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
 def test_the_band_on_time_spans_only_what_every_run_covers():
     frame = frame_of({"a": ([0, 1, 2, 3], [3, 2, 1, 0]),      # the longest
                       "b": ([0, 2], [4, 2]),                  # ends first, at t = 2

@@ -42,7 +42,9 @@ def band(frame: pd.DataFrame, x: str, metric: str, quantiles: tuple[float, float
     it the others' values would be compared with nothing). Runs are interpolated linearly
     between logged rows, in log x with `logx` and in log values with `logy` (geometric
     interpolation, straight on log axes); rows a log axis cannot show (x <= 0, values <= 0)
-    are left out. No rows when the runs share no range of x.
+    are left out. No rows when the runs share no range of x. Where every run has the metric at
+    one row only (a final metric, a verified value), one row: the median of those x and the
+    median and quantiles of the values.
     """
     def forward(log: bool, values: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -56,13 +58,18 @@ def band(frame: pd.DataFrame, x: str, metric: str, quantiles: tuple[float, float
             runs.append((xs[keep], ys[keep]))
     if not runs:
         return pd.DataFrame({x: [], "median": [], "low": [], "high": []})
+    back = {False: lambda v: v, True: np.exp}
+    if all(len(xs) == 1 for xs, _ in runs):   # a value each run has at one x only (a final metric)
+        xs, ys = np.concatenate([xs for xs, _ in runs]), np.concatenate([ys for _, ys in runs])
+        return pd.DataFrame({x: back[logx](np.median(xs, keepdims=True)), "median": back[logy](np.median(ys, keepdims=True)),
+                             "low": back[logy](np.quantile(ys, quantiles[0], keepdims=True)),
+                             "high": back[logy](np.quantile(ys, quantiles[1], keepdims=True))})
     lo = max(xs[0] for xs, _ in runs)
     hi = (max if x == "iter" else min)(xs[-1] for xs, _ in runs)
     if hi < lo:
         return pd.DataFrame({x: [], "median": [], "low": [], "high": []})
     grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
     stack = np.vstack([np.interp(grid, xs, ys) for xs, ys in runs])   # beyond its end: its final value
-    back = {False: lambda v: v, True: np.exp}
     return pd.DataFrame({x: back[logx](grid), "median": back[logy](np.median(stack, 0)),
                          "low": back[logy](np.quantile(stack, quantiles[0], 0)),
                          "high": back[logy](np.quantile(stack, quantiles[1], 0))})
@@ -104,8 +111,13 @@ def figure(frame: pd.DataFrame, metrics: Sequence[str], *, x: str = "iter", grou
                 undrawn.append(str(name))
                 continue
             label = str(name) + (f" ({configs[str(name)]})" if configs and str(name) in configs else "")
-            line, = ax.plot(b[x], b["median"], label=label, color=colors[name])
-            ax.fill_between(b[x], b["low"], b["high"], color=line.get_color(), alpha=0.2, linewidth=0)
+            if len(b) == 1:   # one point (a metric of the final row only): the median, bars to the quartiles
+                below, above = b["median"] - b["low"], b["high"] - b["median"]
+                line = ax.errorbar(b[x], b["median"], yerr=[below, above], fmt="o", capsize=3, label=label,
+                                   color=colors[name])
+            else:
+                line, = ax.plot(b[x], b["median"], label=label, color=colors[name])
+                ax.fill_between(b[x], b["low"], b["high"], color=line.get_color(), alpha=0.2, linewidth=0)
             handles.setdefault(name, line)
         if undrawn:
             ax.text(0.5, 0.5, f"not drawn: the runs of {', '.join(undrawn)} share no range of {X_AXES[x]}",
