@@ -24,12 +24,15 @@ $(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
 
 # Data hyper-cleaning on the embedded MNIST sample (2000/1000/2000, 25% wrong labels, linear
 # model on the 784 pixels): pgdqp against BOME and AID-BiO over 2 seeds, a table and a plot.
-# AID-BiO takes 10 CG products, as the paper's few: its default 100 (exact v on small problems)
-# never stops early on this ill-conditioned Hessian and takes about 3 minutes a run.
+# pgdqp runs with its defaults (they beat the constant step 1000 this demo used to set: verified
+# validation loss 0.35 against 0.43, corruption AUC 0.972 against 0.956). BOME and AID-BiO keep
+# hand-set steps: with its defaults BOME reaches AUC 0.71 in 28 s a run (0.93 in 5.5 s with the
+# phi = value variant of its paper's data-cleaning runs below), and AID-BiO takes 10 CG products,
+# as the paper's few: its default 100 (exact v on small problems) never stops early on this
+# ill-conditioned Hessian and takes about 3 minutes a run.
 # The table puts the running validation loss (at the method's y) next to its verified value
 # (at y re-solved at the final x); retrained_accuracy retrains the model from scratch at x.
 DEMO_SETTINGS = \
-	--set pgdqp.schedule=constant --set pgdqp.step_size=1000 --set pgdqp.lower_step_size=1 --set pgdqp.alpha=1 \
 	--set bome.step_size=100 --set bome.lower_step_size=1 --set bome.inner_step_size=1 --set bome.phi=value \
 	--set bome.inner_steps=3 \
 	--set aid_bio.step_size=100 --set aid_bio.inner_steps=5 --set aid_bio.inner_step_size=1 \
