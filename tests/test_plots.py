@@ -34,6 +34,22 @@ def test_a_metric_of_the_final_row_only_is_one_point_and_is_drawn():
     plt.close(fig)
 
 
+def test_names_of_close_reference_lines_and_long_legends_stay_readable():
+    import matplotlib.pyplot as plt
+    frame = frame_of({"a": ([0, 1], [0.1, 0.87]), "b": ([0, 1], [0.1, 0.86])}, x="iter", metric="acc", method="m")
+    long = "a configuration label far longer than one panel is wide " * 2
+    fig = figure(frame, ["acc"], reference_lines={"acc": {"clean": 0.8765, "validation": 0.881, "corrupted": 0.8155}},
+                 configs={"m": long})
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    sides = {t.get_text(): t.xy[0] for t in ax.texts}
+    # 0.8765 and 0.881 are closer than a text height: their names go to opposite ends
+    assert sides == {"corrupted": 1.0, "clean": 1.0, "validation": 0.0}
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    assert 0 <= legend.x0 and legend.x1 <= fig.bbox.width      # the legend is inside the figure, not clipped
+    plt.close(fig)
+
+
 def test_the_band_on_time_spans_only_what_every_run_covers():
     frame = frame_of({"a": ([0, 1, 2, 3], [3, 2, 1, 0]),      # the longest
                       "b": ([0, 2], [4, 2]),                  # ends first, at t = 2

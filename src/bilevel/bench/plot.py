@@ -122,15 +122,15 @@ def figure(frame: pd.DataFrame, metrics: Sequence[str], *, x: str = "iter", grou
         if undrawn:
             ax.text(0.5, 0.5, f"not drawn: the runs of {', '.join(undrawn)} share no range of {X_AXES[x]}",
                     transform=ax.transAxes, ha="center", va="center", fontsize=8, color="gray", wrap=True)
-        for label, value in (reference_lines or {}).get(metric, {}).items():
+        references = sorted((reference_lines or {}).get(metric, {}).items(), key=lambda item: item[1])
+        for _, value in references:
             ax.axhline(value, linestyle="--", linewidth=1, color="gray")
-            ax.annotate(label, (1.0, value), xycoords=("axes fraction", "data"), ha="right", va="bottom",
-                        fontsize=7, color="gray")
         drawn = len(undrawn) < frame.dropna(subset=[metric])[group].nunique()
         if use_log and drawn:         # a log axis without data cannot place its ticks
             ax.set_yscale("log")
         if logx and drawn:
             ax.set_xscale("log")
+        _label_lines(ax, references)
         ax.set_xlabel(X_AXES[x])
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -142,9 +142,28 @@ def figure(frame: pd.DataFrame, metrics: Sequence[str], *, x: str = "iter", grou
     legend = fig.legend(handles, labels, loc="lower center", ncol=1 if configs else max(1, min(len(labels), 4)),
                         fontsize=8, frameon=False)
     fig.canvas.draw()
+    width = legend.get_window_extent().width / fig.dpi + 0.2       # inches
+    if width > fig.get_figwidth():     # a long label wider than the panels: widen, never clip it
+        fig.set_figwidth(width)
+        fig.canvas.draw()
     height = legend.get_window_extent().height / fig.get_figheight() / fig.dpi
     fig.tight_layout(rect=(0, min(height + 0.01, 0.5), 1, 1))
     return fig
+
+
+def _label_lines(ax: Any, references: list[tuple[str, float]], fontsize: float = 7) -> None:
+    """Name each horizontal reference line above it, at the right end; the name of a line
+    closer than a text height to the line below goes to the other end than that line's name,
+    so that the names of close lines do not print over each other."""
+    to_axes = ax.transAxes.inverted()
+    text_height = 1.3 * fontsize / 72 * ax.figure.dpi / max(ax.get_window_extent().height, 1.0)
+    previous, side = None, 1.0
+    for label, value in references:           # sorted by value
+        height = to_axes.transform(ax.transData.transform((0.0, value)))[1]
+        side = (1.0 - side) if previous is not None and height - previous < text_height else 1.0
+        ax.annotate(label, (side, value), xycoords=("axes fraction", "data"), ha="right" if side else "left",
+                    va="bottom", fontsize=fontsize, color="gray")
+        previous = height
 
 
 def plot_metrics(frame: pd.DataFrame, metrics: Sequence[str], path: str | Path, *, x: str = "iter",
