@@ -99,9 +99,9 @@ class BilevelProblem:
         metrics: optional (x, y) -> dict[str, float], or a dict {name: (x, y) -> number},
             evaluated at logged iterations and excluded from timing (test accuracy, distance
             to a known solution, ...).
-        final_metrics: optional (x, y) -> dict[str, float] (or a dict of callables) for metrics too costly for every
-            logged row (a model retrained from scratch): evaluated at the final row and at the
-            verified answer only.
+        final_metrics: optional, as metrics, for metrics too costly for every logged row (a
+            model retrained from scratch): evaluated at the final row and at the verified
+            answer only.
         upper_data: data of the upper level: a tensor, a tuple of tensors sharing their first
             dimension (samples), or a torch Dataset. With data, f is called as f(x, y, batch)
             (see `bilevel.data`): on all of it for the problem's own f(x, y), metrics and

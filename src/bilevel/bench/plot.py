@@ -61,7 +61,8 @@ def band(frame: pd.DataFrame, x: str, metric: str, quantiles: tuple[float, float
     back = {False: lambda v: v, True: np.exp}
     if all(len(xs) == 1 for xs, _ in runs):   # a value each run has at one x only (a final metric)
         xs, ys = np.concatenate([xs for xs, _ in runs]), np.concatenate([ys for _, ys in runs])
-        return pd.DataFrame({x: back[logx](np.median(xs, keepdims=True)), "median": back[logy](np.median(ys, keepdims=True)),
+        return pd.DataFrame({x: back[logx](np.median(xs, keepdims=True)),
+                             "median": back[logy](np.median(ys, keepdims=True)),
                              "low": back[logy](np.quantile(ys, quantiles[0], keepdims=True)),
                              "high": back[logy](np.quantile(ys, quantiles[1], keepdims=True))})
     lo = max(xs[0] for xs, _ in runs)

@@ -130,7 +130,7 @@ class AIDBiO(ImplicitStep):
     Hessian-vector product), and the first time it exceeds 0.5 (a singular grad_yy g, as on a
     lower level with a continuum of solutions, or one too ill-conditioned for the solver) the
     step warns (`SingularHessianWarning`) that v, and so x, cannot be trusted, and
-    `Result.message` ends with that sentence (`caveats`).
+    `Result.message` says so (`caveats`).
 
     Cost per step: T gradients of g, N + 1 Hessian-vector products, one Jacobian-vector
     product (grad_xy g v), one gradient of f and one value of f.

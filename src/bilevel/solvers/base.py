@@ -82,7 +82,8 @@ class Solver(abc.ABC):
     def caveats(self, state: State) -> list[str]:
         """What the run found that puts its answer in doubt beyond its status (aid_bio: a linear
         system it could not solve), as sentences; `solve` appends them to `Result.message`, so
-        that they reach summaries and tables and not only a warning on the screen. None by default."""
+        that they reach summary.json and the CLI's status line, not only a warning on the
+        screen. [] by default."""
         return []
 
     def batch_support(self) -> str:
