@@ -29,7 +29,20 @@ def test_a_metric_of_the_final_row_only_is_one_point_and_is_drawn():
     fig = figure(frame, ["acc"], x="time")
     (ax,) = [a for a in fig.axes if a.get_visible()]
     (points,) = [line for line in ax.get_lines() if line.get_marker() == "o"]
-    np.testing.assert_allclose(points.get_xydata(), [[3.0, 0.8]])
+    np.testing.assert_allclose(points.get_xydata(), [[3.0, 0.8]])          # one group: not dodged
+    plt_close(fig)
+    two = pd.concat([frame, frame.assign(method="n", acc=frame["acc"] - 0.1)])
+    fig = figure(two, ["acc"], x="time")
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    xy = sorted(tuple(line.get_xydata()[0]) for line in ax.get_lines() if line.get_marker() == "o")
+    # two groups at the same x: dodged to 0.995 x and 1.005 x, so their bars do not hide each other
+    np.testing.assert_allclose(xy, [[3.0 * 0.995, 0.8], [3.0 * 1.005, 0.7]])
+    np.testing.assert_allclose(ax.get_xticks(), [3.0])                    # the tick says the true x
+    plt_close(fig)
+    plt_close(fig)
+
+
+def plt_close(fig):
     import matplotlib.pyplot as plt
     plt.close(fig)
 

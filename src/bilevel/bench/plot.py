@@ -102,7 +102,7 @@ def figure(frame: pd.DataFrame, metrics: Sequence[str], *, x: str = "iter", grou
     for ax, metric in zip(axes.flat, metrics):
         col = frame[metric].dropna()
         use_log = logy if logy is not None else bool(len(col) and (col > 0).all() and col.max() > 100 * col.min())
-        undrawn = []
+        undrawn, points, curves = [], [], 0
         for name, sub in frame.groupby(group, sort=True):
             data = sub.dropna(subset=[metric])
             if data.empty:
@@ -114,9 +114,13 @@ def figure(frame: pd.DataFrame, metrics: Sequence[str], *, x: str = "iter", grou
             label = str(name) + (f" ({configs[str(name)]})" if configs and str(name) in configs else "")
             if len(b) == 1:   # one point (a metric of the final row only): the median, bars to the quartiles
                 below, above = b["median"] - b["low"], b["high"] - b["median"]
-                line = ax.errorbar(b[x], b["median"], yerr=[below, above], fmt="o", capsize=3, label=label,
+                # dodged by 1% of x per group around the true x, so that the groups' bars stay apart
+                shift = 1 + 0.01 * (list(colors).index(name) - (len(colors) - 1) / 2)
+                line = ax.errorbar(b[x] * shift, b["median"], yerr=[below, above], fmt="o", capsize=3, label=label,
                                    color=colors[name])
+                points.append(float(b[x].iloc[0]))
             else:
+                curves += 1
                 line, = ax.plot(b[x], b["median"], label=label, color=colors[name])
                 ax.fill_between(b[x], b["low"], b["high"], color=line.get_color(), alpha=0.2, linewidth=0)
             handles.setdefault(name, line)
@@ -132,6 +136,9 @@ def figure(frame: pd.DataFrame, metrics: Sequence[str], *, x: str = "iter", grou
         if logx and drawn:
             ax.set_xscale("log")
         _label_lines(ax, references)
+        if points and not curves and min(points) > 0:   # points only: ticks at their true x, the dodge small
+            ax.set_xticks(sorted(set(points)))
+            ax.set_xlim(0.9 * min(points), 1.1 * max(points))
         ax.set_xlabel(X_AXES[x])
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
