@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -30,23 +29,11 @@ import torch
 
 import bilevel
 from bilevel.bench.report import command, format_table, machine, update_section
-from bilevel.problems.bolib import SUITE, success
+from bilevel.problems.bolib import SUITE
+from robustness_suite import run   # one scored run (benchmarks/ is on sys.path when run as a script)
 
 METHODS = ("aid_bio", "galet", "hjfbio", "iaptt_gm", "bome")
 X_TARGET = 5e-2
-
-
-def run(name: str, method: str, max_iter: int) -> dict:
-    """One run with the method's defaults, scored."""
-    problem = SUITE[name]()
-    start = time.perf_counter()
-    r = bilevel.solve(problem, method, max_iter=max_iter, log_every=max_iter, kkt="none", seed=0)
-    verdict = success(problem, r.x, r.y)
-    x_star = (problem.info or {}).get("x_star")
-    x_error = None if x_star is None else float(torch.linalg.vector_norm(r.x - x_star))
-    return {"problem": name, "method": method, "status": r.status.name, "success": bool(verdict["success"]),
-            "F_error": float(verdict["F_error"]), "lower_gap": float(verdict["lower_gap"]), "x_error": x_error,
-            "max_iter": max_iter, "seconds": time.perf_counter() - start}
 
 
 def summary(rows: list[dict]) -> str:
@@ -146,7 +133,8 @@ def main() -> None:
         for name in names:
             if (args.label, method, name, args.max_iter) in done:
                 continue
-            row = {"label": args.label, "version": bilevel.__version__, **run(name, method, args.max_iter)}
+            row = {"label": args.label, "version": bilevel.__version__, **run(name, method, args.max_iter),
+                   "max_iter": args.max_iter}
             rows.append(row)
             with log.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")

@@ -29,14 +29,18 @@ from bilevel.bench.report import command, format_table, machine, update_section
 from bilevel.problems.bolib import SUITE, success
 
 
-def run(name: str, method: str, max_iter: int) -> dict:
+def run(name: str, method: str, max_iter: int, options: dict | None = None) -> dict:
+    """One run of a suite problem, scored by bolib.success (also |x - x*| where x* is known; the
+    other suite scripts, baselines_a_suite.py and pgdqp_bolib.py, run through this too)."""
     problem = SUITE[name]()
     start = time.perf_counter()
-    r = bilevel.solve(problem, method, max_iter=max_iter, log_every=max_iter, kkt="none", seed=0)
+    r = bilevel.solve(problem, method, max_iter=max_iter, log_every=max_iter, kkt="none", seed=0, options=options)
     verdict = success(problem, r.x, r.y)
+    x_star = (problem.info or {}).get("x_star")
+    x_error = None if x_star is None else float(torch.linalg.vector_norm(r.x - x_star))
     return {"problem": name, "method": method, "status": r.status.name, "success": verdict["success"],
             "F_error": verdict["F_error"], "lower_gap": verdict["lower_gap"], "inside": verdict["inside"],
-            "verified": r.success, "seconds": time.perf_counter() - start}
+            "x_error": x_error, "verified": r.success, "seconds": time.perf_counter() - start}
 
 
 def _run_logged(job: tuple[str, str, int, int]) -> dict:
