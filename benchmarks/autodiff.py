@@ -1,7 +1,7 @@
 """Autodiff back-ends of the oracle, compiled and not, and the cost of subnormal floats.
 
 1. Each oracle operation by torch.autograd (`bilevel.Oracle`, the default), by torch.func
-   transforms (`bilevel.oracles.Func`) and by those compiled with torch.compile
+   transforms (`bilevel.core.oracles.Func`) and by those compiled with torch.compile
    (`solve(..., oracle="compiled")`), on hyper-cleaning (784, linear and MLP) and synthetic-sc.
 2. pgdqp's two oracle calls per iteration on hyper-cleaning at a point where the weights of
    the corrupted samples are subnormal floats (x = -88 there: sigmoid(x) = 6e-39 < 1.2e-38),
@@ -19,9 +19,9 @@ from typing import Callable
 import torch
 
 import bilevel
-from bilevel.bench.report import format_table
-from bilevel.bench.report import command, machine, update_section
-from bilevel.oracles import Autograd, Func, Oracle
+from bilevel.cli.report import format_table
+from bilevel.cli.report import command, machine, update_section
+from bilevel.core.oracles import Autograd, Func, Oracle
 
 PROBLEMS = {
     "hyper-cleaning (784, linear)": lambda: bilevel.PROBLEMS["hyper-cleaning"](),

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import bilevel
-from bilevel.bench.report import format_table, machine, update_section
+from bilevel.cli.report import format_table, machine, update_section
 from bilevel.problems.bolib import SUITE
 
 TARGET = {"quadratic": 5e-2, "continuum": 1e-2}

@@ -17,8 +17,8 @@ import time
 import torch
 
 import bilevel
-from bilevel.bench.cli import format_table
-from bilevel.bench.report import command, machine, update_section
+from bilevel.cli.main import format_table
+from bilevel.cli.report import command, machine, update_section
 from bilevel.problems.hpo import best_shared_weight, feature_weight_decay, honest_upper_value
 
 FORMER = {"aid_bio": 0.1, "galet": 0.1, "hjfbio": 0.05, "iaptt_gm": 0.1, "meha": 0.05, "f2ba": 0.05, "bome": 0.02,

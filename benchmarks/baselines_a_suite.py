@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import bilevel
-from bilevel.bench.report import command, format_table, machine, update_section
+from bilevel.cli.report import command, format_table, machine, update_section
 from bilevel.problems.bolib import SUITE
 from robustness_suite import run   # one scored run (benchmarks/ is on sys.path when run as a script)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 import bilevel
-from bilevel.bench.report import command, machine, update_section
+from bilevel.cli.report import command, machine, update_section
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _robust_set import BY_KEY, ENTRIES, score  # noqa: E402

@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 import bilevel
-from bilevel.bench import store, tables
-from bilevel.bench.report import format_table
-from bilevel.bench.plot import plot_metrics
-from bilevel.bench.report import command, machine, update_section
+from bilevel.cli import store, tables
+from bilevel.cli.report import format_table
+from bilevel.cli.plot import plot_metrics
+from bilevel.cli.report import command, machine, update_section
 
 
 def run(problem_name: str, method: str, label: str, seed: int, max_iter: int, **options) -> pd.DataFrame:

@@ -17,8 +17,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import bilevel
-from bilevel.bench.report import format_table
-from bilevel.bench.report import command, machine, update_section
+from bilevel.cli.report import format_table
+from bilevel.cli.report import command, machine, update_section
 
 OPTIONS = {"pgdqp": dict(schedule="constant", step_size=30.0, lower_step_size=0.3, alpha=1.0)}
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 import bilevel
-from bilevel.bench.report import command, format_table, machine, update_section
-from bilevel.data import Sampled
-from bilevel.oracles import Autograd, Oracle, backend
-from bilevel.solve import make_solver
+from bilevel.cli.report import command, format_table, machine, update_section
+from bilevel.core.data import Sampled
+from bilevel.core.oracles import Autograd, Oracle, backend
+from bilevel.run.solve import make_solver
 
 sys.path.insert(0, str(Path(__file__).parent))
 from memory import peak_bytes  # noqa: E402  (the CPU profiler's peak, as the memory benchmark measures it)

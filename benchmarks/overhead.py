@@ -22,8 +22,8 @@ import time
 import torch
 
 import bilevel
-from bilevel.bench.report import format_table
-from bilevel.bench.report import command, machine, update_section
+from bilevel.cli.report import format_table
+from bilevel.cli.report import command, machine, update_section
 
 SETTINGS = {
     "hyper-cleaning (784, linear)": (lambda: bilevel.PROBLEMS["hyper-cleaning"](),

@@ -24,7 +24,7 @@ from sklearn.model_selection import train_test_split
 from torch.func import functional_call
 
 import bilevel
-from bilevel.bench.report import command, format_table, machine, update_section
+from bilevel.cli.report import command, format_table, machine, update_section
 
 
 def build(seed: int = 0, hidden: int = 16, n_train: int = 300) -> bilevel.BilevelProblem:

@@ -16,7 +16,7 @@ import time
 import torch
 
 import bilevel
-from bilevel.bench.report import command, format_table, machine, update_section
+from bilevel.cli.report import command, format_table, machine, update_section
 
 VARIANTS = [
     ("pgdqp", {}, "default: two batches, 1/k and 1/sqrt(k) steps, no momentum"),

@@ -3,7 +3,7 @@ process dies on seed 0 (as an out-of-memory kill would) and writes its run norma
 and one that reports the worker's thread count."""
 import os
 
-from bilevel.bench.runner import run
+from bilevel.cli.runner import run
 
 
 def die_on_seed_zero(spec, out):

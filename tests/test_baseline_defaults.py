@@ -8,7 +8,7 @@ import torch
 import bilevel
 from bilevel import BilevelProblem, PROBLEMS, Status, solve
 from conftest import roundoff
-from bilevel.oracles import Autograd, Oracle
+from bilevel.core.oracles import Autograd, Oracle
 from bilevel.solvers.base import curvature_in_y
 
 D = torch.float64

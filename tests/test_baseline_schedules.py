@@ -50,7 +50,7 @@ def test_f2ba_warm_starts_z():
     p = PROBLEMS["quadratic"](seed=0)
     solver = F2BA(step_size=0.1, inner_steps=2, inner_step_size=0.05)
     r = solve(p, solver, max_iter=2, log_every=1, kkt="none")
-    oracle = bilevel.oracles.Oracle(bilevel.oracles.Autograd(p.f, p.g))
+    oracle = bilevel.core.oracles.Oracle(bilevel.core.oracles.Autograd(p.f, p.g))
     x0, z = p.x0, p.y0
     for _ in range(2):
         z = z - 0.05 * oracle.grad_g_y(x0, z)

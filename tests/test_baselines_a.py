@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bilevel import BilevelProblem, ConjugateGradient, Neumann, PROBLEMS, Status, solve
-from bilevel.bench.cli import main
+from bilevel.cli.main import main
 from bilevel.solvers import AIDBiO, BOME, GALET, VPBGD
 
 D = torch.float64

@@ -6,8 +6,8 @@ import torch
 
 import bilevel
 from bilevel import PROBLEMS, BilevelProblem
-from bilevel.bench.cli import main
-from bilevel.oracles import Autograd, Oracle
+from bilevel.cli.main import main
+from bilevel.core.oracles import Autograd, Oracle
 from bilevel.solvers import F2BA, HJFBiO, IAPTTGM, MEHA
 from bilevel.solvers.hjfbio import project_ball
 

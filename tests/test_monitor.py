@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 import bilevel
-from bilevel.bench.cli import main
-from bilevel.bench.store import read_results
-from bilevel.monitor import Callbacks, JsonLines, TensorBoard
+from bilevel.cli.main import main
+from bilevel.cli.store import read_results
+from bilevel.run.monitor import Callbacks, JsonLines, TensorBoard
 
 QUADRATIC = bilevel.PROBLEMS["quadratic"]
 

@@ -2,9 +2,9 @@
 import torch
 
 from bilevel import PROBLEMS
-from bilevel.linear import ConjugateGradient, Neumann
-from bilevel.metrics import implicit_gradient, kkt_info, least_squares_multiplier
-from bilevel.oracles import Autograd, Oracle
+from bilevel.core.linear import ConjugateGradient, Neumann
+from bilevel.core.kkt import implicit_gradient, kkt_info, least_squares_multiplier
+from bilevel.core.oracles import Autograd, Oracle
 
 D = torch.float64
 

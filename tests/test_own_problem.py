@@ -11,10 +11,10 @@ from torch.func import functional_call
 
 import bilevel
 from bilevel import BilevelProblem, PROBLEMS, Status, solve
-from bilevel.bench.cli import main
-from bilevel.bench.store import read_answer, read_results
+from bilevel.cli.main import main
+from bilevel.cli.store import read_answer, read_results
 from conftest import roundoff
-from bilevel.flat import FlatModule
+from bilevel.core.flat_module import FlatModule
 
 D = torch.float64
 

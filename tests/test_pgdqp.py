@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bilevel import BilevelProblem, PROBLEMS, Status, solve
-from bilevel.oracles import Autograd, Oracle
+from bilevel.core.oracles import Autograd, Oracle
 from bilevel.solvers import PGDQP
 from bilevel.solvers.pgdqp import qp_step
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bilevel.bench import cli, store, tables
-from bilevel.bench.cli import main
-from bilevel.bench.plot import band, figure
+from bilevel.cli import main as cli, store, tables
+from bilevel.cli.main import main
+from bilevel.cli.plot import band, figure
 
 
 def frame_of(runs, x="time", metric="f", **constant):

@@ -82,7 +82,8 @@ def test_a_run_that_runs_away_never_reports_success(method):
 
 def test_runaway_status_is_reported_for_growing_iterates():
     """A direct test of the detector: a solver whose iterates double every step."""
-    from bilevel.solvers.base import Aux, Solver, State
+    from bilevel.core.state import Aux, State
+    from bilevel.solvers.base import Solver
 
     class Doubling(Solver):
         name = "doubling"

@@ -9,8 +9,8 @@ import torch
 
 import bilevel
 from bilevel import PROBLEMS, SOLVERS, Status, solve
-from bilevel.oracles import Autograd, Oracle
-from bilevel.solvers import Aux, State
+from bilevel.core.oracles import Autograd, Oracle
+from bilevel.core.state import Aux, State
 
 # iterations within which each method's defaults reach the known answer of `quadratic` (seed 0,
 # cond 5) to 5e-2; measured with margin

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from bilevel import PROBLEMS, solve
-from bilevel.oracles import COSTS, FORWARD_MODE, Autograd, Func, Oracle, _CompiledOrEager
-from bilevel.solve import denormals_are_flushed
+from bilevel.core.oracles import COSTS, FORWARD_MODE, Autograd, Func, Oracle, _CompiledOrEager
+from bilevel.run.solve import denormals_are_flushed
 from conftest import roundoff
 
 METHODS = ["grad_f", "grad_g", "grad_g_y", "grad_g_x", "h_and_grad", "vjp_grad_y_g", "jvp_grad_y_g", "hvp_f",
@@ -108,8 +108,8 @@ def test_the_oracle_from_the_command_line_and_a_sweep_config(tmp_path, capsys):
     """--oracle and a config's `oracle:` reach solve: the func run's answer is the autograd run's
     (float64), the back-end is a configuration of its own in tables, and a wrong name is refused
     before anything runs."""
-    from bilevel.bench import store
-    from bilevel.bench.cli import main
+    from bilevel.cli import store
+    from bilevel.cli.main import main
     base = ["run", "--problem", "synthetic-sc", "--problem-arg", "dim=4", "--method", "pgdqp", "--max-iter", "30",
             "--log-every", "10", "--no-progress"]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0

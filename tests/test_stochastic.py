@@ -10,8 +10,8 @@ import torch
 
 import bilevel
 from bilevel import PROBLEMS, solve
-from bilevel.data import Sampled
-from bilevel.oracles import Autograd, Oracle, backend
+from bilevel.core.data import Sampled
+from bilevel.core.oracles import Autograd, Oracle, backend
 from bilevel.solvers import F2SA, PGDQP, SABA, SOBA, StocBiO
 from bilevel.solvers.pgdqp import independent_h_and_grad
 from bilevel.solvers.saba import Blocks
@@ -370,8 +370,8 @@ def test_batch_size_in_configs_runs_and_ids():
     import dataclasses
     import hashlib
     import json
-    from bilevel.bench.config import ConfigError, RunSpec, check_config, expand
-    from bilevel.bench.runner import run
+    from bilevel.cli.config import ConfigError, RunSpec, check_config, expand
+    from bilevel.cli.runner import run
     config = check_config({"max_iter": 3, "problems": {"biased-ridge": {"n_train": 100, "n_val": 50}},
                            "batch_size": 32, "methods": {"soba": {"batch_size": [16, None]}, "saba": {}}})
     assert [(r.method, r.batch_size) for r in expand(config)] == [("soba", 16), ("soba", None), ("saba", 32)]
@@ -390,7 +390,7 @@ def test_batch_size_in_configs_runs_and_ids():
 
 
 def test_command_line_batch_size(tmp_path, capsys):
-    from bilevel.bench.cli import main
+    from bilevel.cli.main import main
     out = tmp_path / "run"
     assert main(["run", "--problem", "biased-ridge", "--problem-arg", "n_train=100", "--method", "soba",
                  "--batch-size", "10", "--max-iter", "4", "--log-every", "2", "--out", str(out), "--no-progress"]) == 0

@@ -13,11 +13,11 @@ import torch
 import yaml
 
 import bilevel
-from bilevel.bench import cli, store
-from bilevel.bench.cli import main
-from bilevel.bench.config import ConfigError, load_config
-from bilevel.bench.runner import build_problem
-from bilevel.bench.store import read_results
+from bilevel.cli import main as cli, store
+from bilevel.cli.main import main
+from bilevel.cli.config import ConfigError, load_config
+from bilevel.cli.runner import build_problem
+from bilevel.cli.store import read_results
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 QUICK = ["--max-iter", "2", "--log-every", "1"]
@@ -333,7 +333,7 @@ def test_plot_metrics_must_be_columns_the_runs_will_have(tmp_path, metric, meant
 
 
 def test_plot_metrics_of_each_problem_and_verified_values_pass_without_building_hyper_cleaning(tmp_path, monkeypatch):
-    from bilevel.bench import runner
+    from bilevel.cli import runner
     config = {**SWEEP, "problems": {"synthetic-sc": {"dim": [2, 3]}, "synthetic-nc": {"dim": 2}},
               "plot": {"metrics": ["hypergradient_norm", "delta_norm", "verified_delta_norm", "lambda"]}}
     assert load_config(write_config(tmp_path, config))["plot"] == config["plot"]
@@ -346,8 +346,8 @@ def test_plot_metrics_of_each_problem_and_verified_values_pass_without_building_
 
 
 def test_the_columns_known_before_running_are_every_solvers_columns():
-    from bilevel.bench.config import RUN_COLUMNS, RunSpec
-    from bilevel.bench.runner import run
+    from bilevel.cli.config import RUN_COLUMNS, RunSpec
+    from bilevel.cli.runner import run
     for method in sorted(bilevel.SOLVERS):
         for kkt in ("method", "least_squares"):
             record = run(RunSpec.make("quadratic", {"dim_x": 2, "dim_y": 2}, method, {}, 0, 1, 1, kkt), None,

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from bilevel import BilevelProblem, PROBLEMS, Status, solve, solve_batch
-from bilevel.lower import gradient_mapping, minimize
-from bilevel.oracles import Autograd, Oracle
-from bilevel.verify import verify
+from bilevel.core.lower import gradient_mapping, minimize
+from bilevel.core.oracles import Autograd, Oracle
+from bilevel.run.verify import verify
 
 D = torch.float64
 

@@ -12,7 +12,7 @@ MARKER = re.compile(r"<!-- bilevel-help(?::\s*(?P<command>[\w-]+))?\s*-->")
 
 def _help(command: str | None) -> str:
     os.environ["COLUMNS"] = "80"          # argparse wraps at the terminal's width: make it fixed
-    from bilevel.bench.cli import build_parser
+    from bilevel.cli.main import build_parser
 
     parser = build_parser()
     if command is None:

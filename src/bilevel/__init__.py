@@ -2,23 +2,20 @@
 
     min_x f(x, y)  s.t.  y in argmin_y g(x, y)
 """
-from importlib.metadata import PackageNotFoundError, version
-
-from . import distributed, solvers
-from .batch import solve_batch
-from .linear import ConjugateGradient, Neumann
-from .metrics import hypergradient
-from .oracles import Autograd, Func, Oracle
-from .problem import BilevelProblem
+from . import solvers
+from .core import distributed
+from .core.linear import ConjugateGradient, Neumann
+from .core.oracles import Autograd, Func, Oracle
+from .core.problem import BilevelProblem
+from .core.result import Result, Status
+from .core.version import VERSION
 from .problems import PROBLEMS
-from .result import Result, Status
-from .solve import make_solver, solve
+from .run.solve import make_solver, solve
+from .run.solve_batch import solve_batch
+from .run.verify import hypergradient
 from .solvers import SOLVERS
 
-try:
-    __version__ = version("bilevel")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+source"
+__version__ = VERSION
 
 __all__ = [
     "Autograd", "BilevelProblem", "ConjugateGradient", "Func", "Neumann", "Oracle", "PROBLEMS", "Result", "SOLVERS",

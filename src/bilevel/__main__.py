@@ -1,6 +1,6 @@
 """python -m bilevel: the command line."""
 import sys
 
-from .bench.cli import main
+from .cli.main import main
 
 sys.exit(main())

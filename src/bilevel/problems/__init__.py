@@ -7,15 +7,14 @@ import os
 import sys
 from typing import Callable
 
-from ..checks import suggest
-from ..problem import BilevelProblem
-from ..registry import Registry
+from ..core.checks import suggest
+from ..core.problem import BilevelProblem
+from ..core.registry import Registry
 from .finite_sum import biased_ridge
 from .hpo import feature_weight_decay, ridge_weights
 from .hyper_cleaning import hyper_cleaning
 from .synthetic import coreset, quadratic, synthetic_nc, synthetic_sc
 from .toy_cleaning import toy_cleaning
-
 
 PROBLEMS: dict[str, Callable[..., BilevelProblem]] = Registry("problem", {
     "synthetic-sc": synthetic_sc,

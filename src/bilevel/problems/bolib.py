@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from .. import checks
-from ..problem import BilevelProblem
+from ..core import checks
+from ..core.problem import BilevelProblem
 from .synthetic import _generator, _placement
 
 _BOLIB = "BOLIB (Zhou, Zemkoho & Tin 2018, arXiv:1812.00230)"

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import checks
-from ..problem import BilevelProblem
+from ..core import checks
+from ..core.problem import BilevelProblem
 from .synthetic import _generator, _placement
 
 

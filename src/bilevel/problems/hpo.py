@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import checks
-from ..lower import minimize
-from ..oracles import Autograd, Oracle
-from ..problem import BilevelProblem
+from ..core import checks
+from ..core.lower import minimize
+from ..core.oracles import Autograd, Oracle
+from ..core.problem import BilevelProblem
 
 CLASSIFICATION = ("breast_cancer", "digits", "wine", "iris")
 REGRESSION = ("diabetes",)
@@ -104,7 +104,7 @@ def lower_loss(x: Tensor, y: Tensor, *, loss: Callable, A: Tensor, labels: Tenso
 # ----- re-solving the lower level -----------------------------------------------------------
 def lbfgs_lower(g: Callable[[Tensor, Tensor], Tensor], x: Tensor, y0: Tensor, *, max_iter: int = 2000,
                 tol: float = 1e-10) -> Tensor:
-    """argmin_y g(x, y) from y0 by `bilevel.lower.minimize` (L-BFGS, deterministic), in the dtype of
+    """argmin_y g(x, y) from y0 by `bilevel.core.lower.minimize` (L-BFGS, deterministic), in the dtype of
     x (float64 for a tight answer), stopping when ||grad_y g|| <= tol."""
     lower = Oracle(Autograd(g, g)).lower_objective(x.detach())
     return minimize(lower, y0.detach(), tol=tol, max_iter=max_iter).y.detach()

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import checks, datasets
-from ..sharding import check_shard, shard_range
-from ..flat import FlatModule
-from ..lower import minimize
-from ..oracles import Autograd, Oracle
-from ..problem import BilevelProblem
+from ..core import checks
+from ..core.data import check_shard, shard_range
+from ..core.flat_module import FlatModule
+from ..core.lower import minimize
+from ..core.oracles import Autograd, Oracle
+from ..core.problem import BilevelProblem
+from . import datasets
 
 NUM_CLASSES = 10
 DEFAULT_SPLITS = {"mnist5k": (2000, 1000, 2000)}
@@ -71,7 +72,7 @@ def weighted_loss(classifier: Classifier, y: Tensor, features: Tensor, labels: T
 def train(classifier: Classifier, features: Tensor, labels: Tensor, weights: Tensor, weight_decay: float,
           steps: int) -> Tensor:
     """Minimise the weighted loss over y from the classifier's initial y0 by L-BFGS (deterministic;
-    `bilevel.lower.minimize`, at most `steps` iterations)."""
+    `bilevel.core.lower.minimize`, at most `steps` iterations)."""
     oracle = Oracle(Autograd(lambda x, y: (y ** 2).sum(),
                              lambda x, y: weighted_loss(classifier, y, features, labels, weights, weight_decay)))
     dummy = torch.zeros(1, dtype=features.dtype, device=features.device)
@@ -107,18 +108,18 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
         weight_decay: the lower level's ||y||^2 weight. Default 0.001.
         corruption_model: "uniform" (a random wrong label) or "permutation" (whole classes
             relabelled, as the seed's authors did).
-        data_dir: where the IDX files are (see `bilevel.datasets.load`).
-        download: fetch them with torchvision when they are missing (see `bilevel.datasets.load`).
+        data_dir: where the IDX files are (see `bilevel.problems.datasets.load`).
+        download: fetch them with torchvision when they are missing (see `bilevel.problems.datasets.load`).
         retrain_steps: L-BFGS iterations of the retraining behind `retrained_accuracy`.
         retrain_every_row: retrain at every logged row (a metric) instead of at the final row
             and the verified answer only (a final metric, the default: a retraining costs as
             much as dozens of iterations).
         rank: for data-parallel runs (`solve(..., distributed=True)`): f and g are this
-            rank's parts, over its blocks `bilevel.sharding.shard_range` of the training and
+            rank's parts, over its blocks `bilevel.core.data.shard_range` of the training and
             validation splits, of sums over ranks (scaled by the full split sizes; weight
             decay on rank 0). x, y and the metrics stay whole. Default 0.
         world_size: the number of ranks. Default 1.
-        minibatch: build the problem with data (`bilevel.data`) so that `solve(..., batch_size=B)`
+        minibatch: build the problem with data (`bilevel.core.data`) so that `solve(..., batch_size=B)`
             runs on minibatches: `upper_data` the validation (features, labels), `lower_data` the
             training sample indices 0..n_train-1 (a batch of indices i reads a_i, b~_i and x_i, so
             g on a batch is (1/|B|) sum_{i in B} sigmoid(x_i) CE_i(y) + weight_decay ||y||^2); on all
@@ -206,7 +207,7 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
         f, g, data = f_batch, g_batch, {"upper_data": (a_val, b_val), "lower_data": every}
 
     clean = (~corrupted).numpy()
-    from sklearn.metrics import roc_auc_score   # imported here, with the data, not in the first metric call
+    from sklearn.metrics import roc_auc_score  # imported here, with the data, not in the first metric call
 
     last: dict[bytes, dict[str, float]] = {}
 

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import checks
-from ..metrics import kkt_info
-from ..oracles import Autograd, Oracle
-from ..problem import BilevelProblem
+from ..core import checks
+from ..core.kkt import kkt_info
+from ..core.oracles import Autograd, Oracle
+from ..core.problem import BilevelProblem
 
 
 def _generator(seed: Any) -> torch.Generator:

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..sharding import check_shard, shard_range
-from ..problem import BilevelProblem
-from .. import checks
+from ..core import checks
+from ..core.data import check_shard, shard_range
+from ..core.problem import BilevelProblem
 from .synthetic import _generator, _placement
 
 
@@ -46,7 +46,7 @@ def toy_cleaning(seed: int = 0, *, n_train: int = 400, n_val: int = 200, n_test:
         corruption: fraction of corrupted training labels in [0, 1). Default 0.3.
         reg: c, the lower level's ridge coefficient. Default 0.001.
         rank: keep this rank's block of the training and validation data
-            (`bilevel.sharding.shard_range`). Default 0 (with world_size 1: all of it).
+            (`bilevel.core.data.shard_range`). Default 0 (with world_size 1: all of it).
         world_size: the number of ranks. Default 1.
         device: where the data live. Default CPU.
         dtype: the data's floating dtype. Default float64.

@@ -1,9 +1,10 @@
 """SOLVERS: name -> solver class, one import line per solver."""
 from __future__ import annotations
 
-from ..registry import Registry
+from ..core.registry import Registry
+from ..core.state import Aux, State
 from .aid_bio import AIDBiO
-from .base import Aux, Solver, State
+from .base import Solver
 from .bome import BOME
 from .f2ba import F2BA
 from .f2sa import F2SA

@@ -9,13 +9,24 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor
 
-from .. import linear
-from ..linear import ConjugateGradient
-from ..metrics import masked
-from ..oracles import Oracle
-from ..problem import BilevelProblem
-from .base import (AdaptiveXState, Aux, Solver, as_float, check_int, check_positive, curvature_in_y, descend,
-                   lower_diagnostics, step_or, x_step)
+from ..core import linear
+from ..core.kkt import masked
+from ..core.linear import ConjugateGradient
+from ..core.oracles import Oracle
+from ..core.problem import BilevelProblem
+from ..core.state import Aux
+from .base import (
+    AdaptiveXState,
+    Solver,
+    as_float,
+    check_int,
+    check_positive,
+    curvature_in_y,
+    descend,
+    lower_diagnostics,
+    step_or,
+    x_step,
+)
 
 
 @dataclass(frozen=True)

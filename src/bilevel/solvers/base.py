@@ -12,41 +12,17 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .. import checks
-from ..oracles import Oracle, inner
-from ..problem import BilevelProblem
-
-
-@dataclass(frozen=True)
-class State:
-    """Progress of a solver: the iterate z_k = (x, y) and the number k of steps taken.
-    Solvers subclass it with what their next step needs (a persistent inner variable, the
-    step sizes resolved by `init`, ...)."""
-
-    x: Tensor
-    y: Tensor
-    k: int = 0
-
-
-@dataclass(frozen=True)
-class Aux:
-    """What a step computed at the iterate it was given.
-
-    Attributes:
-        diagnostics: scalars (0-d tensors or floats) at that iterate: `f`, `g`, `h`,
-            `kkt_feasibility`, where the step has it `kkt_stationarity`, and method-specific
-            values (lambda, the step size, ...). Logged without recomputation.
-        nu: the multiplier of grad_y g = 0 that the method defines there, or None.
-    """
-
-    diagnostics: dict[str, Tensor | float] = field(default_factory=dict)
-    nu: Tensor | None = None
+from ..core import checks
+from ..core.linear import power_iteration
+from ..core.oracles import Oracle, inner
+from ..core.problem import BilevelProblem
+from ..core.state import Aux, State
 
 
 @dataclass(frozen=True)
@@ -123,22 +99,6 @@ def descend(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, st
 
 
 # ----- curvature estimates for default step sizes -----------------------------------------
-def power_iteration(matvec, like: tuple[Tensor, Tensor], iters: int, generator: torch.Generator) -> Tensor:
-    """The largest |eigenvalue| of a symmetric operator on (x, y) pairs, by `iters` steps of power
-    iteration from a random start, as a 0-d tensor (tensor operations only, so that it runs
-    under torch.func.vmap)."""
-    v = tuple(torch.randn(t.shape, generator=generator, dtype=t.dtype, device="cpu").to(t.device) for t in like)
-    estimate = torch.zeros((), dtype=like[0].dtype, device=like[0].device)
-    for _ in range(iters):
-        norm = torch.sqrt(sum(inner(p, p) for p in v))
-        v = tuple(p / torch.clamp(norm, min=torch.finfo(norm.dtype).tiny) for p in v)
-        w = matvec(v)
-        # ||A v_k|| grows with k for symmetric A: the running maximum keeps an overflow (inf) once seen
-        estimate = torch.maximum(estimate, torch.sqrt(sum(inner(p, p) for p in w)))
-        v = w
-    return torch.clamp(estimate, min=1e-12)
-
-
 def as_float(value: Tensor) -> float | Tensor:
     """A 0-d tensor as a Python float; the tensor itself under torch.func.vmap (one value per member)."""
     try:

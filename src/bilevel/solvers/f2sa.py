@@ -7,9 +7,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..oracles import Oracle
-from ..problem import BilevelProblem
-from .base import Aux, Solver, State, check_int, check_positive, curvature_in_y, lower_diagnostics, step_or
+from ..core.oracles import Oracle
+from ..core.problem import BilevelProblem
+from ..core.state import Aux, State
+from .base import Solver, check_int, check_positive, curvature_in_y, lower_diagnostics, step_or
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ..oracles import Oracle
+from ..core.oracles import Oracle
 from .aid_bio import ImplicitStep
 
 

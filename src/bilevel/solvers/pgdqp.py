@@ -8,12 +8,13 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from .. import checks
-from ..metrics import masked
-from ..oracles import Oracle, inner
-from ..problem import BilevelProblem
-from .base import (Aux, Solver, State, as_float, check_choice, check_int, check_positive, curvature_in_y, descend,
-                   power_iteration)
+from ..core import checks
+from ..core.kkt import masked
+from ..core.linear import power_iteration
+from ..core.oracles import Oracle, inner
+from ..core.problem import BilevelProblem
+from ..core.state import Aux, State
+from .base import Solver, as_float, check_choice, check_int, check_positive, curvature_in_y, descend
 
 
 def qp_step(grad_f: tuple[Tensor, Tensor], grad_h: tuple[Tensor, Tensor], alpha_rho: Tensor,
@@ -158,7 +159,7 @@ class PGDQP(Solver):
     and the heavy ball and secant memories restart. Algorithm 1 itself has no such step (its
     "perturbed" is the QP's minimal change of -grad f).
 
-    Minibatches (`solve(..., batch_size=B)`, `bilevel.data`): h = ||grad_y g||^2 and grad h =
+    Minibatches (`solve(..., batch_size=B)`, `bilevel.core.data`): h = ||grad_y g||^2 and grad h =
     2 J^T grad_y g from one batch are biased, upwards by the batch variance of grad_y g (their
     expectation is ||grad_y g||^2 + tr Cov(grad_y g_B) and 2 J^T grad_y g + 2 E[J_B^T (grad_y g_B -
     grad_y g)]), and h would not vanish at the lower-level solution. With estimator="independent"
@@ -256,7 +257,7 @@ class PGDQP(Solver):
     escape_tol: float = 1e-3
     escape_starts: int = 4
     escape_gain: float = 1e-3
-    # ----- minibatches (bilevel.data): the stochastic code path, see `_stochastic_direction` -----
+    # ----- minibatches (bilevel.core.data): the stochastic code path, see `_stochastic_direction` -----
     estimator: str | None = None
     noise_decay: float = 100.0
 

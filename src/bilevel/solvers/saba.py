@@ -8,9 +8,10 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from ..oracles import Oracle
-from ..problem import BilevelProblem
-from .base import Aux, check_choice
+from ..core.oracles import Oracle
+from ..core.problem import BilevelProblem
+from ..core.state import Aux
+from .base import check_choice
 from .soba import Directions, Framework, FrameworkState, directions, framework_aux
 
 

@@ -6,12 +6,12 @@ from typing import ClassVar
 
 import torch
 
-from ..metrics import masked
-from ..oracles import Oracle, inner
-from ..problem import BilevelProblem
-from .base import AdaptiveXState, Aux, Solver, check_positive, x_step
+from ..core.kkt import masked
+from ..core.oracles import Oracle, inner
+from ..core.problem import BilevelProblem
+from ..core.state import Aux
+from .base import AdaptiveXState, Solver, check_positive, x_step
 from .pgdqp import qp_step
-
 
 EULER_STEP = 0.01   # the Euler step of y (and the former joint step) where no step is given
 

@@ -8,9 +8,10 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from ..oracles import Oracle, inner
-from ..problem import BilevelProblem
-from .base import Aux, Solver, State, check_choice, check_positive, curvature_in_y, lower_diagnostics, step_or
+from ..core.oracles import Oracle, inner
+from ..core.problem import BilevelProblem
+from ..core.state import Aux, State
+from .base import Solver, check_choice, check_positive, curvature_in_y, lower_diagnostics, step_or
 
 
 class Directions(NamedTuple):

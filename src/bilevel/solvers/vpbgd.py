@@ -7,10 +7,21 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..oracles import Oracle
-from ..problem import BilevelProblem
-from .base import (AdaptiveXState, Aux, Solver, capped, check_int, check_positive, curvature_in_y, descend,
-                   lower_diagnostics, step_or, x_step)
+from ..core.oracles import Oracle
+from ..core.problem import BilevelProblem
+from ..core.state import Aux
+from .base import (
+    AdaptiveXState,
+    Solver,
+    capped,
+    check_int,
+    check_positive,
+    curvature_in_y,
+    descend,
+    lower_diagnostics,
+    step_or,
+    x_step,
+)
 
 
 @dataclass(frozen=True)

@@ -100,3 +100,19 @@ def from_spec(spec):
         return kind(**fields)
     except TypeError as error:
         raise TypeError(f"Invalid linear_solver: {spec!r} ({error})") from None
+
+
+def power_iteration(matvec, like: tuple[Tensor, Tensor], iters: int, generator: torch.Generator) -> Tensor:
+    """The largest |eigenvalue| of a symmetric operator on (x, y) pairs, by `iters` steps of power
+    iteration from a random start, as a 0-d tensor (tensor operations only, so that it runs
+    under torch.func.vmap)."""
+    v = tuple(torch.randn(t.shape, generator=generator, dtype=t.dtype, device="cpu").to(t.device) for t in like)
+    estimate = torch.zeros((), dtype=like[0].dtype, device=like[0].device)
+    for _ in range(iters):
+        norm = torch.sqrt(sum(inner(p, p) for p in v))
+        v = tuple(p / torch.clamp(norm, min=torch.finfo(norm.dtype).tiny) for p in v)
+        w = matvec(v)
+        # ||A v_k|| grows with k for symmetric A: the running maximum keeps an overflow (inf) once seen
+        estimate = torch.maximum(estimate, torch.sqrt(sum(inner(p, p) for p in w)))
+        v = w
+    return torch.clamp(estimate, min=1e-12)

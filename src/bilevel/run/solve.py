@@ -1,5 +1,5 @@
 """solve(): run a solver on a problem. It checks its arguments, chooses the oracle, and
-hands the iterations to the loop core (bilevel.loop) shared with solve_batch."""
+hands the iterations to the loop core (bilevel.run.loop) shared with solve_batch."""
 from __future__ import annotations
 
 import contextlib
@@ -12,17 +12,18 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
+from ..core import checks, data
+from ..core.distributed import data_shards, run_context
+from ..core.oracles import BACKENDS, Oracle, backend
+from ..core.problem import BilevelProblem
+from ..core.result import Result, Status
+from ..core.state import Aux, State
+from ..solvers import SOLVERS
+from ..solvers.base import Solver
 from . import checkpoint as checkpoints
-from . import checks, data
 from . import verify as verification
-from .distributed import data_shards, run_context
 from .history import KKT_MODES, History
 from .loop import Clock, iterate, nonfinite_names
-from .oracles import BACKENDS, Oracle, backend
-from .problem import BilevelProblem
-from .result import Result, Status
-from .solvers import SOLVERS
-from .solvers.base import Aux, Solver, State
 
 
 def make_solver(solver: str | Solver, options: Mapping[str, Any] | None = None) -> Solver:
@@ -153,7 +154,7 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
             which keeps x86 CPUs from slowing down when values decay towards zero.
             Default True.
         verify: after the run, re-solve the lower level at the final x from y and check
-            second-order optimality there (`bilevel.verify.verify`): `Result.verification`
+            second-order optimality there (`bilevel.run.verify.verify`): `Result.verification`
             holds the honest values (f at the re-solved y, the problem's metrics there), and
             `Result.success` requires that y is within verify_tol of the re-solved y and that it
             is a minimiser. Its cost is reported in `verification["cost"]`. Default True.
@@ -165,7 +166,7 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
             and seed (else a ValueError says what differs). Default None.
         batch_size: for a problem with data (`upper_data`, `lower_data`): evaluate the run's
             oracle on minibatches of this size (an (upper, lower) pair for two sizes), drawn
-            anew at every step from the run's seeded generator (`bilevel.data`): the same seed
+            anew at every step from the run's seeded generator (`bilevel.core.data`): the same seed
             gives the same batches, and checkpoints hold the sampler's position. The step's
             diagnostics and the KKT residuals of logged rows are then estimates on the current
             batch; the problem's metrics and the verification use all the data. With
@@ -269,7 +270,7 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
 
 
 class Single:
-    """The `bilevel.loop.Stepper` of one run: the solver's step on one problem and oracle."""
+    """The `bilevel.run.loop.Stepper` of one run: the solver's step on one problem and oracle."""
 
     size = 1
 
@@ -368,7 +369,7 @@ def in_structure(result: Result, problem: BilevelProblem) -> Result:
 
 
 def with_verification(result: Result, problem: BilevelProblem, oracle: Oracle, tol: float, seed: int) -> Result:
-    """The result with its verification (`bilevel.verify.verify`) and, where it fails, why in
+    """The result with its verification (`bilevel.run.verify.verify`) and, where it fails, why in
     the message."""
     found = verification.verify(problem, oracle, result.x, result.y, tol=tol, seed=seed)
     message = result.message if found["passed"] else f"{result.message}; verification failed: {found['reason']}"

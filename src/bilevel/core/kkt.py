@@ -1,4 +1,4 @@
-"""KKT residuals (the seed paper's Definition 2.4) and the hypergradient.
+"""KKT residuals (the seed paper's Definition 2.4) and the implicit gradient.
 
 For the single-level reformulation  min f(x, y) s.t. grad_y g(x, y) = 0  with
 multiplier nu in R^m and J = [grad_yx g, grad_yy g] (the Jacobian of grad_y g):
@@ -17,8 +17,6 @@ gradient: there nu is zero and the y residual is not counted (an active set, `fr
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
@@ -26,7 +24,7 @@ from .linear import ConjugateGradient
 from .oracles import Oracle, inner
 from .problem import BilevelProblem
 
-_LSTSQ = ConjugateGradient(iters=50, tol=1e-12)
+LEAST_SQUARES = ConjugateGradient(iters=50, tol=1e-12)
 
 
 def masked(v: Tensor, free: Tensor | None) -> Tensor:
@@ -44,7 +42,7 @@ def kkt_stationarity(oracle: Oracle, x: Tensor, y: Tensor, nu: Tensor,
 
 
 def least_squares_multiplier(oracle: Oracle, x: Tensor, y: Tensor, grad_f: tuple[Tensor, Tensor],
-                             linear_solver=_LSTSQ, free: Tensor | None = None) -> Tensor:
+                             linear_solver=LEAST_SQUARES, free: Tensor | None = None) -> Tensor:
     """nu minimising ||grad f + J^T nu||^2 (J J^T nu = -J grad f by conjugate gradient), on the
     `free` coordinates of a y box."""
     def normal_matvec(v: Tensor) -> Tensor:
@@ -70,7 +68,7 @@ def kkt_info(oracle: Oracle, x: Tensor, y: Tensor, nu: Tensor | None = None,
             "kkt_feasibility": h}
 
 
-def implicit_gradient(oracle: Oracle, x: Tensor, y: Tensor, linear_solver=_LSTSQ,
+def implicit_gradient(oracle: Oracle, x: Tensor, y: Tensor, linear_solver=LEAST_SQUARES,
                       free: Tensor | None = None) -> Tensor:
     """F(x, y) = grad_x f - grad_yx g^T v with grad_yy g v = grad_y f (eq. 1 of the seed) at the
     given y (no lower-level solve: see `hypergradient`); on a y box, the system and v restricted
@@ -81,46 +79,3 @@ def implicit_gradient(oracle: Oracle, x: Tensor, y: Tensor, linear_solver=_LSTSQ
     _, gfx, gfy = oracle.grad_f(x, y)
     v = linear_solver(lambda u: masked(oracle.vjp_grad_y_g(x, y, masked(u, free))[1], free), masked(gfy, free))
     return gfx - oracle.vjp_grad_y_g(x, y, masked(v, free))[0]
-
-
-def hypergradient(problem: BilevelProblem, x: Any, *, y: Any = None, max_iter: int = 1000,
-                  linear_solver: Any = None) -> Any:
-    """The gradient of the honest upper objective x -> f(x, y*(x)) at x.
-
-    First the lower level is solved at x (`bilevel.lower.minimize` from y, default the
-    problem's y0: L-BFGS, or projected gradient on a y box; a local solve, so for a nonconvex
-    g it is the y*(x) near y); then, by the implicit function theorem,
-
-        grad = grad_x f(x, y*) - grad_yx g(x, y*)^T v,   grad_yy g(x, y*) v = grad_y f(x, y*),
-
-    v by conjugate gradient (the least-squares v where grad_yy g is singular: then y*(x) is not
-    unique and the formula is the gradient along the solution y* found). On a y box the system
-    is restricted to the coordinates of y* not held at a bound (those stay put as x moves).
-    Valid where grad_yy g is nonsingular there and the active set does not change near x.
-
-    Args:
-        problem: the `BilevelProblem`.
-        x: the upper variable, flat or in the problem's structure.
-        y: where the lower-level solve starts (default problem.y0).
-        max_iter: iterations of the lower-level solve at most. Default 1000.
-        linear_solver: solves grad_yy g v = grad_y f. Default ConjugateGradient(iters=50, tol=1e-12).
-
-    Returns:
-        The gradient, in x's structure.
-
-    Example:
-        >>> import bilevel
-        >>> p = bilevel.PROBLEMS["quadratic"](seed=0)
-        >>> float(bilevel.hypergradient(p, p.info["x_star"]).norm()) < 1e-6
-        True
-    """
-    from .layout import Layout
-    from .oracles import Autograd
-    from .verify import resolve
-    x = Layout.of("x", x)[1].to(problem.x0)
-    y = problem.y0 if y is None else Layout.of("y", y)[1].to(problem.y0)
-    oracle = Oracle(Autograd(problem.f, problem.g, problem.y_bounds))
-    y_star = resolve(problem, oracle, x, y, max_iter).y
-    free = problem.free_y(y_star, oracle.grad_g_y(x, y_star))
-    grad = implicit_gradient(oracle, x, y_star, linear_solver or _LSTSQ, free)
-    return problem.layouts[0].structure(grad)

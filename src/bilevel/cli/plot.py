@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..files import atomic_write
+from ..core.files import atomic_write
 
 X_AXES = {"iter": "iteration", "time": "time (s)", "oracle_calls": "oracle calls"}
 # beyond this magnitude a value (a diverging run's last finite iterates, e.g. 7e306) cannot be
@@ -179,7 +179,7 @@ def plot_metrics(frame: pd.DataFrame, metrics: Sequence[str], path: str | Path, 
                  reference_lines: dict[str, dict[str, float]] | None = None,
                  configs: dict[str, str] | None = None) -> Path:
     """One panel per metric: median (line) and interquartile band (shade) per group (`band`),
-    written atomically as a PNG with the permissions the umask gives (`bilevel.files.atomic_write`).
+    written atomically as a PNG with the permissions the umask gives (`bilevel.core.files.atomic_write`).
 
     Args:
         frame: tidy results with columns run_id, `group`, `x` and the metrics.

@@ -8,7 +8,7 @@
     OUT/runs/<run_id>/summary.json          configuration, status, final values, provenance
     OUT/references/<problem key>.json       a problem's reference lines (plots), stored once
 
-Every file is written atomically (`bilevel.files.atomic_write`), so a killed run or sweep
+Every file is written atomically (`bilevel.core.files.atomic_write`), so a killed run or sweep
 leaves finished runs whole and resumes without losing or duplicating any.
 """
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ..files import atomic_write
-from ..result import Result
+from ..core.files import atomic_write
+from ..core.result import Result
+from ..core.version import VERSION
 
 
 class ResultsError(ValueError):
@@ -33,8 +34,7 @@ class ResultsError(ValueError):
 
 def provenance(device: Any = None) -> dict[str, str]:
     """Package, torch and Python versions, and the device a run used."""
-    from .. import __version__
-    return {"bilevel_version": __version__, "torch_version": torch.__version__,
+    return {"bilevel_version": VERSION, "torch_version": torch.__version__,
             "python_version": platform.python_version(), "device": str(device or "cpu"),
             "machine": platform.machine()}
 

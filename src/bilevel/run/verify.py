@@ -25,11 +25,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.kkt import LEAST_SQUARES, implicit_gradient
+from ..core.layout import Layout
+from ..core.linear import power_iteration
+from ..core.lower import Minimum, minimize
+from ..core.oracles import Autograd, Oracle, inner
+from ..core.problem import BilevelProblem
 from .history import problem_metrics
-from .lower import Minimum, minimize
-from .oracles import Oracle, inner
-from .problem import BilevelProblem
-from .solvers.base import power_iteration
 
 CURVATURE_TOL = 1e-3     # negative curvature counts beyond this fraction of the largest |eigenvalue|
 
@@ -81,7 +83,7 @@ def verify(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, tol
 
 
 def resolve(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, max_iter: int = 1000) -> Minimum:
-    """The lower level solved at x from y, tightly (`bilevel.lower.minimize` to a stationarity
+    """The lower level solved at x from y, tightly (`bilevel.core.lower.minimize` to a stationarity
     residual eps^(3/4) times max(1, ||grad_y g(x, y)||), or until g stops decreasing)."""
     value_and_grad = oracle.lower_objective(x)
     grad = value_and_grad(y)[1]
@@ -139,3 +141,43 @@ def _curvature(oracle: Oracle, x: Tensor, y: Tensor, bounds: tuple | None, seed:
             break
         v = w / norm
     return float(inner(v, hessian(v))), largest
+
+
+def hypergradient(problem: BilevelProblem, x: Any, *, y: Any = None, max_iter: int = 1000,
+                  linear_solver: Any = None) -> Any:
+    """The gradient of the honest upper objective x -> f(x, y*(x)) at x.
+
+    First the lower level is solved at x (`bilevel.core.lower.minimize` from y, default the
+    problem's y0: L-BFGS, or projected gradient on a y box; a local solve, so for a nonconvex
+    g it is the y*(x) near y); then, by the implicit function theorem,
+
+        grad = grad_x f(x, y*) - grad_yx g(x, y*)^T v,   grad_yy g(x, y*) v = grad_y f(x, y*),
+
+    v by conjugate gradient (the least-squares v where grad_yy g is singular: then y*(x) is not
+    unique and the formula is the gradient along the solution y* found). On a y box the system
+    is restricted to the coordinates of y* not held at a bound (those stay put as x moves).
+    Valid where grad_yy g is nonsingular there and the active set does not change near x.
+
+    Args:
+        problem: the `BilevelProblem`.
+        x: the upper variable, flat or in the problem's structure.
+        y: where the lower-level solve starts (default problem.y0).
+        max_iter: iterations of the lower-level solve at most. Default 1000.
+        linear_solver: solves grad_yy g v = grad_y f. Default ConjugateGradient(iters=50, tol=1e-12).
+
+    Returns:
+        The gradient, in x's structure.
+
+    Example:
+        >>> import bilevel
+        >>> p = bilevel.PROBLEMS["quadratic"](seed=0)
+        >>> float(bilevel.hypergradient(p, p.info["x_star"]).norm()) < 1e-6
+        True
+    """
+    x = Layout.of("x", x)[1].to(problem.x0)
+    y = problem.y0 if y is None else Layout.of("y", y)[1].to(problem.y0)
+    oracle = Oracle(Autograd(problem.f, problem.g, problem.y_bounds))
+    y_star = resolve(problem, oracle, x, y, max_iter).y
+    free = problem.free_y(y_star, oracle.grad_g_y(x, y_star))
+    grad = implicit_gradient(oracle, x, y_star, linear_solver or LEAST_SQUARES, free)
+    return problem.layouts[0].structure(grad)

@@ -447,7 +447,7 @@ class Oracle:
 
     def lower_objective(self, x: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
         """y -> (g(x, y), grad_y g(x, y)) at a fixed x (counted as gradients of g): the lower
-        level as the function of y that `bilevel.lower.minimize` takes."""
+        level as the function of y that `bilevel.core.lower.minimize` takes."""
         def value_and_grad(y: Tensor) -> tuple[Tensor, Tensor]:
             value, _, grad_y = self.grad_g(x, y)
             return value, grad_y
@@ -455,7 +455,7 @@ class Oracle:
 
     @property
     def stochastic(self) -> bool:
-        """Whether the back-end evaluates minibatches (`bilevel.data.Sampled`)."""
+        """Whether the back-end evaluates minibatches (`bilevel.core.data.Sampled`)."""
         return bool(getattr(self.backend, "sampled", False))
 
     def resample(self, which: str = "both") -> None:

@@ -104,7 +104,7 @@ class BilevelProblem:
             answer only.
         upper_data: data of the upper level: a tensor, a tuple of tensors sharing their first
             dimension (samples), or a torch Dataset. With data, f is called as f(x, y, batch)
-            (see `bilevel.data`): on all of it for the problem's own f(x, y), metrics and
+            (see `bilevel.core.data`): on all of it for the problem's own f(x, y), metrics and
             verification, on minibatches with `solve(..., batch_size=...)`.
         lower_data: likewise for g.
         name: a short name used in logs and result tables.

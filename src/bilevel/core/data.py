@@ -136,7 +136,7 @@ class Sampled:
     the problem's data, redrawn by `resample` from `generator`.
 
     Args:
-        make: (f, g) -> a back-end (`bilevel.oracles.backend` of a kind).
+        make: (f, g) -> a back-end (`bilevel.core.oracles.backend` of a kind).
         objectives: the problem's f(x, y, batch) and g(x, y, batch).
         data: the problem's upper and lower `Data`.
         sizes: the batch sizes (upper, lower).
@@ -216,3 +216,23 @@ class Sampled:
         if name.startswith("_") or "inner" not in self.__dict__:
             raise AttributeError(name)
         return getattr(self.__dict__["inner"], name)
+
+
+def check_shard(rank: Any, world_size: Any) -> None:
+    """rank and world_size describe a shard: integers with 0 <= rank < world_size."""
+    world_size = checks.integer("world_size", world_size, 1)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"Invalid rank: {rank!r} (expected an integer in [0, {world_size - 1}])")
+
+
+def shard_range(n: int, rank: int, world_size: int) -> slice:
+    """The contiguous block of range(n) that rank holds; block sizes differ by at most one.
+
+    Example:
+        >>> [shard_range(5, r, 2) for r in range(2)]
+        [slice(0, 3, None), slice(3, 5, None)]
+    """
+    check_shard(rank, world_size)
+    size, extra = divmod(n, world_size)
+    start = rank * size + min(rank, extra)
+    return slice(start, start + size + (rank < extra))

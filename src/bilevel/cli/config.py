@@ -34,12 +34,13 @@ from typing import Any
 import torch
 import yaml
 
-from .. import PROBLEMS, SOLVERS
-from ..checks import suggest
-from ..history import KKT_MODES, problem_metrics
-from ..oracles import BACKENDS, COUNTERS
-from ..problems import resolve
-from ..solve import make_solver
+from ..core.checks import suggest
+from ..core.oracles import BACKENDS, COUNTERS
+from ..core.problem import BilevelProblem
+from ..problems import PROBLEMS, resolve
+from ..run.history import KKT_MODES, problem_metrics
+from ..run.solve import make_solver
+from ..solvers import SOLVERS
 from .plot import X_AXES
 
 TOP_KEYS = {"name": str, "max_iter": int, "log_every": int, "seeds": (int, list), "kkt": str, "tol": (int, float),
@@ -47,9 +48,9 @@ TOP_KEYS = {"name": str, "max_iter": int, "log_every": int, "seeds": (int, list)
             "oracle": str}
 PLOT_KEYS = {"metrics": list, "x": str}
 REQUIRED = ("max_iter", "problems", "methods")
-# the history columns a run can have whatever its problem (bilevel.history.History.log: the counts,
+# the history columns a run can have whatever its problem (bilevel.run.history.History.log: the counts,
 # the step's diagnostics of every solver, the KKT residuals) and its verification's
-# (bilevel.bench.store.verified_columns)
+# (bilevel.cli.store.verified_columns)
 RUN_COLUMNS = ("iter", "time", *COUNTERS, "oracle_calls", "f", "g", "h", "kkt_stationarity", "kkt_feasibility",
                "kkt_stationarity_method", "z_norm", "lambda", "step_size", "lower_step_size", "alpha", "penalty", "eps",
                "truncation", "linear_residual",
@@ -270,6 +271,31 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
     return raw
 
 
+def build_problem(name: str, seed: int, args: dict[str, Any], device: str | None = None) -> BilevelProblem:
+    """`PROBLEMS[name](seed=seed, **args)` (and device where given and the builder takes one), with
+    argument errors that name the argument; a dtype given by name becomes the torch dtype."""
+    builder = resolve(name)
+    params = inspect.signature(builder).parameters
+    unknown = [k for k in args if k not in params]
+    if unknown:
+        valid = [p for p in params if p != "seed"]
+        raise ValueError(f"Invalid --problem-arg for {name}: {unknown[0]!r} (valid: {', '.join(valid)})"
+                         f"{suggest(unknown[0], valid)}")
+    dtype = args.get("dtype")
+    if "dtype" in args and not (isinstance(dtype, str) and dtype in DTYPES) and not hasattr(dtype, "is_floating_point"):
+        raise ValueError(f"Invalid --problem-arg dtype: {dtype!r} (expected one of {', '.join(DTYPES)})"
+                         f"{suggest(dtype, DTYPES)}")
+    kwargs = problem_kwargs(args)
+    if "seed" in params:
+        kwargs["seed"] = seed
+    if device is not None and "device" in params:
+        kwargs["device"] = device
+    problem = builder(**kwargs)
+    if not isinstance(problem, BilevelProblem):
+        raise TypeError(f"Invalid problem: {name!r} returned {type(problem).__name__} (expected a BilevelProblem)")
+    return problem
+
+
 def problem_metric_names(name: str, args: dict[str, Any], seed: int = 0) -> list[str] | None:
     """The names of problem `name`'s metrics: its builder's `metric_names` where it declares them
     (so that a problem costly to build is not built for a check), else the names metrics(x0, y0)
@@ -277,7 +303,6 @@ def problem_metric_names(name: str, args: dict[str, Any], seed: int = 0) -> list
     declared = getattr(resolve(name), "metric_names", None)
     if declared is not None:
         return list(declared)
-    from .runner import build_problem     # runner imports this module
     try:
         problem = build_problem(name, seed, args)
         return list(problem_metrics(problem, problem.x0, problem.y0))

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .files import atomic_write
+from ..core.files import atomic_write
 
 FORMAT = 3
 
@@ -74,7 +74,7 @@ def _not_a_directory(path: str | Path) -> None:
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> None:
-    """torch.save, atomically (`bilevel.files.atomic_write`)."""
+    """torch.save, atomically (`bilevel.core.files.atomic_write`)."""
     _not_a_directory(path)
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 

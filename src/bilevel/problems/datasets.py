@@ -84,7 +84,7 @@ def _find(directory: Path, stem: str, name: str = "mnist") -> Path:
     for candidate in (directory / stem, directory / f"{stem}.gz"):
         if candidate.exists():
             return candidate
-    hint = (f", run bilevel.datasets.fetch_mnist(DIR) (`bilevel data mnist --data-dir DIR`) to write {MNIST_FILE} "
+    hint = (f", run bilevel.problems.datasets.fetch_mnist(DIR) (`bilevel data mnist --data-dir DIR`) to write {MNIST_FILE} "
             f"there," if name == "mnist" else "")
     raise FileNotFoundError(f"Missing IDX file: {stem} (or {stem}.gz) in {str(directory)!r}; "
                             f"put the standard MNIST/Fashion-MNIST files there{hint} or use dataset='mnist5k'")
@@ -141,7 +141,7 @@ def _raw_split(name: str, data_dir: str | Path | None, download: bool) -> tuple[
         return load_idx_split(directory, name)
     if download:
         return _download(name, Path(data_dir or "data"))
-    hint = (f"give data_dir=DIR holding {MNIST_FILE} (written by bilevel.datasets.fetch_mnist(DIR)) or the IDX files"
+    hint = (f"give data_dir=DIR holding {MNIST_FILE} (written by bilevel.problems.datasets.fetch_mnist(DIR)) or the IDX files"
             if name == "mnist" else "give data_dir=DIR with the IDX files")
     raise ValueError(f"Invalid data_dir: None for dataset {name!r} ({hint}, "
                      f"or download=True where torchvision and a network exist)")
@@ -407,7 +407,7 @@ def read_mnist_npz(path: str | Path) -> dict[str, np.ndarray]:
         if problem is None:
             return arrays
     raise ValueError(f"Invalid {MNIST_FILE}: {str(path)!r} ({problem}); write it again with "
-                     f"bilevel.datasets.fetch_mnist(DIR)")
+                     f"bilevel.problems.datasets.fetch_mnist(DIR)")
 
 
 def _write_atomically(path: Path, arrays: dict) -> None:

@@ -39,7 +39,7 @@ class Result:
         message: detail on the status (where a divergence happened, for example).
         solver: the solver object that produced the result (its hyperparameters).
         state: the solver's final state, for inspection.
-        verification: what `bilevel.verify.verify` found at (x, y) (solve's verify=True):
+        verification: what `bilevel.run.verify.verify` found at (x, y) (solve's verify=True):
             `y_resolved` (the lower level re-solved at x from y), `lower_gap`, `y_distance`,
             `upper_value` (f at y_resolved: the honest upper value), `metrics` (the problem's
             metrics at y_resolved), `passed` and `reason`, `cost`; None when not verified.

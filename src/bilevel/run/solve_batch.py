@@ -7,8 +7,8 @@ The problems of the seeds must share their structure: the same f and g (other st
 points of one problem), or f and g that are `functools.partial` of one function whose
 tensor arguments have the same shapes (other data, as the built-in synthetic builders make
 them). The solver's `init` and `step` then run once per iteration for the whole batch,
-vectorised by `torch.func.vmap` over the torch.func back-end (`bilevel.oracles.Func`), and the
-loop core of `solve` (bilevel.loop) drives them: every member gets its own `Result`, with
+vectorised by `torch.func.vmap` over the torch.func back-end (`bilevel.core.oracles.Func`), and the
+loop core of `solve` (bilevel.run.loop) drives them: every member gets its own `Result`, with
 its own stop (tol, callback, divergence), as `solve` would give it (up to round-off: the
 derivatives come from torch.func, not autograd).
 """
@@ -24,14 +24,15 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from . import checks
+from ..core import checks
+from ..core.oracles import Func, Oracle
+from ..core.problem import BilevelProblem
+from ..core.result import Result
+from ..core.state import Aux, State
+from ..solvers.base import Solver
 from .history import KKT_MODES, History
 from .loop import Clock, iterate, nonfinite_names
-from .oracles import Func, Oracle
-from .problem import BilevelProblem
-from .result import Result
 from .solve import flushing_denormals, in_structure, make_solver, with_verification
-from .solvers.base import Aux, Solver, State
 
 
 def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | Solver, *, seeds: Iterable[int],
@@ -237,7 +238,7 @@ class BatchAux:
 
 
 class Batched:
-    """The `bilevel.loop.Stepper` of solve_batch: the solver's init and step under torch.func.vmap
+    """The `bilevel.run.loop.Stepper` of solve_batch: the solver's init and step under torch.func.vmap
     over the members' stacked data, with the call counts of one member."""
 
     def __init__(self, problems: Sequence[BilevelProblem], solver: Solver, generator: torch.Generator):

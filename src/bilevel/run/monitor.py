@@ -1,13 +1,13 @@
 """Live monitoring: callbacks that write every row of a run's history as it is logged.
 
-    from bilevel.monitor import Callbacks, JsonLines, TensorBoard
+    from bilevel.run.monitor import Callbacks, JsonLines, TensorBoard
     result = bilevel.solve(problem, "pgdqp", log_every=10, callback=JsonLines("run.jsonl"))
     with TensorBoard("logs/run") as board:                   # tensorboard --logdir logs
         result = bilevel.solve(problem, "pgdqp", log_every=10, callback=board)
     callback = Callbacks(JsonLines("run.jsonl"), my_stop_test)   # several at once
 
 The loop calls a callback's `on_row(row)`, where it has one, with each row of the history
-(`bilevel.loop.iterate`, `History.listen`): the numbers of `Result.history` as they are
+(`bilevel.run.loop.iterate`, `History.listen`): the numbers of `Result.history` as they are
 logged (iter, time, the oracle counts, f, g, h, the KKT residuals, the solver's diagnostics,
 the problem's metrics; in `solve_batch` also "member", the member's index), and first, for a
 run continued from a checkpoint, the rows restored from it. The callback(state, aux) call made

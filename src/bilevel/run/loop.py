@@ -17,9 +17,10 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..core.result import Status
+from ..core.state import Aux, State
+from ..solvers.base import Solver
 from .history import History
-from .result import Status
-from .solvers.base import Aux, Solver, State
 
 
 @dataclass
@@ -95,7 +96,7 @@ def iterate(stepper: Stepper, solver: Solver, state: Any, clock: Clock, *, max_i
     checkpoints). Members that stop early keep their answer while the others go on. Where the
     callback has a method `on_row`, it is called with every row of the histories
     (`History.listen`: those restored from a checkpoint at once, the others as they are
-    logged; a batch's rows with "member": b first; `bilevel.monitor`).
+    logged; a batch's rows with "member": b first; `bilevel.run.monitor`).
     """
     size = stepper.size
     on_row = getattr(callback, "on_row", None)

@@ -9,7 +9,7 @@
     bilevel data mnist --data-dir data/mnist
     torchrun --nproc-per-node 2 -m bilevel run --problem toy-cleaning --method pgdqp --distributed
 
-run, compare and sweep write one result layout (bilevel.bench.store); plot and table read it.
+run, compare and sweep write one result layout (bilevel.cli.store); plot and table read it.
 """
 from __future__ import annotations
 
@@ -22,16 +22,19 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
-from .. import PROBLEMS, SOLVERS, distributed
-from ..checks import suggest
-from ..history import KKT_MODES
-from ..oracles import BACKENDS
-from ..problems import resolve
-from ..solve import make_solver
+from ..core import distributed
+from ..core.checks import suggest
+from ..core.oracles import BACKENDS
+from ..problems import PROBLEMS, resolve
+from ..problems.datasets import fetch_mnist
+from ..run.history import KKT_MODES
+from ..run.solve import make_solver
+from ..solvers import SOLVERS
 from . import store, tables
 from .config import ConfigError, RunSpec, load_config
 from .plot import X_AXES, figure_name, plot_metrics
 from .report import command, format_table, machine, update_section
+from .runner import live_log_note, run
 from .sweep import make_dir, prepare_out, run_specs, run_sweep
 
 
@@ -235,7 +238,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise CLIError(f"Invalid --checkpoint: {args.checkpoint!r} (its directory cannot be created: "
                            f"{exc.strerror or exc})") from None
     shard = _init_distributed(args)
-    from .runner import live_log_note, run
     if args.log_dir and shard.get("rank", 0) == 0:
         print(live_log_note(args.log_dir, spec.run_id), file=sys.stderr)
     record = run(spec, args.out, device=args.device, progress=not args.no_progress, distributed=args.distributed,
@@ -282,7 +284,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     todo = prepare_out(out, specs, resume=True)
     if not args.resume:            # a second compare into the same directory runs again and replaces its runs
         todo = specs
-    from .runner import live_log_note, run
     if args.log_dir:
         print(live_log_note(args.log_dir), file=sys.stderr)
 
@@ -312,7 +313,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.log_dir:
-        from .runner import live_log_note
         make_dir(args.log_dir, "--log-dir", "for the live logs")
         print(live_log_note(args.log_dir), file=sys.stderr)
     records = run_sweep(config, args.out, jobs=args.jobs, scheduler=args.scheduler, dask_workers=args.dask_workers,
@@ -392,7 +392,6 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from ..datasets import fetch_mnist
     print(fetch_mnist(args.data_dir))
     return 0
 
@@ -460,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sweep", help="run a YAML grid of problems x methods x hyperparameters x seeds")
-    p.add_argument("config", help="the YAML config (see bilevel.bench.config)")
+    p.add_argument("config", help="the YAML config (see bilevel.cli.config)")
     p.add_argument("--out", required=True, help="results directory (one directory per run + manifest)")
     p.add_argument("-j", "--jobs", type=whole("-j", 1), default=1, help="local worker processes (default 1)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")

@@ -8,10 +8,10 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-from . import metrics
-from .oracles import Oracle
-from .problem import BilevelProblem
-from .solvers.base import Aux
+from ..core import kkt as metrics
+from ..core.oracles import Oracle
+from ..core.problem import BilevelProblem
+from ..core.state import Aux
 
 KKT_MODES = ("method", "least_squares", "none")
 EXPLODED = 1e6      # iterates (or h) this many times their start's size (at least 1) have run away
@@ -117,7 +117,7 @@ class History:
 
     def listen(self, on_row: Callable[[dict[str, float]], Any]) -> None:
         """Call on_row(row) with every row: at once with those logged so far (a history restored
-        from a checkpoint), then with each as it is logged (live monitoring, `bilevel.monitor`)."""
+        from a checkpoint), then with each as it is logged (live monitoring, `bilevel.run.monitor`)."""
         columns = self.as_dict()
         for i in range(len(columns["iter"])):
             on_row({name: values[i] for name, values in columns.items()})

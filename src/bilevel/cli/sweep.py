@@ -1,5 +1,5 @@
 """Sweeps: run many `RunSpec`s by local processes or a Dask cluster (one code path per run),
-each written atomically into the result layout (bilevel.bench.store) and recorded in the
+each written atomically into the result layout (bilevel.cli.store) and recorded in the
 manifest as it finishes, so that a killed sweep resumes without loss or duplicates.
 `bilevel run` and `compare` go through `run_specs` too, in this process."""
 from __future__ import annotations

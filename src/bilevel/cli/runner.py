@@ -1,49 +1,20 @@
-"""Run one configuration (a `RunSpec`) and write it into the result layout (bilevel.bench.store):
+"""Run one configuration (a `RunSpec`) and write it into the result layout (bilevel.cli.store):
 what `bilevel run`, `compare` and every worker of `sweep` do."""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from .. import solve
-from ..problems import resolve
-from ..checks import suggest
-from ..monitor import Callbacks, JsonLines, TensorBoard, tensorboard_available
-from ..problem import BilevelProblem
-from ..solve import make_solver
+from ..core.problem import BilevelProblem
+from ..run.monitor import Callbacks, JsonLines, TensorBoard, tensorboard_available
+from ..run.solve import make_solver, solve
 from . import store
-from .config import DTYPES, RunSpec, problem_kwargs
-
-
-def build_problem(name: str, seed: int, args: dict[str, Any], device: str | None = None) -> BilevelProblem:
-    """`PROBLEMS[name](seed=seed, **args)` (and device where given and the builder takes one), with
-    argument errors that name the argument; a dtype given by name becomes the torch dtype."""
-    builder = resolve(name)
-    params = inspect.signature(builder).parameters
-    unknown = [k for k in args if k not in params]
-    if unknown:
-        valid = [p for p in params if p != "seed"]
-        raise ValueError(f"Invalid --problem-arg for {name}: {unknown[0]!r} (valid: {', '.join(valid)})"
-                         f"{suggest(unknown[0], valid)}")
-    dtype = args.get("dtype")
-    if "dtype" in args and not (isinstance(dtype, str) and dtype in DTYPES) and not hasattr(dtype, "is_floating_point"):
-        raise ValueError(f"Invalid --problem-arg dtype: {dtype!r} (expected one of {', '.join(DTYPES)})"
-                         f"{suggest(dtype, DTYPES)}")
-    kwargs = problem_kwargs(args)
-    if "seed" in params:
-        kwargs["seed"] = seed
-    if device is not None and "device" in params:
-        kwargs["device"] = device
-    problem = builder(**kwargs)
-    if not isinstance(problem, BilevelProblem):
-        raise TypeError(f"Invalid problem: {name!r} returned {type(problem).__name__} (expected a BilevelProblem)")
-    return problem
+from .config import RunSpec, build_problem
 
 
 def hyperparameters(solver: Any) -> dict[str, Any]:

@@ -23,10 +23,10 @@ means over a batch) needs no scaling: give each rank its block of the samples, i
 and f(x, y, batch), g(x, y, batch) as in one process; the full-data objective of rank r is
 weighted n_r / N. With `batch_size=B` the ranks draw one batch of B from all N samples (the
 generator they share) and each evaluates the part it holds, weighted by its share: the run is
-the single-process run on all the data, batch for batch (`bilevel.data.Shard`).
+the single-process run on all the data, batch for batch (`bilevel.core.data.Shard`).
 
 A problem builder that supports sharding takes `rank` and `world_size` keyword
-arguments and keeps the block `bilevel.sharding.shard_range(n, rank, world_size)` of each
+arguments and keeps the block `bilevel.core.data.shard_range(n, rank, world_size)` of each
 data split (see bilevel.problems.toy_cleaning). A solver that cannot run data-parallel sets
 `supports_distributed = False`; `solve(..., distributed=True)` then fails with a
 clear error.
@@ -43,7 +43,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -90,7 +90,7 @@ class Reduced:
 
     Every method returns the same values on every rank: the local results summed by
     all_reduce (one collective per call, two where h needs the global grad_y g first). It
-    wraps a back-end (`bilevel.oracles.Autograd` or `Func`); the counting `Oracle` around it
+    wraps a back-end (`bilevel.core.oracles.Autograd` or `Func`); the counting `Oracle` around it
     counts one call as the single-process oracle does, whatever it costs here.
 
     Args:
@@ -109,7 +109,7 @@ class Reduced:
     def compile_failures(self) -> dict[str, str]:
         return getattr(self.local, "compile_failures", {})
 
-    # ----- a rank's own minibatches (bilevel.data.Sampled) -------------------------------------
+    # ----- a rank's own minibatches (bilevel.core.data.Sampled) -------------------------------------
     @property
     def sampled(self) -> bool:
         return getattr(self.local, "sampled", False)
@@ -171,7 +171,7 @@ class Reduced:
 
 
 def data_shards(upper_size: int, lower_size: int) -> tuple[Shard, Shard]:
-    """This rank's (upper, lower) `bilevel.data.Shard`: its numbers of samples and those of every
+    """This rank's (upper, lower) `bilevel.core.data.Shard`: its numbers of samples and those of every
     rank (one all_reduce), the ranks' blocks numbered in rank order."""
     rank, world = _rank_and_world()
     counts = torch.zeros(2, world, dtype=torch.float64)

@@ -1,1 +1,0 @@
-"""The benchmark harness: command line, results store and plots. The core never imports it."""

@@ -1,0 +1,37 @@
+"""State and Aux: what a solver's step takes and returns.
+
+A solver's progress lives in a `State`; its `step` returns the next state together with an
+`Aux`, the diagnostics of the iterate it was given (as optimistix's step returns
+(y, state, aux)). The loop, the history and the solvers all speak these two types.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class State:
+    """Progress of a solver: the iterate z_k = (x, y) and the number k of steps taken.
+    Solvers subclass it with what their next step needs (a persistent inner variable, the
+    step sizes resolved by `init`, ...)."""
+
+    x: Tensor
+    y: Tensor
+    k: int = 0
+
+
+@dataclass(frozen=True)
+class Aux:
+    """What a step computed at the iterate it was given.
+
+    Attributes:
+        diagnostics: scalars (0-d tensors or floats) at that iterate: `f`, `g`, `h`,
+            `kkt_feasibility`, where the step has it `kkt_stationarity`, and method-specific
+            values (lambda, the step size, ...). Logged without recomputation.
+        nu: the multiplier of grad_y g = 0 that the method defines there, or None.
+    """
+
+    diagnostics: dict[str, Tensor | float] = field(default_factory=dict)
+    nu: Tensor | None = None
