@@ -32,8 +32,7 @@ from bilevel import PROBLEMS, SOLVERS
 PATH = Path(__file__).with_name("fingerprints.json")
 MAX_ITER, LOG_EVERY, SEED = 20, 7, 3
 # what a step computes beyond f, g and h: compared on every row but the final one
-STEP_COLUMNS = {"lambda", "step_size", "alpha", "kkt_stationarity", "kkt_stationarity_method", "penalty",
-                "truncation"}
+STEP_COLUMNS = {*bilevel.solvers.diagnostic_columns(), "kkt_stationarity_method"} - {"f", "g", "h", "kkt_feasibility"}
 ULPS = 4                                   # how far the starts are moved, in units of eps * max(1, |value|)
 RECORD_REPEATS = (0, 1, 2)                 # the perturbations that measure the amplification when recording
 CHECK_REPEAT = 17                          # another perturbation, which the recorded tolerances must absorb

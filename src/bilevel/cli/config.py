@@ -18,7 +18,7 @@
     plot: {metrics: [upper_objective], x: iter}
 
 Everything is checked before the first run, plot metrics included: each must be a column the
-runs will have (`RUN_COLUMNS`, or a metric of one of the problems, or its verified_ value).
+runs will have (`run_columns()`, or a metric of one of the problems, or its verified_ value).
 """
 from __future__ import annotations
 
@@ -40,21 +40,15 @@ from ..core.problem import BilevelProblem
 from ..problems import PROBLEMS, resolve
 from ..run.history import KKT_MODES, problem_metrics
 from ..run.solve import make_solver
-from ..solvers import SOLVERS
+from ..solvers import SOLVERS, diagnostic_columns
 from .plot import X_AXES
+from .store import VERIFIED_COLUMNS
 
 TOP_KEYS = {"name": str, "max_iter": int, "log_every": int, "seeds": (int, list), "kkt": str, "tol": (int, float),
             "problems": dict, "methods": dict, "plot": dict, "description": str, "batch_size": int,
             "oracle": str}
 PLOT_KEYS = {"metrics": list, "x": str}
 REQUIRED = ("max_iter", "problems", "methods")
-# the history columns a run can have whatever its problem (bilevel.run.history.History.log: the counts,
-# the step's diagnostics of every solver, the KKT residuals) and its verification's
-# (bilevel.cli.store.verified_columns)
-RUN_COLUMNS = ("iter", "time", *COUNTERS, "oracle_calls", "f", "g", "h", "kkt_stationarity", "kkt_feasibility",
-               "kkt_stationarity_method", "z_norm", "lambda", "step_size", "lower_step_size", "alpha", "penalty", "eps",
-               "truncation", "linear_residual",
-               "verified_f", "lower_gap", "y_distance", "verified")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
@@ -296,6 +290,14 @@ def build_problem(name: str, seed: int, args: dict[str, Any], device: str | None
     return problem
 
 
+def run_columns() -> tuple[str, ...]:
+    """The history columns a run can have whatever its problem (bilevel.run.history.History.log):
+    the counts, the KKT residuals, every registered solver's declared diagnostics, and the
+    verification's."""
+    return ("iter", "time", *COUNTERS, "oracle_calls", *diagnostic_columns(), "kkt_stationarity_method", "z_norm",
+            *VERIFIED_COLUMNS)
+
+
 def problem_metric_names(name: str, args: dict[str, Any], seed: int = 0) -> list[str] | None:
     """The names of problem `name`'s metrics: its builder's `metric_names` where it declares them
     (so that a problem costly to build is not built for a check), else the names metrics(x0, y0)
@@ -311,15 +313,15 @@ def problem_metric_names(name: str, args: dict[str, Any], seed: int = 0) -> list
 
 
 def _check_plot_metrics(raw: dict[str, Any], metrics: list[str], where: str) -> None:
-    """Each plot metric is a column the runs will have: one of `RUN_COLUMNS`, or a metric of one
+    """Each plot metric is a column the runs will have: one of `run_columns()`, or a metric of one
     of the problems (built once, with the first grid point and seed) or its verified_ value.
-    Nothing is built when every metric is in RUN_COLUMNS, and nothing is refused when a problem
+    Nothing is built when every metric is in run_columns(), and nothing is refused when a problem
     cannot be built here."""
-    unknown = [m for m in metrics if m not in RUN_COLUMNS]
+    unknown = [m for m in metrics if m not in run_columns()]
     if not unknown:
         return
     seeds = raw.get("seeds", 1)
-    columns = set(RUN_COLUMNS)
+    columns = set(run_columns())
     for name, args in raw["problems"].items():
         names = problem_metric_names(name, _grid(args)[0], 0 if isinstance(seeds, int) else seeds[0])
         if names is None:

@@ -39,13 +39,20 @@ def provenance(device: Any = None) -> dict[str, str]:
             "machine": platform.machine()}
 
 
+# the verification's numbers that become columns of a run's final row, by their keys in
+# Result.verification (`verified` is 1 or 0)
+VERIFIED_KEYS = {"verified_f": "upper_value", "lower_gap": "lower_gap", "y_distance": "y_distance",
+                 "verified": "passed"}
+VERIFIED_COLUMNS = tuple(VERIFIED_KEYS)
+
+
 def verified_columns(verification: dict[str, Any] | None) -> dict[str, float]:
-    """The verification's numbers as columns: verified_f (f at the re-solved y), lower_gap,
-    y_distance, verified (1 or 0) and `verified_<metric>` for each of the problem's metrics."""
+    """The verification's numbers as columns (`VERIFIED_KEYS`: verified_f is f at the re-solved
+    y) and `verified_<metric>` for each of the problem's metrics."""
     if verification is None:
         return {}
-    return {"verified_f": verification["upper_value"], "lower_gap": verification["lower_gap"],
-            "y_distance": verification["y_distance"], "verified": float(verification["passed"]),
+    return {**{column: verification[key] for column, key in VERIFIED_KEYS.items()},
+            "verified": float(verification["passed"]),
             **{f"verified_{name}": value for name, value in verification["metrics"].items()}}
 
 

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+# what every step's Aux reports (`kkt_stationarity` where the step computes it); a solver
+# declares the rest in `Solver.diagnostics`
+COMMON_DIAGNOSTICS = ("f", "g", "h", "kkt_feasibility", "kkt_stationarity")
+
 
 @dataclass(frozen=True)
 class State:

@@ -174,6 +174,8 @@ class AIDBiO(ImplicitStep):
 
     name: ClassVar[str] = "aid_bio"
     summary: ClassVar[str] = "approximate implicit differentiation, CG on the Hessian (Ji et al. 2021)"
+    cost: ClassVar[str] = "T grad g, N+2 Hessian-vector products, grad f"
+    diagnostics: ClassVar[tuple[str, ...]] = ("linear_residual",)
 
     def multiplier(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor, free: Tensor | None) -> Tensor:
         """nu = -v, with grad_yy g v = grad_y f."""

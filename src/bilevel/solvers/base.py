@@ -31,6 +31,12 @@ class Solver(abc.ABC):
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    # the oracle calls of one step, in words (the solver tables of the docs are made from it)
+    cost: ClassVar[str] = ""
+    # what its Aux reports beyond COMMON_DIAGNOSTICS (lambda, penalty, ...): history columns
+    diagnostics: ClassVar[tuple[str, ...]] = ()
+    # True for the methods whose papers draw minibatches (run them with solve(..., batch_size=B))
+    stochastic: ClassVar[bool] = False
     # True when the solver touches the problem only through the oracle, so that it runs
     # data-parallel (solve(..., distributed=True)); False makes such a run a clear error.
     supports_distributed: ClassVar[bool] = True

@@ -102,6 +102,8 @@ class BOME(Solver):
 
     name: ClassVar[str] = "bome"
     summary: ClassVar[str] = "first-order value-function method, T inner steps (Liu et al. 2022)"
+    cost: ClassVar[str] = "T+1 grad g, grad f"
+    diagnostics: ClassVar[tuple[str, ...]] = ("lambda",)
 
     def validate(self) -> None:
         check_positive(self, "step_size", "lower_step_size", "inner_step_size", allow_none=True)

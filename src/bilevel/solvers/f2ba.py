@@ -100,6 +100,8 @@ class F2BA(Solver):
 
     name: ClassVar[str] = "f2ba"
     summary: ClassVar[str] = "fully first-order value-function penalty with two inner loops (Chen et al. 2024)"
+    cost: ClassVar[str] = "2T+2 grad g, T+1 grad f"
+    diagnostics: ClassVar[tuple[str, ...]] = ("penalty",)
 
     def validate(self) -> None:
         check_positive(self, "penalty", "x_scale")

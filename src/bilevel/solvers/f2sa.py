@@ -92,6 +92,9 @@ class F2SA(Solver):
 
     name: ClassVar[str] = "f2sa"
     summary: ClassVar[str] = "fully first-order stochastic penalty method, growing penalty (Kwon et al. 2023)"
+    cost: ClassVar[str] = "2T+2 grad g, T+1 grad f"
+    diagnostics: ClassVar[tuple[str, ...]] = ("penalty", "step_size")
+    stochastic: ClassVar[bool] = True
 
     def validate(self) -> None:
         check_positive(self, "step_size", "inner_step_size", allow_none=True)

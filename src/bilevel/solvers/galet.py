@@ -63,6 +63,7 @@ class GALET(ImplicitStep):
 
     name: ClassVar[str] = "galet"
     summary: ClassVar[str] = "alternating y, least-squares shadow w and x steps (Xiao et al. 2023)"
+    cost: ClassVar[str] = "N grad g, 2T Hessian-vector products, grad f"
 
     def multiplier(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor, free: Tensor | None) -> Tensor:
         """nu = w, the least-squares solution of grad_yy g w = -grad_y f (H^2 w = -H grad_y f)."""

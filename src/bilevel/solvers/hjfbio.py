@@ -91,6 +91,7 @@ class HJFBiO(Solver):
 
     name: ClassVar[str] = "hjfbio"
     summary: ClassVar[str] = "Hessian/Jacobian-free: finite-difference products, projected v (Huang 2024)"
+    cost: ClassVar[str] = "3 grad g, grad f"
 
     def validate(self) -> None:
         check_positive(self, "x_scale", "radius", "delta")

@@ -85,6 +85,8 @@ class IAPTTGM(Solver):
     # steps; summing it over ranks would need a reduce inside every step's reverse pass
     supports_distributed: ClassVar[bool] = False
     summary: ClassVar[str] = "unrolled GD from a learned start, pessimistic truncation (Liu et al. 2021)"
+    cost: ClassVar[str] = "T+1 grad g, T values of f, a backward through p* steps"
+    diagnostics: ClassVar[tuple[str, ...]] = ("truncation",)
 
     def validate(self) -> None:
         check_positive(self, "x_scale", "lower_step_size")

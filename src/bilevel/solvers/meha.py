@@ -97,6 +97,8 @@ class MEHA(Solver):
 
     name: ClassVar[str] = "meha"
     summary: ClassVar[str] = "Moreau envelope penalty, single loop, Hessian-free (Liu et al. 2024)"
+    cost: ClassVar[str] = "3 grad g, grad f"
+    diagnostics: ClassVar[tuple[str, ...]] = ("penalty",)
 
     def validate(self) -> None:
         check_positive(self, "gamma", "c0", "x_scale")

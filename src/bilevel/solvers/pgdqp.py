@@ -263,6 +263,8 @@ class PGDQP(Solver):
 
     name: ClassVar[str] = "pgdqp"
     summary: ClassVar[str] = "perturbed gradient descent with a closed-form convex QP step (seed, Alg. 1)"
+    cost: ClassVar[str] = "grad f, one double backward for grad h"
+    diagnostics: ClassVar[tuple[str, ...]] = ("alpha", "lambda", "lower_step_size", "step_size")
 
     def validate(self) -> None:
         check_choice(self, "rho", ("grad", "warm"))

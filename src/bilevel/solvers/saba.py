@@ -119,6 +119,9 @@ class SABA(Framework):
 
     name: ClassVar[str] = "saba"
     summary: ClassVar[str] = "stochastic single-loop bilevel framework, SAGA on every direction (Dagreou et al. 2022)"
+    cost: ClassVar[str] = "as soba (plus SAGA tables of n/B rows per direction)"
+    diagnostics: ClassVar[tuple[str, ...]] = ("step_size",)
+    stochastic: ClassVar[bool] = True
 
     def validate(self) -> None:
         super().validate()

@@ -66,6 +66,8 @@ class SGF(Solver):
 
     name: ClassVar[str] = "sgf"
     summary: ClassVar[str] = "safe gradient flow with h <= eps_k^2, explicit Euler (Sharifi et al. 2025)"
+    cost: ClassVar[str] = "as pgdqp"
+    diagnostics: ClassVar[tuple[str, ...]] = ("eps", "lambda")
 
     def validate(self) -> None:
         check_positive(self, "alpha", "x_scale")

@@ -149,6 +149,9 @@ class SOBA(Framework):
 
     name: ClassVar[str] = "soba"
     summary: ClassVar[str] = "stochastic single-loop bilevel framework, SGD directions (Dagreou et al. 2022)"
+    cost: ClassVar[str] = "grad g, grad f, one backward for grad_yy g v and grad_xy g v"
+    diagnostics: ClassVar[tuple[str, ...]] = ("step_size",)
+    stochastic: ClassVar[bool] = True
 
     def default_schedule(self, oracle: Oracle) -> str:
         return "decreasing" if oracle.stochastic else "constant"

@@ -79,6 +79,9 @@ class StocBiO(Solver):
 
     name: ClassVar[str] = "stocbio"
     summary: ClassVar[str] = "warm-started SGD and a stochastic Neumann-series hypergradient (Ji et al. 2021)"
+    cost: ClassVar[str] = "T grad g, Q+1 second-order products, grad f, f"
+    diagnostics: ClassVar[tuple[str, ...]] = ("step_size",)
+    stochastic: ClassVar[bool] = True
 
     def validate(self) -> None:
         check_positive(self, "step_size", "inner_step_size", "neumann_step_size", allow_none=True)

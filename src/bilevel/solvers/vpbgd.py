@@ -107,6 +107,8 @@ class VPBGD(Solver):
 
     name: ClassVar[str] = "vpbgd"
     summary: ClassVar[str] = "value-function penalty gradient descent, persistent w (Shen & Chen 2023)"
+    cost: ClassVar[str] = "T+2 grad g, grad f"
+    diagnostics: ClassVar[tuple[str, ...]] = ("penalty",)
 
     def validate(self) -> None:
         check_positive(self, "penalty", "x_scale")
