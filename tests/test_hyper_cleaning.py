@@ -119,7 +119,7 @@ def test_metrics_match_independent_computations():
     x, y = torch.randn(300, generator=gen), 0.1 * torch.randn(20, 10, generator=gen)
     m = p.metrics(x, y)
     # declared for checks that do not build it: the metrics and the final metrics
-    assert tuple(m) + tuple(p.final_metrics(x, y)) == hyper_cleaning.metric_names
+    assert tuple(m) + tuple(p.final_metrics(x, y)) == PROBLEMS["hyper-cleaning"].metric_names
     a_te, b_te = p.info["_data"]["test"]
     assert m["test_accuracy"] == pytest.approx(float(((a_te @ y).argmax(1) == b_te).float().mean()))
     clean = (~p.info["corrupted_mask"]).numpy()

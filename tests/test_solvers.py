@@ -9,8 +9,8 @@ import torch
 
 import bilevel
 from bilevel import PROBLEMS, SOLVERS, Status, solve
-from bilevel.core.oracles import Autograd, Oracle
 from bilevel.cli.config import run_columns
+from bilevel.core.oracles import Autograd, Oracle
 from bilevel.core.state import Aux, State
 
 # the most iterations any method's defaults may take to reach the known answer of `quadratic`
@@ -97,6 +97,7 @@ def test_a_new_solver_is_one_class_and_one_registry_line(monkeypatch):
     the harness's known columns and the docs' table of methods."""
     from dataclasses import dataclass, replace
     from typing import ClassVar
+
     from bilevel.solvers.base import descend, lower_diagnostics
 
     @dataclass(frozen=True)

@@ -48,13 +48,15 @@ def test_unknown_problem_key_lists_names_and_suggests(name, meant):
     with pytest.raises(KeyError) as info:
         bilevel.PROBLEMS[name]
     assert info.value.args[0] == (f"Unknown problem: {name!r} (expected one of biased-ridge, coreset, feature-weight-decay, "
-                                  f"hyper-cleaning, quadratic, ridge-weights, synthetic-nc, synthetic-sc, toy-cleaning); did you mean {meant!r}?")
+                                  f"hyper-cleaning, quadratic, ridge-weights, synthetic-nc, synthetic-sc, toy-cleaning, bolib/... (31 names), "
+                                  f"continuum/... (10 names), nonconvex/... (5 names), quadratic/... (14 names)); "
+                                  f"did you mean {meant!r}?")
 
 
 def test_problem_registry_is_still_a_dict():
     problems = bilevel.PROBLEMS
     assert isinstance(problems, dict) and "coreset" in problems and problems.get("nope") is None
-    assert sorted(problems) == sorted(dict(problems)) and problems["quadratic"] is bilevel.problems.quadratic
+    assert sorted(problems) == sorted(dict(problems)) and problems["quadratic"].builder is bilevel.problems.quadratic
     with pytest.raises(KeyError) as info:
         problems["zzz"]
     assert info.value.args[0] == f"Unknown problem: 'zzz' (expected one of {PROBLEM_NAMES})"   # nothing near
@@ -62,7 +64,8 @@ def test_problem_registry_is_still_a_dict():
 
 SOLVER_NAMES = "aid_bio, bome, f2ba, f2sa, galet, hjfbio, iaptt_gm, meha, pgdqp, saba, sgf, soba, stocbio, vpbgd"
 PROBLEM_NAMES = ("biased-ridge, coreset, feature-weight-decay, hyper-cleaning, quadratic, ridge-weights, synthetic-nc, "
-                 "synthetic-sc, toy-cleaning")
+                 "synthetic-sc, toy-cleaning, bolib/... (31 names), continuum/... (10 names), nonconvex/... (5 names), "
+                 "quadratic/... (14 names)")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -352,7 +355,8 @@ def test_the_columns_known_before_running_are_every_solvers_columns():
         for kkt in ("method", "least_squares"):
             record = run(RunSpec.make("quadratic", {"dim_x": 2, "dim_y": 2}, method, {}, 0, 1, 1, kkt), None,
                          raise_errors=True)
-            columns = set(record["final"]) - {"distance_to_solution", "verified_distance_to_solution"}
+            spec = bilevel.PROBLEMS["quadratic"]
+            columns = set(record["final"]) - {*spec.metrics, *spec.scores, *(f"verified_{m}" for m in spec.metrics)}
             assert columns <= set(run_columns()), (method, columns - set(run_columns()))
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.problem import BilevelProblem
+from ..problems import resolve
 from ..run.monitor import Callbacks, JsonLines, TensorBoard, tensorboard_available
 from ..run.solve import make_solver, solve
 from . import store
@@ -40,6 +41,14 @@ def live_log_note(log_dir: str | Path, run_id: str = "<run_id>") -> str:
                else " (no TensorBoard events: pip install tensorboard)"))
 
 
+def score(name: str, problem: BilevelProblem, result: Any) -> dict[str, float]:
+    """The scores of a finished run by its problem's `evaluate(problem, result)` hook (a
+    registered `ProblemSpec`'s, or an `evaluate` attribute of a user's builder); {} where the
+    problem has none."""
+    evaluate = getattr(resolve(name), "evaluate", None)
+    return {k: float(v) for k, v in evaluate(problem, result).items()} if evaluate is not None else {}
+
+
 def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, progress: bool = False,
         distributed: bool = False, shard: dict[str, int] | None = None, checkpoint: str | None = None,
         checkpoint_every: int = 100, raise_errors: bool = False, log_dir: str | Path | None = None) -> dict[str, Any]:
@@ -67,9 +76,11 @@ def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, pro
                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, callback=callback,
                            batch_size=spec.batch_size, oracle=spec.oracle)
         wall = time.perf_counter() - start
-        final = {**{k: v[-1] for k, v in result.history.items()}, **store.verified_columns(result.verification)}
+        scores = score(spec.problem, problem, result)
+        final = {**{k: v[-1] for k, v in result.history.items()}, **store.verified_columns(result.verification),
+                 **scores}
         record.update(status="finished", result_status=result.status.name, success=result.success, n_iter=result.n_iter,
-                      message=result.message, wall_s=wall, final=final)
+                      message=result.message, wall_s=wall, final=final, scores=scores)
         if is_main and out is not None:
             _write(spec, out, problem, solver, result, record, device)
     except Exception as exc:  # a failed run is recorded, the sweep goes on
@@ -89,8 +100,8 @@ def _write(spec: RunSpec, out: str | Path, problem: BilevelProblem, solver: Any,
     if spec.oracle != "autograd":
         options["oracle"] = spec.oracle
     columns = {f"hp_{k}": v for k, v in options.items()}
-    frame = store.tidy(result, run_id=spec.run_id, method=spec.method, problem=spec.problem, title=problem.name,
-                       problem_args=dict(spec.problem_args), seed=spec.seed, hyperparameters=hyperparameters(solver),
+    frame = store.tidy(result, record["scores"], run_id=spec.run_id, method=spec.method, problem=spec.problem,
+                       title=problem.name, problem_args=dict(spec.problem_args), seed=spec.seed, hyperparameters=hyperparameters(solver),
                        config=json.dumps(options, sort_keys=True, default=str), **columns,
                        **store.provenance(device))
     store.write_parquet(frame, directory / "history.parquet")

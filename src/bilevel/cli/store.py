@@ -56,11 +56,12 @@ def verified_columns(verification: dict[str, Any] | None) -> dict[str, float]:
             **{f"verified_{name}": value for name, value in verification["metrics"].items()}}
 
 
-def tidy(result: Result, **columns: Any) -> pd.DataFrame:
-    """The history of one run as a tidy frame, with constant columns (method, seed, ...) and the
-    verification's numbers (`verified_columns`) on the final row."""
+def tidy(result: Result, scores: dict[str, float] | None = None, **columns: Any) -> pd.DataFrame:
+    """The history of one run as a tidy frame, with constant columns (method, seed, ...), and
+    the verification's numbers (`verified_columns`) and the problem's scores of the run (its
+    evaluate hook) on the final row."""
     frame = pd.DataFrame(result.history)
-    for name, value in verified_columns(result.verification).items():
+    for name, value in {**verified_columns(result.verification), **(scores or {})}.items():
         frame[name] = [float("nan")] * (len(frame) - 1) + [value]
     for name, value in columns.items():
         frame[name] = value if not isinstance(value, (dict, list, tuple)) else json.dumps(value, sort_keys=True)

@@ -9,25 +9,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# the history columns shown by default, first present first: the problem's own metrics, else the
-# upper value at the re-solved lower level (verified_f) and h
-PREFERRED_METRICS = ["retrained_accuracy", "test_accuracy", "val_loss", "corruption_auc", "hypergradient_norm",
-                     "upper_objective", "delta_norm", "distance_to_solution", "verified_f", "f", "h"]
+from ..problems import PROBLEMS, metric_directions
+
+# what every run has, shown after the problem's own metrics: the upper value at the re-solved
+# lower level (verified_f), the iterate's f and h
+GENERIC_METRICS = ["verified_f", "f", "h"]
 
 
 def default_metrics(frame: pd.DataFrame, count: int = 4) -> list[str]:
-    """The problem's own metrics where it has them, else f and h.
+    """The problems' scores and metrics where they have them, else f and h.
 
-    A problem's metric m is known by name (PREFERRED_METRICS) or by its verified twin
-    `verified_m` (the metric at the re-solved lower level, which a user's own metrics have);
-    of a user's metric the verified value is shown, the honest one.
+    Of a registered problem, the scores of its evaluate hook and the metrics its spec declares,
+    in the declared order; of a user's problem, the verified twin `verified_m` of each metric m
+    (the metric at the re-solved lower level, the honest one); then verified_f, f and h.
     """
     present = [c for c in frame.columns if frame[c].notna().any()]
+    declared: list[str] = []
+    for name in frame["problem"].unique() if "problem" in frame else ():
+        spec = PROBLEMS.get(name)
+        if spec is not None:
+            declared += [m for m in (*spec.scores, *spec.metrics) if m in present and m not in declared]
+    known = set(metric_directions())
     own = [f"verified_{m}" for m in present
-           if f"verified_{m}" in present and m not in PREFERRED_METRICS and m != "f"]
-    preferred = [m for m in PREFERRED_METRICS if m in present]
-    cut = preferred.index("verified_f") if "verified_f" in preferred else len(preferred)
-    return (preferred[:cut] + own + preferred[cut:])[:count]
+           if f"verified_{m}" in present and m not in known and m != "f"]
+    generic = [m for m in GENERIC_METRICS if m in present]
+    return (declared + own + generic)[:count]
 
 
 def final_rows(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -36,12 +42,15 @@ def final_rows(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def higher_is_better(metric: str) -> bool:
-    """Accuracy- and AUC-like metrics are maximised; everything else is minimised."""
-    return any(word in metric for word in ("accuracy", "auc"))
+    """As the registered problems declare it (`verified_m` as m); for a metric no problem
+    declares, accuracy- and AUC-like names are maximised and everything else minimised."""
+    name = metric.removeprefix("verified_")
+    declared = metric_directions().get(name)
+    return declared == "max" if declared is not None else any(word in name for word in ("accuracy", "auc"))
 
 
 def best_mode(metric: str, mode: str | None = None) -> str:
-    """'min' or 'max': `mode` where given, else by the metric's name (`higher_is_better`)."""
+    """'min' or 'max': `mode` where given, else the metric's direction (`higher_is_better`)."""
     mode = mode or ("max" if higher_is_better(metric) else "min")
     if mode not in ("min", "max"):
         raise ValueError(f"Invalid mode: {mode!r} (expected 'min' or 'max')")

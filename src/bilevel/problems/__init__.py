@@ -1,5 +1,7 @@
-"""PROBLEMS: name -> builder. Each builder is seeded and returns a `BilevelProblem`; `resolve`
-also finds a user's builder by module path ("package.module:function")."""
+"""PROBLEMS: name -> `ProblemSpec` (called like its builder: seeded, returns a `BilevelProblem`),
+the suite of problems with verified optima included under "bolib/<name>", "continuum/<i>",
+"quadratic/cond<c>-scale<s>" and "nonconvex/<name>"; `resolve` also finds a user's builder by
+module path ("package.module:function")."""
 from __future__ import annotations
 
 import importlib
@@ -10,24 +12,60 @@ from typing import Callable
 from ..core.checks import suggest
 from ..core.problem import BilevelProblem
 from ..core.registry import Registry
+from . import bolib
 from .finite_sum import biased_ridge
 from .hpo import feature_weight_decay, ridge_weights
 from .hyper_cleaning import hyper_cleaning
+from .spec import KNOWN_OPTIMUM_SCORES, ProblemSpec, distance_to_known_optimum
 from .synthetic import coreset, quadratic, synthetic_nc, synthetic_sc
 from .toy_cleaning import toy_cleaning
 
-PROBLEMS: dict[str, Callable[..., BilevelProblem]] = Registry("problem", {
-    "synthetic-sc": synthetic_sc,
-    "synthetic-nc": synthetic_nc,
-    "coreset": coreset,
-    "quadratic": quadratic,
-    "hyper-cleaning": hyper_cleaning,
-    "toy-cleaning": toy_cleaning,
-    "biased-ridge": biased_ridge,
-    "feature-weight-decay": feature_weight_decay,
-    "ridge-weights": ridge_weights,
+_SUITE_SUMMARIES = {
+    "bolib": "a BOLIB test problem with a verified optimum",
+    "continuum": "a lower level with a continuum of solutions (least squares or pseudo-Huber), known optimum",
+    "quadratic": "a strongly convex quadratic of the given condition and scales, closed-form optimum",
+    "nonconvex": "a nonconvex lower level (a ring or double wells) with a verified optimum",
+}
+_SUITE_METRICS = {"F_error": "min", "global_lower_gap": "min"}
+
+
+def _suite_spec(name: str, builder: Callable[[], BilevelProblem]) -> ProblemSpec:
+    family = name.split("/")[0]
+    return ProblemSpec(builder, _SUITE_SUMMARIES[family], _SUITE_METRICS, ("suite", family, "known-optimum"),
+                       bolib.evaluate, bolib.SCORES)
+
+
+PROBLEMS: dict[str, ProblemSpec] = Registry("problem", {
+    "synthetic-sc": ProblemSpec(synthetic_sc, "the seed paper's strongly convex synthetic problem (appendix C)",
+                                {"hypergradient_norm": "min", "distance_to_lower": "min"}, ("synthetic",)),
+    "synthetic-nc": ProblemSpec(synthetic_nc, "the seed paper's nonconvex synthetic problem (appendix C)",
+                                {"delta_norm": "min"}, ("synthetic",)),
+    "coreset": ProblemSpec(coreset, "coreset selection: weights on points whose hull holds the target",
+                           {"upper_objective": "min", "distance_to_lower": "min"}, ("synthetic",)),
+    "quadratic": ProblemSpec(quadratic, "a strongly convex quadratic bilevel problem with a closed-form x*",
+                             {"distance_to_solution": "min"}, ("synthetic", "known-optimum"),
+                             distance_to_known_optimum, KNOWN_OPTIMUM_SCORES),
+    "hyper-cleaning": ProblemSpec(hyper_cleaning, "data hyper-cleaning: a weight per training sample (MNIST)",
+                                  {"val_loss": "min", "test_accuracy": "max", "corruption_auc": "max",
+                                   "retrained_accuracy": "max"}, ("data",)),
+    "toy-cleaning": ProblemSpec(toy_cleaning, "hyper-cleaning of generated linear data (small, shardable)",
+                                {"test_accuracy": "max", "weight_gap": "min"}, ("data",)),
+    "biased-ridge": ProblemSpec(biased_ridge, "a finite-sum ridge problem with a known optimum (minibatches)",
+                                {"hyper_objective": "min", "relative_gap": "min", "distance_to_solution": "min"},
+                                ("data", "known-optimum")),
+    "feature-weight-decay": ProblemSpec(feature_weight_decay, "an L2 weight per feature of a logistic regression "
+                                        "(scikit-learn data)", {"val_loss": "min", "test_loss": "min",
+                                                                "honest_val_loss": "min", "test_accuracy": "max"},
+                                        ("data", "hpo")),
+    "ridge-weights": ProblemSpec(ridge_weights, "an L2 weight per feature of a ridge regression (scikit-learn data)",
+                                 {"val_loss": "min", "test_loss": "min", "honest_val_loss": "min"}, ("data", "hpo")),
+    **{name: _suite_spec(name, builder) for name, builder in bolib.SUITE.items()},
 })
 
+
+def metric_directions() -> dict[str, str]:
+    """metric or score name -> "min" or "max", as the registered problems declare them."""
+    return {m: d for spec in PROBLEMS.values() for m, d in (*spec.metrics.items(), *spec.scores.items())}
 
 
 def resolve(name: str) -> Callable[..., BilevelProblem]:
@@ -39,7 +77,7 @@ def resolve(name: str) -> Callable[..., BilevelProblem]:
         raise TypeError(f"Invalid problem: {name!r} (expected a name or 'package.module:function')")
     if ":" not in name:
         if name not in PROBLEMS:
-            raise ValueError(f"Invalid problem: {name!r} (expected one of {', '.join(sorted(PROBLEMS))}, or "
+            raise ValueError(f"Invalid problem: {name!r} (expected one of {PROBLEMS.names()}, or "
                              f"'package.module:function'){suggest(name, PROBLEMS)}")
         return PROBLEMS[name]
     module_name, _, function = name.partition(":")
@@ -56,4 +94,4 @@ def resolve(name: str) -> Callable[..., BilevelProblem]:
     return builder
 
 
-__all__ = ["PROBLEMS", "resolve", "biased_ridge", "coreset", "feature_weight_decay", "hyper_cleaning", "quadratic", "ridge_weights", "synthetic_nc", "synthetic_sc", "toy_cleaning"]
+__all__ = ["PROBLEMS", "ProblemSpec", "metric_directions", "resolve", "biased_ridge", "coreset", "feature_weight_decay", "hyper_cleaning", "quadratic", "ridge_weights", "synthetic_nc", "synthetic_sc", "toy_cleaning"]

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from ..core import checks
 from ..core.problem import BilevelProblem
+from .spec import KNOWN_OPTIMUM_SCORES, distance_to_known_optimum
 from .synthetic import _generator, _placement
 
 _BOLIB = "BOLIB (Zhou, Zemkoho & Tin 2018, arXiv:1812.00230)"
@@ -164,11 +165,23 @@ def success(problem: BilevelProblem, x: Tensor, y: Tensor, tol: float = 1e-2, *,
 
 def _suite_metrics(x: Tensor, y: Tensor, *, problem: BilevelProblem) -> dict[str, float]:
     report = success(problem, x, y)
-    return {"F_error": report["F_error"], "lower_gap": report["lower_gap"]}
+    return {"F_error": report["F_error"], "global_lower_gap": report["lower_gap"]}
+
+
+SCORES = {"solved": "max", "F_error": "min", **KNOWN_OPTIMUM_SCORES}
+
+
+def evaluate(problem: BilevelProblem, result: Any) -> dict[str, float]:
+    """The scores of a finished run on a suite problem: solved (1 where `success` holds at the
+    answer, else 0), F_error and, where x* is known, x_error (`spec.distance_to_known_optimum`)."""
+    report = success(problem, result.x, result.y)
+    return {"solved": float(report["success"]), "F_error": report["F_error"],
+            **distance_to_known_optimum(problem, result)}
 
 
 def _with_metrics(problem: BilevelProblem) -> BilevelProblem:
-    """The problem with metrics F_error = |F - F*| and lower_gap = G - min G (as in `success`)."""
+    """The problem with metrics F_error = |F - F*| and global_lower_gap = G - min G (as in
+    `success`: against the lower level solved globally)."""
     return replace(problem, metrics=partial(_suite_metrics, problem=problem))
 
 

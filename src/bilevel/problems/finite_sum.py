@@ -136,4 +136,3 @@ def biased_ridge(seed: int = 0, *, n_train: int = 1000, n_val: int = 500, dim: i
                           name="biased-ridge", info=info)
 
 
-biased_ridge.metric_names = ("hyper_objective", "relative_gap", "distance_to_solution")

@@ -207,7 +207,9 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
         f, g, data = f_batch, g_batch, {"upper_data": (a_val, b_val), "lower_data": every}
 
     clean = (~corrupted).numpy()
-    from sklearn.metrics import roc_auc_score  # imported here, with the data, not in the first metric call
+    from sklearn.metrics import (
+        roc_auc_score,  # imported here, with the data, not in the first metric call
+    )
 
     last: dict[bytes, dict[str, float]] = {}
 
@@ -242,7 +244,6 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
 
 
 # the names its metrics return, for checks that should not build it (a sweep config's plot metrics)
-hyper_cleaning.metric_names = ("val_loss", "test_accuracy", "corruption_auc", "retrained_accuracy")
 
 
 def reference_lines(problem: BilevelProblem) -> dict[str, dict[str, float]]:

@@ -11,7 +11,15 @@ from ..core import kkt as metrics
 from ..core.oracles import Oracle
 from ..core.problem import BilevelProblem
 from ..core.state import Aux
-from .base import AdaptiveXState, Solver, capped, check_positive, curvature_in_y, lower_diagnostics, x_step
+from .base import (
+    AdaptiveXState,
+    Solver,
+    capped,
+    check_positive,
+    curvature_in_y,
+    lower_diagnostics,
+    x_step,
+)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,14 @@ from torch import Tensor
 from ..core.oracles import Oracle, inner
 from ..core.problem import BilevelProblem
 from ..core.state import Aux, State
-from .base import Solver, check_choice, check_positive, curvature_in_y, lower_diagnostics, step_or
+from .base import (
+    Solver,
+    check_choice,
+    check_positive,
+    curvature_in_y,
+    lower_diagnostics,
+    step_or,
+)
 
 
 class Directions(NamedTuple):

@@ -10,7 +10,14 @@ from torch import Tensor
 from ..core.oracles import Oracle
 from ..core.problem import BilevelProblem
 from ..core.state import Aux, State
-from .base import Solver, check_int, check_positive, curvature_in_y, lower_diagnostics, step_or
+from .base import (
+    Solver,
+    check_int,
+    check_positive,
+    curvature_in_y,
+    lower_diagnostics,
+    step_or,
+)
 
 
 @dataclass(frozen=True)
