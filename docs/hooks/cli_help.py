@@ -4,17 +4,24 @@ page cannot fall behind the code."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 
 MARKER = re.compile(r"<!-- bilevel-help(?::\s*(?P<command>[\w-]+))?\s*-->")
 
 
+def _cli():
+    """The module of the `bilevel` command: `bilevel.cli`, or `bilevel.bench.cli` where it lives there."""
+    try:
+        return importlib.import_module("bilevel.cli")
+    except ModuleNotFoundError:
+        return importlib.import_module("bilevel.bench.cli")
+
+
 def _help(command: str | None) -> str:
     os.environ["COLUMNS"] = "80"          # argparse wraps at the terminal's width: make it fixed
-    from bilevel.bench.cli import build_parser
-
-    parser = build_parser()
+    parser = _cli().build_parser()
     if command is None:
         return parser.format_help()
     for action in parser._actions:
