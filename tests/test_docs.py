@@ -19,7 +19,7 @@ BLOCK = re.compile(r"(?P<before>[^\n]*)\n```(?P<lang>\w*)\n(?P<code>.*?)```", re
 NOT_RUN = re.compile(r"<!-- not run: (?P<reason>\S.*\S) -->")
 
 PAGES = ["README.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))
-SLOW_PAGES = {"docs/your-own-problem.md", "docs/guides/speed.md", "docs/guides/minibatches.md",
+SLOW_PAGES = {"README.md", "docs/your-own-problem.md", "docs/guides/speed.md", "docs/guides/minibatches.md",
               "docs/guides/long-runs.md", "docs/solvers.md"}
 # (page, variable) -> the sentence of the page that explains why the run ends with success=False
 EXPLAINED_FAILURES = {
