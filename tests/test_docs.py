@@ -15,7 +15,7 @@ from scipy.optimize import minimize_scalar
 import bilevel
 
 ROOT = Path(__file__).parent.parent
-BLOCK = re.compile(r"(?P<before>[^\n]*)\n```(?P<lang>\w*)\n(?P<code>.*?)```", re.S)
+BLOCK = re.compile(r"(?P<before>[^\n]*)\n```(?P<lang>\w*)\n(?P<code>.*?)```", re.DOTALL)
 NOT_RUN = re.compile(r"<!-- not run: (?P<reason>\S.*\S) -->")
 
 PAGES = ["README.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))
@@ -43,7 +43,7 @@ def run_page(page: str) -> tuple[dict, dict[str, bilevel.Result]]:
     results: dict[str, bilevel.Result] = {}
     for code, reason in blocks(page):
         if reason is None:
-            exec(compile(code, str(ROOT / page), "exec"), namespace)
+            exec(compile(code, str(ROOT / page), "exec"), namespace)  # noqa: S102 (the page's own examples)
             for name, value in namespace.items():
                 members = value if isinstance(value, list) else [value]
                 for i, member in enumerate(members):
@@ -52,9 +52,13 @@ def run_page(page: str) -> tuple[dict, dict[str, bilevel.Result]]:
     return namespace, results
 
 
-def python_block_after(page: str, heading: str) -> str:
+def run_block_after(page: str, heading: str) -> dict:
+    """Runs the first Python block after a heading of the page; returns its namespace."""
     text = (ROOT / page).read_text()
-    return re.search(r"```python\n(.*?)```", text[text.index(heading):], re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", text[text.index(heading):], re.DOTALL).group(1)
+    namespace: dict = {}
+    exec(compile(code, str(ROOT / page), "exec"), namespace)  # noqa: S102 (the page's own example)
+    return namespace
 
 
 @pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW_PAGES else p
@@ -107,8 +111,7 @@ def test_docs_count_the_registered_solvers():
 
 def test_readme_quickstart_finds_the_closed_form_answer():
     """y*(x) = x, so F(x) = ||x - 1||^2 + ||x - 2||^2: x* = 1.5 and F(x*) = 5 * 0.5 = 2.5."""
-    namespace: dict = {}
-    exec(compile(python_block_after("README.md", "## Quickstart"), "README.md", "exec"), namespace)
+    namespace = run_block_after("README.md", "## Quickstart")
     result = namespace["result"]
     assert result.success
     torch.testing.assert_close(result.x, torch.full((5,), 1.5, dtype=torch.float64), atol=1e-3, rtol=0)
@@ -120,8 +123,7 @@ def test_readme_own_problem_finds_the_optimal_weight_decay():
     """The lower level is ridge regression: y*(x) = (Z^T Z / n + e^x I)^-1 Z^T b / n with Z = [A, 1]
     (the bias is decayed too), so F(x) = f(x, y*(x)) is a function of one variable, minimised here
     by scipy; the run's x must be within 1e-2 of it and end verified, and the continued run too."""
-    namespace: dict = {}
-    exec(compile(python_block_after("README.md", "## Your own problem"), "README.md", "exec"), namespace)
+    namespace = run_block_after("README.md", "## Your own problem")
     result, more = namespace["result"], namespace["more"]
     A, b, A_val, b_val = (namespace[name] for name in ("A", "b", "A_val", "b_val"))
     Z, Z_val = torch.cat([A, torch.ones(len(A), 1, dtype=A.dtype)], 1), torch.cat(
