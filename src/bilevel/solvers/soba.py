@@ -28,10 +28,10 @@ class Directions(NamedTuple):
 
 
 def directions(oracle: Oracle, x: Tensor, y: Tensor, v: Tensor) -> Directions:
-    """The three directions on the oracle's current batches: one gradient of g, one product
-    (grad_yx g^T v, grad_yy g v) by one backward through grad_y g, one gradient of f."""
-    g, _, gy = oracle.grad_g(x, y)
-    jx, jy = oracle.vjp_grad_y_g(x, y, v)
+    """The three directions on the oracle's current batches: grad_y g and the product
+    (grad_yx g^T v, grad_yy g v) from one graph of grad_y g (one backward through it), one
+    gradient of f."""
+    g, gy, jx, jy = oracle.grad_y_g_and_vjp(x, y, v)
     f, fx, fy = oracle.grad_f(x, y)
     return Directions(gy, jy + fy, jx + fx, f, g, gy)
 
