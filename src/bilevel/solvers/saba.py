@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..oracles import Oracle
 from ..problem import BilevelProblem
-from .base import Aux, check_choice
+from .base import Aux, check_choice, x_step
 from .soba import Directions, Framework, FrameworkState, directions, framework_aux
 
 
@@ -93,11 +93,13 @@ class SABA(Framework):
     block (the terms with v are zero at v0 = 0).
 
     Args:
-        step_size: gamma, the step on x. Default None: rho.
+        step_size: gamma, the step on x. Default None: AdaGrad-norm on D_x, as SOBA's.
         inner_step_size: rho, the step on y and v. Default None: min(0.1, 1/L_g), L_g the largest
-            eigenvalue of grad_yy g at (x0, y0) on the first batch (20 Hessian-vector products).
+            eigenvalue of grad_yy g at (x0, y0) on the first batch (20 Hessian-vector products),
+            raised along the run where the curvature grows (as SOBA's).
         schedule: "constant" (default) or "decreasing" (as SOBA's).
         decay: tau of the decreasing schedule. Default 100.
+        x_scale, curvature_every: as SOBA's (defaults 0.2 and 10).
         init_memory: "full" (every block's terms at (x0, y0, v0): SAGA's usual start) or "zero"
             (the authors' benchmark default; the estimates are unbiased either way). Default "full".
 
@@ -178,14 +180,17 @@ class SABA(Framework):
         return d, Memory(tables, tuple(mean + w * change for mean, w, change in zip(means, weights, changes)))
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: SABAState) -> tuple[SABAState, Aux]:
+        state = self.refresh(oracle, state)
         if state.memory is None:       # full data: the deterministic framework
             d = directions(oracle, state.x, state.y, state.v)
-            return self.advance(problem, state, d.dy, d.dv, d.dx), framework_aux(problem, state.y, d, state.v, self.steps(state)[1])
-        d, memory = self._estimate(oracle, state, update=True)
-        return (self.advance(problem, state, d.dy, d.dv, d.dx, memory=memory),
-                framework_aux(problem, state.y, d, state.v, self.steps(state)[1]))
+            new, gamma = self.advance(problem, state, d.dy, d.dv, d.dx)
+        else:
+            d, memory = self._estimate(oracle, state, update=True)
+            new, gamma = self.advance(problem, state, d.dy, d.dv, d.dx, memory=memory)
+        return new, framework_aux(problem, state.y, d, state.v, gamma)
 
     def diagnose(self, problem: BilevelProblem, oracle: Oracle, state: SABAState) -> Aux:
         if state.memory is None:
             return self.step(problem, oracle, state)[1]
-        return framework_aux(problem, state.y, self._estimate(oracle, state, update=False)[0], state.v, self.steps(state)[1])
+        d = self._estimate(oracle, state, update=False)[0]
+        return framework_aux(problem, state.y, d, state.v, x_step(self.steps(state)[1], self.x_scale, state, d.dx)[0])
