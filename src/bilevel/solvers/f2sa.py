@@ -21,6 +21,7 @@ class F2SAState(AdaptiveXState):
 
     z: Tensor | None = None
     inner_step_size: float | Tensor = 0.0
+    step_size: float | Tensor | None = None
     lipschitz_g: float | Tensor | None = None
 
 
@@ -58,8 +59,9 @@ class F2SA(Solver):
     of f + lam g as one).
 
     Args:
-        step_size: xi alpha_0, the step on x at k = 0 (then xi alpha_k). Default None: AdaGrad-norm
-            on the x direction d_k (`base.x_step`), x_scale / sqrt(sum_(i<=k) ||d_i||^2 / dim x).
+        step_size: xi alpha_0, the step on x at k = 0 (then xi alpha_k). Default None: on
+            minibatches AdaGrad-norm on the x direction d_k (`base.x_step`), x_scale /
+            sqrt(sum_(i<=k) ||d_i||^2 / dim x); on full data gamma_0 (xi = 2 lam_0).
         x_scale: the root-mean-square length of the first x step where step_size is None.
             Default 0.2.
         inner_step_size: gamma_0, the step of z (and, halved, of y's lam g part). Default None:
@@ -104,14 +106,15 @@ class F2SA(Solver):
         x, y = problem.x0, problem.y0
         lipschitz_g = curvature_in_y(oracle, x, y, generator) if self.inner_step_size is None else None
         gamma = step_or(self.inner_step_size, lipschitz_g, 0.1)
-        return F2SAState(x=x, y=y, z=y, inner_step_size=gamma, lipschitz_g=lipschitz_g)
+        xi_alpha = self.step_size if self.step_size is not None else None if oracle.stochastic else gamma
+        return F2SAState(x=x, y=y, z=y, inner_step_size=gamma, step_size=xi_alpha, lipschitz_g=lipschitz_g)
 
     def schedule(self, state: F2SAState) -> tuple[float | Tensor, float | Tensor, float | Tensor, float | None]:
         """(alpha_k, gamma_k, lam_k, xi alpha_k); the last None where the x step is adaptive."""
         t = 1.0 + state.k / self.decay
         gamma = state.inner_step_size * t ** (-4 / 7)
         lam = self.penalty * t ** (1 / 7)
-        return gamma / (2 * lam), gamma, lam, None if self.step_size is None else self.step_size * t ** (-5 / 7)
+        return gamma / (2 * lam), gamma, lam, None if state.step_size is None else state.step_size * t ** (-5 / 7)
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: F2SAState) -> tuple[F2SAState, Aux]:
         x, y, z = state.x, state.y, state.z

@@ -93,13 +93,14 @@ class SABA(Framework):
     block (the terms with v are zero at v0 = 0).
 
     Args:
-        step_size: gamma, the step on x. Default None: AdaGrad-norm on D_x, as SOBA's.
+        step_size: gamma, the step on x. Default None: AdaGrad-norm on D_x on minibatches, rho on full data
+            (as SOBA's).
         inner_step_size: rho, the step on y and v. Default None: min(0.1, 1/L_g), L_g the largest
             eigenvalue of grad_yy g at (x0, y0) on the first batch (20 Hessian-vector products),
             raised along the run where the curvature grows (as SOBA's).
         schedule: "constant" (default) or "decreasing" (as SOBA's).
         decay: tau of the decreasing schedule. Default 100.
-        x_scale, curvature_every: as SOBA's (defaults 0.2 and 10).
+        x_scale, curvature_every: as SOBA's (defaults 0.1 and 10).
         init_memory: "full" (every block's terms at (x0, y0, v0): SAGA's usual start) or "zero"
             (the authors' benchmark default; the estimates are unbiased either way). Default "full".
 

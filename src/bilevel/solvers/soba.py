@@ -67,7 +67,7 @@ class Framework(Solver):
     inner_step_size: float | None = None
     schedule: str | None = None
     decay: float = 100.0
-    x_scale: float = 0.2
+    x_scale: float = 0.1
     curvature_every: int = 10
 
     def validate(self) -> None:
@@ -86,8 +86,10 @@ class Framework(Solver):
         lipschitz_g = curvature_in_y(oracle, x, y, generator) if self.inner_step_size is None else None
         rho = step_or(self.inner_step_size, lipschitz_g, 0.1)
         decreasing = (self.schedule or self.default_schedule(oracle)) == "decreasing"
-        direction = None if lipschitz_g is None else torch.ones_like(y) / y.numel() ** 0.5
-        return FrameworkState(x=x, y=y, v=torch.zeros_like(y), inner_step_size=rho, step_size=self.step_size,
+        stochastic = oracle.stochastic
+        gamma = self.step_size if self.step_size is not None else None if stochastic else rho
+        direction = torch.ones_like(y) / y.numel() ** 0.5 if lipschitz_g is not None and stochastic else None
+        return FrameworkState(x=x, y=y, v=torch.zeros_like(y), inner_step_size=rho, step_size=gamma,
                               decreasing=decreasing, lipschitz_g=lipschitz_g, curvature_direction=direction)
 
     def refresh(self, oracle: Oracle, state: FrameworkState) -> FrameworkState:
@@ -147,9 +149,10 @@ class SOBA(Framework):
     counts one n_hvp).
 
     Args:
-        step_size: gamma_0, the step on x. Default None: AdaGrad-norm on D_x (`base.x_step`),
-            gamma_k = x_scale / sqrt(sum_(i<=k) ||D_x,i||^2 / dim x): scale-free, and shrinking
-            as the minibatch noise of D_x accumulates (no schedule applies to it).
+        step_size: gamma_0, the step on x. Default None: on minibatches AdaGrad-norm on D_x
+            (`base.x_step`), gamma_k = x_scale / sqrt(sum_(i<=k) ||D_x,i||^2 / dim x): scale-free,
+            and shrinking as the minibatch noise of D_x accumulates (no schedule applies to it);
+            on full data rho_0 (the ratio 1 of the authors' benchmark).
         inner_step_size: rho_0, the step on y and v. Default None: min(0.1, 1/L_g), L_g the largest
             eigenvalue of grad_yy g at (x0, y0) (on the first batch with batch_size) from 20
             Hessian-vector products (`FrameworkState.lipschitz_g`), then raised along the run
@@ -159,8 +162,9 @@ class SOBA(Framework):
             authors' benchmark). Default None: "decreasing" on minibatches, "constant" on full data.
         decay: tau of the decreasing schedule. Default 100.
         x_scale: the root-mean-square length of the first x step where step_size is None.
-            Default 0.2.
-        curvature_every: where inner_step_size is None, every curvature_every steps one
+            Default 0.1 (0.2, the baselines', let x outrun v where the lower level stiffens; 0.05
+            moved it too slowly: benchmarks/RESULTS.md, "Notes on the stochastic step").
+        curvature_every: on minibatches where inner_step_size is None, every curvature_every steps one
             Hessian-vector product continues the power iteration of L_g on the current batch
             (L_g <- max(L_g, ||grad_yy g u||), `Framework.refresh`), so that rho_0 = min(0.1, 1/L_g)
             follows a lower level that grows stiffer as x moves. Default 10.

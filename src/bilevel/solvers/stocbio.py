@@ -20,6 +20,7 @@ class StocBiOState(AdaptiveXState):
 
     inner_step_size: float | Tensor = 0.0
     neumann_step_size: float | Tensor = 0.0
+    step_size: float | Tensor | None = None
     lipschitz_g: float | Tensor | None = None
 
 
@@ -46,8 +47,9 @@ class StocBiO(Solver):
     diagnostics).
 
     Args:
-        step_size: beta, the step on x. Default None: AdaGrad-norm on the x direction d_k
-            (`base.x_step`), beta_k = x_scale / sqrt(sum_(i<=k) ||d_i||^2 / dim x).
+        step_size: beta, the step on x. Default None: on minibatches AdaGrad-norm on the x
+            direction d_k (`base.x_step`), beta_k = x_scale / sqrt(sum_(i<=k) ||d_i||^2 / dim x);
+            on full data alpha (the ratio 1 of Dagreou et al.'s benchmark).
         x_scale: the root-mean-square length of the first x step where step_size is None.
             Default 0.2.
         inner_step_size: alpha, the lower-level step. Default None: min(0.1, 1/L_g), L_g the
@@ -95,7 +97,9 @@ class StocBiO(Solver):
         lipschitz_g = curvature_in_y(oracle, x, y, generator) if needed else None
         alpha = step_or(self.inner_step_size, lipschitz_g, 0.1)
         eta = step_or(self.neumann_step_size, lipschitz_g, 0.1)
-        return StocBiOState(x=x, y=y, inner_step_size=alpha, neumann_step_size=eta, lipschitz_g=lipschitz_g)
+        beta = self.step_size if self.step_size is not None else None if oracle.stochastic else alpha
+        return StocBiOState(x=x, y=y, inner_step_size=alpha, neumann_step_size=eta, step_size=beta,
+                            lipschitz_g=lipschitz_g)
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: StocBiOState) -> tuple[StocBiOState, Aux]:
         x, y = state.x, state.y
@@ -110,7 +114,7 @@ class StocBiO(Solver):
         v = self.neumann(oracle, x, y, fy, state.neumann_step_size)
         oracle.resample("lower")
         jx, _ = oracle.vjp_grad_y_g(x, y, v)
-        beta, memory = x_step(self.step_size, self.x_scale, state, fx - jx)
+        beta, memory = x_step(state.step_size, self.x_scale, state, fx - jx)
         diagnostics["step_size"] = beta
         return (replace(state, x=problem.project_x(x - beta * (fx - jx)), y=y, k=state.k + 1, x_memory=memory),
                 Aux(diagnostics, nu=-v))
