@@ -79,6 +79,11 @@ def bare_steps(problem: bilevel.BilevelProblem, solver: bilevel.solvers.PGDQP, i
     return state.x, state.y
 
 
+def median_ratio(times: list[float], reference: list[float]) -> float:
+    """The median over repetitions of time / reference time in the same repetition."""
+    return statistics.median(a / b for a, b in zip(times, reference))
+
+
 def measure(label: str, build, options: dict, iters: int, repeats: int) -> list[dict]:
     problem = dataclasses.replace(build(), metrics=None)
     solver = bilevel.solvers.PGDQP(**options)
@@ -108,8 +113,8 @@ def measure(label: str, build, options: dict, iters: int, repeats: int) -> list[
     base, bare = times["hand-written loop"], times["solver.step in a bare loop"]
     return [{"setting": label, "variant": name, "ms / iteration (median)": 1e3 * statistics.median(t) / iters,
              "ms / iteration (min)": 1e3 * min(t) / iters,
-             "overhead over the hand-written loop": f"{100 * (statistics.median(a / b for a, b in zip(t, base)) - 1):+.1f}%",
-             "overhead over the bare step loop": f"{100 * (statistics.median(a / b for a, b in zip(t, bare)) - 1):+.1f}%",
+             "overhead over the hand-written loop": f"{100 * (median_ratio(t, base) - 1):+.1f}%",
+             "overhead over the bare step loop": f"{100 * (median_ratio(t, bare) - 1):+.1f}%",
              "max relative difference of x": f"{error:.1e}" if name.startswith("solve,") else ""}
             for name, t in times.items()]
 

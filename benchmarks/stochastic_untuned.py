@@ -26,7 +26,6 @@ import argparse
 import json
 import statistics
 import time
-from functools import partial
 
 import numpy as np
 import scipy.optimize
@@ -129,10 +128,11 @@ def main() -> None:
                 else:
                     star = problem.info["value_star"]
                     scores.append(100 * (float(problem.info["hyper_objective"](r.x)) - star) / star)
-            what = ("retrained accuracy - uniform (points)" if name.startswith("hc")
-                    else f"gap to F* (%), start {100 * (problem.info['value_start'] / problem.info['value_star'] - 1):.3g}")
-            row = {"method": method, "problem": problem.name + (f" seed {name[2:]}" if name.startswith("hc") else ""),
-                   "measure": what, "median": statistics.median(scores), "worst": (min if name.startswith("hc") else max)(scores),
+            cleaning = name.startswith("hc")
+            start_gap = 0.0 if cleaning else 100 * (problem.info["value_start"] / problem.info["value_star"] - 1)
+            what = "retrained accuracy - uniform (points)" if cleaning else f"gap to F* (%), start {start_gap:.3g}"
+            row = {"method": method, "problem": problem.name + (f" seed {name[2:]}" if cleaning else ""),
+                   "measure": what, "median": statistics.median(scores), "worst": (min if cleaning else max)(scores),
                    "status": str(r.status.name), "s / run": (time.perf_counter() - start) / args.seeds}
             rows.append(row)
             print(format_table([row], list(row)).splitlines()[-1], flush=True)

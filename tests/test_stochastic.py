@@ -404,7 +404,8 @@ def test_command_line_batch_size(tmp_path, capsys):
 @pytest.mark.parametrize("kind", ["autograd", "func"])
 def test_grad_y_g_and_vjp_is_grad_g_and_vjp_grad_y_g_at_their_cost(kind):
     p = PROBLEMS["biased-ridge"](seed=0, n_train=12, n_val=8, dim=3, rank=2)
-    x, y, v = torch.tensor([0.3, -0.2], dtype=D), torch.tensor([0.5, -1.0, 0.25], dtype=D), torch.tensor([1.0, 2, 3], dtype=D)
+    x, y = torch.tensor([0.3, -0.2], dtype=D), torch.tensor([0.5, -1.0, 0.25], dtype=D)
+    v = torch.tensor([1.0, 2.0, 3.0], dtype=D)
     fused, apart = Oracle(backend(kind, p.f, p.g)), Oracle(backend(kind, p.f, p.g))
     got = fused.grad_y_g_and_vjp(x, y, v)
     g, _, gy = apart.grad_g(x, y)
@@ -463,8 +464,9 @@ class CountingDataset(torch.utils.data.Dataset):
 def test_a_batch_replaced_before_any_evaluation_is_never_taken():
     p = PROBLEMS["biased-ridge"](seed=0, n_train=12, n_val=8, dim=3, rank=2)
     counting = CountingDataset(*p.lower_data.value)
-    oracle = Oracle(Sampled(partial(backend, "autograd"), p.batched, (p.upper_data, bilevel.data.Data("lower_data", counting)),
-                            (4, 5), torch.Generator().manual_seed(0)))
+    lower = bilevel.data.Data("lower_data", counting)
+    oracle = Oracle(Sampled(partial(backend, "autograd"), p.batched, (p.upper_data, lower), (4, 5),
+                            torch.Generator().manual_seed(0)))
     oracle.resample()
     oracle.select(lower=torch.tensor([1, 7]))
     assert counting.taken == []
@@ -478,7 +480,7 @@ def test_a_batch_replaced_before_any_evaluation_is_never_taken():
 # ----- the default steps -------------------------------------------------------------------------
 def test_soba_default_x_step_is_adagrad_norm_by_hand():
     """step_size None: gamma_k = x_scale / sqrt(sum_(i<=k) ||D_x,i||^2 / dim x), from the first step."""
-    p, h, x, y = tiny()
+    p, h, x, _ = tiny()
     oracle, _ = sampled(p, (4, 5), seed=1)
     solver = SOBA(inner_step_size=0.1, x_scale=0.3)
     state = solver.init(p, oracle, max_iter=10, generator=torch.Generator())
@@ -498,7 +500,7 @@ def test_soba_default_x_step_is_adagrad_norm_by_hand():
 def test_framework_curvature_refresh_by_hand():
     """Every curvature_every steps: u <- H u / ||H u|| on the current lower batch, L_g <- max(L_g,
     ||H u||), rho_0 <- min(0.1, 1/L_g)."""
-    p, h, x, y = tiny()
+    p, h, _, _ = tiny()
     oracle, replay = sampled(p, (4, 5), seed=5)
     solver = SOBA(step_size=0.05, curvature_every=3, schedule="constant")
     state = solver.init(p, oracle, max_iter=10, generator=torch.Generator().manual_seed(0))
