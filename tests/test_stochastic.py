@@ -15,6 +15,7 @@ from bilevel.core.oracles import Autograd, Oracle, backend
 from bilevel.solvers import F2SA, PGDQP, SABA, SOBA, StocBiO
 from bilevel.solvers.pgdqp import independent_h_and_grad
 from bilevel.solvers.saba import Blocks
+from conftest import roundoff
 
 D = torch.float64
 STOCHASTIC = ("pgdqp", "soba", "saba", "stocbio", "f2sa")
@@ -397,3 +398,167 @@ def test_command_line_batch_size(tmp_path, capsys):
     capsys.readouterr()
     assert main(["table", str(out), "--metrics", "relative_gap"]) == 0
     assert '{"batch_size": 10}' in capsys.readouterr().out
+
+
+# ----- the fused oracle call, saba's tables in place, lazy batches ---------------------------------
+@pytest.mark.parametrize("kind", ["autograd", "func"])
+def test_grad_y_g_and_vjp_is_grad_g_and_vjp_grad_y_g_at_their_cost(kind):
+    p = PROBLEMS["biased-ridge"](seed=0, n_train=12, n_val=8, dim=3, rank=2)
+    x, y = torch.tensor([0.3, -0.2], dtype=D), torch.tensor([0.5, -1.0, 0.25], dtype=D)
+    v = torch.tensor([1.0, 2.0, 3.0], dtype=D)
+    fused, apart = Oracle(backend(kind, p.f, p.g)), Oracle(backend(kind, p.f, p.g))
+    got = fused.grad_y_g_and_vjp(x, y, v)
+    g, _, gy = apart.grad_g(x, y)
+    jx, jy = apart.vjp_grad_y_g(x, y, v)
+    tol = roundoff(operations=12 * 3)
+    for a, b in zip(got, (g, gy, jx, jy)):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    assert fused.snapshot() == apart.snapshot()
+
+    class WithoutFusedCall:                    # a back-end of the older interface: two calls instead
+        def __init__(self, inner):
+            self.inner = inner
+
+        def grad_g(self, *args):
+            return self.inner.grad_g(*args)
+
+        def vjp_grad_y_g(self, *args):
+            return self.inner.vjp_grad_y_g(*args)
+    plain = Oracle(WithoutFusedCall(backend(kind, p.f, p.g)))
+    for a, b in zip(plain.grad_y_g_and_vjp(x, y, v), got):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    assert plain.snapshot() == fused.snapshot()
+
+
+def test_saba_writes_its_rows_in_place_and_a_continued_result_is_left_as_it_was():
+    p = PROBLEMS["biased-ridge"](seed=0, n_train=200, n_val=100)
+    oracle, _ = sampled(p, (16, 16), seed=1)
+    solver = SABA()
+    state = solver.init(p, oracle, max_iter=10, generator=torch.Generator().manual_seed(0))
+    addresses = [t.data_ptr() for t in state.memory.tables]
+    oracle.resample()
+    new, _ = solver.step(p, oracle, state)
+    assert [t.data_ptr() for t in new.memory.tables] == addresses       # no copy of the tables
+    first = solve(p, "saba", max_iter=20, log_every=10, batch_size=16, seed=3, verify=False)
+    before = [t.clone() for t in first.state.memory.tables]
+    a, b = (solve(p, "saba", max_iter=40, log_every=10, batch_size=16, seed=3, verify=False, init=first)
+            for _ in range(2))
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    assert all(torch.equal(t, u) for t, u in zip(first.state.memory.tables, before))
+    whole = solve(p, "saba", max_iter=40, log_every=10, batch_size=16, seed=3, verify=False)
+    assert torch.equal(whole.x, a.x)
+
+
+class CountingDataset(torch.utils.data.Dataset):
+    def __init__(self, a, b):
+        self.a, self.b, self.taken = a, b, []
+
+    def __len__(self):
+        return len(self.b)
+
+    def __getitem__(self, i):
+        self.taken.append(i)
+        return self.a[i], self.b[i]
+
+
+def test_a_batch_replaced_before_any_evaluation_is_never_taken():
+    p = PROBLEMS["biased-ridge"](seed=0, n_train=12, n_val=8, dim=3, rank=2)
+    counting = CountingDataset(*p.lower_data.value)
+    lower = bilevel.core.data.Data("lower_data", counting)
+    oracle = Oracle(Sampled(partial(backend, "autograd"), p.batched, (p.upper_data, lower), (4, 5),
+                            torch.Generator().manual_seed(0)))
+    oracle.resample()
+    oracle.select(lower=torch.tensor([1, 7]))
+    assert counting.taken == []
+    x, y = torch.zeros(2, dtype=D), torch.zeros(3, dtype=D)
+    A, b = p.lower_data.value
+    expected = 0.5 * ((A[[1, 7]] @ y - b[[1, 7]]) ** 2).mean() + 0.5 * p.info["mu"] * float((y ** 2).sum())
+    assert float(oracle.g(x, y)) == pytest.approx(float(expected), rel=roundoff())
+    assert counting.taken == [1, 7]
+
+
+# ----- the default steps -------------------------------------------------------------------------
+def test_soba_default_x_step_is_adagrad_norm_by_hand():
+    """step_size None: gamma_k = x_scale / sqrt(sum_(i<=k) ||D_x,i||^2 / dim x), from the first step."""
+    p, h, x, _ = tiny()
+    oracle, _ = sampled(p, (4, 5), seed=1)
+    solver = SOBA(inner_step_size=0.1, x_scale=0.3)
+    state = solver.init(p, oracle, max_iter=10, generator=torch.Generator())
+    v = torch.tensor([0.1, 0.2, -0.3], dtype=D)
+    state = type(state)(**{**vars(state), "v": v})
+    s1, aux = solver.step(p, oracle, state)
+    d1 = h.cross(v)                                # grad_x f = 0: D_x = grad_xy g v
+    total = float(d1 @ d1) / 2
+    torch.testing.assert_close(s1.x, x - 0.3 / math.sqrt(total) * d1)
+    assert float(aux.diagnostics["step_size"]) == pytest.approx(0.3 / math.sqrt(total), rel=roundoff())
+    oracle.resample()
+    s2, _ = solver.step(p, oracle, s1)
+    d2 = h.cross(s1.v)
+    torch.testing.assert_close(s2.x, s1.x - 0.3 / math.sqrt(total + float(d2 @ d2) / 2) * d2)
+
+
+def test_framework_curvature_refresh_by_hand():
+    """Every curvature_every steps: u <- H u / ||H u|| on the current lower batch, L_g <- max(L_g,
+    ||H u||), rho_0 <- min(0.1, 1/L_g)."""
+    p, h, _, _ = tiny()
+    oracle, replay = sampled(p, (4, 5), seed=5)
+    solver = SOBA(step_size=0.05, curvature_every=3, schedule="constant")
+    state = solver.init(p, oracle, max_iter=10, generator=torch.Generator().manual_seed(0))
+    torch.randint(8, (4,), generator=replay), torch.randint(12, (5,), generator=replay)
+    u = torch.tensor([1.0, -2.0, 0.5], dtype=D) / math.sqrt(5.25)
+    state = type(state)(**{**vars(state), "k": 3, "lipschitz_g": 0.5, "curvature_direction": u})
+    oracle.resample()
+    _, il = torch.randint(8, (4,), generator=replay), torch.randint(12, (5,), generator=replay)
+    refreshed = solver.refresh(oracle, state)
+    hu = h.hess_yy_g(il) @ u
+    assert refreshed.lipschitz_g == pytest.approx(max(0.5, float(hu.norm())), rel=roundoff())
+    assert refreshed.inner_step_size == pytest.approx(min(0.1, 1 / refreshed.lipschitz_g), rel=roundoff())
+    torch.testing.assert_close(refreshed.curvature_direction, hu / hu.norm())
+    assert solver.refresh(oracle, replace_k(refreshed, 4)) == replace_k(refreshed, 4)   # not a multiple of 3
+
+
+def replace_k(state, k):
+    return type(state)(**{**vars(state), "k": k})
+
+
+def per_feature_ridge(seed):
+    """g = (1/2n) sum (a_i^T y - b_i)^2 + 1/2 sum_j exp(x_j) y_j^2, f the validation loss: the
+    lower level grows stiff where x_j grows (irrelevant features); F* by scipy L-BFGS-B on the
+    exact F(x) = f(x, y*(x))."""
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.tensor([2.0, -1.0, 0.5, 0.0, 0.0, 0.0], dtype=D)
+    A, A_val = torch.randn(400, 6, generator=gen, dtype=D), torch.randn(200, 6, generator=gen, dtype=D)
+    b = A @ w + 1.5 * torch.randn(400, generator=gen, dtype=D)
+    b_val = A_val @ w + 1.5 * torch.randn(200, generator=gen, dtype=D)
+
+    def f(x, y, batch):
+        return 0.5 * ((batch[0] @ y - batch[1]) ** 2).mean()
+
+    def g(x, y, batch):
+        return 0.5 * ((batch[0] @ y - batch[1]) ** 2).mean() + 0.5 * (torch.exp(x) * y * y).sum()
+
+    def F(x):
+        return f(x, torch.linalg.solve(A.T @ A / 400 + torch.diag(torch.exp(x)), A.T @ b / 400), (A_val, b_val))
+
+    def value_and_grad(x):
+        t = torch.tensor(x, dtype=D, requires_grad=True)
+        value = F(t)
+        return float(value.detach()), torch.autograd.grad(value, t)[0].numpy()
+    best = scipy_optimize.minimize(value_and_grad, torch.zeros(6, dtype=D).numpy(), jac=True, method="L-BFGS-B",
+                                   options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
+    problem = bilevel.BilevelProblem(f, g, torch.zeros(6, dtype=D), torch.zeros(6, dtype=D), upper_data=(A_val, b_val),
+                                     lower_data=(A, b))
+    return problem, F, float(best.fun)
+
+
+@pytest.mark.parametrize("method", ["soba", "saba"])
+def test_defaults_reach_the_optimum_of_a_problem_whose_lower_level_stiffens(method):
+    """With their defaults (adaptive x step, refreshed curvature), 3000 steps at batch 32 end within 2%
+    of F* where the start is far above it, and never diverge though exp(x_j) grows along the run."""
+    problem, F, star = per_feature_ridge(seed=4)
+    assert float(F(problem.x0)) > 1.05 * star
+    r = solve(problem, method, max_iter=3000, log_every=3000, batch_size=32, seed=0, kkt="none", verify=False)
+    assert r.status is bilevel.Status.COMPLETED, r.message
+    assert (float(F(r.x)) - star) / star < 0.02
+    assert float(r.x.max()) > 2.0          # the penalties of the irrelevant features grew

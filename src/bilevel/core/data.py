@@ -157,6 +157,8 @@ class Sampled:
         self.current: tuple[Any, Any] = (None, None)
         self.current_indices: tuple[Tensor | None, Tensor | None] = (None, None)
         self.current_weights: tuple[float, float] = (1.0, 1.0)
+        self._local: tuple[Tensor | None, Tensor | None] = (None, None)
+        self._stale = [False, False]
         self.resample()
 
     def _draw(self, level: int) -> Tensor:
@@ -171,19 +173,30 @@ class Sampled:
 
     def select(self, upper: Tensor | None = None, lower: Tensor | None = None) -> None:
         """Make the current batches those of the samples at these indices (1-d integer tensors;
-        None keeps that level's batch)."""
-        batches, indices, weights = list(self.current), list(self.current_indices), list(self.current_weights)
+        None keeps that level's batch). Their data are taken when the back-end is first asked
+        for a value: a batch replaced before that (the one drawn for a step whose solver picks
+        its own, as saba) costs nothing."""
+        local, indices, weights = list(self._local), list(self.current_indices), list(self.current_weights)
         for level, chosen in enumerate((upper, lower)):
             if chosen is None:
                 continue
-            local = chosen
+            here = chosen
             if self.shards is not None:
-                local, weights[level] = self.shards[level].part(chosen)
-                if local.numel() == 0:           # none of the batch here: any sample, weighted 0
-                    local = torch.zeros(1, dtype=chosen.dtype, device=chosen.device)
-            batches[level], indices[level] = self.data[level].take(local), chosen
+                here, weights[level] = self.shards[level].part(chosen)
+                if here.numel() == 0:           # none of the batch here: any sample, weighted 0
+                    here = torch.zeros(1, dtype=chosen.dtype, device=chosen.device)
+            local[level], indices[level] = here, chosen
+            self._stale[level] = True
+        self._local, self.current_indices, self.current_weights = tuple(local), tuple(indices), tuple(weights)
+
+    def _take(self) -> None:
+        """Take the data of the batches selected since the last evaluation and rebuild the back-end."""
+        if not any(self._stale):
+            return
+        batches = [self.data[level].take(self._local[level]) if self._stale[level] else self.current[level]
+                   for level in (0, 1)]
         pair = Batches((batches[0], batches[1]))
-        pair.indices, pair.weights = (indices[0], indices[1]), (weights[0], weights[1])
+        pair.indices, pair.weights = self.current_indices, self.current_weights
         self.batches = pair
 
     @property
@@ -196,6 +209,7 @@ class Sampled:
     def batches(self) -> tuple[Any, Any]:
         """The current (upper, lower) batches (a `Batches` pair, which also carries their indices);
         setting them rebuilds the back-end on them."""
+        self._take()
         return self.current
 
     @batches.setter
@@ -204,17 +218,20 @@ class Sampled:
         self.current = value
         self.current_indices = getattr(value, "indices", (None, None))
         self.current_weights = getattr(value, "weights", (1.0, 1.0))
+        self._stale = [False, False]
         (f, g), (wf, wg) = self.objectives, self.current_weights
         self.inner = self.make(partial(on_data, fn=f, data=value[0], weight=wf),
                                partial(on_data, fn=g, data=value[1], weight=wg))
 
     @property
     def compile_failures(self) -> dict[str, str]:
+        self._take()
         return getattr(self.inner, "compile_failures", {})
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or "inner" not in self.__dict__:
+        if name.startswith("_") or "_stale" not in self.__dict__:
             raise AttributeError(name)
+        self._take()
         return getattr(self.__dict__["inner"], name)
 
 

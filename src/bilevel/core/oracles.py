@@ -224,6 +224,14 @@ class Autograd(Backend):
             x_, y_, _, gy = self._grad_y_g_graph(x, y)
             return _grads(inner(gy, v.detach()), (x_, y_))
 
+    def grad_y_g_and_vjp(self, x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(g, grad_y g, grad_yx g^T v, grad_yy g v): one forward of g, the backward that gives
+        grad_y g with its graph, and one backward through that graph."""
+        with torch.enable_grad():
+            x_, y_, value, gy = self._grad_y_g_graph(x, y)
+            jx, jy = _grads(inner(gy, v.detach()), (x_, y_))
+        return value.detach(), gy.detach(), jx, jy
+
     def jvp_grad_y_g(self, x: Tensor, y: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
         """grad_yx g dx + grad_yy g dy: the directional derivative of grad_y g along (dx, dy)."""
         # J u = d/dw <J^T w, u> at w = 0: two reverse passes, valid for any closure
@@ -333,6 +341,10 @@ class Func(Backend):
         def vjp_grad_y_g(x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
             return vjp(grad_y_g, x, y)[1](v)
 
+        def grad_y_g_and_vjp(x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            gy, pullback, value = vjp(grad_and_value(g, argnums=1), x, y, has_aux=True)
+            return (value, gy, *pullback(v))
+
         def jvp_grad_y_g(x: Tensor, y: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
             return jvp(grad_y_g, (x, y), (dx, dy))[1]
 
@@ -348,7 +360,7 @@ class Func(Backend):
 
         pure = {"grad_f": with_value(f), "grad_g": with_value(g), "grad_g_y": grad_y_g,
                 "grad_g_x": grad(g, argnums=0), "h_and_grad": h_and_grad, "vjp_grad_y_g": vjp_grad_y_g,
-                "jvp_grad_y_g": jvp_grad_y_g, "hvp_f": hvp_f, "hvp_h": hvp_h,
+                "grad_y_g_and_vjp": grad_y_g_and_vjp, "jvp_grad_y_g": jvp_grad_y_g, "hvp_f": hvp_f, "hvp_h": hvp_h,
                 "hvp_inner_grad_y_g": hvp_inner_grad_y_g}
         self.compile_failures: dict[str, str] = {}
         if compile:
@@ -420,6 +432,17 @@ class Oracle:
     hvp_f = _counted("hvp_f")
     hvp_h = _counted("hvp_h")
     hvp_inner_grad_y_g = _counted("hvp_inner_grad_y_g")
+
+    def grad_y_g_and_vjp(self, x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(g, grad_y g, grad_yx g^T v, grad_yy g v) from one graph of grad_y g (a back-end
+        without the fused call makes two), counted as grad_g and vjp_grad_y_g are: one
+        gradient of g and one second-order product."""
+        self.counts.update(n_grad_g=1, n_hvp=1)
+        fused = getattr(self.backend, "grad_y_g_and_vjp", None)
+        if fused is None:
+            value, _, gy = self.backend.grad_g(x, y)
+            return (value, gy, *self.backend.vjp_grad_y_g(x, y, v))
+        return fused(x, y, v)
 
     def fd_vjp_grad_y_g(self, x: Tensor, y: Tensor, v: Tensor, delta: float) -> tuple[Tensor, Tensor]:
         """(grad_yx g^T v, grad_yy g v) by central differences of grad g along y:

@@ -124,7 +124,7 @@ def iterate(stepper: Stepper, solver: Solver, state: Any, clock: Clock, *, max_i
         if on_advance is not None:
             on_advance(state, clock)
         bar.update(1)
-        if size == 1 and histories[0].columns.get("f"):
+        if progress and size == 1 and histories[0].columns.get("f"):
             bar.set_postfix({n: f"{histories[0].columns[n][-1]:.3g}" for n in ("f", "h") if histories[0].columns.get(n)},
                             refresh=False)
     else:

@@ -3,6 +3,7 @@ hands the iterations to the loop core (bilevel.run.loop) shared with solve_batch
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import time
@@ -321,7 +322,9 @@ def _run(problem: BilevelProblem, solver: Solver, oracle: Oracle, context: Any, 
         if why:
             raise ValueError(f"Invalid init: the result given was produced by {why} (continue a result with the "
                              f"same problem, solver, log_every and seed)")
-        saved, origin = init.resume, "the result given as init"
+        # a copy: a step may update parts of a state in place (saba's tables), and the result given
+        # must stay the state it was, for another continuation
+        saved, origin = {**init.resume, "state": copy.deepcopy(init.resume["state"])}, "the result given as init"
     elif checkpoint is not None and Path(checkpoint).exists():
         saved, origin = checkpoints.load(checkpoint, stamp), f"the checkpoint {str(checkpoint)!r}"
     if saved is not None:

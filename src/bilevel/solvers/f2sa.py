@@ -9,25 +9,28 @@ from torch import Tensor
 
 from ..core.oracles import Oracle
 from ..core.problem import BilevelProblem
-from ..core.state import Aux, State
+from ..core.state import Aux
 from .base import (
+    AdaptiveXState,
     Solver,
     check_int,
     check_positive,
     curvature_in_y,
     lower_diagnostics,
     step_or,
+    x_step,
 )
 
 
 @dataclass(frozen=True)
-class F2SAState(State):
+class F2SAState(AdaptiveXState):
     """f2sa's state: also z (the lower-level solution estimate), the initial steps and penalty
-    resolved by init, and the estimate of L_g behind the default (None where given)."""
+    resolved by init, and the estimate of L_g behind the default (None where given); x_memory
+    that of the adaptive x step."""
 
     z: Tensor | None = None
     inner_step_size: float | Tensor = 0.0
-    step_size: float | Tensor = 0.0
+    step_size: float | Tensor | None = None
     lipschitz_g: float | Tensor | None = None
 
 
@@ -65,10 +68,11 @@ class F2SA(Solver):
     of f + lam g as one).
 
     Args:
-        step_size: xi alpha_0, the step on x at k = 0. Default None: gamma_0 (xi = 2 lam_0: the
-            x step starts at the lower level's; with xi = 1 it is 1/(2 lam_0) of that, and x barely
-            moves: measured on biased-ridge (batch 64, 1000 steps) a gap of 6.4 F(x*) left against
-            1e-3 with the default).
+        step_size: xi alpha_0, the step on x at k = 0 (then xi alpha_k). Default None: on
+            minibatches AdaGrad-norm on the x direction d_k (`base.x_step`), x_scale /
+            sqrt(sum_(i<=k) ||d_i||^2 / dim x); on full data gamma_0 (xi = 2 lam_0).
+        x_scale: the root-mean-square length of the first x step where step_size is None.
+            Default 0.2.
         inner_step_size: gamma_0, the step of z (and, halved, of y's lam g part). Default None:
             min(0.1, 1/L_g), L_g the largest eigenvalue of grad_yy g at (x0, y0) (on the first
             batch with batch_size) from 20 Hessian-vector products.
@@ -96,6 +100,7 @@ class F2SA(Solver):
     penalty: float = 10.0
     inner_steps: int = 10
     decay: float = 100.0
+    x_scale: float = 0.2
 
     name: ClassVar[str] = "f2sa"
     summary: ClassVar[str] = "fully first-order stochastic penalty method, growing penalty (Kwon et al. 2023)"
@@ -105,7 +110,7 @@ class F2SA(Solver):
 
     def validate(self) -> None:
         check_positive(self, "step_size", "inner_step_size", allow_none=True)
-        check_positive(self, "penalty", "decay")
+        check_positive(self, "penalty", "decay", "x_scale")
         check_int(self, "inner_steps")
 
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
@@ -113,19 +118,19 @@ class F2SA(Solver):
         x, y = problem.x0, problem.y0
         lipschitz_g = curvature_in_y(oracle, x, y, generator) if self.inner_step_size is None else None
         gamma = step_or(self.inner_step_size, lipschitz_g, 0.1)
-        return F2SAState(x=x, y=y, z=y, inner_step_size=gamma, step_size=gamma if self.step_size is None else
-                         self.step_size, lipschitz_g=lipschitz_g)
+        xi_alpha = self.step_size if self.step_size is not None else None if oracle.stochastic else gamma
+        return F2SAState(x=x, y=y, z=y, inner_step_size=gamma, step_size=xi_alpha, lipschitz_g=lipschitz_g)
 
-    def schedule(self, state: F2SAState) -> tuple[float | Tensor, float | Tensor, float | Tensor, float | Tensor]:
-        """(alpha_k, gamma_k, lam_k, xi alpha_k)."""
+    def schedule(self, state: F2SAState) -> tuple[float | Tensor, float | Tensor, float | Tensor, float | None]:
+        """(alpha_k, gamma_k, lam_k, xi alpha_k); the last None where the x step is adaptive."""
         t = 1.0 + state.k / self.decay
         gamma = state.inner_step_size * t ** (-4 / 7)
         lam = self.penalty * t ** (1 / 7)
-        return gamma / (2 * lam), gamma, lam, state.step_size * t ** (-5 / 7)
+        return gamma / (2 * lam), gamma, lam, None if state.step_size is None else state.step_size * t ** (-5 / 7)
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: F2SAState) -> tuple[F2SAState, Aux]:
         x, y, z = state.x, state.y, state.z
-        alpha, gamma, lam, x_step = self.schedule(state)
+        alpha, gamma, lam, given = self.schedule(state)
         for t in range(self.inner_steps):
             if t > 0:
                 oracle.resample()
@@ -140,5 +145,6 @@ class F2SA(Solver):
         _, fx, _ = oracle.grad_f(x, y)
         d_x = fx + lam * (oracle.grad_g_x(x, y) - oracle.grad_g_x(x, z))
         nu = lam * (state.y - state.z)
-        aux = Aux({"f": f0, **lower_diagnostics(problem, state.y, g0, gy0), "penalty": lam, "step_size": x_step}, nu=nu)
-        return replace(state, x=problem.project_x(x - x_step * d_x), y=y, z=z, k=state.k + 1), aux
+        eta, memory = x_step(given, self.x_scale, state, d_x)
+        aux = Aux({"f": f0, **lower_diagnostics(problem, state.y, g0, gy0), "penalty": lam, "step_size": eta}, nu=nu)
+        return replace(state, x=problem.project_x(x - eta * d_x), y=y, z=z, k=state.k + 1, x_memory=memory), aux

@@ -11,7 +11,7 @@ from torch import Tensor
 from ..core.oracles import Oracle
 from ..core.problem import BilevelProblem
 from ..core.state import Aux
-from .base import check_choice
+from .base import check_choice, x_step
 from .soba import Directions, Framework, FrameworkState, directions, framework_aux
 
 
@@ -83,20 +83,25 @@ class SABA(Framework):
 
     Memory: the tables hold ceil(n_g / B_g) rows of dim y (grad_y g), dim y (grad_yy g v) and
     dim x (grad_xy g v), and ceil(n_f / B_f) rows of dim y and dim x (grad f): O(n / B x dim)
-    per direction, O(n x dim) at batch size 1 (n samples, B the batch size); each step returns
-    new tables (states are not changed in place), so it copies them (their share of a step's
-    time and memory: benchmarks/RESULTS.md, "Cost of a step on minibatches").
+    per direction, O(n x dim) at batch size 1 (n samples, B the batch size). A step writes the
+    chosen blocks' rows of the tables in place (O(B dim) work, no copy of the tables): the
+    state it returns shares the tables with the state it was given, whose memory then no
+    longer holds the values it had (its x, y, v and means are untouched; step from the newest
+    state only). The means are new tensors at every step.
 
     Cost per step: as SOBA (one gradient of g, one of f, one backward through grad_y g).
     init_memory="full" adds, once, one gradient of g per lower block and one of f per upper
     block (the terms with v are zero at v0 = 0).
 
     Args:
-        step_size: gamma, the step on x. Default None: rho.
+        step_size: gamma, the step on x. Default None: AdaGrad-norm on D_x on minibatches, rho on full data
+            (as SOBA's).
         inner_step_size: rho, the step on y and v. Default None: min(0.1, 1/L_g), L_g the largest
-            eigenvalue of grad_yy g at (x0, y0) on the first batch (20 Hessian-vector products).
+            eigenvalue of grad_yy g at (x0, y0) on the first batch (20 Hessian-vector products),
+            raised along the run where the curvature grows (as SOBA's).
         schedule: "constant" (default) or "decreasing" (as SOBA's).
         decay: tau of the decreasing schedule. Default 100.
+        x_scale, curvature_every: as SOBA's (defaults 0.1 and 10).
         init_memory: "full" (every block's terms at (x0, y0, v0): SAGA's usual start) or "zero"
             (the authors' benchmark default; the estimates are unbiased either way). Default "full".
 
@@ -157,37 +162,40 @@ class SABA(Framework):
         return replace(state, blocks=blocks, memory=memory)
 
     def _estimate(self, oracle: Oracle, state: SABAState, update: bool):
-        """The variance-reduced directions at state's iterate, and the new memory (if update)."""
+        """The variance-reduced directions at state's iterate, and (if update) the memory with the
+        chosen blocks' rows replaced by the fresh terms, in place (see `SABA`)."""
         upper_blocks, lower_blocks = state.blocks
         upper_indices, lower_indices = oracle.indices
         i = int(lower_blocks.of[lower_indices[0]])
         j = int(upper_blocks.of[upper_indices[0]])
         oracle.select(upper=upper_blocks.members(j), lower=lower_blocks.members(i))
-        g, _, gy = oracle.grad_g(state.x, state.y)
-        jx, jy = oracle.vjp_grad_y_g(state.x, state.y, state.v)
+        g, gy, jx, jy = oracle.grad_y_g_and_vjp(state.x, state.y, state.v)
         f, fx, fy = oracle.grad_f(state.x, state.y)
         fresh = (gy, jy, jx, fy, fx)
         rows = (i, i, i, j, j)
-        weights = (lower_blocks.weight[i],) * 3 + (upper_blocks.weight[j],) * 2
         tables, means = state.memory
-        reduced = tuple(new - table[r] + mean for new, table, r, mean in zip(fresh, tables, rows, means))
+        changes = tuple(new - table[r] for new, table, r in zip(fresh, tables, rows))
+        reduced = tuple(change + mean for change, mean in zip(changes, means))
         d = Directions(reduced[0], reduced[1] + reduced[3], reduced[2] + reduced[4], f, g, gy)
         if not update:
             return d, None
-        new_means = tuple(mean + w * (new - table[r]) for mean, w, new, table, r in zip(means, weights, fresh, tables, rows))
-        new_tables = tuple(table.index_copy(0, torch.tensor([r], device=table.device), new.unsqueeze(0))
-                           for table, r, new in zip(tables, rows, fresh))
-        return d, Memory(new_tables, new_means)
+        weights = (lower_blocks.weight[i],) * 3 + (upper_blocks.weight[j],) * 2
+        for table, r, new in zip(tables, rows, fresh):
+            table[r] = new
+        return d, Memory(tables, tuple(mean + w * change for mean, w, change in zip(means, weights, changes)))
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: SABAState) -> tuple[SABAState, Aux]:
+        state = self.refresh(oracle, state)
         if state.memory is None:       # full data: the deterministic framework
             d = directions(oracle, state.x, state.y, state.v)
-            return self.advance(problem, state, d.dy, d.dv, d.dx), framework_aux(problem, state.y, d, state.v, self.steps(state)[1])
-        d, memory = self._estimate(oracle, state, update=True)
-        return (self.advance(problem, state, d.dy, d.dv, d.dx, memory=memory),
-                framework_aux(problem, state.y, d, state.v, self.steps(state)[1]))
+            new, gamma = self.advance(problem, state, d.dy, d.dv, d.dx)
+        else:
+            d, memory = self._estimate(oracle, state, update=True)
+            new, gamma = self.advance(problem, state, d.dy, d.dv, d.dx, memory=memory)
+        return new, framework_aux(problem, state.y, d, state.v, gamma)
 
     def diagnose(self, problem: BilevelProblem, oracle: Oracle, state: SABAState) -> Aux:
         if state.memory is None:
             return self.step(problem, oracle, state)[1]
-        return framework_aux(problem, state.y, self._estimate(oracle, state, update=False)[0], state.v, self.steps(state)[1])
+        d = self._estimate(oracle, state, update=False)[0]
+        return framework_aux(problem, state.y, d, state.v, x_step(self.steps(state)[1], self.x_scale, state, d.dx)[0])

@@ -10,14 +10,19 @@ from torch import Tensor
 
 from ..core.oracles import Oracle, inner
 from ..core.problem import BilevelProblem
-from ..core.state import Aux, State
+from ..core.state import Aux
 from .base import (
+    AdaptiveXState,
     Solver,
+    as_float,
+    capped,
     check_choice,
+    check_int,
     check_positive,
     curvature_in_y,
     lower_diagnostics,
     step_or,
+    x_step,
 )
 
 
@@ -36,10 +41,10 @@ class Directions(NamedTuple):
 
 
 def directions(oracle: Oracle, x: Tensor, y: Tensor, v: Tensor) -> Directions:
-    """The three directions on the oracle's current batches: one gradient of g, one product
-    (grad_yx g^T v, grad_yy g v) by one backward through grad_y g, one gradient of f."""
-    g, _, gy = oracle.grad_g(x, y)
-    jx, jy = oracle.vjp_grad_y_g(x, y, v)
+    """The three directions on the oracle's current batches: grad_y g and the product
+    (grad_yx g^T v, grad_yy g v) from one graph of grad_y g (one backward through it), one
+    gradient of f."""
+    g, gy, jx, jy = oracle.grad_y_g_and_vjp(x, y, v)
     f, fx, fy = oracle.grad_f(x, y)
     return Directions(gy, jy + fy, jx + fx, f, g, gy)
 
@@ -52,16 +57,18 @@ def framework_aux(problem: BilevelProblem, y: Tensor, d: Directions, v: Tensor, 
 
 
 @dataclass(frozen=True)
-class FrameworkState(State):
+class FrameworkState(AdaptiveXState):
     """State of soba and saba: also v (the estimate of -[grad_yy g]^-1 grad_y f), the initial
-    steps resolved by init, whether they decay, and the estimate of L_g behind the default
-    (None where the steps were given)."""
+    steps resolved by init (step_size None: the adaptive x step, whose memory is x_memory),
+    whether they decay, and the estimate of L_g behind the default (None where the steps were
+    given)."""
 
     v: Tensor | None = None
     inner_step_size: float | Tensor = 0.0
-    step_size: float | Tensor = 0.0
+    step_size: float | Tensor | None = None
     decreasing: bool = False
     lipschitz_g: float | Tensor | None = None
+    curvature_direction: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -72,10 +79,13 @@ class Framework(Solver):
     inner_step_size: float | None = None
     schedule: str | None = None
     decay: float = 100.0
+    x_scale: float = 0.1
+    curvature_every: int = 10
 
     def validate(self) -> None:
         check_positive(self, "step_size", "inner_step_size", allow_none=True)
-        check_positive(self, "decay")
+        check_positive(self, "decay", "x_scale")
+        check_int(self, "curvature_every")
         if self.schedule is not None:
             check_choice(self, "schedule", ("constant", "decreasing"))
 
@@ -87,24 +97,46 @@ class Framework(Solver):
         x, y = problem.x0, problem.y0
         lipschitz_g = curvature_in_y(oracle, x, y, generator) if self.inner_step_size is None else None
         rho = step_or(self.inner_step_size, lipschitz_g, 0.1)
-        gamma = rho if self.step_size is None else self.step_size
         decreasing = (self.schedule or self.default_schedule(oracle)) == "decreasing"
+        stochastic = oracle.stochastic
+        gamma = self.step_size if self.step_size is not None else None if stochastic else rho
+        direction = torch.ones_like(y) / y.numel() ** 0.5 if lipschitz_g is not None and stochastic else None
         return FrameworkState(x=x, y=y, v=torch.zeros_like(y), inner_step_size=rho, step_size=gamma,
-                              decreasing=decreasing, lipschitz_g=lipschitz_g)
+                              decreasing=decreasing, lipschitz_g=lipschitz_g, curvature_direction=direction)
 
-    def steps(self, state: FrameworkState) -> tuple[float | Tensor, float | Tensor]:
-        """(rho_k, gamma_k): constant, or rho_0 (1 + k/decay)^(-2/5), gamma_0 (1 + k/decay)^(-3/5)."""
+    def refresh(self, oracle: Oracle, state: FrameworkState) -> FrameworkState:
+        """Every `curvature_every` steps where rho is the default: one step of power iteration on
+        grad_yy g (the current lower batch) from the last direction, L_g <- max(L_g, ||grad_yy g u||)
+        and rho_0 <- min(0.1, 1/L_g). ||grad_yy g u|| <= the largest eigenvalue for a unit u, so
+        L_g never exceeds the largest curvature met; warm-started, u turns to the stiffest
+        direction as the curvature grows along the run (x moving into a stiffer lower level)."""
+        if state.curvature_direction is None or state.k == 0 or state.k % self.curvature_every:
+            return state
+        w = oracle.vjp_grad_y_g(state.x, state.y, state.curvature_direction)[1]
+        norm = torch.sqrt(inner(w, w))
+        lipschitz_g = torch.maximum(torch.as_tensor(state.lipschitz_g, dtype=norm.dtype, device=norm.device), norm)
+        direction = w / torch.clamp(norm, min=torch.finfo(norm.dtype).tiny)
+        if not isinstance(state.lipschitz_g, Tensor):
+            lipschitz_g = as_float(lipschitz_g)
+        return replace(state, lipschitz_g=lipschitz_g, inner_step_size=capped(0.1, lipschitz_g),
+                       curvature_direction=direction)
+
+    def steps(self, state: FrameworkState) -> tuple[float | Tensor, float | Tensor | None]:
+        """(rho_k, gamma_k): constant, or rho_0 (1 + k/decay)^(-2/5), gamma_0 (1 + k/decay)^(-3/5);
+        gamma_k None where the x step is adaptive."""
         if not state.decreasing:
             return state.inner_step_size, state.step_size
         t = 1.0 + state.k / self.decay
-        return state.inner_step_size * t ** -0.4, state.step_size * t ** -0.6
+        return state.inner_step_size * t ** -0.4, None if state.step_size is None else state.step_size * t ** -0.6
 
     def advance(self, problem: BilevelProblem, state: FrameworkState, dy: Tensor, dv: Tensor, dx: Tensor,
-                **more) -> FrameworkState:
-        """y <- P_Y(y - rho D_y), v <- v - rho D_v, x <- P_X(x - gamma D_x), all from the same iterate."""
+                **more) -> tuple[FrameworkState, float | Tensor]:
+        """y <- P_Y(y - rho D_y), v <- v - rho D_v, x <- P_X(x - gamma D_x), all from the same iterate;
+        the new state and gamma (AdaGrad-norm on D_x where step_size is None, `base.x_step`)."""
         rho, gamma = self.steps(state)
+        gamma, memory = x_step(gamma, self.x_scale, state, dx)
         return replace(state, x=problem.project_x(state.x - gamma * dx), y=problem.project_y(state.y - rho * dy),
-                       v=state.v - rho * dv, k=state.k + 1, **more)
+                       v=state.v - rho * dv, k=state.k + 1, x_memory=memory, **more), gamma
 
 
 @dataclass(frozen=True)
@@ -129,18 +161,30 @@ class SOBA(Framework):
     counts one n_hvp).
 
     Args:
-        step_size: gamma_0, the step on x. Default None: rho_0 (the ratio 1 of the authors'
-            benchmark).
+        step_size: gamma_0, the step on x. Default None: on minibatches AdaGrad-norm on D_x
+            (`base.x_step`), gamma_k = x_scale / sqrt(sum_(i<=k) ||D_x,i||^2 / dim x): scale-free,
+            and shrinking as the minibatch noise of D_x accumulates (no schedule applies to it);
+            on full data rho_0 (the ratio 1 of the authors' benchmark).
         inner_step_size: rho_0, the step on y and v. Default None: min(0.1, 1/L_g), L_g the largest
             eigenvalue of grad_yy g at (x0, y0) (on the first batch with batch_size) from 20
-            Hessian-vector products (`FrameworkState.lipschitz_g`).
+            Hessian-vector products (`FrameworkState.lipschitz_g`), then raised along the run
+            where the curvature grows (`curvature_every`).
         schedule: "decreasing": rho_k = rho_0 (1 + k/decay)^(-2/5), gamma_k = gamma_0
             (1 + k/decay)^(-3/5) (the rates of the paper's Theorem for SOBA); "constant" (the
             authors' benchmark). Default None: "decreasing" on minibatches, "constant" on full data.
         decay: tau of the decreasing schedule. Default 100.
+        x_scale: the root-mean-square length of the first x step where step_size is None.
+            Default 0.1 (0.2, the baselines', let x outrun v where the lower level stiffens; 0.05
+            moved it too slowly: benchmarks/RESULTS.md, "Notes on the stochastic step").
+        curvature_every: on minibatches where inner_step_size is None, every curvature_every steps one
+            Hessian-vector product continues the power iteration of L_g on the current batch
+            (L_g <- max(L_g, ||grad_yy g u||), `Framework.refresh`), so that rho_0 = min(0.1, 1/L_g)
+            follows a lower level that grows stiffer as x moves. Default 10.
 
     The default decay keeps a wide margin from the decays that shrink the steps before x
-    arrives (benchmarks/RESULTS.md, "Stochastic methods on biased-ridge").
+    arrives (benchmarks/RESULTS.md, "Stochastic methods on biased-ridge"); the default x step
+    and curvature refresh were chosen on problems of no config (RESULTS.md, "Stochastic methods'
+    defaults on untuned problems").
 
     References:
         Dagreou, Ablin, Vaiter, Moreau. A framework for bilevel optimization that enables
@@ -164,5 +208,7 @@ class SOBA(Framework):
         return "decreasing" if oracle.stochastic else "constant"
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: FrameworkState) -> tuple[FrameworkState, Aux]:
+        state = self.refresh(oracle, state)
         d = directions(oracle, state.x, state.y, state.v)
-        return self.advance(problem, state, d.dy, d.dv, d.dx), framework_aux(problem, state.y, d, state.v, self.steps(state)[1])
+        new, gamma = self.advance(problem, state, d.dy, d.dv, d.dx)
+        return new, framework_aux(problem, state.y, d, state.v, gamma)

@@ -9,25 +9,27 @@ from torch import Tensor
 
 from ..core.oracles import Oracle
 from ..core.problem import BilevelProblem
-from ..core.state import Aux, State
+from ..core.state import Aux
 from .base import (
+    AdaptiveXState,
     Solver,
     check_int,
     check_positive,
     curvature_in_y,
     lower_diagnostics,
     step_or,
+    x_step,
 )
 
 
 @dataclass(frozen=True)
-class StocBiOState(State):
+class StocBiOState(AdaptiveXState):
     """stocbio's state: also the lower-level and Neumann step resolved by init and the estimate
-    of L_g behind its default (None where given)."""
+    of L_g behind its default (None where given); x_memory that of the adaptive x step."""
 
     inner_step_size: float | Tensor = 0.0
     neumann_step_size: float | Tensor = 0.0
-    step_size: float | Tensor = 0.0
+    step_size: float | Tensor | None = None
     lipschitz_g: float | Tensor | None = None
 
 
@@ -54,8 +56,11 @@ class StocBiO(Solver):
     diagnostics).
 
     Args:
-        step_size: beta, the step on x. Default None: alpha (the ratio 1 of Dagreou et al.'s
-            benchmark of stochastic methods).
+        step_size: beta, the step on x. Default None: on minibatches AdaGrad-norm on the x
+            direction d_k (`base.x_step`), beta_k = x_scale / sqrt(sum_(i<=k) ||d_i||^2 / dim x);
+            on full data alpha (the ratio 1 of Dagreou et al.'s benchmark).
+        x_scale: the root-mean-square length of the first x step where step_size is None.
+            Default 0.2.
         inner_step_size: alpha, the lower-level step. Default None: min(0.1, 1/L_g), L_g the
             largest eigenvalue of grad_yy g at (x0, y0) (on the first batch with batch_size) from
             20 Hessian-vector products.
@@ -83,6 +88,7 @@ class StocBiO(Solver):
     neumann_step_size: float | None = None
     inner_steps: int = 10
     neumann_terms: int = 10
+    x_scale: float = 0.2
 
     name: ClassVar[str] = "stocbio"
     summary: ClassVar[str] = "warm-started SGD and a stochastic Neumann-series hypergradient (Ji et al. 2021)"
@@ -92,6 +98,7 @@ class StocBiO(Solver):
 
     def validate(self) -> None:
         check_positive(self, "step_size", "inner_step_size", "neumann_step_size", allow_none=True)
+        check_positive(self, "x_scale")
         check_int(self, "inner_steps")
         check_int(self, "neumann_terms", minimum=0)
 
@@ -102,8 +109,9 @@ class StocBiO(Solver):
         lipschitz_g = curvature_in_y(oracle, x, y, generator) if needed else None
         alpha = step_or(self.inner_step_size, lipschitz_g, 0.1)
         eta = step_or(self.neumann_step_size, lipschitz_g, 0.1)
-        return StocBiOState(x=x, y=y, inner_step_size=alpha, neumann_step_size=eta,
-                            step_size=alpha if self.step_size is None else self.step_size, lipschitz_g=lipschitz_g)
+        beta = self.step_size if self.step_size is not None else None if oracle.stochastic else alpha
+        return StocBiOState(x=x, y=y, inner_step_size=alpha, neumann_step_size=eta, step_size=beta,
+                            lipschitz_g=lipschitz_g)
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: StocBiOState) -> tuple[StocBiOState, Aux]:
         x, y = state.x, state.y
@@ -118,9 +126,10 @@ class StocBiO(Solver):
         v = self.neumann(oracle, x, y, fy, state.neumann_step_size)
         oracle.resample("lower")
         jx, _ = oracle.vjp_grad_y_g(x, y, v)
-        x_new = problem.project_x(x - state.step_size * (fx - jx))
-        diagnostics["step_size"] = state.step_size
-        return replace(state, x=x_new, y=y, k=state.k + 1), Aux(diagnostics, nu=-v)
+        beta, memory = x_step(state.step_size, self.x_scale, state, fx - jx)
+        diagnostics["step_size"] = beta
+        return (replace(state, x=problem.project_x(x - beta * (fx - jx)), y=y, k=state.k + 1, x_memory=memory),
+                Aux(diagnostics, nu=-v))
 
     def neumann(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor, eta: float | Tensor) -> Tensor:
         """v = eta sum_{q=0}^{Q} r_q, r_0 = grad_y f, r_q = r_{q-1} - eta grad_yy g_{B_q} r_{q-1}."""
