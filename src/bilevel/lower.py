@@ -106,53 +106,73 @@ def _free(y: Tensor, grad: Tensor, bounds: tuple | None) -> Tensor:
 
 
 def truncated_cg(matvec: Callable[[Tensor], Tensor], b: Tensor, rtol: float,
-                  max_iter: int) -> tuple[Tensor, bool]:
-    """(d, whether d solves A d = b to ||A d - b|| <= rtol ||b||) by conjugate gradient from 0,
-    stopped at a direction of non-positive curvature (then d so far, or b on the first step:
-    a descent direction for phi either way)."""
+                 max_iter: int) -> tuple[Tensor, str]:
+    """(d, how it ended) for A d = b by conjugate gradient from 0: 'solved' (||A d - b|| <=
+    rtol ||b||), 'budget' (max_iter products done) or 'negative' (stopped at a direction of
+    non-positive curvature: d so far, or b on the first step, a descent direction for phi
+    either way)."""
     d, r = torch.zeros_like(b), b.clone()
     p, rr = r.clone(), float(torch.sum(r * r))
     if rr == 0.0:
-        return d, True
+        return d, "solved"
     stop = (rtol * math.sqrt(rr)) ** 2
     for k in range(max_iter):
         ap = matvec(p)
         pap = float(torch.sum(p * ap))
         if not pap > 0:
-            return (b if k == 0 else d), False
+            return (b if k == 0 else d), "negative"
         a = rr / pap
         d, r = d + a * p, r - a * ap
         rr_new = float(torch.sum(r * r))
         if rr_new <= stop:
-            return d, True
+            return d, "solved"
         p, rr = r + (rr_new / rr) * p, rr_new
-    return d, False
+    return d, "budget"
 
 
 def _newton_cg(value_and_grad: ValueAndGrad, hvp: HessianVector, y: Tensor, bounds: tuple | None,
                step_tol: float, max_iter: int, eps: float) -> Minimum:
-    """Newton-CG from y (see the module docstring): CG to a relative residual
-    min(0.1, sqrt(||r|| / ||r_0||)) (superlinear), at most min(max(50, 2 m), MAX_CG_ITER) products
-    per step; an
-    Armijo search that tolerates a rise of a few eps |phi| (decreases below round-off are
-    invisible near y*)."""
+    """Newton-CG from y (see the module docstring). CG runs to a relative residual
+    min(0.1, sqrt(||r|| / ||r_0||)) (superlinear), at most min(max(50, 2 m), MAX_CG_ITER)
+    products; a step that comes out at most step_tol long (or from a CG out of products) is
+    solved again to sqrt(eps) (MAX_CG_ITER products at most), since CG's iterates
+    grow in norm and a loose d underestimates the distance by up to cond(grad^2 phi) times its tolerance: only such a
+    step certifies, and it is taken unless phi rises beyond round-off (near y* the decrease
+    d^T grad^2 phi d / 2 can be below the round-off of phi itself). The Armijo search of the
+    other steps tolerates a rise of a few eps |phi|."""
     value, grad = value_and_grad(y)
     start = float(torch.linalg.vector_norm(gradient_mapping(y, grad, bounds)))
-    cg_iter = min(max(50, 2 * y.numel()), MAX_CG_ITER)
-    step, iterations = math.inf, 0
+    loose_iter, tight = min(max(50, 2 * y.numel()), MAX_CG_ITER), math.sqrt(eps)
+    step, certified, iterations = math.inf, False, 0
     while iterations < max_iter:
         residual = float(torch.linalg.vector_norm(gradient_mapping(y, grad, bounds)))
         free = _free(y, grad, bounds)
         b = torch.where(free, -grad, torch.zeros_like(grad))
         if residual == 0.0 or not bool(b.any()):
-            step = 0.0
+            step, certified = 0.0, True
             break
+
+        def hessian(v: Tensor, at: Tensor = y, keep: Tensor = free) -> Tensor:
+            return torch.where(keep, hvp(at, torch.where(keep, v, torch.zeros_like(v))), torch.zeros_like(v))
+
         forcing = min(0.1, math.sqrt(residual / max(start, torch.finfo(y.dtype).tiny)))
-        d, newton = truncated_cg(lambda v: torch.where(free, hvp(y, torch.where(free, v, 0 * v)), 0 * v),
-                                  b, forcing, cg_iter)
+        d, ended = truncated_cg(hessian, b, forcing, loose_iter)
+        final = ended != "negative" and float(torch.linalg.vector_norm(d)) <= step_tol
+        if final and (forcing > tight or ended == "budget"):
+            d, ended = truncated_cg(hessian, b, tight, MAX_CG_ITER)
+            final = float(torch.linalg.vector_norm(d)) <= step_tol
+        newton = ended == "solved"
         if not float(torch.sum(grad * (project(y + d, bounds) - y))) < 0:
             d, newton = b, False          # the projected Newton arc does not descend: steepest descent
-        t, slack = 1.0, 10 * eps * abs(float(value))
+        slack = 10 * eps * abs(float(value))
+        if final and newton:              # y is within ||d|| <= step_tol of y*: done, with the step if it helps
+            candidate = project(y + d, bounds)
+            new_value, new_grad = value_and_grad(candidate)
+            step, certified, iterations = float(torch.linalg.vector_norm(candidate - y)), True, iterations + 1
+            if math.isfinite(float(new_value)) and float(new_value) <= float(value) + slack:
+                y, value, grad = candidate, new_value, new_grad
+            break
+        t = 1.0
         while t >= 1e-10:
             candidate = project(y + t * d, bounds)
             new_value, new_grad = value_and_grad(candidate)
@@ -165,11 +185,8 @@ def _newton_cg(value_and_grad: ValueAndGrad, hvp: HessianVector, y: Tensor, boun
         step = float(torch.linalg.vector_norm(candidate - y))
         y, value, grad = candidate, new_value, new_grad
         iterations += 1
-        if newton and t == 1.0 and step <= step_tol:
-            break
-        step = math.inf if not (newton and t == 1.0) else step
     residual = float(torch.linalg.vector_norm(gradient_mapping(y, grad, bounds)))
-    return Minimum(y, float(value), residual, iterations, step <= step_tol, step)
+    return Minimum(y, float(value), residual, iterations, certified, step if certified else math.inf)
 
 
 def _lbfgs(value_and_grad: ValueAndGrad, y: Tensor, tol: float, max_iter: int, eps: float) -> Minimum:

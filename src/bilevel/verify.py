@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -133,12 +133,24 @@ def resolve(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, max_i
                     hvp=lambda at, v: oracle.vjp_grad_y_g(x, at, v)[1], step_tol=_step_tol(y, tol))
 
 
+class Stationarity(NamedTuple):
+    """The upper level's first-order measure at a point: `gradient` (the projected hypergradient,
+    or the x part of the least-squares KKT residual), `norm` (of the whole measure: with the y
+    part for the least-squares residual), `measure` ('hypergradient' or 'kkt_least_squares')
+    and `floor` (the round-off level of norm)."""
+
+    gradient: Tensor
+    norm: float
+    measure: str
+    floor: float
+
+
 def _upper_check(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, max_iter: int,
                  upper_tol: float) -> dict[str, Any]:
     """The upper level's first-order measure at (x, y), and at (x0, y*(x0)) as its scale: there
     to a digit or two (at most 30 first-order steps from y0, to 1e-3 of the starting residual;
     conjugate gradient to 1e-2), which is all a scale needs."""
-    value, measure, floor = upper_stationarity(problem, oracle, x, y)
+    value, measure, floor = upper_stationarity(problem, oracle, x, y)[1:]
     if torch.equal(x, problem.x0):
         reference = value
     else:
@@ -148,18 +160,18 @@ def _upper_check(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, 
         at_start = minimize(value_and_grad, problem.y0, bounds=problem.y_bounds, max_iter=min(max_iter, 30),
                             tol=1e-3 * scale)
         finite = math.isfinite(at_start.value) and bool(torch.isfinite(at_start.y).all())
-        reference = upper_stationarity(problem, oracle, problem.x0, at_start.y, 1e-2)[0] if finite else math.nan
+        reference = upper_stationarity(problem, oracle, problem.x0, at_start.y, 1e-2).norm if finite else math.nan
     relative = value / reference if reference > 0 else (0.0 if value == 0 else math.inf)
     return {"upper_stationarity": value, "upper_stationarity_x0": reference, "upper_relative": relative,
             "upper_measure": measure, "upper_floor": floor}
 
 
 def upper_stationarity(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor,
-                       rtol: float | None = None) -> tuple[float, str, float]:
-    """(||projected hypergradient|| at (x, y), 'hypergradient', its round-off floor), or the
-    least-squares KKT residual with 'kkt_least_squares' where grad_yy g v = grad_y f has no
-    solution that conjugate gradient reaches to rtol (default max(1e-8, 100 eps)) relative
-    (see the module docstring). y is taken to solve the lower level at x."""
+                       rtol: float | None = None) -> Stationarity:
+    """The projected hypergradient at (x, y), or the least-squares KKT residual where
+    grad_yy g v = grad_y f has no solution that conjugate gradient reaches to rtol (default
+    max(1e-8, 100 eps)) relative (see the module docstring). y is taken to solve the lower
+    level at x."""
     eps = torch.finfo(y.dtype).eps
     _, gfx, gfy = oracle.grad_f(x, y)
     free_y = problem.free_y(y, oracle.grad_g_y(x, y))
@@ -170,12 +182,12 @@ def upper_stationarity(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Te
     def hessian(v: Tensor) -> Tensor:
         return _masked(oracle.vjp_grad_y_g(x, y, _masked(v, free_y))[1], free_y)
 
-    v, solved = truncated_cg(hessian, _masked(gfy, free_y), rtol, iters)
-    if solved:
+    v, ended = truncated_cg(hessian, _masked(gfy, free_y), rtol, iters)
+    if ended == "solved":
         coupling = oracle.vjp_grad_y_g(x, y, v)[0]
         grad = _projected(gfx - coupling, x, problem.x_bounds)
         floor = math.sqrt(eps) * float(torch.linalg.vector_norm(gfx) + torch.linalg.vector_norm(coupling))
-        return float(torch.linalg.vector_norm(grad)), "hypergradient", floor
+        return Stationarity(grad, float(torch.linalg.vector_norm(grad)), "hypergradient", floor)
     free_x = _interior(x, problem.x_bounds)
 
     def transpose(nu: Tensor) -> tuple[Tensor, Tensor]:        # J^T nu on the rows not held at a bound
@@ -190,7 +202,7 @@ def upper_stationarity(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Te
     jx, jy = oracle.vjp_grad_y_g(x, y, _masked(nu, free_y))
     rx, ry = _projected(gfx + jx, x, problem.x_bounds), _masked(gfy + jy, free_y)
     floor = math.sqrt(eps) * math.sqrt(float(inner(gfx, gfx) + inner(gfy, gfy)))
-    return math.sqrt(float(inner(rx, rx) + inner(ry, ry))), "kkt_least_squares", floor
+    return Stationarity(rx, math.sqrt(float(inner(rx, rx) + inner(ry, ry))), "kkt_least_squares", floor)
 
 
 def _masked(v: Tensor, keep: Tensor) -> Tensor:
