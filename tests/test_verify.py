@@ -1,11 +1,10 @@
 """Verification at the end of a run: the lower level re-solved at the final x, honest values,
 the second-order check, and success that means what it says."""
-import math
 
 import pytest
 import torch
 
-from bilevel import BilevelProblem, PROBLEMS, Status, solve, solve_batch
+from bilevel import PROBLEMS, BilevelProblem, Status, solve, solve_batch
 from bilevel.lower import gradient_mapping, minimize
 from bilevel.oracles import Autograd, Oracle
 from bilevel.verify import verify

@@ -1,10 +1,9 @@
 """No false success: every registered method, with its defaults, on problems whose optimum is
 known either reports success=False or ends within 1e-2 (relative) of x*."""
 import pytest
+from test_verify_upper import duopoly
 
 from bilevel import SOLVERS, solve
-
-from test_verify_upper import duopoly
 
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))

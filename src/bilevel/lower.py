@@ -37,8 +37,8 @@ MAX_CG_ITER = 500        # conjugate gradient steps (Hessian-vector products) pe
 class Minimum:
     """The result of `minimize`: the point, phi there, the stationarity residual ||r(y)||, the
     iterations used (both stages), whether it converged (||r(y)|| <= tol; with a Newton stage:
-    its last full step was at most step_tol long), and the length of that last Newton step
-    (an estimate of ||y_before - y*||; nan without a Newton stage, inf where none was taken)."""
+    a Newton step solved to sqrt(eps) was at most step_tol long), and the length of that step
+    (the distance to y* it certifies; nan without a Newton stage, inf where none certified)."""
 
     y: Tensor
     value: float
@@ -73,7 +73,8 @@ def minimize(value_and_grad: ValueAndGrad, y0: Tensor, *, bounds: tuple | None =
             the precision of the dtype.
         max_iter: iterations of the first stage at most. Default 500.
         hvp: (y, v) -> grad^2 phi(y) v. Given, a Newton-CG stage follows the first one until a
-            full Newton step is at most step_tol long; `converged` then means that.
+            Newton step, solved to sqrt(eps) relative, is at most step_tol long; `converged`
+            then means that.
         step_tol: the Newton stage's tolerance on ||y+ - y||. Default: sqrt(eps) max(1, ||y0||).
         newton_iter: Newton iterations at most. Default 30.
     """
