@@ -42,7 +42,7 @@ def provenance(device: Any = None) -> dict[str, str]:
 # the verification's numbers that become columns of a run's final row, by their keys in
 # Result.verification (`verified` is 1 or 0)
 VERIFIED_KEYS = {"verified_f": "upper_value", "lower_gap": "lower_gap", "y_distance": "y_distance",
-                 "verified": "passed"}
+                 "upper_relative": "upper_relative", "verified": "passed"}
 VERIFIED_COLUMNS = tuple(VERIFIED_KEYS)
 
 

@@ -41,8 +41,12 @@ class Result:
         state: the solver's final state, for inspection.
         verification: what `bilevel.run.verify.verify` found at (x, y) (solve's verify=True):
             `y_resolved` (the lower level re-solved at x from y), `lower_gap`, `y_distance`,
-            `upper_value` (f at y_resolved: the honest upper value), `metrics` (the problem's
-            metrics at y_resolved), `passed` and `reason`, `cost`; None when not verified.
+            `upper_value` (f at y_resolved: the honest upper value), the re-solve's own
+            residual and certificate (`lower_residual`, `re_solve_step`, `re_solve_converged`),
+            the second-order check (`min_curvature`), the upper level's (`upper_stationarity`,
+            absolute, and `upper_relative` to its value at x0), `metrics` (the problem's metrics
+            at y_resolved), each check's verdict, `passed` and `reason`, `cost`; None when not
+            verified.
         resume: what `solve(..., init=result)` continues from (the state, history, counts and
             generator at the answer, with the run's fingerprint); None for a diverged run.
     """
@@ -60,10 +64,16 @@ class Result:
 
     @property
     def success(self) -> bool:
-        """True when the run ended well (COMPLETED, CONVERGED or STOPPED: not DIVERGED, and tol met
-        where one was given) and, where it was verified, y solves the lower level at x."""
-        ended_well = self.status in (Status.COMPLETED, Status.CONVERGED, Status.STOPPED)
-        return ended_well and (self.verification is None or bool(self.verification["passed"]))
+        """The verdict on the answer. Where it was verified: the verification passed (y solves the
+        lower level at x, is a minimiser there, and x is first-order stationary for the upper
+        level), whatever the loop's status, except DIVERGED and RUNAWAY (their answer is the
+        last iterate before the loop broke off). Unverified: the run ended well (COMPLETED,
+        CONVERGED or STOPPED: tol met where one was given)."""
+        if self.status in (Status.DIVERGED, Status.RUNAWAY):
+            return False
+        if self.verification is not None:
+            return bool(self.verification["passed"])
+        return self.status in (Status.COMPLETED, Status.CONVERGED, Status.STOPPED)
 
     def final(self, column: str) -> float:
         """The last logged value of a history column."""

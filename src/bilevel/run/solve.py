@@ -154,11 +154,13 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
         flush_denormal: flush subnormal floats to zero during the run (restored after),
             which keeps x86 CPUs from slowing down when values decay towards zero.
             Default True.
-        verify: after the run, re-solve the lower level at the final x from y and check
-            second-order optimality there (`bilevel.run.verify.verify`): `Result.verification`
-            holds the honest values (f at the re-solved y, the problem's metrics there), and
-            `Result.success` requires that y is within verify_tol of the re-solved y and that it
-            is a minimiser. Its cost is reported in `verification["cost"]`. Default True.
+        verify: after the run, re-solve the lower level at the final x from y and check the
+            answer there (`bilevel.run.verify.verify`): `Result.verification` holds the honest
+            values (f at the re-solved y, the problem's metrics there), and `Result.success`
+            requires that y is within verify_tol of the re-solved y, that it is a minimiser,
+            and that x is first-order stationary for x -> f(x, y*(x)) (its projected
+            hypergradient at most `bilevel.run.verify.UPPER_TOL` of its value at x0). Its cost is
+            reported in `verification["cost"]`. Default True.
         verify_tol: the largest relative distance ||y - y_resolved|| / max(1, ||y_resolved||)
             that passes. Default 1e-2.
         init: a `Result` of an earlier run to continue: its state (schedule, momentum, inner
@@ -177,13 +179,14 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
 
     Returns:
         A `Result`. A non-finite value ends the run with `Status.DIVERGED` and the last
-        finite iterate; it never returns NaN as an answer. `success` is True only when the
-        run ended well and, with verify, its y solves the lower level at its x.
+        finite iterate; it never returns NaN as an answer. `success` is the verdict on the
+        answer: with verify, that the verification passed (never for DIVERGED or RUNAWAY);
+        without, that the run ended well.
 
     Example:
         >>> import bilevel
         >>> problem = bilevel.PROBLEMS["quadratic"](seed=0)
-        >>> result = bilevel.solve(problem, "pgdqp", max_iter=2000, log_every=100)
+        >>> result = bilevel.solve(problem, "pgdqp", max_iter=6000, log_every=1000)
         >>> result.success
         True
     """
