@@ -19,8 +19,7 @@ from typing import Callable
 import torch
 
 import bilevel
-from bilevel.cli.report import format_table
-from bilevel.cli.report import command, machine, update_section
+from bilevel.cli.report import command, format_table, machine, update_section
 from bilevel.core.oracles import Autograd, Func, Oracle
 
 PROBLEMS = {

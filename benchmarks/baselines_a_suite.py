@@ -26,11 +26,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from robustness_suite import run  # one scored run (benchmarks/ is on sys.path when run as a script)
 
 import bilevel
 from bilevel.cli.report import command, format_table, machine, update_section
 from bilevel.problems.bolib import SUITE
-from robustness_suite import run   # one scored run (benchmarks/ is on sys.path when run as a script)
 
 METHODS = ("aid_bio", "galet", "hjfbio", "iaptt_gm", "bome")
 X_TARGET = 5e-2
@@ -89,8 +89,8 @@ def parse_lines(path: str, label: str, max_iter: int) -> list[dict]:
 def hpo_section(log: str, results: str | None, methods: list[str]) -> None:
     """The defaults_suite.py table of these methods, as the section "baselines-a-hpo"."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from defaults_suite import render   # noqa: E402  (a sibling script)
-    from _robust_set import ENTRIES     # noqa: E402
+    from _robust_set import ENTRIES  # noqa: E402
+    from defaults_suite import render  # noqa: E402  (a sibling script)
     rows = [r for r in map(json.loads, Path(log).read_text().splitlines()) if r["method"] in methods]
     table = render(rows, [e.key for e in ENTRIES], methods)
     table = table.replace("## Robustness: every solver", "## Baselines aid_bio, galet, hjfbio, iaptt_gm, bome", 1)

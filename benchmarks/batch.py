@@ -16,8 +16,7 @@ import time
 import torch
 
 import bilevel
-from bilevel.cli.report import format_table
-from bilevel.cli.report import command, machine, update_section
+from bilevel.cli.report import command, format_table, machine, update_section
 
 
 def problem(seed: int) -> bilevel.BilevelProblem:

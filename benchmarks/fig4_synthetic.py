@@ -19,9 +19,8 @@ import pandas as pd
 
 import bilevel
 from bilevel.cli import store, tables
-from bilevel.cli.report import format_table
 from bilevel.cli.plot import plot_metrics
-from bilevel.cli.report import command, machine, update_section
+from bilevel.cli.report import command, format_table, machine, update_section
 
 
 def run(problem_name: str, method: str, label: str, seed: int, max_iter: int, **options) -> pd.DataFrame:

@@ -11,8 +11,7 @@ import argparse
 import statistics
 
 import bilevel
-from bilevel.cli.report import format_table
-from bilevel.cli.report import command, machine, update_section
+from bilevel.cli.report import command, format_table, machine, update_section
 from bilevel.problems.hyper_cleaning import reference_accuracies
 
 SETTINGS = {"linear, PCA 82": dict(pca=82), "linear, 784 pixels": {}, "MLP (50 hidden), 784 pixels": dict(model="mlp")}

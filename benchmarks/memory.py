@@ -17,8 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import bilevel
-from bilevel.cli.report import format_table
-from bilevel.cli.report import command, machine, update_section
+from bilevel.cli.report import command, format_table, machine, update_section
 
 OPTIONS = {"pgdqp": dict(schedule="constant", step_size=30.0, lower_step_size=0.3, alpha=1.0)}
 

@@ -13,8 +13,8 @@ step are not counted; SABA's tables are reported apart (they are state).
 from __future__ import annotations
 
 import argparse
-import sys
 import statistics
+import sys
 import time
 from functools import partial
 from pathlib import Path

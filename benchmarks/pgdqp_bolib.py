@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 
 import torch
+from robustness_suite import run  # one scored run (benchmarks/ is on sys.path when run as a script)
 
 from bilevel.cli.report import command, format_table, machine, update_section
 from bilevel.problems.bolib import SUITE
-from robustness_suite import run   # one scored run (benchmarks/ is on sys.path when run as a script)
 
 VARIANTS = [("no escapes", {"escape_every": 0, "escape_starts": 0}), ("default", {})]
 

@@ -13,8 +13,7 @@ import argparse
 import time
 
 import bilevel
-from bilevel.cli.report import format_table
-from bilevel.cli.report import command, machine, update_section
+from bilevel.cli.report import command, format_table, machine, update_section
 
 SCHEDULES = {
     "constant (gamma 0.01, alpha 1)": dict(schedule="constant", step_size=0.01, alpha=1.0),

@@ -19,8 +19,7 @@ import math
 import torch
 
 import bilevel
-from bilevel.cli.report import format_table
-from bilevel.cli.report import command, machine, update_section
+from bilevel.cli.report import command, format_table, machine, update_section
 
 # hyperparameters besides the upper step; lower steps as in configs/ (the lower level is a
 # logistic regression whose gradient is O(1)): every solver gets a lower step of 1 where it has one

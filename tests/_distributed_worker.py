@@ -13,11 +13,11 @@ import torch
 import torch.distributed as dist
 
 import bilevel
-from bilevel.cli import main as cli
 from bilevel import distributed
+from bilevel.cli import main as cli
+from bilevel.core.data import shard_range
 from bilevel.core.distributed import Reduced
 from bilevel.core.oracles import Autograd, Oracle
-from bilevel.core.data import shard_range
 
 PROBLEM_ARGS = dict(n_train=37, n_val=23, n_test=50, dim=4, classes=3, seed=3)
 HYPER_CLEANING_ARGS = dict(n_train=101, n_val=51, n_test=50, pca=8, hidden=6, retrain_steps=5, dtype=torch.float64)

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from conftest import roundoff
 
 import bilevel
-from bilevel import BilevelProblem, PROBLEMS, Status, solve
-from conftest import roundoff
+from bilevel import PROBLEMS, BilevelProblem, Status, solve
 from bilevel.core.oracles import Autograd, Oracle
 from bilevel.solvers.base import curvature_in_y
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import bilevel
-from bilevel import BilevelProblem, PROBLEMS, solve
+from bilevel import PROBLEMS, BilevelProblem, solve
 from bilevel.solvers import F2BA, SGF, VPBGD
 
 D = torch.float64

@@ -3,9 +3,9 @@ method's stated cost, convergence on problems with known answers, and bad hyperp
 import pytest
 import torch
 
-from bilevel import BilevelProblem, ConjugateGradient, Neumann, PROBLEMS, Status, solve
+from bilevel import PROBLEMS, BilevelProblem, ConjugateGradient, Neumann, Status, solve
 from bilevel.cli.main import main
-from bilevel.solvers import AIDBiO, BOME, GALET, VPBGD
+from bilevel.solvers import BOME, GALET, VPBGD, AIDBiO
 
 D = torch.float64
 A = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=D)

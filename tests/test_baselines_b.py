@@ -8,7 +8,7 @@ import bilevel
 from bilevel import PROBLEMS, BilevelProblem
 from bilevel.cli.main import main
 from bilevel.core.oracles import Autograd, Oracle
-from bilevel.solvers import F2BA, HJFBiO, IAPTTGM, MEHA
+from bilevel.solvers import F2BA, IAPTTGM, MEHA, HJFBiO
 from bilevel.solvers.hjfbio import project_ball
 
 D = torch.float64

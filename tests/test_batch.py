@@ -4,10 +4,10 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import roundoff
 
 import bilevel
-from bilevel import BilevelProblem, PROBLEMS, Status, solve, solve_batch
-from conftest import roundoff
+from bilevel import PROBLEMS, BilevelProblem, Status, solve, solve_batch
 
 D = torch.float64
 SEEDS = [0, 1, 2, 3]

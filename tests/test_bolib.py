@@ -17,7 +17,7 @@ import torch
 
 from bilevel import BilevelProblem
 from bilevel.problems.bolib import (BOLIB_PROBLEMS, SUITE, continuum_problem, lower_level_min, nonconvex_problem,
-    quadratic_problem, success)
+                                    quadratic_problem, success)
 
 D = torch.float64
 GOLDEN = (math.sqrt(5) - 1) / 2

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import bilevel
-from bilevel import BilevelProblem, PROBLEMS, SOLVERS, Status, solve
+from bilevel import PROBLEMS, SOLVERS, BilevelProblem, Status, solve
 from bilevel.run.solve import SOLVE_ARGUMENTS
 from bilevel.solvers import PGDQP
 

@@ -356,8 +356,8 @@ def test_hyper_cleaning_runs_on_the_full_mnist(real_mnist):
 
 def test_cli_data_command_reports_what_it_did(tmp_path, monkeypatch, capsys):
     """`bilevel data mnist --data-dir D` calls fetch_mnist(D) and prints its report."""
-    from bilevel.problems import datasets
     from bilevel.cli.main import main
+    from bilevel.problems import datasets
     calls = []
     monkeypatch.setattr(datasets, "fetch_mnist", lambda d: calls.append(d) or f"wrote {d}/mnist.npz")
     assert main(["data", "mnist", "--data-dir", str(tmp_path)]) == 0

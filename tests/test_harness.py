@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from bilevel.cli.main import main
 from bilevel.cli.config import ConfigError, check_config, expand, load_config
+from bilevel.cli.main import main
 from bilevel.cli.store import read_manifest, read_results
 from bilevel.cli.sweep import run_sweep
 
@@ -179,6 +179,7 @@ def test_a_torn_manifest_line_does_not_swallow_the_next_record(tmp_path):
 
 def test_a_dead_worker_fails_its_run_and_the_sweep_goes_on(tmp_path):
     from _harness_crash import die_on_seed_zero
+
     from bilevel.cli.sweep import execute
     specs = expand(check_config({**SMALL, "seeds": [0, 1], "methods": {"sgf": {}}}))
     counts = {"running": 0}
@@ -191,6 +192,7 @@ def test_a_dead_worker_fails_its_run_and_the_sweep_goes_on(tmp_path):
 
 def test_local_workers_share_the_cores_instead_of_oversubscribing(tmp_path, monkeypatch):
     from _harness_crash import report_threads
+
     from bilevel.cli import sweep
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
     assert [sweep.threads_per_worker(n) for n in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
@@ -256,6 +258,7 @@ def test_table_wall_time_is_per_problem(tmp_path, capsys):
 
 def test_summary_counts_unverified_runs_and_shows_a_users_metric_at_the_verified_answer():
     import pandas as pd
+
     from bilevel.cli.tables import default_metrics, summary_table
     nan = float("nan")
     frame = pd.DataFrame({

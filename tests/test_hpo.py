@@ -9,7 +9,7 @@ import torch
 import bilevel
 from bilevel.core.oracles import Autograd, Oracle
 from bilevel.problems.hpo import (best_shared_weight, feature_weight_decay, honest_upper_value, lbfgs_lower,
-    ridge_lower, ridge_weights)
+                                  ridge_lower, ridge_weights)
 
 D = torch.float64
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from bilevel import PROBLEMS, solve
-from bilevel.problems import datasets
 from bilevel.core.flat_module import FlatModule
+from bilevel.problems import datasets
 from bilevel.problems.hyper_cleaning import Classifier, accuracy, hyper_cleaning, weighted_loss
 
 

@@ -2,8 +2,8 @@
 import torch
 
 from bilevel import PROBLEMS
-from bilevel.core.linear import ConjugateGradient, Neumann
 from bilevel.core.kkt import implicit_gradient, kkt_info, least_squares_multiplier
+from bilevel.core.linear import ConjugateGradient, Neumann
 from bilevel.core.oracles import Autograd, Oracle
 
 D = torch.float64

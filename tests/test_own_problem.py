@@ -7,13 +7,13 @@ import textwrap
 
 import pytest
 import torch
+from conftest import roundoff
 from torch.func import functional_call
 
 import bilevel
-from bilevel import BilevelProblem, PROBLEMS, Status, solve
+from bilevel import PROBLEMS, BilevelProblem, Status, solve
 from bilevel.cli.main import main
 from bilevel.cli.store import read_answer, read_results
-from conftest import roundoff
 from bilevel.core.flat_module import FlatModule
 
 D = torch.float64

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from bilevel import BilevelProblem, PROBLEMS, Status, solve
+from bilevel import PROBLEMS, BilevelProblem, Status, solve
 from bilevel.core.oracles import Autograd, Oracle
 from bilevel.solvers import PGDQP
 from bilevel.solvers.pgdqp import qp_step

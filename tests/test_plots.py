@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bilevel.cli import main as cli, store, tables
+from bilevel.cli import main as cli
+from bilevel.cli import store, tables
 from bilevel.cli.main import main
 from bilevel.cli.plot import band, figure
 

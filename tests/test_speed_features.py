@@ -2,11 +2,11 @@
 its fallback, and the flushing of subnormal floats during a run."""
 import pytest
 import torch
+from conftest import roundoff
 
 from bilevel import PROBLEMS, solve
 from bilevel.core.oracles import COSTS, FORWARD_MODE, Autograd, Func, Oracle, _CompiledOrEager
 from bilevel.run.solve import denormals_are_flushed
-from conftest import roundoff
 
 METHODS = ["grad_f", "grad_g", "grad_g_y", "grad_g_x", "h_and_grad", "vjp_grad_y_g", "jvp_grad_y_g", "hvp_f",
            "hvp_h", "hvp_inner_grad_y_g"]

@@ -7,6 +7,7 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import roundoff
 
 import bilevel
 from bilevel import PROBLEMS, solve
@@ -15,7 +16,6 @@ from bilevel.core.oracles import Autograd, Oracle, backend
 from bilevel.solvers import F2SA, PGDQP, SABA, SOBA, StocBiO
 from bilevel.solvers.pgdqp import independent_h_and_grad
 from bilevel.solvers.saba import Blocks
-from conftest import roundoff
 
 D = torch.float64
 STOCHASTIC = ("pgdqp", "soba", "saba", "stocbio", "f2sa")
@@ -371,6 +371,7 @@ def test_batch_size_in_configs_runs_and_ids():
     import dataclasses
     import hashlib
     import json
+
     from bilevel.cli.config import ConfigError, RunSpec, check_config, expand
     from bilevel.cli.runner import run
     config = check_config({"max_iter": 3, "problems": {"biased-ridge": {"n_train": 100, "n_val": 50}},

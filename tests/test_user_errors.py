@@ -13,9 +13,10 @@ import torch
 import yaml
 
 import bilevel
-from bilevel.cli import main as cli, store
-from bilevel.cli.main import main
+from bilevel.cli import main as cli
+from bilevel.cli import store
 from bilevel.cli.config import ConfigError, load_config
+from bilevel.cli.main import main
 from bilevel.cli.runner import build_problem
 from bilevel.cli.store import read_results
 

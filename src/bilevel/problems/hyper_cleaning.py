@@ -207,9 +207,7 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
         f, g, data = f_batch, g_batch, {"upper_data": (a_val, b_val), "lower_data": every}
 
     clean = (~corrupted).numpy()
-    from sklearn.metrics import (
-        roc_auc_score,  # imported here, with the data, not in the first metric call
-    )
+    from sklearn.metrics import roc_auc_score  # imported here, with the data, not in the first metric call
 
     last: dict[bytes, dict[str, float]] = {}
 

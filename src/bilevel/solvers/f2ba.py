@@ -7,21 +7,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..core import kkt as metrics
+from ..core import kkt
 from ..core.oracles import Oracle
 from ..core.problem import BilevelProblem
 from ..core.state import Aux
-from .base import (
-    AdaptiveXState,
-    Solver,
-    capped,
-    check_int,
-    check_positive,
-    curvature_in_y,
-    descend,
-    lower_diagnostics,
-    x_step,
-)
+from .base import (AdaptiveXState, Solver, capped, check_int, check_positive, curvature_in_y, descend,
+                   lower_diagnostics, x_step)
 
 
 @dataclass(frozen=True)
@@ -135,7 +126,7 @@ class F2BA(Solver):
         d_x = fx + lam * (oracle.grad_g_x(x, y) - oracle.grad_g_x(x, z))
         nu = lam * (y - z)
         aux = Aux({"f": f0, **lower_diagnostics(problem, state.y, g0, gy0), "penalty": lam,
-                   "kkt_stationarity": metrics.kkt_stationarity(oracle, x, state.y, nu, grad_f0,
+                   "kkt_stationarity": kkt.kkt_stationarity(oracle, x, state.y, nu, grad_f0,
                                                                 problem.free_y(state.y, gy0))}, nu=nu)
         x_step_size, memory = x_step(self.step_size, self.x_scale, state, d_x)
         return replace(state, x=problem.project_x(x - x_step_size * d_x), y=y, z=z, k=state.k + 1,

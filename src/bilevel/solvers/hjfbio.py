@@ -11,15 +11,7 @@ from ..core.kkt import masked
 from ..core.oracles import Oracle, inner
 from ..core.problem import BilevelProblem
 from ..core.state import Aux
-from .base import (
-    AdaptiveXState,
-    Solver,
-    check_positive,
-    curvature_in_y,
-    lower_diagnostics,
-    step_or,
-    x_step,
-)
+from .base import AdaptiveXState, Solver, check_positive, curvature_in_y, lower_diagnostics, step_or, x_step
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,7 @@ from torch import Tensor
 from ..core.oracles import Oracle, inner
 from ..core.problem import BilevelProblem
 from ..core.state import Aux
-from .base import (
-    AdaptiveXState,
-    Solver,
-    check_int,
-    check_positive,
-    curvature_in_y,
-    lower_diagnostics,
-    step_or,
-    x_step,
-)
+from .base import AdaptiveXState, Solver, check_int, check_positive, curvature_in_y, lower_diagnostics, step_or, x_step
 
 
 @dataclass(frozen=True)

@@ -7,19 +7,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..core import kkt as metrics
+from ..core import kkt
 from ..core.oracles import Oracle
 from ..core.problem import BilevelProblem
 from ..core.state import Aux
-from .base import (
-    AdaptiveXState,
-    Solver,
-    capped,
-    check_positive,
-    curvature_in_y,
-    lower_diagnostics,
-    x_step,
-)
+from .base import AdaptiveXState, Solver, capped, check_positive, curvature_in_y, lower_diagnostics, x_step
 
 
 @dataclass(frozen=True)
@@ -140,7 +132,7 @@ class MEHA(Solver):
         d_y = fy / c + gy - (y - theta) / self.gamma
         nu = c * (y - theta)
         aux = Aux({"f": f, **lower_diagnostics(problem, y, g, gy), "penalty": c,
-                   "kkt_stationarity": metrics.kkt_stationarity(oracle, x, y, nu, (fx, fy), problem.free_y(y, gy))},
+                   "kkt_stationarity": kkt.kkt_stationarity(oracle, x, y, nu, (fx, fy), problem.free_y(y, gy))},
                   nu=nu)
         alpha, memory = x_step(self.step_size, self.x_scale, state, d_x)
         return replace(state, x=problem.project_x(x - alpha * d_x), y=problem.project_y(y - state.lower_step_size * d_y),

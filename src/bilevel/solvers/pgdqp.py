@@ -14,15 +14,7 @@ from ..core.linear import power_iteration
 from ..core.oracles import Oracle, inner
 from ..core.problem import BilevelProblem
 from ..core.state import Aux, State
-from .base import (
-    Solver,
-    as_float,
-    check_choice,
-    check_int,
-    check_positive,
-    curvature_in_y,
-    descend,
-)
+from .base import Solver, as_float, check_choice, check_int, check_positive, curvature_in_y, descend
 
 
 def qp_step(grad_f: tuple[Tensor, Tensor], grad_h: tuple[Tensor, Tensor], alpha_rho: Tensor,
