@@ -97,7 +97,7 @@ def test_nonconvex_lower_level_reaches_approximate_kkt_point():
     # the default decay of 10 leaves h near 1e-4 here after 20000 iterations; a slower decay
     # with a full feasibility step reaches an exact KKT point (benchmarks/RESULTS.md)
     problem = PROBLEMS["synthetic-nc"](seed=0)
-    result = solve(problem, "pgdqp", max_iter=20000, log_every=2000, options=dict(decay=30.0, feasibility=1.0))
+    result = solve(problem, "pgdqp", max_iter=20000, log_every=2000, options=dict(schedule="diminishing", decay=30.0, feasibility=1.0))
     assert result.final("h") <= 1e-6
     assert result.final("delta_norm") ** 2 <= 1e-3
 
@@ -126,7 +126,7 @@ def test_coreset_reaches_its_known_optimum():
 
 def test_lipschitz_estimates_match_the_quadratic():
     problem = PROBLEMS["quadratic"](seed=0)
-    state = PGDQP().init(problem, Oracle(Autograd(problem.f, problem.g)), max_iter=10,
+    state = PGDQP(schedule="diminishing").init(problem, Oracle(Autograd(problem.f, problem.g)), max_iter=10,
                          generator=torch.Generator().manual_seed(0))
     # f = 1/2||x - a||^2 + 1/2||y - b||^2 has curvature 1; at z0 = 0 the floor ||grad f(z0)|| / max(1, ||z0||)
     # = ||(a, b)|| is above it (a step 1/L_f moves z by at most 1)
@@ -147,9 +147,9 @@ def _ring():
 
 def test_default_adapts_to_curvature_that_grows_beyond_the_start():
     problem = _ring()
-    fixed = solve(problem, "pgdqp", max_iter=2000, log_every=500, options=dict(adaptive=False))
+    fixed = solve(problem, "pgdqp", max_iter=2000, log_every=500, options=dict(schedule="diminishing", adaptive=False))
     assert fixed.status is Status.DIVERGED and fixed.n_iter < 20      # the start's L_h: steps far too long
-    result = solve(problem, "pgdqp", max_iter=2000, log_every=500)
+    result = solve(problem, "pgdqp", max_iter=2000, log_every=500, options=dict(schedule="diminishing"))
     assert result.status is Status.COMPLETED
     assert float(result.state.lipschitz_h) > 100 * fixed.state.lipschitz_h   # raised by the secants
     # x* minimises 1/2 (x - 2)^2 + 1/2 (3 - sqrt(1 + x^2))^2 (closed-form stationarity, by bisection)
@@ -164,11 +164,11 @@ def test_default_adapts_to_curvature_that_grows_beyond_the_start():
 
 def test_given_constants_stay_fixed_and_estimated_ones_only_grow():
     problem = _ring()
-    result = solve(problem, "pgdqp", max_iter=50, log_every=10, options=dict(lipschitz_h=5000.0))
+    result = solve(problem, "pgdqp", max_iter=50, log_every=10, options=dict(schedule="diminishing", lipschitz_h=5000.0))
     assert result.state.lipschitz_h == 5000.0                          # a given bound is kept
     assert result.history["alpha"][1] == pytest.approx(0.5 / (result.history["step_size"][1] * 5000.0))
-    start = solve(problem, "pgdqp", max_iter=1, seed=0, options=dict(adaptive=False)).state      # the estimates at (x0, y0)
-    adaptive = solve(problem, "pgdqp", max_iter=50, log_every=10, seed=0)
+    start = solve(problem, "pgdqp", max_iter=1, seed=0, options=dict(schedule="diminishing", adaptive=False)).state      # the estimates at (x0, y0)
+    adaptive = solve(problem, "pgdqp", max_iter=50, log_every=10, seed=0, options=dict(schedule="diminishing"))
     assert float(adaptive.state.lipschitz_h) > start.lipschitz_h
     assert float(adaptive.state.lipschitz_f) >= start.lipschitz_f
     # the constant and theorem schedules keep their constants (Algorithm 1 and the theorems as written)
@@ -209,7 +209,7 @@ def test_block_steps_ramp_to_the_ratio_of_the_curvature_blocks():
     problem = BilevelProblem(lambda x, y: 0.5 * ((y - b) ** 2).sum() + 0.5 * eps * (x ** 2).sum(),
                              lambda x, y: 0.5 * ((y - c * x) ** 2).sum(), torch.zeros(2, dtype=D),
                              torch.zeros(2, dtype=D))
-    result = solve(problem, "pgdqp", max_iter=60, log_every=1, seed=0)
+    result = solve(problem, "pgdqp", max_iter=60, log_every=1, seed=0, options=dict(schedule="diminishing"))
     ratios = [s / ls for s, ls in zip(result.history["step_size"], result.history["lower_step_size"])]
     assert ratios[0] == pytest.approx(1.1)
     assert ratios[10] == pytest.approx(1.1 ** 11)
@@ -217,7 +217,7 @@ def test_block_steps_ramp_to_the_ratio_of_the_curvature_blocks():
     assert float(result.state.ratio_target) == pytest.approx(1 / c ** 2, rel=1e-3)
     # F(x) = 1/2 ||c x - b||^2 + eps/2 ||x||^2: x* = c b / (c^2 + eps); block steps get closer in 60 steps
     x_star = c * b / (c ** 2 + eps)
-    joint = solve(problem, "pgdqp", max_iter=60, log_every=60, seed=0, options=dict(block_steps=False))
+    joint = solve(problem, "pgdqp", max_iter=60, log_every=60, seed=0, options=dict(schedule="diminishing", block_steps=False))
     assert float((result.x - x_star).norm()) < 0.5 * float((joint.x - x_star).norm())
 
 

@@ -14,7 +14,7 @@ from ..core.linear import power_iteration
 from ..core.oracles import Oracle, inner
 from ..core.problem import BilevelProblem
 from ..core.state import Aux, State
-from .base import Solver, as_float, check_choice, check_int, check_positive, curvature_in_y, descend
+from .base import Solver, as_float, check_choice, check_int, check_positive, curvature_in_y, descend, lower_diagnostics
 
 
 def qp_step(grad_f: tuple[Tensor, Tensor], grad_h: tuple[Tensor, Tensor], alpha_rho: Tensor,
@@ -66,6 +66,9 @@ class PGDQPState(State):
     ratio_target: float | Tensor = 1.0     # block steps: rho*, the ratio the ramp grows to
     escape_next: int = 0                   # the iteration of the next negative-curvature check
     escape_interval: int = 0               # iterations from that check to the one after
+    multiplier: Tensor | None = None       # "projected": u of the last step (the warm start of its solve)
+    penalty: float | Tensor = 0.0          # "projected": mu of the merit f + mu ||c||
+    grad_f: tuple | None = None            # "projected": grad f at the previous iterate (its secant)
 
 
 @dataclass(frozen=True)
@@ -98,13 +101,31 @@ class PGDQP(Solver):
     (rho="warm", Theorem 4.5, after a warm start of y0 by gradient descent on g(x0, .)).
 
     Parameter schedules:
+        "projected" (default on full data): the QP of eq. 7 with its constraint on h = ||c||^2,
+            c = grad_y g, replaced by the linearised condition c itself (a vector equality; where
+            it holds, <grad h, s> = -2h, the paper's constraint with alpha rho = 2h):
+
+                s = argmin 1/2 ||s + gamma grad f||^2  s.t.  c + J s = 0,   J = [grad_yx g, grad_yy g],
+                s = -(gamma grad f + J^T u),   (J J^T + ||c||^2 I) u = c - gamma J grad f,
+
+            u by conjugate gradients (cg_iters, cg_tol) warm-started at the last u, so that the
+            multiplier nu = u / gamma varies smoothly; ||c||^2 I (Levenberg-Marquardt) bounds u
+            where J loses rank. s is a projected gradient step on f plus a Gauss-Newton step to
+            c = 0; z <- P(z + t s) with t from Armijo backtracking on the exact penalty
+            f + mu ||c|| (mu = max(mu_prev, 2 ||nu||); t = 1 under solve_batch); gamma =
+            step_scale / L_f, L_f from power iteration (floored only where f is linear at z0)
+            and raised by the secants of grad f. kkt_stationarity = ||grad f + J^T nu||^2 =
+            ||s||^2 / gamma^2, which vanishes along the iterates instead of chattering as the
+            scalar constraint's [.]_+ multiplier does (grad h -> 0 there). On a y box, c and
+            J's rows and y-columns are restricted to the free coordinates. No momentum.
+            Lower-level escapes as in "diminishing". On minibatches it runs as "diminishing".
         "constant": Algorithm 1 as written: gamma = step_size (default 0.01) and
             alpha = alpha (default 1.0) at every iteration.
         "theorem": rho="grad": alpha = K^(-1/3), gamma = min(alpha, 1/(L_f + alpha L_h));
             rho="warm": alpha = K^(-1/6), gamma = min(K^(-2/3), 1/L_f); K = max_iter and
             L_f, L_h estimated by power iteration with Hessian-vector products at the start
             unless given.
-        "diminishing" (default, practical): gamma_k = step_size / (1 + k / decay) with
+        "diminishing" (practical, the default before "projected"): gamma_k = step_size / (1 + k / decay) with
             step_size = step_scale / L_f,k by default; alpha_k = feasibility / (gamma_k L_h,k),
             so that where the constraint is active the step is a projected gradient step on f
             plus a gradient step of fixed length feasibility / L_h,k on h; and heavy-ball
@@ -146,7 +167,7 @@ class PGDQP(Solver):
     while y is far from feasible. rho* = 1 where f is as curved in x as in y (the closed-form
     quadratics). Cost: about 130 products at the start, none per iteration.
 
-    Lower-level escapes ("diminishing" on full data, escape_every > 0; not under solve_batch):
+    Lower-level escapes ("diminishing" and "projected" on full data, escape_every > 0; not under solve_batch):
     h = ||grad_y g||^2 vanishes at every stationary point of g(x, .), maximisers and saddles included, so the QP
     alone can settle there. At iterations escape_every, then at doubling intervals while a check
     changes nothing, pgdqp takes mu = <v, grad_yy g v> along v from power iteration on
@@ -188,7 +209,7 @@ class PGDQP(Solver):
         step_size: gamma (the step on x; also on y unless lower_step_size). Default per schedule.
         alpha: the QP's margin alpha. Default per schedule.
         rho: "grad" or "warm". Default "grad".
-        schedule: "constant", "theorem" or "diminishing". Default "diminishing".
+        schedule: "projected", "constant", "theorem" or "diminishing". Default "projected".
         lower_step_size: a separate step on y; the QP then uses the matching metric
             D = diag(I, lower_step_size / step_size), which keeps the constraint's
             guarantee. Default None (same step).
@@ -220,6 +241,8 @@ class PGDQP(Solver):
             unbiased) or "plain" (one batch, as on full data). Default None: "independent" on
             minibatches, "plain" on full data.
         noise_decay: tau of the stochastic schedule (minibatches, schedule="diminishing"). Default 100.
+        cg_iters: conjugate-gradient steps per iteration for u in "projected". Default 30.
+        cg_tol: stop them once the residual is below cg_tol times the right-hand side. Default 1e-12.
 
     References:
         Abolfazli, Sharifi, Fazlyab, Hamedani. Perturbed Gradient Descent via Convex
@@ -236,7 +259,7 @@ class PGDQP(Solver):
     step_size: float | None = None
     alpha: float | None = None
     rho: str = "grad"
-    schedule: str = "diminishing"
+    schedule: str = "projected"
     lower_step_size: float | None = None
     decay: float = 10.0
     feasibility: float = 0.5
@@ -257,6 +280,8 @@ class PGDQP(Solver):
     escape_tol: float = 1e-3
     escape_starts: int = 4
     escape_gain: float = 1e-3
+    cg_iters: int = 30
+    cg_tol: float = 1e-12
     # ----- minibatches (bilevel.core.data): the stochastic code path, see `_stochastic_direction` -----
     estimator: str | None = None
     noise_decay: float = 100.0
@@ -268,7 +293,7 @@ class PGDQP(Solver):
 
     def validate(self) -> None:
         check_choice(self, "rho", ("grad", "warm"))
-        check_choice(self, "schedule", ("constant", "theorem", "diminishing"))
+        check_choice(self, "schedule", ("projected", "constant", "theorem", "diminishing"))
         check_positive(self, "step_size", "alpha", "lower_step_size", "lipschitz_f", "lipschitz_h", allow_none=True)
         check_positive(self, "decay", "feasibility", "step_scale", "max_ratio")
         if not isinstance(self.block_steps, bool):
@@ -277,7 +302,8 @@ class PGDQP(Solver):
         check_int(self, "ratio_warm_start", "escape_every", "escape_steps", "escape_starts", minimum=0)
         check_positive(self, "escape_tol", "escape_gain")
         check_positive(self, "warm_start_tol", allow_zero=True)
-        check_int(self, "power_iters")
+        check_int(self, "power_iters", "cg_iters")
+        check_positive(self, "cg_tol", allow_zero=True)
         check_int(self, "warm_start_steps", minimum=0)
         if self.momentum is not None and not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
             raise ValueError(f"Invalid momentum: {self.momentum!r} (expected a number in [0, 1) or None)")
@@ -291,6 +317,8 @@ class PGDQP(Solver):
     # ----- set-up ---------------------------------------------------------------------
     def init(self, problem: BilevelProblem, oracle: Oracle, *, max_iter: int,
              generator: torch.Generator) -> PGDQPState:
+        if self._stochastic_fallback(oracle):
+            return self._as_diminishing().init(problem, oracle, max_iter=max_iter, generator=generator)
         x, y = problem.x0, problem.y0
         h0 = None
         if self.rho == "warm":
@@ -298,13 +326,16 @@ class PGDQP(Solver):
                            generator)
             gy = oracle.grad_g_y(x, y)
             h0 = inner(gy, gy)
-        needs_lf = self.schedule == "theorem" or (self.schedule == "diminishing" and self.step_size is None)
+        needs_lf = self.schedule == "theorem" or (self.schedule in ("diminishing", "projected")
+                                                  and self.step_size is None)
         needs_lh = self.schedule == "diminishing" or (self.schedule == "theorem" and self.rho == "grad")
         lf = lh = None
         if needs_lf:
-            lf = self.lipschitz_f or as_float(curvature_floor(
-                power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y), self.power_iters, generator),
-                oracle.grad_f(x, y)[1:], x, y))
+            estimate = power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y), self.power_iters, generator)
+            floored = curvature_floor(estimate, oracle.grad_f(x, y)[1:], x, y)
+            if self.schedule == "projected":   # its line search guards the step: the floor only where f is linear
+                floored = torch.where(estimate > 1e-6 * floored, estimate, floored)
+            lf = self.lipschitz_f or as_float(floored)
         if needs_lh:
             lh = self.lipschitz_h or as_float(curvature_floor(
                 power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y), self.power_iters, generator),
@@ -323,6 +354,11 @@ class PGDQP(Solver):
             else:
                 alpha = K ** (-1 / 6)
                 gamma = _minimum(K ** (-2 / 3), 1.0 / lf)
+        elif self.schedule == "projected":
+            gamma, alpha = self.step_size or self.step_scale / lf, None
+            gy = oracle.grad_g_y(x, y)
+            return PGDQPState(x=x, y=y, h0=h0, lipschitz_f=lf, gamma0=gamma, multiplier=torch.zeros_like(gy),
+                              escape_next=self.escape_every, escape_interval=self.escape_every)
         else:
             gamma, alpha = self.step_size or self.step_scale / lf, None
         target = self._ratio_target(problem, oracle, x, y, generator) if self._blocks(oracle) else 1.0
@@ -337,7 +373,7 @@ class PGDQP(Solver):
         t = 0.1 max(1, ||y||), kept only if g falls (h, the QP's only view of the lower level,
         is as small at a maximiser of g as at a minimiser). Not under torch.func.vmap."""
         x, y, k = state.x, state.y, state.k
-        if (not self.escape_every or self.schedule != "diminishing" or k < state.escape_next
+        if (not self.escape_every or self.schedule not in ("diminishing", "projected") or k < state.escape_next
                 or not isinstance(as_float(torch.sum(y)), float)):
             return state
         found = negative_curvature(problem, oracle, x, y, self.power_iters, k)
@@ -358,7 +394,7 @@ class PGDQP(Solver):
                 if math.isfinite(value) and value < best_g:
                     best, best_g = candidate, value
             if best_g < g0 - self.escape_gain * max(1.0, abs(g0)):
-                return replace(state, y=best, velocity=None, grads=None, escape_next=k + self.escape_every,
+                return replace(state, y=best, velocity=None, grads=None, grad_f=None, escape_next=k + self.escape_every,
                                escape_interval=self.escape_every)
         interval = 2 * state.escape_interval
         return replace(state, escape_next=k + interval, escape_interval=interval)
@@ -463,6 +499,10 @@ class PGDQP(Solver):
         return Direction(dx, dy, gamma, lf, lh, grads if any(self._adapts()) else None, aux, ratio)
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> tuple[PGDQPState, Aux]:
+        if self._stochastic_fallback(oracle):
+            return self._as_diminishing().step(problem, oracle, state)
+        if self.schedule == "projected":
+            return self._projected_step(problem, oracle, state)
         d = (self._stochastic_direction(problem, oracle, state) if self._independent(oracle)
              else self._direction(problem, oracle, state))
         vx, vy = d.gamma * d.dx, d.gamma * d.dy
@@ -483,9 +523,94 @@ class PGDQP(Solver):
         return ""
 
     def diagnose(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> Aux:
+        if self._stochastic_fallback(oracle):
+            return self._as_diminishing().diagnose(problem, oracle, state)
+        if self.schedule == "projected":
+            return self._projected(problem, oracle, state)[1]
         if self._independent(oracle):
             return self._stochastic_direction(problem, oracle, state).aux
         return self._direction(problem, oracle, state).aux
+
+    # ----- "projected": the QP with grad_y g = 0 linearized as a vector equality ---------------
+    def _stochastic_fallback(self, oracle: Oracle) -> bool:
+        """Whether schedule="projected" runs as "diminishing": on minibatches (or with the
+        independent estimator), where J J^T u = c cannot be solved from one batch without bias."""
+        return self.schedule == "projected" and (oracle.stochastic or self.estimator == "independent")
+
+    def _as_diminishing(self) -> "PGDQP":
+        return replace(self, schedule="diminishing")
+
+    def _projected(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> tuple:
+        """(s, Aux, u, grad f, L_f): the step s = -(gamma grad f + J^T u) of the QP
+
+            min_s 1/2 ||s + gamma grad f||^2  s.t.  c + J s = 0,   c = grad_y g, J = [grad_yx g, grad_yy g],
+            (J J^T + eps I) u = c - gamma J grad f   (conjugate gradients, warm-started at the last u),
+
+        on the free coordinates of a y box (c and J's rows and y-columns masked elsewhere).
+        gamma = step_scale / L_f, L_f raised by the secants of grad f. The multiplier of
+        Definition 2.4 is nu = u / gamma, and ||s||^2 / gamma^2 = ||grad f + J^T nu||^2."""
+        x, y = state.x, state.y
+        f, fx, fy = oracle.grad_f(x, y)
+        g, _, gy = oracle.grad_g(x, y)
+        free = problem.free_y(y, gy)
+        mask = (lambda t: t) if free is None else (lambda t: t * free)
+        lf = state.lipschitz_f
+        if self.step_size is None and state.grad_f is not None and state.velocity is not None:
+            vx, vy = state.velocity
+            step = torch.hypot(torch.linalg.vector_norm(vx), torch.linalg.vector_norm(vy))
+            secant = torch.hypot(torch.dist(fx, state.grad_f[0]), torch.dist(fy, state.grad_f[1]))
+            secant = secant * torch.where(step > 0, step.reciprocal(), 0.0)
+            lf = torch.maximum(torch.as_tensor(lf, dtype=secant.dtype, device=secant.device), secant)
+            lf = as_float(lf)
+        gamma = state.gamma0 if self.step_size is not None else self.step_scale / lf
+
+        def jac_t(w: Tensor) -> tuple[Tensor, Tensor]:
+            jx, jy = oracle.vjp_grad_y_g(x, y, mask(w))
+            return jx, mask(jy)
+
+        def jac(vx: Tensor, vy: Tensor) -> Tensor:
+            return mask(oracle.jvp_grad_y_g(x, y, vx, mask(vy)))
+
+        c = mask(gy)
+        rhs = c - gamma * jac(fx, mask(fy))
+        damping = inner(c, c)
+        u = conjugate_gradients(lambda w: jac(*jac_t(w)) + damping * w, rhs, state.multiplier, self.cg_iters,
+                                self.cg_tol)
+        jx, jy = jac_t(u)
+        sx, sy = -(gamma * fx + jx), -mask(gamma * fy + jy)
+        stationarity = (inner(sx, sx) + inner(sy, sy)) / gamma ** 2
+        nu_norm = torch.linalg.vector_norm(u) / gamma
+        diag = {"f": f, **lower_diagnostics(problem, y, g, gy), "kkt_stationarity": stationarity,
+                "step_size": gamma, "multiplier_norm": nu_norm}
+        slope = inner(fx, sx) + inner(fy, sy)
+        return (sx, sy), Aux(diag, nu=u / gamma), u, (fx, fy), lf, (f, torch.linalg.vector_norm(c), slope, nu_norm)
+
+    def _projected_step(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> tuple:
+        """z <- P(z + t s), t the first of 1, 1/2, 1/4, ... with (Armijo on the exact penalty)
+
+            phi(P(z + t s)) <= phi(z) + 1e-4 t (<grad f, s> - mu ||c||),   phi = f + mu ||c||,
+
+        mu = max(mu_prev, 2 ||nu||) (a descent direction of phi where J s = -c); t = 1 under
+        torch.func.vmap (no test on values there)."""
+        (sx, sy), aux, u, grad_f, lf, (f, c_norm, slope, nu_norm) = self._projected(problem, oracle, state)
+        penalty = torch.maximum(torch.as_tensor(state.penalty, dtype=f.dtype), 2 * nu_norm)
+        t = 1.0
+        if isinstance(as_float(f), float):
+            merit = float(f + penalty * c_norm)
+            decrease = 1e-4 * float(slope - penalty * c_norm)
+            for _ in range(40):
+                x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
+                gy = oracle.grad_g_y(x, y)
+                free = problem.free_y(y, gy)
+                c = gy if free is None else gy * free
+                trial = float(oracle.f(x, y) + penalty * torch.linalg.vector_norm(c))
+                if math.isfinite(trial) and trial <= merit + t * decrease:
+                    break
+                t *= 0.5
+        x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
+        new = replace(state, x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y), multiplier=u,
+                      grad_f=grad_f, lipschitz_f=lf, penalty=as_float(penalty))
+        return self._escape(problem, oracle, new), aux
 
     # ----- minibatches: two independent lower batches (estimator="independent") -------------------
     def _noisy_schedule(self, oracle: Oracle) -> bool:
@@ -539,6 +664,29 @@ def independent_h_and_grad(oracle: Oracle, x: Tensor, y: Tensor) -> tuple[Tensor
     oracle.batches = first
     hx1, hy1 = oracle.vjp_grad_y_g(x, y, gy2)       # J_B1^T grad_y g_B2
     return g, gy1, gy2, inner(gy1, gy2), hx1 + hx2, hy1 + hy2
+
+
+def conjugate_gradients(matvec, rhs: Tensor, start: Tensor, iters: int, tol: float) -> Tensor:
+    """`iters` steps of conjugate gradients on matvec(u) = rhs (matvec symmetric positive
+    semidefinite) from `start`, stopped early once ||r|| <= tol ||rhs|| (not under torch.func.vmap,
+    where it runs all `iters`). A direction of zero curvature ends the run."""
+    u = start
+    r = rhs - matvec(u)
+    p, rr = r, inner(r, r)
+    bound = tol ** 2 * inner(rhs, rhs)
+    tiny = torch.finfo(rhs.dtype).tiny
+    for _ in range(iters):
+        if isinstance(as_float(rr), float) and float(rr) <= float(bound):
+            break
+        ap = matvec(p)
+        curvature = inner(p, ap)
+        step = torch.where(curvature > tiny, rr / torch.clamp(curvature, min=tiny), 0.0)
+        u = u + step * p
+        r = r - step * ap
+        rr_next = inner(r, r)
+        p = r + torch.where(rr > tiny, rr_next / torch.clamp(rr, min=tiny), 0.0) * p
+        rr = rr_next
+    return u
 
 
 def curvature_floor(estimate: Tensor, gradient: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:

@@ -1,0 +1,106 @@
+"""pgdqp's default (schedule="projected"): last-iterate convergence to known optima, on problems
+built here with optima verified independently (closed form, scipy)."""
+from functools import partial
+
+import pytest
+import torch
+from conftest import roundoff
+from scipy.optimize import minimize_scalar
+
+from bilevel import BilevelProblem, Status, solve, solve_batch
+
+D = torch.float64
+
+
+def quickstart() -> BilevelProblem:
+    """The README's problem: y*(x) = x, F(x) = ||x - 1||^2 + ||x - 2||^2, x* = 1.5."""
+    return BilevelProblem(f=lambda x, y: ((x - 1) ** 2).sum() + ((y - 2) ** 2).sum(),
+                          g=lambda x, y: 0.5 * ((y - x) ** 2).sum(),
+                          x0=torch.zeros(5, dtype=D), y0=torch.zeros(5, dtype=D))
+
+
+def _upper(x, y, *, a, b):
+    return 0.5 * ((x - a) ** 2).sum() + 0.5 * ((y - b) ** 2).sum()
+
+
+def _lower(x, y, *, Q, A):
+    return 0.5 * y @ Q @ y - y @ A @ x
+
+
+def quadratic(seed: int, cond: float = 8.0) -> BilevelProblem:
+    """g = 1/2 y'Qy - y'Ax (cond(Q) = cond), f = 1/2 ||x - a||^2 + 1/2 ||y - b||^2, x in R^6, y in R^5:
+    y*(x) = M x with M = Q^-1 A, x* = (I + M'M)^-1 (a + M'b) (in `info`)."""
+    gen = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(5, 5, generator=gen, dtype=D))
+    Q = U @ torch.diag(torch.logspace(0, torch.log10(torch.tensor(cond)).item(), 5, dtype=D)) @ U.T
+    A = torch.randn(5, 6, generator=gen, dtype=D)
+    a, b = torch.randn(6, generator=gen, dtype=D), torch.randn(5, generator=gen, dtype=D)
+    M = torch.linalg.solve(Q, A)
+    x_star = torch.linalg.solve(torch.eye(6, dtype=D) + M.T @ M, a + M.T @ b)
+    return BilevelProblem(f=partial(_upper, a=a, b=b), g=partial(_lower, Q=Q, A=A),
+                          x0=torch.zeros(6, dtype=D), y0=torch.zeros(5, dtype=D), info={"x_star": x_star})
+
+
+def test_quickstart_converges_in_its_last_iterate():
+    result = solve(quickstart(), "pgdqp", max_iter=2000, log_every=250)
+    assert float((result.x - 1.5).abs().max()) <= 1e-6
+    assert result.history["kkt_stationarity"][-1] <= 1e-8
+    # no chattering: from the second logged row on, the residual stays at its floor
+    assert max(result.history["kkt_stationarity"][1:]) <= 1e-8
+
+
+@pytest.mark.parametrize("tol", [1e-4, 1e-8])
+def test_tol_stops_only_at_the_solution(tol):
+    result = solve(quickstart(), "pgdqp", max_iter=2000, tol=tol)
+    assert result.status is Status.CONVERGED
+    assert float((result.x - 1.5).abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("seed, cond", [(0, 8.0), (1, 100.0), (2, 1000.0)])
+def test_strongly_convex_quadratic_reaches_closed_form(seed, cond):
+    problem = quadratic(seed, cond)
+    result = solve(problem, "pgdqp", max_iter=3000, log_every=3000)
+    assert float((result.x - problem.info["x_star"]).norm()) <= 1e-6
+
+
+def test_batch_members_follow_their_lone_runs():
+    seeds = [0, 1, 2]
+    batch = solve_batch(quadratic, "pgdqp", seeds=seeds, max_iter=3000, log_every=3000, seed=0)
+    for s, member in zip(seeds, batch):
+        alone = solve(quadratic(s), "pgdqp", max_iter=3000, log_every=3000, seed=0, kkt="none")
+        assert float((member.x - alone.x).norm()) <= 1e-8
+        assert float((member.x - quadratic(s).info["x_star"]).norm()) <= 1e-6
+
+
+def duopoly(capacity: float, a: float = 12.0, b: float = 1.0, c: float = 2.0) -> BilevelProblem:
+    """Stackelberg duopoly: leader x in [0, 10], follower y in [0, capacity], each maximises its
+    profit (a - b (x + y) - c) times its quantity (f and g are the negated profits)."""
+    price = lambda x, y: a - b * (x.sum() + y.sum()) - c  # noqa: E731
+    return BilevelProblem(f=lambda x, y: -price(x, y) * x.sum(), g=lambda x, y: -price(x, y) * y.sum(),
+                          x0=torch.zeros(1, dtype=D), y0=torch.zeros(1, dtype=D),
+                          x_bounds=(torch.zeros(1, dtype=D), torch.full((1,), 10.0, dtype=D)),
+                          y_bounds=(torch.zeros(1, dtype=D), torch.full((1,), capacity, dtype=D)))
+
+
+@pytest.mark.parametrize("capacity", [100.0, 1.0])
+def test_box_constrained_duopoly_reaches_the_leaders_optimum(capacity):
+    """x* by scipy on the leader's reduced profit with the follower's clipped best response
+    y*(x) = clip((10 - x) / 2, 0, capacity): x* = 5 (box inactive) and 4.5 (capacity 1 binds)."""
+    best_response = lambda x: min(capacity, max(0.0, (10.0 - x) / 2))  # noqa: E731
+    reference = minimize_scalar(lambda x: -(10.0 - x - best_response(x)) * x, bounds=(0.0, 10.0),
+                                method="bounded", options={"xatol": 1e-10}).x
+    result = solve(duopoly(capacity), "pgdqp", max_iter=2000, log_every=2000)
+    assert abs(float(result.x[0]) - reference) <= 1e-6
+    assert abs(float(result.y[0]) - best_response(reference)) <= 1e-6
+
+
+def test_the_step_solves_the_linearised_lower_level_condition():
+    """One step from (x0, y0) on a quadratic with c = grad_y g linear: c(z + s) = c + J s = 0."""
+    problem = quadratic(3)
+    result = solve(problem, "pgdqp", max_iter=1, log_every=1, options={"escape_every": 0})
+    gen = torch.Generator().manual_seed(3)
+    U, _ = torch.linalg.qr(torch.randn(5, 5, generator=gen, dtype=D))
+    Q = U @ torch.diag(torch.logspace(0, torch.log10(torch.tensor(8.0)).item(), 5, dtype=D)) @ U.T
+    A = torch.randn(5, 6, generator=gen, dtype=D)
+    residual = Q @ result.y - A @ result.x
+    assert float(residual.norm()) <= roundoff(operations=100, amplification=8.0) * float(A.norm())
