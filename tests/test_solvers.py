@@ -78,16 +78,22 @@ def test_defaults_reach_the_known_answer(name):
 @pytest.mark.parametrize("name", sorted(SOLVERS))
 def test_a_step_reports_what_its_solver_declares(name):
     """The Aux of a step holds the common diagnostics (kkt_stationarity where the step computes
-    it) and exactly the solver's declared `diagnostics`: the history's columns, the harness's
-    known columns and the docs are derived from the declarations."""
+    it) and only declared ones, and every declared one is reported by some configuration of
+    the solver's own schedules (its defaults, or a `schedule` it offers): the history's
+    columns, the harness's known columns and the docs are derived from the declarations."""
     from bilevel.core.state import COMMON_DIAGNOSTICS
     problem = PROBLEMS["quadratic"](seed=2)
     oracle = Oracle(Autograd(problem.f, problem.g))
     cls = SOLVERS[name]
-    state = cls().init(problem, oracle, max_iter=5, generator=torch.Generator().manual_seed(0))
-    _, aux = cls().step(problem, oracle, state)
-    reported = set(aux.diagnostics)
-    assert reported - {"kkt_stationarity"} == (set(COMMON_DIAGNOSTICS) - {"kkt_stationarity"}) | set(cls.diagnostics)
+    schedules = [{}] + [{"schedule": s, **({"step_size": 0.01} if s == "constant" else {})} for s in cls.schedules]
+    reported = set()
+    for options in schedules:
+        solver = cls(**options)
+        state = solver.init(problem, oracle, max_iter=5, generator=torch.Generator().manual_seed(0))
+        _, aux = solver.step(problem, oracle, state)
+        assert set(COMMON_DIAGNOSTICS) - {"kkt_stationarity"} <= set(aux.diagnostics), options
+        reported |= set(aux.diagnostics)
+    assert reported - set(COMMON_DIAGNOSTICS) == set(cls.diagnostics)
     assert cls.cost and isinstance(cls.stochastic, bool)
 
 

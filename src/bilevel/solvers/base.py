@@ -37,6 +37,8 @@ class Solver(abc.ABC):
     diagnostics: ClassVar[tuple[str, ...]] = ()
     # True for the methods whose papers draw minibatches (run them with solve(..., batch_size=B))
     stochastic: ClassVar[bool] = False
+    # the values of its `schedule` option, the default first, where it has one
+    schedules: ClassVar[tuple[str, ...]] = ()
     # True when the solver touches the problem only through the oracle, so that it runs
     # data-parallel (solve(..., distributed=True)); False makes such a run a clear error.
     supports_distributed: ClassVar[bool] = True

@@ -289,11 +289,12 @@ class PGDQP(Solver):
     name: ClassVar[str] = "pgdqp"
     summary: ClassVar[str] = "perturbed gradient descent with a closed-form convex QP step (seed, Alg. 1)"
     cost: ClassVar[str] = "grad f, one double backward for grad h"
-    diagnostics: ClassVar[tuple[str, ...]] = ("alpha", "lambda", "lower_step_size", "step_size")
+    diagnostics: ClassVar[tuple[str, ...]] = ("alpha", "lambda", "lower_step_size", "multiplier_norm", "step_size")
+    schedules: ClassVar[tuple[str, ...]] = ("projected", "constant", "theorem", "diminishing")
 
     def validate(self) -> None:
         check_choice(self, "rho", ("grad", "warm"))
-        check_choice(self, "schedule", ("projected", "constant", "theorem", "diminishing"))
+        check_choice(self, "schedule", self.schedules)
         check_positive(self, "step_size", "alpha", "lower_step_size", "lipschitz_f", "lipschitz_h", allow_none=True)
         check_positive(self, "decay", "feasibility", "step_scale", "max_ratio")
         if not isinstance(self.block_steps, bool):
