@@ -35,6 +35,7 @@ ITERS = {"bome": 2000, "aid_bio": 300, "vpbgd": 3000, "galet": 300, "iaptt_gm": 
          "hjfbio": 2000}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", BASELINES)
 def test_defaults_converge_where_the_lower_level_is_stiff(method):
     """L_g = 100: the former fixed lower steps (0.05 to 0.1 > 2 / L_g) diverged within a few
@@ -46,6 +47,7 @@ def test_defaults_converge_where_the_lower_level_is_stiff(method):
     assert r.state.lipschitz_g == pytest.approx(100.0, rel=5e-2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["aid_bio", "galet", "iaptt_gm", "hjfbio"])
 def test_hypergradient_methods_are_invariant_to_the_scale_of_g(method):
     """Scaling g by 64^k (same lower-level solutions, same x*) scales the estimate of L_g, and so
@@ -83,6 +85,7 @@ def ring():
                           torch.zeros(1, dtype=D), torch.tensor([0.5, 0.5], dtype=D))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [m for m in BASELINES if m != "aid_bio"])
 def test_default_steps_are_capped_where_the_curvature_grows_along_the_run(method):
     """1/L_g from the start (2.0) diverges once y reaches the ring (L_g about 13); the cap keeps

@@ -34,6 +34,7 @@ def test_a_given_step_size_is_the_papers_fixed_step(method):
     assert r.state.x_memory is None
 
 
+@pytest.mark.slow
 def test_f2ba_penalty_grows_and_removes_the_fixed_penalty_bias():
     """lam_k = lam_0 (k + 1)^p; with p = 0 (the paper's fixed lam = 10) x stops O(1/lam) from x*."""
     p = PROBLEMS["quadratic"](seed=0)
@@ -60,6 +61,7 @@ def test_f2ba_warm_starts_z():
     torch.testing.assert_close(r.state.z, z)
 
 
+@pytest.mark.slow
 def test_vpbgd_growing_penalty_beats_the_fixed_one():
     p = PROBLEMS["quadratic"](seed=0)
     grown = solve(p, "vpbgd", max_iter=3000, log_every=3000, kkt="none", seed=0)
@@ -68,6 +70,7 @@ def test_vpbgd_growing_penalty_beats_the_fixed_one():
     assert error["grown"] < error["fixed"] / 2, error
 
 
+@pytest.mark.slow
 def test_sgf_relaxation_decays_and_removes_the_eps_bias():
     """f = (x - 1)^2 + (y - 2)^2, g = (y - x)^2 / 2: x* = 1.5. The fixed relaxation's flow rests
     where h = (y - x)^2 = eps^2, so |y - x| = eps = 0.1 and x = 1.5 - eps / 2; eps_k = eps (k + 1)^-1/2

@@ -173,6 +173,7 @@ def test_galet_step_by_hand_and_cost():
     assert counts(r) == {"n_f": 1, "n_grad_f": 1, "n_grad_g": N, "n_hvp": 2 * (T - 1) + 2}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["aid_bio", "vpbgd", "galet", "bome"])
 @pytest.mark.parametrize("kwargs", [dict(seed=0), dict(dim_x=10, dim_y=8, cond=10.0, seed=3)])
 def test_defaults_reach_the_closed_form_solution(method, kwargs):
@@ -182,6 +183,7 @@ def test_defaults_reach_the_closed_form_solution(method, kwargs):
     assert float((r.x - p.info["x_star"]).norm()) < 5e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["aid_bio", "galet", "vpbgd", "bome"])
 def test_coreset_reaches_its_optimum(method):
     r = solve(PROBLEMS["coreset"](seed=1), method, max_iter=2000, log_every=2000, kkt="none")

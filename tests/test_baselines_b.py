@@ -181,6 +181,7 @@ def test_hjfbio_step_and_cost():
 ITERS = {"iaptt_gm": 300, "meha": 3000, "f2ba": 1000, "hjfbio": 2000}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_defaults_reach_the_quadratic_solution(method):
     problem = PROBLEMS["quadratic"](seed=0)
@@ -212,6 +213,7 @@ RANK_DEFICIENT_OPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_many_lower_level_solutions_reach_small_h(method):
     problem = rank_deficient_problem()
@@ -232,6 +234,7 @@ NC_OPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_synthetic_nc_reaches_an_approximate_kkt_point(method):
     problem = PROBLEMS["synthetic-nc"](dim=5, cond=2.0, seed=0)
@@ -271,6 +274,7 @@ def test_state_type_is_kept_and_bounds_are_honoured(method):
         assert key in result.history
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_cli_runs_coreset(method, tmp_path, capsys):
     assert main(["run", "--problem", "coreset", "--method", method, "--max-iter", "500",

@@ -24,6 +24,7 @@ def quadratic(seed):
                                              # the AdaGrad-norm one (x_step, run batched by hjfbio here), which
                                              # amplifies round-off beyond these tolerances on seed 2
                                              ("bome", dict(inner_steps=3, step_size=0.02))])
+@pytest.mark.slow
 def test_members_equal_runs_solved_alone(method, options):
     batch = solve_batch(quadratic, method, seeds=SEEDS, max_iter=60, log_every=20, seed=0, options=options)
     # derivatives by torch.func here and autograd alone differ by round-off, over 60 iterations of
@@ -43,6 +44,7 @@ def test_members_equal_runs_solved_alone(method, options):
             assert member.history[column] == pytest.approx(alone.history[column], rel=rtol, abs=atol)
 
 
+@pytest.mark.slow
 def test_pgdqp_default_members_reach_their_solutions():
     """pgdqp's default momentum amplifies round-off (torch.func here, autograd alone), so members
     and lone runs part ways in the middle (1e-13 apart after 50 iterations, 3e-2 after 200); both

@@ -38,6 +38,7 @@ def test_the_problem_f_and_g_use_all_the_data():
     assert float(dataset.g(problem.x0, y)) == pytest.approx(float(problem.g(problem.x0, y)), rel=1e-14)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", [False, True])
 def test_minibatch_estimates_are_unbiased(dataset):
     """The mean of minibatch gradients and Hessian-vector products over many batches is the

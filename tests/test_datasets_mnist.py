@@ -354,6 +354,7 @@ def test_hyper_cleaning_runs_on_the_full_mnist(real_mnist):
     assert np.isfinite(float(problem.f(problem.x0, problem.y0)))
 
 
+@pytest.mark.slow
 def test_cli_data_command_reports_what_it_did(tmp_path, monkeypatch, capsys):
     """`bilevel data mnist --data-dir D` calls fetch_mnist(D) and prints its report."""
     from bilevel.cli.main import main

@@ -20,6 +20,8 @@ from conftest import roundoff  # noqa: E402
 
 SRC = str(Path(bilevel.__file__).resolve().parents[1])
 WORKER = str(Path(__file__).parent / "_distributed_worker.py")
+# several processes (torchrun, gloo process groups): the full suite only
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 MAX_ITER = 12
 
 

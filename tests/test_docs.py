@@ -108,6 +108,7 @@ def test_docs_count_the_registered_solvers():
     assert "<!-- bilevel-solvers -->" in (ROOT / "docs" / "solvers.md").read_text()
 
 
+@pytest.mark.slow
 def test_readme_quickstart_finds_the_closed_form_answer():
     """y*(x) = x, so F(x) = ||x - 1||^2 + ||x - 2||^2: x* = 1.5 and F(x*) = 5 * 0.5 = 2.5."""
     namespace = run_block_after("README.md", "## Quickstart")

@@ -157,6 +157,7 @@ def recorded():
     return json.loads(PATH.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem_name, method", CASES, ids=[f"{p}/{m}" for p, m in CASES])
 def test_iterates_match_the_recorded_fingerprint(recorded, problem_name, method):
     bad = mismatches(fingerprint(problem_name, method), recorded[f"{problem_name}/{method}"])

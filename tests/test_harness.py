@@ -63,6 +63,7 @@ def test_grid_expansion_and_stable_ids():
     assert not {r.run_id for r in changed} & {r.run_id for r in runs}
 
 
+@pytest.mark.slow
 def test_local_and_dask_sweeps_give_the_same_table(tmp_path):
     config = check_config(BASE)
     run_sweep(config, tmp_path / "local", progress=False)
@@ -85,6 +86,7 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert len(read_manifest(tmp_path)) == 2
 
 
+@pytest.mark.slow
 def test_sweep_killed_with_sigkill_resumes_without_loss_or_duplicates(tmp_path):
     config = {**BASE, "max_iter": 400, "log_every": 50, "seeds": 3,
               "methods": {"pgdqp": {"schedule": ["constant", "diminishing"]}, "sgf": {}, "bome": {}}}

@@ -76,6 +76,7 @@ def test_multinomial_honest_value_matches_scikit_learn():
     assert honest_upper_value(problem, torch.full_like(problem.x0, -1.0)) == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_best_shared_weight_beats_the_start():
     problem = feature_weight_decay(seed=0)
     start = honest_upper_value(problem, problem.x0)
@@ -129,6 +130,7 @@ def test_honest_value_of_a_plain_problem_resolves_by_lbfgs():
     assert np.isfinite(honest_upper_value(p, p.x0))
 
 
+@pytest.mark.slow
 def test_default_pgdqp_more_than_halves_the_gap_to_the_best_shared_weight():
     """Per-feature weights enter g through exp(x) y^2 (grad_yx g is small where y is): pgdqp's block
     steps move x on its own scale, and 200 default iterations close more than half of the gap between

@@ -52,6 +52,7 @@ def flat_problem(net):
     return BilevelProblem(f, g, torch.full((1,), -3.0, dtype=D), flat.flatten())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pgdqp", "bome", "aid_bio"])
 def test_parameters_as_a_dict_give_the_flat_problems_iterates(method):
     net = network()
@@ -122,6 +123,7 @@ def user_module(tmp_path, monkeypatch):
     sys.modules.pop("users_problems", None)
 
 
+@pytest.mark.slow
 def test_a_builder_named_by_module_path_runs_sweeps_and_plots(user_module, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--problem", user_module, "--method", "pgdqp", "--max-iter", "300", "--log-every", "100",

@@ -70,6 +70,7 @@ def _distance(problem, result):
     return float((result.x - problem.info["x_star"]).norm())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [dict(seed=0), dict(dim_x=10, dim_y=8, cond=10.0, seed=3),
                                     dict(dim_x=3, dim_y=6, cond=3.0, seed=7)])
 def test_default_reaches_closed_form_solution_of_quadratic(kwargs):
@@ -79,6 +80,7 @@ def test_default_reaches_closed_form_solution_of_quadratic(kwargs):
     assert _distance(problem, result) < 1e-2
 
 
+@pytest.mark.slow
 def test_constant_step_hovers_and_theorem_schedule_improves_with_max_iter():
     problem = PROBLEMS["quadratic"](seed=2)
     errors = [_distance(problem, solve(problem, "pgdqp", max_iter=k, log_every=k, options=dict(schedule="theorem")))
@@ -93,6 +95,7 @@ def test_warm_rho_warm_starts_y0_and_converges():
     assert _distance(problem, result) < 0.2
 
 
+@pytest.mark.slow
 def test_nonconvex_lower_level_reaches_approximate_kkt_point():
     # the default decay of 10 leaves h near 1e-4 here after 20000 iterations; a slower decay
     # with a full feasibility step reaches an exact KKT point (benchmarks/RESULTS.md)
@@ -102,6 +105,7 @@ def test_nonconvex_lower_level_reaches_approximate_kkt_point():
     assert result.final("delta_norm") ** 2 <= 1e-3
 
 
+@pytest.mark.slow
 def test_many_lower_level_solutions_reaches_approximate_kkt_point():
     """g = 1/2 ||P y - x||^2 with P of rank 1 in R^3: the lower level has a line of solutions."""
     P = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=D)

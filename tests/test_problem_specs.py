@@ -69,6 +69,7 @@ def test_directions_come_from_the_declarations():
     assert higher_is_better("my_accuracy") and not higher_is_better("my_loss")    # a user's metric: by its name
 
 
+@pytest.mark.slow
 def test_a_suite_problem_runs_and_is_scored_by_the_harness(tmp_path, capsys):
     """`bilevel sweep` on suite problems: each run's summary.json and final row hold the problem's
     scores, and the table leads with them."""

@@ -59,6 +59,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         solve(problem, "pgdqp", max_iter=5, checkpoint=path, checkpoint_every=0)
 
 
+@pytest.mark.slow
 def test_cli_run_killed_with_sigkill_continues_from_its_checkpoint(tmp_path):
     ck, out_a, out_b = tmp_path / "ck.pt", tmp_path / "a", tmp_path / "b"
     base = [sys.executable, "-m", "bilevel", "run", "--problem", "synthetic-sc", "--method", "pgdqp",
@@ -82,6 +83,7 @@ def test_cli_run_killed_with_sigkill_continues_from_its_checkpoint(tmp_path):
         assert a[column].tolist() == b[column].tolist(), column
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(SOLVERS))
 def test_runs_are_bit_identical_for_every_solver(method):
     problem = PROBLEMS["coreset"](seed=2)

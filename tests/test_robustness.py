@@ -55,6 +55,7 @@ def test_the_lower_residual_on_a_y_bound_is_the_projected_gradient():
     assert r.history["h"][0] == 0.0 and r.history["kkt_feasibility"][0] == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pgdqp", "bome", "aid_bio", "galet", "hjfbio", "iaptt_gm", "f2ba", "vpbgd"])
 def test_methods_find_the_solution_on_the_y_bound(method):
     p = y_bound_problem()
@@ -65,6 +66,7 @@ def test_methods_find_the_solution_on_the_y_bound(method):
     assert r.verification["y_distance"] <= 1e-2 and r.success
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", DETERMINISTIC)
 def test_a_run_that_runs_away_never_reports_success(method):
     """Whatever a method does on the runaway problem (x* = 1), a run whose x grew past 100 ends
@@ -103,6 +105,7 @@ def test_runaway_status_is_reported_for_growing_iterates():
     assert math.isfinite(float(r.x[0]))
 
 
+@pytest.mark.slow
 def test_an_optimistic_run_is_not_a_success_and_its_verified_value_is_honest():
     """pgdqp with a large constant step and a small lower step on per-feature weight decay
     (breast cancer) holds a y far from y*(x): f at that y is optimistic. The verification

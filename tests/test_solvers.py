@@ -28,6 +28,7 @@ def test_registry_entry(name):
     assert "References:" in cls.__doc__ and "Example:" in cls.__doc__ and "Args:" in cls.__doc__
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SOLVERS))
 def test_docstring_example_runs(name):
     cls = SOLVERS[name]

@@ -35,6 +35,7 @@ def test_func_back_end_equals_autograd_back_end(name):
     assert func.snapshot() == autograd.snapshot()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("oracle", ["func", "compiled"])
 def test_a_run_on_the_func_back_ends_equals_the_autograd_run(oracle):
     """The back-end serves the whole run: steps, logged rows (KKT by least squares) and the final row."""

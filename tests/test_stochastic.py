@@ -40,6 +40,7 @@ def test_biased_ridge_optimum_is_the_minimiser_of_the_exact_hyper_objective():
     assert float(F(p.x0)) > 10 * p.info["value_star"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, tol", [("pgdqp", 0.02), ("soba", 0.02), ("saba", 0.005)])
 def test_methods_reach_the_full_batch_optimum_at_batch_size_64(method, tol):
     """3000 steps on minibatches of 64 (of 1000 training and 500 validation samples): the honest
@@ -325,6 +326,7 @@ def test_pgdqp_stochastic_schedule():
 
 
 # ----- pgdqp's two-batch estimator is unbiased ----------------------------------------------------
+@pytest.mark.slow
 def test_two_batch_h_estimates_are_unbiased_and_one_batch_ones_are_not():
     """Averaged over many draws, <grad_y g_B1, grad_y g_B2> and J_B1^T grad_y g_B2 + J_B2^T grad_y g_B1
     match h and grad h on all the data within a few standard errors; ||grad_y g_B||^2 from one
@@ -553,6 +555,7 @@ def per_feature_ridge(seed):
     return problem, F, float(best.fun)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["soba", "saba"])
 def test_defaults_reach_the_optimum_of_a_problem_whose_lower_level_stiffens(method):
     """With their defaults (adaptive x step, refreshed curvature), 3000 steps at batch 32 end within 2%

@@ -189,6 +189,7 @@ def test_table_results_in_a_missing_directory(tmp_path, capsys):
         f"Invalid --results: {str(tmp_path)!r} is a directory (expected a Markdown file, e.g. RESULTS.md)")
 
 
+@pytest.mark.slow
 def test_the_real_command_prints_no_traceback(tmp_path):
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for argv, message in [(["run", "--problem", "quadratic", "--method", "pgdqp", "--device", "gpu"],

@@ -40,6 +40,7 @@ def test_re_solve_matches_the_closed_form_lower_solution():
     assert verify(p, Oracle(Autograd(p.f, p.g)), x_star, torch.linalg.solve(Q, B @ x_star))["passed"]
 
 
+@pytest.mark.slow
 def test_success_needs_the_lower_level_solved():
     """A run that stops early, with y far from argmin g(x, .), completes but does not succeed."""
     p = PROBLEMS["quadratic"](seed=0)

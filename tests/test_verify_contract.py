@@ -6,6 +6,7 @@ from test_verify_upper import duopoly
 from bilevel import SOLVERS, solve
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SOLVERS))
 def test_success_only_near_the_known_optimum(name):
     """Stackelberg duopoly (test_verify_upper.duopoly): the follower free (K = 100, x* = 5) and

@@ -166,6 +166,7 @@ def logistic_with_tiny_weights(log_weight: float = -19.8):
     return problem, x
 
 
+@pytest.mark.slow
 def test_the_re_solve_reaches_its_tolerance_on_an_ill_conditioned_lower_level():
     """Against an independent solve: scipy's L-BFGS-B (gtol 1e-10), polished by Newton's method
     with the dense Hessian and a direct solve until its step is below 1e-12. The verification's
@@ -220,6 +221,7 @@ def test_a_re_solve_that_falls_short_is_reported_and_fails():
     assert not r.success and "fell short of its tolerance" in r.message
 
 
+@pytest.mark.slow
 def test_success_is_the_verdict_on_the_answer_whatever_the_loop_status():
     """A tol the loop never meets ends MAX_ITER, yet the answer (x* = 4, y* = 2) is solved."""
     r = solve(duopoly(2.0), "aid_bio", max_iter=1000, log_every=1000, tol=1e-30)

@@ -25,8 +25,7 @@ import yaml
 from ..core import distributed
 from ..core.checks import suggest
 from ..core.oracles import BACKENDS
-from ..problems import PROBLEMS, resolve
-from ..problems.datasets import fetch_mnist
+from ..problems import PROBLEMS, datasets, resolve
 from ..run.history import KKT_MODES
 from ..run.solve import make_solver
 from ..solvers import SOLVERS
@@ -392,7 +391,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    print(fetch_mnist(args.data_dir))
+    print(datasets.fetch_mnist(args.data_dir))
     return 0
 
 
