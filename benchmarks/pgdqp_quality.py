@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import bilevel
-from bilevel.bench.report import command, format_table, machine, update_section
+from bilevel.cli.report import command, format_table, machine, update_section
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 D = torch.float64

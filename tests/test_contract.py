@@ -255,6 +255,7 @@ def test_status_values_are_sentences():
         assert len(status.value.split()) >= 3 and str(status) == status.value
 
 
+@pytest.mark.slow
 def test_metrics_are_logged_and_bounds_are_respected():
     problem = BilevelProblem(f_ok, g_ok, X0, Y0, x_bounds=(None, 0.5),
                              metrics=lambda x, y: {"x_max": float(x.max())})

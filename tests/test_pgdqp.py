@@ -122,6 +122,7 @@ def test_many_lower_level_solutions_reaches_approximate_kkt_point():
     torch.testing.assert_close(result.y, torch.tensor([4 / 3, -5 / 3, 3.0], dtype=D), atol=1e-2, rtol=0)
 
 
+@pytest.mark.slow
 def test_coreset_reaches_its_known_optimum():
     problem = PROBLEMS["coreset"](seed=0)
     result = solve(problem, "pgdqp", max_iter=1000, log_every=100)
@@ -180,6 +181,7 @@ def test_given_constants_stay_fixed_and_estimated_ones_only_grow():
     assert isinstance(theorem.state.lipschitz_h, float) and theorem.state.grads is None
 
 
+@pytest.mark.slow
 def test_linear_upper_level_gets_a_step_on_the_problems_scale():
     """f = y is linear: power iteration finds L_f = 0 at z0, and the step 1/L_f used to be 1e12.
     The floor L_f >= ||grad f(z0)|| / max(1, ||z0||) bounds the first step by sqrt(2) here.
@@ -225,6 +227,7 @@ def test_block_steps_ramp_to_the_ratio_of_the_curvature_blocks():
     assert float((result.x - x_star).norm()) < 0.5 * float((joint.x - x_star).norm())
 
 
+@pytest.mark.slow
 def test_escapes_lower_level_maximisers_and_non_global_minimisers():
     """h = ||grad_y g||^2 vanishes at every stationary point of g, so the QP alone keeps y where
     grad_y g = 0. g = y^4/4 - y^2/2 from y0 = 0 (a maximiser; minimisers +-1) and f = y^2 + (x-1)^2/2,

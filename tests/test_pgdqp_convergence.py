@@ -56,6 +56,7 @@ def test_tol_stops_only_at_the_solution(tol):
     assert float((result.x - 1.5).abs().max()) <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed, cond", [(0, 8.0), (1, 100.0), (2, 1000.0)])
 def test_strongly_convex_quadratic_reaches_closed_form(seed, cond):
     problem = quadratic(seed, cond)
@@ -63,6 +64,7 @@ def test_strongly_convex_quadratic_reaches_closed_form(seed, cond):
     assert float((result.x - problem.info["x_star"]).norm()) <= 1e-6
 
 
+@pytest.mark.slow
 def test_batch_members_follow_their_lone_runs():
     seeds = [0, 1, 2]
     batch = solve_batch(quadratic, "pgdqp", seeds=seeds, max_iter=3000, log_every=3000, seed=0)
@@ -82,6 +84,7 @@ def duopoly(capacity: float, a: float = 12.0, b: float = 1.0, c: float = 2.0) ->
                           y_bounds=(torch.zeros(1, dtype=D), torch.full((1,), capacity, dtype=D)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("capacity", [100.0, 1.0])
 def test_box_constrained_duopoly_reaches_the_leaders_optimum(capacity):
     """x* by scipy on the leader's reduced profit with the follower's clipped best response

@@ -1,7 +1,7 @@
 """schedule="theorem": Algorithm 1 with the parameters of Theorem 4.2 as written, and why h stays
 away from zero on a strongly convex quadratic (a period-2 cycle of the iteration itself)."""
 import torch
-from bilevel.oracles import Autograd, Oracle
+from bilevel.core.oracles import Autograd, Oracle
 from test_pgdqp_convergence import quadratic
 
 from bilevel import solve

@@ -84,6 +84,7 @@ def test_denormals_are_flushed_during_a_run_and_restored_after():
         torch.set_flush_denormal(False)
 
 
+@pytest.mark.slow
 def test_compiled_run_keeps_forward_mode_products_eager():
     """torch 2.13's inductor crashes the process (segmentation fault) on the compiled jvp of
     synthetic-sc's grad f, whose constants have zero tangents: forward-mode products stay eager."""
