@@ -101,7 +101,8 @@ class SABA(Framework):
             raised along the run where the curvature grows (as SOBA's).
         schedule: "constant" (default) or "decreasing" (as SOBA's).
         decay: tau of the decreasing schedule. Default 100.
-        x_scale, curvature_every: as SOBA's (defaults 0.1 and 10).
+        x_scale: as SOBA's. Default 0.1.
+        curvature_every: as SOBA's. Default 10.
         init_memory: "full" (every block's terms at (x0, y0, v0): SAGA's usual start) or "zero"
             (the authors' benchmark default; the estimates are unbiased either way). Default "full".
 
