@@ -166,3 +166,19 @@ def test_minibatch_example_reaches_the_closed_form_optimum():
     result, problem = ns["result"], ns["problem"]
     assert result.history["relative_gap"][-1] < 1e-6
     assert result.verification["upper_value"] == pytest.approx(problem.info["value_star"], rel=1e-6)
+
+
+def test_every_results_section_cited_exists():
+    """A citation `benchmarks/RESULTS.md, section "NAME"` (or sections "A" and "B") in the code or
+    the docs names a section of RESULTS.md, marked <!-- NAME --> ... <!-- /NAME -->."""
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    cited = {}
+    for path in [*(ROOT / "src").rglob("*.py"), *(ROOT / "docs").rglob("*.md"), ROOT / "README.md"]:
+        text = " ".join(path.read_text().split())        # citations wrap across lines
+        for match in re.finditer(r'RESULTS\.md, sections? ((?:"[\w/-]+"(?:,| and)? ?)+)', text):
+            for name in re.findall(r'"([\w/-]+)"', match.group(1)):
+                cited.setdefault(name, []).append(str(path.relative_to(ROOT)))
+    assert len(cited) >= 5
+    missing = {name: where for name, where in cited.items()
+               if f"<!-- {name} -->" not in results or f"<!-- /{name} -->" not in results}
+    assert not missing, missing

@@ -158,7 +158,7 @@ class AIDBiO(ImplicitStep):
             `bilevel.ConjugateGradient(iters=100)` (stops at relative residual 1e-10), or
             `bilevel.Neumann(...)` (the paper's N = 3 leaves v, and x's fixed point, biased).
 
-    Measurements behind these defaults: benchmarks/RESULTS.md, section "basea-defaults".
+    Measurements behind these defaults: benchmarks/RESULTS.md, section "baselines-a-suite".
 
     References:
         Ji, Yang, Liang. Bilevel Optimization: Convergence Analysis and Enhanced Design.

@@ -78,7 +78,7 @@ class BOME(Solver):
         eta: the multiplier of phi. Default 0.5.
         phi: "grad" or "value". Default "grad".
 
-    Measurements behind these defaults: benchmarks/RESULTS.md, section "basea-defaults".
+    Measurements behind these defaults: benchmarks/RESULTS.md, section "baselines-a-suite".
 
     References:
         Liu, Ye, Wright, Stone, Liu. BOME! Bilevel Optimization Made Easy: A Simple

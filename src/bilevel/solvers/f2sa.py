@@ -72,7 +72,7 @@ class F2SA(Solver):
         decay: the offset of the schedules (1 + k/decay). Default 100.
 
     On full data the penalty's bias shrinks as lam_k grows like k^(1/7), slowly;
-    measurements: benchmarks/RESULTS.md, "Stochastic methods on biased-ridge".
+    measurements: benchmarks/RESULTS.md, section "stochastic-defaults".
 
     References:
         Kwon, Kwon, Wright, Nowak. A Fully First-Order Method for Stochastic Bilevel

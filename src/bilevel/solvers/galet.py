@@ -47,7 +47,7 @@ class GALET(ImplicitStep):
             (stops at relative residual 1e-10); Neumann(iters=T, step_size=rho) is the paper's
             loop (rho < 2 / L_g^2; H^2 has condition number cond(H)^2).
 
-    Measurements behind these defaults: benchmarks/RESULTS.md, section "basea-defaults".
+    Measurements behind these defaults: benchmarks/RESULTS.md, section "baselines-a-suite".
 
     References:
         Xiao, Lu, Chen. A Generalized Alternating Method for Bilevel Learning under the

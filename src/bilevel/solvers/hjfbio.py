@@ -69,7 +69,7 @@ class HJFBiO(Solver):
         radius: r, the bound on ||v||. Default 100.0.
         delta: the finite-difference step. Default 1e-5 (for float64; use ~1e-3 in float32).
 
-    Measurements behind these defaults: benchmarks/RESULTS.md, section "basea-defaults".
+    Measurements behind these defaults: benchmarks/RESULTS.md, section "baselines-a-suite".
 
     References:
         Huang. Optimal Hessian/Jacobian-Free Nonconvex-PL Bilevel Optimization. ICML 2024.

@@ -60,7 +60,7 @@ class IAPTTGM(Solver):
             (`IAPTTGMState.lipschitz_g`); the paper analyses s <= 1/L_g. T steps reach y* only
             to a factor (1 - mu_g/L_g)^T: raise inner_steps where grad_yy g is ill-conditioned.
 
-    Measurements behind these defaults: benchmarks/RESULTS.md, section "basea-defaults".
+    Measurements behind these defaults: benchmarks/RESULTS.md, section "baselines-a-suite".
 
     References:
         Liu, Liu, Yuan, Zeng, Zhang. Towards Gradient-based Bilevel Optimization with

@@ -106,8 +106,8 @@ class SABA(Framework):
         init_memory: "full" (every block's terms at (x0, y0, v0): SAGA's usual start) or "zero"
             (the authors' benchmark default; the estimates are unbiased either way). Default "full".
 
-    Convergence with constant steps against SOBA's: benchmarks/RESULTS.md, "Stochastic methods
-    on biased-ridge".
+    Convergence with constant steps against SOBA's: benchmarks/RESULTS.md, section
+    "stochastic-defaults".
 
     References:
         Dagreou, Ablin, Vaiter, Moreau. A framework for bilevel optimization that enables

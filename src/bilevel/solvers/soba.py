@@ -175,16 +175,16 @@ class SOBA(Framework):
         decay: tau of the decreasing schedule. Default 100.
         x_scale: the root-mean-square length of the first x step where step_size is None.
             Default 0.1 (0.2, the baselines', let x outrun v where the lower level stiffens; 0.05
-            moved it too slowly: benchmarks/RESULTS.md, "Notes on the stochastic step").
+            moved it too slowly: benchmarks/RESULTS.md, section "stochastic-notes").
         curvature_every: on minibatches where inner_step_size is None, every curvature_every steps one
             Hessian-vector product continues the power iteration of L_g on the current batch
             (L_g <- max(L_g, ||grad_yy g u||), `Framework.refresh`), so that rho_0 = min(0.1, 1/L_g)
             follows a lower level that grows stiffer as x moves. Default 10.
 
     The default decay keeps a wide margin from the decays that shrink the steps before x
-    arrives (benchmarks/RESULTS.md, "Stochastic methods on biased-ridge"); the default x step
-    and curvature refresh were chosen on problems of no config (RESULTS.md, "Stochastic methods'
-    defaults on untuned problems").
+    arrives (benchmarks/RESULTS.md, section "stochastic-defaults"); the default x step
+    and curvature refresh were chosen on problems of no config (benchmarks/RESULTS.md, section
+    "stochastic-untuned").
 
     References:
         Dagreou, Ablin, Vaiter, Moreau. A framework for bilevel optimization that enables

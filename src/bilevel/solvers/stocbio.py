@@ -60,7 +60,7 @@ class StocBiO(Solver):
         neumann_terms: Q. Default 10.
 
     On full data the truncation leaves x biased where eta L_g is small (Q = 10 terms);
-    measurements: benchmarks/RESULTS.md, "Stochastic methods on biased-ridge".
+    measurements: benchmarks/RESULTS.md, section "stochastic-defaults".
 
     References:
         Ji, Yang, Liang. Bilevel Optimization: Convergence Analysis and Enhanced Design. ICML 2021
