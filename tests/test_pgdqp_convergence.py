@@ -7,7 +7,7 @@ import torch
 from conftest import roundoff
 from scipy.optimize import minimize_scalar
 
-from bilevel import BilevelProblem, Status, solve, solve_batch
+from bilevel import BilevelProblem, Status, solve
 
 D = torch.float64
 
@@ -62,16 +62,6 @@ def test_strongly_convex_quadratic_reaches_closed_form(seed, cond):
     problem = quadratic(seed, cond)
     result = solve(problem, "pgdqp", max_iter=3000, log_every=3000)
     assert float((result.x - problem.info["x_star"]).norm()) <= 1e-6
-
-
-@pytest.mark.slow
-def test_batch_members_follow_their_lone_runs():
-    seeds = [0, 1, 2]
-    batch = solve_batch(quadratic, "pgdqp", seeds=seeds, max_iter=3000, log_every=3000, seed=0)
-    for s, member in zip(seeds, batch):
-        alone = solve(quadratic(s), "pgdqp", max_iter=3000, log_every=3000, seed=0, kkt="none")
-        assert float((member.x - alone.x).norm()) <= 1e-8
-        assert float((member.x - quadratic(s).info["x_star"]).norm()) <= 1e-6
 
 
 def duopoly(capacity: float, a: float = 12.0, b: float = 1.0, c: float = 2.0) -> BilevelProblem:
