@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from bilevel import PROBLEMS, solve
 from bilevel.core.flat_module import FlatModule
 from bilevel.problems import datasets
-from bilevel.problems.hyper_cleaning import Classifier, accuracy, hyper_cleaning, weighted_loss
+from bilevel.problems.hyper_cleaning import hyper_cleaning, weighted_loss
 
 
 def write_idx(path, array):

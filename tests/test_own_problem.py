@@ -1,7 +1,6 @@
 """A user's own problem: variables as dicts of parameters or modules, builders named by module
 path in the CLI and sweeps, saved answers, continued runs, checkpoints that know their data,
 and the hypergradient of the honest objective."""
-import json
 import sys
 import textwrap
 
@@ -11,7 +10,7 @@ from conftest import roundoff
 from torch.func import functional_call
 
 import bilevel
-from bilevel import PROBLEMS, BilevelProblem, Status, solve
+from bilevel import PROBLEMS, BilevelProblem, solve
 from bilevel.cli.main import main
 from bilevel.cli.store import read_answer, read_results
 from bilevel.core.flat_module import FlatModule

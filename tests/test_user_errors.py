@@ -7,7 +7,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import yaml

@@ -15,18 +15,8 @@ from ..core.linear import ConjugateGradient
 from ..core.oracles import Oracle
 from ..core.problem import BilevelProblem
 from ..core.state import Aux
-from .base import (
-    AdaptiveXState,
-    Solver,
-    as_float,
-    check_int,
-    check_positive,
-    curvature_in_y,
-    descend,
-    lower_diagnostics,
-    step_or,
-    x_step,
-)
+from .base import (AdaptiveXState, Solver, as_float, check_int, check_positive, curvature_in_y, descend,
+                   lower_diagnostics, step_or, x_step)
 
 
 @dataclass(frozen=True)

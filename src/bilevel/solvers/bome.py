@@ -10,19 +10,8 @@ from torch import Tensor
 from ..core.oracles import Oracle, inner
 from ..core.problem import BilevelProblem
 from ..core.state import Aux
-from .base import (
-    AdaptiveXState,
-    Solver,
-    capped,
-    check_choice,
-    check_int,
-    check_positive,
-    curvature_in_y,
-    descend,
-    lower_diagnostics,
-    step_or,
-    x_step,
-)
+from .base import (AdaptiveXState, Solver, capped, check_choice, check_int, check_positive, curvature_in_y, descend,
+                   lower_diagnostics, step_or, x_step)
 
 JOINT_STEP = 0.02   # the paper's joint step on y where neither step_size nor lower_step_size is given
 

@@ -11,17 +11,8 @@ from ..core import kkt
 from ..core.oracles import Oracle
 from ..core.problem import BilevelProblem
 from ..core.state import Aux
-from .base import (
-    AdaptiveXState,
-    Solver,
-    capped,
-    check_int,
-    check_positive,
-    curvature_in_y,
-    descend,
-    lower_diagnostics,
-    x_step,
-)
+from .base import (AdaptiveXState, Solver, capped, check_int, check_positive, curvature_in_y, descend,
+                   lower_diagnostics, x_step)
 
 
 @dataclass(frozen=True)

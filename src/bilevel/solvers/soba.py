@@ -11,19 +11,8 @@ from torch import Tensor
 from ..core.oracles import Oracle, inner
 from ..core.problem import BilevelProblem
 from ..core.state import Aux
-from .base import (
-    AdaptiveXState,
-    Solver,
-    as_float,
-    capped,
-    check_choice,
-    check_int,
-    check_positive,
-    curvature_in_y,
-    lower_diagnostics,
-    step_or,
-    x_step,
-)
+from .base import (AdaptiveXState, Solver, as_float, capped, check_choice, check_int, check_positive, curvature_in_y,
+                   lower_diagnostics, step_or, x_step)
 
 
 class Directions(NamedTuple):

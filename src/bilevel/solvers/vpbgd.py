@@ -10,18 +10,8 @@ from torch import Tensor
 from ..core.oracles import Oracle
 from ..core.problem import BilevelProblem
 from ..core.state import Aux
-from .base import (
-    AdaptiveXState,
-    Solver,
-    capped,
-    check_int,
-    check_positive,
-    curvature_in_y,
-    descend,
-    lower_diagnostics,
-    step_or,
-    x_step,
-)
+from .base import (AdaptiveXState, Solver, capped, check_int, check_positive, curvature_in_y, descend,
+                   lower_diagnostics, step_or, x_step)
 
 
 @dataclass(frozen=True)
