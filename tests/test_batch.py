@@ -45,14 +45,15 @@ def test_members_equal_runs_solved_alone(method, options):
 
 
 @pytest.mark.slow
-def test_pgdqp_default_members_follow_their_lone_runs():
-    """pgdqp's default (projected) schedule converges in its last iterate, so a member solved
+def test_pgdqp_projected_members_follow_their_lone_runs():
+    """pgdqp's projected schedule converges in its last iterate, so a member solved
     under torch.func.vmap and its lone run stay together to round-off and both reach x*
     (1000 iterations: each batched one runs its conjugate gradients to their full length)."""
     seeds = SEEDS[:2]
-    batch = solve_batch(quadratic, "pgdqp", seeds=seeds, max_iter=1000, log_every=1000, seed=0)
+    options = {"schedule": "projected"}
+    batch = solve_batch(quadratic, "pgdqp", seeds=seeds, max_iter=1000, log_every=1000, seed=0, options=options)
     for s, member in zip(seeds, batch):
-        alone = solve(quadratic(s), "pgdqp", max_iter=1000, log_every=1000, seed=0, kkt="none")
+        alone = solve(quadratic(s), "pgdqp", max_iter=1000, log_every=1000, seed=0, kkt="none", options=options)
         x_star = quadratic(s).info["x_star"]
         assert float((member.x - alone.x).norm()) <= 1e-8
         assert float((member.x - x_star).norm()) <= 1e-6

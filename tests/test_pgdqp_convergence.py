@@ -10,6 +10,7 @@ from scipy.optimize import minimize_scalar
 from bilevel import BilevelProblem, Status, solve
 
 D = torch.float64
+PROJECTED = {"schedule": "projected"}
 
 
 def quickstart() -> BilevelProblem:
@@ -42,7 +43,7 @@ def quadratic(seed: int, cond: float = 8.0) -> BilevelProblem:
 
 
 def test_quickstart_converges_in_its_last_iterate():
-    result = solve(quickstart(), "pgdqp", max_iter=2000, log_every=250)
+    result = solve(quickstart(), "pgdqp", max_iter=2000, log_every=250, options=PROJECTED)
     assert float((result.x - 1.5).abs().max()) <= 1e-6
     assert result.history["kkt_stationarity"][-1] <= 1e-8
     # no chattering: from the second logged row on, the residual stays at its floor
@@ -51,7 +52,7 @@ def test_quickstart_converges_in_its_last_iterate():
 
 @pytest.mark.parametrize("tol", [1e-4, 1e-8])
 def test_tol_stops_only_at_the_solution(tol):
-    result = solve(quickstart(), "pgdqp", max_iter=2000, tol=tol)
+    result = solve(quickstart(), "pgdqp", max_iter=2000, tol=tol, options=PROJECTED)
     assert result.status is Status.CONVERGED
     assert float((result.x - 1.5).abs().max()) <= 1e-4
 
@@ -60,7 +61,7 @@ def test_tol_stops_only_at_the_solution(tol):
 @pytest.mark.parametrize("seed, cond", [(0, 8.0), (1, 100.0), (2, 1000.0)])
 def test_strongly_convex_quadratic_reaches_closed_form(seed, cond):
     problem = quadratic(seed, cond)
-    result = solve(problem, "pgdqp", max_iter=3000, log_every=3000)
+    result = solve(problem, "pgdqp", max_iter=3000, log_every=3000, options=PROJECTED)
     assert float((result.x - problem.info["x_star"]).norm()) <= 1e-6
 
 
@@ -82,7 +83,7 @@ def test_box_constrained_duopoly_reaches_the_leaders_optimum(capacity):
     best_response = lambda x: min(capacity, max(0.0, (10.0 - x) / 2))  # noqa: E731
     reference = minimize_scalar(lambda x: -(10.0 - x - best_response(x)) * x, bounds=(0.0, 10.0),
                                 method="bounded", options={"xatol": 1e-10}).x
-    result = solve(duopoly(capacity), "pgdqp", max_iter=2000, log_every=2000)
+    result = solve(duopoly(capacity), "pgdqp", max_iter=2000, log_every=2000, options=PROJECTED)
     assert abs(float(result.x[0]) - reference) <= 1e-6
     assert abs(float(result.y[0]) - best_response(reference)) <= 1e-6
 
@@ -90,7 +91,7 @@ def test_box_constrained_duopoly_reaches_the_leaders_optimum(capacity):
 def test_the_step_solves_the_linearised_lower_level_condition():
     """One step from (x0, y0) on a quadratic with c = grad_y g linear: c(z + s) = c + J s = 0."""
     problem = quadratic(3)
-    result = solve(problem, "pgdqp", max_iter=1, log_every=1, options={"escape_every": 0})
+    result = solve(problem, "pgdqp", max_iter=1, log_every=1, options={**PROJECTED, "escape_every": 0})
     gen = torch.Generator().manual_seed(3)
     U, _ = torch.linalg.qr(torch.randn(5, 5, generator=gen, dtype=D))
     Q = U @ torch.diag(torch.logspace(0, torch.log10(torch.tensor(8.0)).item(), 5, dtype=D)) @ U.T

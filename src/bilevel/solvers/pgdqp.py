@@ -101,7 +101,7 @@ class PGDQP(Solver):
     (rho="warm", Theorem 4.5, after a warm start of y0 by gradient descent on g(x0, .)).
 
     Parameter schedules:
-        "projected" (default on full data): the QP of eq. 7 with its constraint on h = ||c||^2,
+        "projected": the QP of eq. 7 with its constraint on h = ||c||^2,
             c = grad_y g, replaced by the linearised condition c itself (a vector equality; where
             it holds, <grad h, s> = -2h, the paper's constraint with alpha rho = 2h):
 
@@ -125,7 +125,7 @@ class PGDQP(Solver):
             rho="warm": alpha = K^(-1/6), gamma = min(K^(-2/3), 1/L_f); K = max_iter and
             L_f, L_h estimated by power iteration with Hessian-vector products at the start
             unless given.
-        "diminishing" (practical, the default before "projected"): gamma_k = step_size / (1 + k / decay) with
+        "diminishing" (practical, the default): gamma_k = step_size / (1 + k / decay) with
             step_size = step_scale / L_f,k by default; alpha_k = feasibility / (gamma_k L_h,k),
             so that where the constraint is active the step is a projected gradient step on f
             plus a gradient step of fixed length feasibility / L_h,k on h; and heavy-ball
@@ -209,7 +209,10 @@ class PGDQP(Solver):
         step_size: gamma (the step on x; also on y unless lower_step_size). Default per schedule.
         alpha: the QP's margin alpha. Default per schedule.
         rho: "grad" or "warm". Default "grad".
-        schedule: "projected", "constant", "theorem" or "diminishing". Default "projected".
+        schedule: "diminishing", "projected", "constant" or "theorem". Default "diminishing"
+            ("projected" converges in its last iterate on the quadratics and the duopoly, but on
+            scikit-learn HPO it moves x less in 200 iterations, and its Armijo search and CG
+            threshold make runs differ between summation orders: data-parallel, dict layouts).
         lower_step_size: a separate step on y; the QP then uses the matching metric
             D = diag(I, lower_step_size / step_size), which keeps the constraint's
             guarantee. Default None (same step).
@@ -259,7 +262,7 @@ class PGDQP(Solver):
     step_size: float | None = None
     alpha: float | None = None
     rho: str = "grad"
-    schedule: str = "projected"
+    schedule: str = "diminishing"
     lower_step_size: float | None = None
     decay: float = 10.0
     feasibility: float = 0.5
@@ -290,7 +293,7 @@ class PGDQP(Solver):
     summary: ClassVar[str] = "perturbed gradient descent with a closed-form convex QP step (seed, Alg. 1)"
     cost: ClassVar[str] = "grad f, one double backward for grad h"
     diagnostics: ClassVar[tuple[str, ...]] = ("alpha", "lambda", "lower_step_size", "multiplier_norm", "step_size")
-    schedules: ClassVar[tuple[str, ...]] = ("projected", "constant", "theorem", "diminishing")
+    schedules: ClassVar[tuple[str, ...]] = ("diminishing", "projected", "constant", "theorem")
 
     def validate(self) -> None:
         check_choice(self, "rho", ("grad", "warm"))
