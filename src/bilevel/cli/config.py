@@ -9,6 +9,7 @@
     problems:
       coreset: {}                  # builder arguments; a list is a grid (dtype: float32 or float64)
       synthetic-sc: {dim: [10, 20]}
+      bolib/*: {}                  # a pattern (*, ?, [...]): every registered name it matches
     methods:
       pgdqp: {schedule: [constant, diminishing], step_size: 0.05}
       sgf: {}
@@ -23,6 +24,7 @@ runs will have (`run_columns()`, or a metric of one of the problems, or its veri
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import inspect
 import itertools
@@ -223,7 +225,8 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
         raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected >= 1)")
     if seeds == []:
         raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: [] (expected at least one seed)")
-    raw = {**raw, "problems": _numbers(raw["problems"]), "methods": _numbers(raw["methods"])}
+    raw = {**raw, "problems": _numbers(expand_problem_names(raw["problems"], source, lines)),
+           "methods": _numbers(raw["methods"])}
     _check_section(raw, "problems", PROBLEMS, "problem", "builder argument",
                    lambda name: [p for p in inspect.signature(_builder(name, source, lines)).parameters if p != "seed"],
                    source, lines)
@@ -369,6 +372,41 @@ def _check_section(raw: dict, section: str, registry: dict, what: str, entry: st
             if value == []:
                 raise ConfigError(f"Invalid value: {_where(source, lines, (section, name, key))}: [] (an empty "
                                   f"grid: expected a value or a list of at least one)")
+
+
+PATTERN_CHARACTERS = "*?["
+
+
+def expand_problem_names(problems: dict[str, Any], source: str = "<config>",
+                         lines: dict[tuple, int] | None = None) -> dict[str, Any]:
+    """The problems section with each pattern ("bolib/*", "quadratic/cond1?-*": fnmatch's *, ?
+    and [...]) replaced by the registered names it matches, in the registry's order, each with
+    the pattern's arguments. A pattern that matches nothing, or a name given twice (by two
+    patterns, or by a pattern and by name), is an error; `lines` gains the pattern's line for
+    each name it gave."""
+    lines = {} if lines is None else lines
+    out: dict[str, Any] = {}
+    given_by: dict[str, str] = {}
+    for key, args in problems.items():
+        key = str(key)
+        if ":" in key or not any(c in key for c in PATTERN_CHARACTERS):
+            names = [key]
+        else:
+            names = [n for n in PROBLEMS if fnmatch.fnmatchcase(n, key)]
+            if not names:
+                families = sorted({n.split("/")[0] + "/*" for n in PROBLEMS if "/" in n})
+                raise ConfigError(f"Invalid problem pattern: {_where(source, lines, ('problems', key))}: {key!r} "
+                                  f"matches no registered problem (patterns such as {', '.join(families)})")
+        for name in names:
+            if name in given_by:
+                raise ConfigError(f"Invalid problems: {_where(source, lines, ('problems', key))}: {name!r} is "
+                                  f"given twice (by {given_by[name]!r} and by {key!r})")
+            given_by[name] = key
+            out[name] = args
+            if name != key:
+                lines.update({("problems", name, *path[2:]): line for path, line in list(lines.items())
+                              if path[:2] == ("problems", key)})
+    return out
 
 
 def _builder(name: str, source: str, lines: dict[tuple, int]):

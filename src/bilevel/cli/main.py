@@ -376,16 +376,25 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.results:
         _check_results_file(args.results)
     frame = store.read_results(args.dir)
-    metrics = _metrics_list(args.metrics) or tables.default_metrics(frame)
-    _check_metrics(metrics, frame)
-    rows = tables.summary_table(frame, metrics, store.read_manifest(args.dir))
-    table = format_table(rows, ["problem", "method", "config", "runs"] + metrics + ["wall s / run"])
+    if args.by == "family":
+        rows, families = tables.family_table(frame, args.solved_if, store.read_manifest(args.dir))
+        table = format_table(rows, ["method", "config", *families, "all"])
+        what = (f"Runs meeting {args.solved_if} per method and problem family, of the finished runs "
+                f"(bilevel table --by family)." if args.solved_if != SOLVED_DEFAULT else
+                "Solved runs per method and problem family, by the problems' evaluate hook (score `solved`), "
+                "of the finished runs.")
+    else:
+        metrics = _metrics_list(args.metrics) or tables.default_metrics(frame)
+        _check_metrics(metrics, frame)
+        rows = tables.summary_table(frame, metrics, store.read_manifest(args.dir))
+        table = format_table(rows, ["problem", "method", "config", "runs"] + metrics + ["wall s / run"])
+        what = "Final values: mean ± standard deviation over seeds."
     print(table)
     if args.results:
         title = args.title or f"Results {args.dir}"
         text = "\n".join([f"## {title}", "", f"Command: `{command()}` (after the runs into {args.dir})  ",
-                          f"Machine: {machine()}  ", "Final values: mean ± standard deviation over seeds.", "", table])
-        update_section(args.results, f"table {args.dir}", text)
+                          f"Machine: {machine()}  ", what, "", table])
+        update_section(args.results, f"table {args.dir}" + (" by family" if args.by == "family" else ""), text)
         print(f"wrote a section of {args.results}")
     return 0
 
@@ -396,6 +405,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 # ----- argument parsing ---------------------------------------------------------------------
+SOLVED_DEFAULT = "solved>=1"
 LOG_DIR_HELP = ("write each run's rows live, as they are logged, to DIR/<run_id>.jsonl (and TensorBoard events "
                 "to DIR/<run_id>/ where tensorboard is installed)")
 
@@ -485,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default=None, help="comma-separated columns (default: the problem's)")
     p.add_argument("--results", default=None, help="also write the table as a section of this Markdown file")
     p.add_argument("--title", default=None, help="the section's title (with --results)")
+    p.add_argument("--by", default="run", choices=["run", "family"],
+                   help="run: final values per problem, method and configuration (default); family: solved "
+                        "runs per method and problem family (bolib, quadratic, ... for suite problems)")
+    p.add_argument("--solved-if", default=SOLVED_DEFAULT, metavar="METRIC<=VALUE",
+                   help="with --by family: what counts as solved (default solved>=1, the suite problems' "
+                        "score; e.g. x_error<=0.05)")
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("data", help="fetch a data set that needs a download: the full MNIST")

@@ -1,9 +1,11 @@
-"""Tables of results: each run's final row, the best configuration per method, and the summary
-of final values (mean and standard deviation over seeds) that `bilevel table`, `compare` and
-`sweep` print."""
+"""Tables of results: each run's final row, the best configuration per method, the summary of
+final values (mean and standard deviation over seeds) that `bilevel table`, `compare` and
+`sweep` print, and the solved counts per problem family (`bilevel table --by family`)."""
 from __future__ import annotations
 
 import json
+import operator
+import re
 from typing import Any
 
 import numpy as np
@@ -12,28 +14,32 @@ import pandas as pd
 from ..problems import PROBLEMS, metric_directions
 
 # what every run has, shown after the problem's own metrics: the upper value at the re-solved
-# lower level (verified_f), the iterate's f and h
+# lower level (verified_f), then the iterate's f and h
 GENERIC_METRICS = ["verified_f", "f", "h"]
 
 
 def default_metrics(frame: pd.DataFrame, count: int = 4) -> list[str]:
-    """The problems' scores and metrics where they have them, else f and h.
+    """The columns a table or plot shows by default, verified values first.
 
-    Of a registered problem, the scores of its evaluate hook and the metrics its spec declares,
-    in the declared order; of a user's problem, the verified twin `verified_m` of each metric m
-    (the metric at the re-solved lower level, the honest one); then verified_f, f and h.
+    The scores of the registered problems' evaluate hooks; then the verified twin `verified_m`
+    (the metric at the re-solved lower level) of each metric m the problems declare, and of a
+    user's own metrics; then verified_f; then the iterate's values: the declared metrics that
+    have no verified twin, f and h.
     """
     present = [c for c in frame.columns if frame[c].notna().any()]
+    scores: list[str] = []
     declared: list[str] = []
     for name in frame["problem"].unique() if "problem" in frame else ():
         spec = PROBLEMS.get(name)
         if spec is not None:
-            declared += [m for m in (*spec.scores, *spec.metrics) if m in present and m not in declared]
+            scores += [m for m in spec.scores if m in present and m not in scores]
+            declared += [m for m in spec.metrics if m in present and m not in declared and m not in scores]
     known = set(metric_directions())
-    own = [f"verified_{m}" for m in present
-           if f"verified_{m}" in present and m not in known and m != "f"]
+    own = [m for m in present if f"verified_{m}" in present and m not in known and m != "f"]
+    verified = [f"verified_{m}" for m in declared + own if f"verified_{m}" in present]
+    iterate = [m for m in declared if f"verified_{m}" not in present]
     generic = [m for m in GENERIC_METRICS if m in present]
-    return (declared + own + generic)[:count]
+    return list(dict.fromkeys(scores + verified + generic[:1] + iterate + generic[1:]))[:count]
 
 
 def final_rows(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -57,22 +63,30 @@ def best_mode(metric: str, mode: str | None = None) -> str:
     return mode
 
 
-def select_best(frame: pd.DataFrame, metric: str, mode: str | None = None) -> pd.DataFrame:
+COST_COLUMNS = ("oracle_calls", "time")
+
+
+def select_best(frame: pd.DataFrame, metric: str, mode: str | None = None, rtol: float = 1e-9) -> pd.DataFrame:
     """Per (problem, method), keep the runs of the hyperparameter configuration whose final
-    `metric`, as a median over seeds, is best (max for accuracy-like metrics unless mode says)."""
+    `metric`, as a median over seeds, is best (max for accuracy-like metrics unless mode says).
+    Configurations within `rtol` (relative) of the best tie; of those, the cheaper one is
+    kept: fewer oracle calls, then less time (medians of the final rows)."""
     if metric not in frame.columns:
         raise ValueError(f"Invalid metric: {metric!r} (columns present: {', '.join(sorted(frame.columns))})")
     mode = best_mode(metric, mode)
     keys = ["problem", "problem_args", "method"]
     last = final_rows(frame, ["run_id"])
-    scores = last.groupby(keys + ["config"], dropna=False)[metric].median().reset_index()
+    costs = [c for c in COST_COLUMNS if c in last]
+    scores = last.groupby(keys + ["config"], dropna=False)[[metric, *costs]].median().reset_index()
     chosen = []
     for _, group in scores.groupby(keys, dropna=False):
         valid = group.dropna(subset=[metric])
         if valid.empty:          # the metric is not defined for this problem: keep every configuration
             chosen.append(group)
-        else:
-            chosen.append(valid.loc[[valid[metric].idxmax() if mode == "max" else valid[metric].idxmin()]])
+            continue
+        best = valid[metric].max() if mode == "max" else valid[metric].min()
+        ties = valid[np.isclose(valid[metric], best, rtol=rtol, atol=0.0) | (valid[metric] == best)]
+        chosen.append(ties.sort_values(costs, kind="stable", na_position="last").head(1) if costs else ties.head(1))
     best = pd.concat(chosen)
     return frame.merge(best[keys + ["config"]], on=keys + ["config"])
 
@@ -147,3 +161,77 @@ def configs_of(frame: pd.DataFrame, selected_from: pd.DataFrame | None = None, m
         elif text:
             out[str(method)] = text
     return out
+
+
+def family(problem: str) -> str:
+    """The family of a problem name: 'bolib' for 'bolib/FalkLiu1995' (the part before the first
+    '/'), the name itself for a problem outside the suite."""
+    return problem.split("/", 1)[0]
+
+
+_CONDITION = re.compile(r"^\s*(?P<metric>[\w.-]+)\s*(?P<op><=|>=|<|>|==)\s*(?P<value>\S+)\s*$")
+_OPERATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
+
+
+def solved_rule(text: str = "solved>=1") -> tuple[str, Any]:
+    """'x_error<=0.05' -> ('x_error', run final row -> bool); the default counts the score
+    `solved` of the suite problems' evaluate hook. Errors name --solved-if and echo the text."""
+    match = _CONDITION.match(text)
+    try:
+        value = float(match.group("value")) if match else None
+    except ValueError:
+        value = None
+    if value is None:
+        raise ValueError(f"Invalid --solved-if: {text!r} (expected METRIC<=NUMBER or METRIC>=NUMBER, "
+                         f"e.g. x_error<=0.05)")
+    compare = _OPERATORS[match.group("op")]
+    return match.group("metric"), lambda v: bool(np.isfinite(v) and compare(v, value))
+
+
+def family_table(frame: pd.DataFrame, rule: str = "solved>=1",
+                 manifest: list[dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Solved runs per (method, configuration) and problem family: 'solved/total', the runs
+    whose final row meets `rule` (`solved_rule`) over the finished runs, with how many ran away
+    or diverged, and how many failed (the manifest's last record of a run says failed); a
+    column 'all' sums the families. Returns the rows and the family columns."""
+    metric, ok = solved_rule(rule)
+    if metric not in frame.columns:
+        raise ValueError(f"Invalid --solved-if: {rule!r} ({metric!r} is not a column of these results; "
+                         f"the suite problems' evaluate hook stores solved, F_error and x_error)")
+    last = final_rows(frame, ["run_id"]).assign(family=lambda d: d["problem"].map(family))
+    families = list(dict.fromkeys(last["family"]))
+    failed: dict[tuple[str, str, str], int] = {}
+    latest = {r["run_id"]: r for r in manifest or [] if "run_id" in r}
+    for record in latest.values():
+        if record.get("status") == "failed" and "method" in record:
+            options = dict(record.get("options") or {})
+            if record.get("batch_size") is not None:
+                options["batch_size"] = record["batch_size"]
+            if record.get("oracle", "autograd") != "autograd":
+                options["oracle"] = record["oracle"]
+            key = (record["method"], json.dumps(options, sort_keys=True, default=str), family(record["problem"]))
+            failed[key] = failed.get(key, 0) + 1
+            if key[2] not in families:
+                families.append(key[2])
+    groups = {k: sub for k, sub in last.groupby(["method", "config"], sort=True, dropna=False)}
+    for method, config, _ in failed:
+        groups.setdefault((method, config), last.iloc[0:0])
+    rows = []
+    for (method, config), sub in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
+        row: dict[str, Any] = {"method": method, "config": config}
+        totals = [0, 0]
+        for fam in families:
+            runs = sub[sub["family"] == fam]
+            lost = failed.get((method, config, fam), 0)
+            if runs.empty and not lost:
+                continue
+            solved = int(sum(ok(float(v)) for v in runs[metric]))
+            notes = [f"{int((runs['status'] == s).sum())} {w}" for s, w in (("RUNAWAY", "ran away"),
+                                                                            ("DIVERGED", "diverged"))
+                     if (runs["status"] == s).any()] + ([f"{lost} failed"] if lost else [])
+            row[fam] = f"{solved}/{len(runs) + lost}" + (f" ({', '.join(notes)})" if notes else "")
+            totals[0] += solved
+            totals[1] += len(runs) + lost
+        row["all"] = f"{totals[0]}/{totals[1]}"
+        rows.append(row)
+    return rows, families
