@@ -127,10 +127,14 @@ def main() -> None:
                "tol=1e-4: iter": t.n_iter, "tol=1e-4: |x-x*|": float((t.x - 1.5).abs().max()),
                "duopoly |x-5|": abs(float(d.x[0]) - 5.0), "batch vs lone @3000": apart}
         if args.quadratics:
-            from robustness_suite import run
-            from bilevel.problems.bolib import SUITE
+            from bilevel.problems.bolib import SUITE, success
+
+            def solved(name: str) -> bool:
+                problem = SUITE[name]()
+                r = bilevel.solve(problem, "pgdqp", max_iter=5000, log_every=5000, kkt="none", seed=0, options=opts)
+                return success(problem, r.x, r.y)["success"]
             names = [k for k in SUITE if k.startswith("quadratic/")]
-            row["suite quadratics solved @5000"] = f"{sum(bool(run(n, 'pgdqp', 5000, opts)['success']) for n in names)}/{len(names)}"
+            row["suite quadratics solved @5000"] = f"{sum(solved(n) for n in names)}/{len(names)}"
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
         print(row, flush=True)

@@ -193,7 +193,8 @@ def family_table(frame: pd.DataFrame, rule: str = "solved>=1",
     """Solved runs per (method, configuration) and problem family: 'solved/total', the runs
     whose final row meets `rule` (`solved_rule`) over the finished runs, with how many ran away
     or diverged, and how many failed (the manifest's last record of a run says failed); a
-    column 'all' sums the families. Returns the rows and the family columns."""
+    column 'all' sums the families. Returns the rows and the family columns (the suite's
+    families in the registry's order, then the other problems')."""
     metric, ok = solved_rule(rule)
     if metric not in frame.columns:
         raise ValueError(f"Invalid --solved-if: {rule!r} ({metric!r} is not a column of these results; "
@@ -213,6 +214,10 @@ def family_table(frame: pd.DataFrame, rule: str = "solved>=1",
             failed[key] = failed.get(key, 0) + 1
             if key[2] not in families:
                 families.append(key[2])
+    first: dict[str, int] = {}
+    for name in sorted(PROBLEMS, key=lambda n: "/" not in n):     # the suite's families first
+        first.setdefault(family(name), len(first))
+    families.sort(key=lambda f: (first.get(f, len(first)), f))
     groups = {k: sub for k, sub in last.groupby(["method", "config"], sort=True, dropna=False)}
     for method, config, _ in failed:
         groups.setdefault((method, config), last.iloc[0:0])
