@@ -143,7 +143,7 @@ def test_a_builder_named_by_module_path_runs_sweeps_and_plots(user_module, tmp_p
     assert main(["table", str(tmp_path / "sw"), "--metrics", "f,verified_f"]) == 0
     assert f"| {user_module} {{\"scale\": 3.0}} | sgf |" in capsys.readouterr().out
     assert main(["plot", str(tmp_path / "sw"), "--metric", "f", "--x", "time", "--out", str(tmp_path / "png")]) == 0
-    assert len(list((tmp_path / "png").glob("plot_users_problems_build*_f_time.png"))) == 2
+    assert len(list((tmp_path / "png").glob("plot_users_problems-build_scale=*_f_time.png"))) == 2
 
 
 @pytest.mark.parametrize("name, message", [

@@ -173,3 +173,70 @@ def test_files_honour_the_umask(tmp_path, umask, mode, capsys):
     for path in (run / "history.parquet", run / "summary.json", out / "plot_quadratic_f_iter.png",
                  tmp_path / "logs" / f"{run.name}.jsonl"):
         assert stat.S_IMODE(path.stat().st_mode) == mode, path
+
+
+# ----- honest first: verified values lead, residuals on log axes, plain tick labels, ties to the cheaper ---------
+def test_residuals_are_drawn_on_log_axes_even_with_zeros_and_f_is_labelled_as_the_iterates():
+    import matplotlib.pyplot as plt
+    frame = frame_of({"a": ([0, 10, 20], [1.0, 1e-3, 0.0]), "b": ([0, 10, 20], [2.0, 0.5, 0.4])}, x="iter",
+                     metric="h", method="m")
+    frame["kkt_stationarity"] = frame["h"]
+    frame["f"] = [3.0, 2.0, 1.0, 3.0, 2.5, 2.0]
+    fig = figure(frame, ["h", "kkt_stationarity", "f"])
+    try:
+        h, kkt, f = fig.axes[:3]
+        assert (h.get_yscale(), kkt.get_yscale(), f.get_yscale()) == ("log", "log", "linear")
+        assert f.get_ylabel() == "f at the iterate" and h.get_ylabel() == "h"
+    finally:
+        plt.close(fig)
+
+
+def test_tick_labels_carry_no_offset():
+    import matplotlib.pyplot as plt
+    frame = frame_of({"a": ([0, 10, 20], [-15.99, -15.995, -15.998])}, x="iter", metric="verified_f", method="m")
+    fig = figure(frame, ["verified_f"])
+    try:
+        fig.canvas.draw()
+        formatter = fig.axes[0].yaxis.get_major_formatter()
+        assert formatter.get_offset() == ""
+        assert all(float(t.get_text().replace("\u2212", "-")) < -15.9 for t in fig.axes[0].get_yticklabels()
+                   if t.get_text())
+    finally:
+        plt.close(fig)
+
+
+def test_a_tie_between_configurations_goes_to_the_cheaper_one():
+    rows = []
+    for run_id, config, calls, seconds in (("a", '{"inner_steps": 50}', 900.0, 2.0), ("b", '{"inner_steps": 5}', 100.0, 3.0),
+                                           ("c", '{"inner_steps": 9}', 100.0, 1.0), ("d", '{"inner_steps": 1}', 10.0, 0.1)):
+        rows.append({"run_id": run_id, "iter": 10, "problem": "p", "problem_args": "{}", "method": "m",
+                     "config": config, "f": 0.5 if run_id != "d" else 0.6, "oracle_calls": calls, "time": seconds})
+    frame = pd.DataFrame(rows)
+    chosen = tables.select_best(frame, "f")
+    assert chosen["config"].tolist() == ['{"inner_steps": 9}']         # f ties at 0.5; fewest calls, then less time
+    frame.loc[frame["run_id"] == "c", "f"] = 0.5 * (1 + 1e-6)            # no longer a tie: the best value wins
+    assert tables.select_best(frame, "f")["config"].tolist() == ['{"inner_steps": 5}']
+
+
+def test_default_columns_lead_with_the_verified_values():
+    frame = pd.DataFrame({"run_id": ["a"], "iter": [5], "problem": ["coreset"], "upper_objective": [0.1],
+                          "verified_upper_objective": [0.3], "distance_to_lower": [0.2], "f": [0.1],
+                          "verified_f": [0.3], "h": [0.01]})
+    assert tables.default_metrics(frame, count=6) == ["verified_upper_objective", "verified_f", "distance_to_lower",
+                                                      "f", "h"]
+    table = cli.format_table([{"method": "m", "f": 0.1, "verified_f": 0.3}], ["method", "verified_f", "f"])
+    assert table.splitlines()[0] == "| method | verified_f | f at the iterate |"
+
+
+def test_figure_names_are_short_readable_and_tell_builder_arguments_apart(tmp_path):
+    from bilevel.cli.plot import MAX_NAME, figure_name
+    assert figure_name("plot", "stackelberg:build", ["f"], "iter", problem_args='{"K": 2.0, "x0": 1.0}') == \
+        "plot_stackelberg-build_K=2_x0=1_f_iter.png"
+    assert figure_name("compare", "bolib/FalkLiu1995", ["solved", "F_error"], "time") == \
+        "compare_bolib-FalkLiu1995_solved-F_error_time.png"
+    names = {figure_name("plot", "quadratic", ["f"], "iter", problem_args={"cond": c}) for c in (1.0, 1.5, 10.0)}
+    assert names == {"plot_quadratic_cond=1_f_iter.png", "plot_quadratic_cond=1.5_f_iter.png",
+                     "plot_quadratic_cond=10_f_iter.png"}
+    long = [figure_name("plot", "quadratic", ["distance_to_solution"] * 9, "iter", problem_args={"cond": c})
+            for c in (1.0, 2.0)]
+    assert len(set(long)) == 2 and all(len(n) <= MAX_NAME + 4 for n in long)

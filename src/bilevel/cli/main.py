@@ -298,7 +298,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _check_metrics(metrics, frame, out)
     references = store.read_references(out, frame)
     title = frame["title"].iloc[0]
-    png = plot_metrics(frame, metrics, out / figure_name("compare", args.problem, metrics, args.x), x=args.x,
+    png = plot_metrics(frame, metrics, out / figure_name("compare", args.problem, metrics, args.x,
+                                                         problem_args=problem_args), x=args.x,
                        title=title, reference_lines=references.get(title), configs=tables.configs_of(frame))
     rows = tables.summary_table(frame, ["iter"] + metrics, store.read_manifest(out), by_config=False)
     print(format_table(rows, ["method", "runs", "iter"] + metrics + ["wall s / run"]))
@@ -347,7 +348,7 @@ def _plot_dir(frame, out: str, metrics: list[str], x: str, select_by: str | None
     before = dict(iter(candidates.groupby(keys)))
     paths = []
     for (title, problem, args), sub in frame.groupby(keys):
-        name = figure_name("plot", problem + ("" if args == "{}" else args), metrics, x, logx)
+        name = figure_name("plot", problem, metrics, x, logx, problem_args=args)
         paths.append(plot_metrics(sub, metrics, Path(target or out) / name, x=x, logx=logx, title=title,
                                   reference_lines=references.get(title),
                                   configs=tables.configs_of(sub, before[(title, problem, args)], select_by, mode)))

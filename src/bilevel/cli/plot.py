@@ -1,6 +1,8 @@
 """Plots: median and a quantile band over seeds, per method, against iterations, time or oracle calls."""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -8,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.files import atomic_write
+from .report import LABELS
 
 X_AXES = {"iter": "iteration", "time": "time (s)", "oracle_calls": "oracle calls"}
 # beyond this magnitude a value (a diverging run's last finite iterates, e.g. 7e306) cannot be
@@ -22,13 +25,56 @@ def drawable(values: pd.Series) -> pd.Series:
         return values.where(np.isfinite(values) & (values.abs() <= DRAWABLE))
 
 
-def figure_name(prefix: str, problem: str, metrics: Sequence[str], x: str, logx: bool = False) -> str:
-    """'plot_coreset_upper_objective-h_time.png': the problem (with its arguments), the metrics
-    and the x axis (and '_logx'), so that figures of other metrics or axes never overwrite it;
-    characters other than letters, digits, '-' and '_' become '_'."""
-    def safe(text: str) -> str:
-        return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
-    return f"{prefix}_{safe(problem)}_{safe('-'.join(metrics))}_{x}{'_logx' if logx else ''}.png"
+# nonnegative residuals, drawn on a log axis whenever they have a positive value
+RESIDUALS = {"h", "lower_gap", "y_distance", "upper_relative", "delta_norm", "hypergradient_norm"}
+RESIDUAL_PREFIXES = ("kkt_", "distance_")
+RESIDUAL_SUFFIXES = ("_gap", "_error", "_residual", "_distance")
+MAX_NAME = 120
+
+
+def is_residual(metric: str) -> bool:
+    """Whether a column is by name a nonnegative residual (h, KKT residuals, gaps, distances,
+    errors; its verified_ twin too): drawn on a log axis where its values are >= 0."""
+    name = metric.removeprefix("verified_")
+    return name in RESIDUALS or name.startswith(RESIDUAL_PREFIXES) or name.endswith(RESIDUAL_SUFFIXES)
+
+
+def axis_label(metric: str) -> str:
+    """The axis label of a column: 'f at the iterate' for f (`report.LABELS`), the name otherwise."""
+    return LABELS.get(metric, metric)
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_=." else "_" for c in text).strip("_.")
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if isinstance(value, (list, tuple)):
+        return "-".join(_value(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def problem_slug(problem: str, problem_args: str | dict[str, Any] | None = None) -> str:
+    """'stackelberg-build_K=2_x0=1' for problem 'stackelberg:build' with {"K": 2.0, "x0": 1.0}:
+    the problem ('/' and the ':' of a module path as '-'), then each builder argument as
+    key=value, whole floats without '.0'; only letters, digits and '-_=.' are kept."""
+    args = json.loads(problem_args) if isinstance(problem_args, str) else dict(problem_args or {})
+    name = problem.replace("/", "-").replace(":", "-")
+    return "_".join([_safe(name), *(_safe(f"{k}={_value(v)}") for k, v in sorted(args.items()))])
+
+
+def figure_name(prefix: str, problem: str, metrics: Sequence[str], x: str, logx: bool = False,
+                problem_args: str | dict[str, Any] | None = None) -> str:
+    """'plot_coreset_upper_objective-h_time.png', 'plot_stackelberg-build_K=2_x0=1_f_iter.png':
+    the problem and its arguments (`problem_slug`), the metrics and the x axis (and '_logx'),
+    so that figures of other problems, metrics or axes never overwrite it. A name longer than
+    MAX_NAME characters keeps its start and ends in a hash of the whole."""
+    name = f"{prefix}_{problem_slug(problem, problem_args)}_{_safe('-'.join(metrics))}_{x}{'_logx' if logx else ''}"
+    if len(name) > MAX_NAME:
+        name = f"{name[:MAX_NAME - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name + ".png"
 
 
 def band(frame: pd.DataFrame, x: str, metric: str, quantiles: tuple[float, float] = (0.25, 0.75),
@@ -84,6 +130,7 @@ def figure(frame: pd.DataFrame, metrics: Sequence[str], *, x: str = "iter", grou
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     if x not in X_AXES:
         raise ValueError(f"Invalid x: {x!r} (expected one of {', '.join(X_AXES)})")
@@ -101,7 +148,12 @@ def figure(frame: pd.DataFrame, metrics: Sequence[str], *, x: str = "iter", grou
     handles: dict[Any, Any] = {}
     for ax, metric in zip(axes.flat, metrics):
         col = frame[metric].dropna()
-        use_log = logy if logy is not None else bool(len(col) and (col > 0).all() and col.max() > 100 * col.min())
+        if logy is not None:
+            use_log = logy
+        elif is_residual(metric) and len(col) and (col >= 0).all():
+            use_log = bool((col > 0).any())
+        else:
+            use_log = bool(len(col) and (col > 0).all() and col.max() > 100 * col.min())
         undrawn, points, curves = [], [], 0
         for name, sub in frame.groupby(group, sort=True):
             data = sub.dropna(subset=[metric])
@@ -140,8 +192,12 @@ def figure(frame: pd.DataFrame, metrics: Sequence[str], *, x: str = "iter", grou
             ax.set_xticks(sorted(set(points)))
             ax.set_xlim(0.9 * min(points), 1.1 * max(points))
         ax.set_xlabel(X_AXES[x])
-        ax.set_ylabel(metric)
+        ax.set_ylabel(axis_label(metric))
         ax.grid(alpha=0.3)
+        for axis in (ax.xaxis, ax.yaxis):      # tick labels show the values themselves, never an offset
+            formatter = axis.get_major_formatter()
+            if isinstance(formatter, matplotlib.ticker.ScalarFormatter):
+                formatter.set_useOffset(False)
     handles = [handles[name] for name in colors if name in handles]
     labels = [h.get_label() for h in handles]
     if title:
@@ -186,8 +242,10 @@ def plot_metrics(frame: pd.DataFrame, metrics: Sequence[str], path: str | Path, 
         metrics: the columns to plot, one panel each.
         path: the PNG to write.
         x: "iter", "time" or "oracle_calls".
-        logy: log scale on y, with geometric interpolation; default: when a metric is positive
-            and spans > 2 decades.
+        logy: log scale on y, with geometric interpolation; default: for a nonnegative residual
+            (`is_residual`: h, KKT residuals, gaps, distances) with a positive value, and for
+            any metric that is positive and spans > 2 decades. Values <= 0 are not drawn on a
+            log axis.
         logx: log scale on x, interpolated in log x (rows at x <= 0, such as iteration 0, are
             left out). Default False.
         reference_lines: metric -> {label: value}, drawn as dashed horizontal lines.

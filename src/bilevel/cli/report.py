@@ -36,12 +36,17 @@ def update_section(path: str | Path, key: str, markdown: str) -> Path:
     return path
 
 
+# a column's name in headers and on axes where the name alone reads as more than it is: f is the
+# upper value at the iterate's y, not at the lower level's solution (that is verified_f)
+LABELS = {"f": "f at the iterate"}
+
+
 def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A Markdown table of rows (floats to 4 significant digits)."""
+    """A Markdown table of rows (floats to 4 significant digits); headers as `LABELS` names them."""
     def cell(v: Any) -> str:
         if isinstance(v, float):
             return "nan" if math.isnan(v) else f"{v:.4g}"
         return str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(LABELS.get(c, c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
