@@ -10,6 +10,10 @@
       coreset: {}                  # builder arguments; a list is a grid (dtype: float32 or float64)
       synthetic-sc: {dim: [10, 20]}
       bolib/*: {}                  # a pattern (*, ?, [...]): every registered name it matches
+      quadratic: {cond: 100, max_iter: 20000}   # max_iter, log_every: this problem's own
+    cases:                         # optional: explicit runs instead of a grid (each with every method)
+      - {problem: feature-weight-decay, args: {dataset: wine}, seed: 3, max_iter: 2000}
+      - {problem: ring}            # args {}, seed 0, the config's max_iter and log_every
     methods:
       pgdqp: {schedule: [constant, diminishing], step_size: 0.05}
       sgf: {}
@@ -18,8 +22,9 @@
     oracle: func                   # optional: the derivative back-end, autograd (default), func or compiled
     plot: {metrics: [upper_objective], x: iter}
 
-Everything is checked before the first run, plot metrics included: each must be a column the
-runs will have (`run_columns()`, or a metric of one of the problems, or its verified_ value).
+A config needs `problems`, `cases` or both (the runs of the grid, then the cases), and
+`max_iter` unless every problem and case gives its own. Everything is checked before the
+first run, plot metrics included: each must be a column the runs will have (`run_columns()`, or a metric of one of the problems, or its verified_ value).
 """
 from __future__ import annotations
 
@@ -48,9 +53,12 @@ from .store import VERIFIED_COLUMNS
 
 TOP_KEYS = {"name": str, "max_iter": int, "log_every": int, "seeds": (int, list), "kkt": str, "tol": (int, float),
             "problems": dict, "methods": dict, "plot": dict, "description": str, "batch_size": int,
-            "oracle": str}
+            "oracle": str, "cases": list}
 PLOT_KEYS = {"metrics": list, "x": str}
-REQUIRED = ("max_iter", "problems", "methods")
+REQUIRED = ("methods",)
+# a problem's or a case's own run settings (not builder arguments), and a case's keys
+RUN_KEYS = ("max_iter", "log_every")
+CASE_KEYS = {"problem": str, "args": dict, "seed": int, "max_iter": int, "log_every": int}
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
@@ -102,20 +110,25 @@ class RunSpec:
 
 # ----- reading and checking a config ---------------------------------------------------------
 def _lines(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
-    """Key path -> line number (1-based) for every mapping key in a composed YAML document."""
+    """Key path -> line number (1-based) for every mapping key and sequence item (its index in
+    the path) in a composed YAML document."""
     out: dict[tuple, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             p = path + (key.value,)
             out[p] = key.start_mark.line + 1
             out.update(_lines(value, p))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (i,)] = item.start_mark.line + 1
+            out.update(_lines(item, path + (i,)))
     return out
 
 
 def _where(source: str, lines: dict[tuple, int], path: tuple) -> str:
     line = lines.get(path)
-    key = ".".join(map(str, path)) or "(top level)"
-    return f"{source}: {key}" + (f" (line {line})" if line else "")
+    key = "".join(f"[{p}]" if isinstance(p, int) else f"{'.' if i else ''}{p}" for i, p in enumerate(path))
+    return f"{source}: {key or '(top level)'}" + (f" (line {line})" if line else "")
 
 
 def problem_kwargs(args: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +217,8 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
     for key in REQUIRED:
         if key not in raw:
             raise ConfigError(f"Invalid config: {source}: missing key {key!r}")
+    if "problems" not in raw and "cases" not in raw:
+        raise ConfigError(f"Invalid config: {source}: missing key 'problems' (or 'cases': the runs to make)")
     if raw.get("kkt", "method") not in KKT_MODES:
         raise ConfigError(f"Invalid value: {_where(source, lines, ('kkt',))}: {raw['kkt']!r} "
                           f"(expected one of {', '.join(KKT_MODES)}){suggest(raw['kkt'], KKT_MODES)}")
@@ -225,11 +240,23 @@ def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | N
         raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected >= 1)")
     if seeds == []:
         raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: [] (expected at least one seed)")
-    raw = {**raw, "problems": _numbers(expand_problem_names(raw["problems"], source, lines)),
+    raw = {**raw, "problems": _numbers(expand_problem_names(raw.get("problems", {}), source, lines)),
            "methods": _numbers(raw["methods"])}
     _check_section(raw, "problems", PROBLEMS, "problem", "builder argument",
-                   lambda name: [p for p in inspect.signature(_builder(name, source, lines)).parameters if p != "seed"],
-                   source, lines)
+                   lambda name: [*(p for p in inspect.signature(_builder(name, source, lines)).parameters
+                                   if p != "seed"), *RUN_KEYS], source, lines)
+    for name, args in raw["problems"].items():
+        for key in RUN_KEYS:
+            if key in (args or {}):
+                _check_count(args[key], _where(source, lines, ("problems", name, key)), "one per problem")
+    if "cases" in raw:
+        raw["cases"] = _check_cases(raw["cases"], source, lines)
+    if "max_iter" not in raw:
+        missing = [f"problems.{n}" for n, a in raw["problems"].items() if "max_iter" not in (a or {})] + \
+            [f"cases[{i}]" for i, c in enumerate(raw.get("cases", [])) if "max_iter" not in c]
+        if missing:
+            raise ConfigError(f"Invalid config: {source}: missing key 'max_iter' (needed by {', '.join(missing[:3])}"
+                              f"{', ...' if len(missing) > 3 else ''}: give it at the top level or to each)")
     _check_section(raw, "methods", SOLVERS, "solver", "hyperparameter",
                    lambda name: (*SOLVERS[name].options(), "batch_size"), source, lines)
     for name, args in raw["problems"].items():
@@ -325,8 +352,10 @@ def _check_plot_metrics(raw: dict[str, Any], metrics: list[str], where: str) -> 
         return
     seeds = raw.get("seeds", 1)
     columns = set(run_columns())
-    for name, args in raw["problems"].items():
-        names = problem_metric_names(name, _grid(args)[0], 0 if isinstance(seeds, int) else seeds[0])
+    first = [(name, _grid(_builder_args(args))[0], 0 if isinstance(seeds, int) else seeds[0])
+             for name, args in raw["problems"].items()]
+    for name, args, seed in first + [(c["problem"], c["args"], c["seed"]) for c in raw.get("cases", [])]:
+        names = problem_metric_names(name, args, seed)
         if names is None:
             return
         columns.update(names + [f"verified_{n}" for n in names])
@@ -334,6 +363,77 @@ def _check_plot_metrics(raw: dict[str, Any], metrics: list[str], where: str) -> 
         if metric not in columns:
             raise ConfigError(f"Invalid metric: {where}: {metric!r} is not a column the runs will have "
                               f"(expected one of {', '.join(sorted(columns))}){suggest(metric, columns)}")
+
+
+def _check_count(value: Any, where: str, note: str = "") -> int:
+    """A count such as max_iter: a whole number >= 1 (a list, a grid, is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"Invalid value: {where}: {value!r} (expected a whole number >= 1{', ' + note if note else ''})")
+    return value
+
+
+def _check_cases(cases: list[Any], source: str, lines: dict[tuple, int]) -> list[dict[str, Any]]:
+    """Each case is {problem: NAME, args: {...}, seed: N, max_iter: K, log_every: L} (only problem
+    required; args default {}, seed 0): a registered name or package.module:function, builder
+    arguments with one value each, and no case given twice. Returns the cases with the defaults."""
+    if not cases:
+        raise ConfigError(f"Invalid value: {_where(source, lines, ('cases',))}: [] (expected at least one case, "
+                          f"e.g. - {{problem: ring, seed: 0}})")
+    out, seen = [], {}
+    for i, case in enumerate(cases):
+        where = _where(source, lines, ("cases", i))
+        if not isinstance(case, dict):
+            raise ConfigError(f"Invalid value: {where}: {case!r} (expected a mapping such as "
+                              f"{{problem: quadratic, args: {{cond: 10}}, seed: 3}})")
+        for key, value in case.items():
+            at = _where(source, lines, ("cases", i, key))
+            if key not in CASE_KEYS:
+                raise ConfigError(f"Invalid key: {at}: unknown key {key!r} (expected {', '.join(CASE_KEYS)})"
+                                  f"{suggest(key, CASE_KEYS)}")
+            if not isinstance(value, CASE_KEYS[key]) or (CASE_KEYS[key] is int and isinstance(value, bool)):
+                raise ConfigError(f"Invalid value: {at}: {value!r} (expected {_type_name(CASE_KEYS[key])})")
+        if "problem" not in case:
+            raise ConfigError(f"Invalid value: {where}: {case!r} (missing key 'problem')")
+        name = case["problem"]
+        if name not in PROBLEMS and ":" not in name:
+            raise ConfigError(f"Invalid problem: {_where(source, lines, ('cases', i, 'problem'))}: {name!r} is not a "
+                              f"problem{suggest(name, PROBLEMS)}")
+        try:
+            params = inspect.signature(resolve(name)).parameters
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{exc}: {_where(source, lines, ('cases', i, 'problem'))}") from None
+        args = _numbers({"args": case.get("args") or {}})["args"]
+        for key, value in args.items():
+            at = _where(source, lines, ("cases", i, "args", key))
+            if key not in params or key == "seed":
+                valid = [p for p in params if p != "seed"]
+                hint = " (a case's seed is its key seed)" if key == "seed" else suggest(key, valid)
+                raise ConfigError(f"Invalid builder argument: {at}: {key!r} is not a builder argument of {name}{hint}")
+            if isinstance(value, list):
+                raise ConfigError(f"Invalid value: {at}: {value!r} (a case gives one value per argument; a grid "
+                                  f"belongs under problems:)")
+            if key == "dtype" and not (isinstance(value, str) and value in DTYPES):
+                raise ConfigError(f"Invalid value: {at}: {value!r} (expected one of {', '.join(DTYPES)})"
+                                  f"{suggest(value, DTYPES)}")
+        if case.get("seed", 0) < 0:
+            raise ConfigError(f"Invalid value: {_where(source, lines, ('cases', i, 'seed'))}: {case['seed']!r} "
+                              f"(expected a whole number >= 0)")
+        for key in RUN_KEYS:
+            if key in case:
+                _check_count(case[key], _where(source, lines, ("cases", i, key)))
+        full = {"problem": name, "args": args, "seed": case.get("seed", 0),
+                **{k: case[k] for k in RUN_KEYS if k in case}}
+        identity = json.dumps(full, sort_keys=True, default=str)
+        if identity in seen:
+            raise ConfigError(f"Invalid value: {where}: {case!r} (the same case as cases[{seen[identity]}])")
+        seen[identity] = i
+        out.append(full)
+    return out
+
+
+def _builder_args(args: dict[str, Any] | None) -> dict[str, Any]:
+    """A problem entry without its run settings (max_iter, log_every): the builder's arguments."""
+    return {k: v for k, v in (args or {}).items() if k not in RUN_KEYS}
 
 
 def _values(value: Any) -> list[Any]:
@@ -426,17 +526,23 @@ def _grid(mapping: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def expand(config: dict[str, Any]) -> list[RunSpec]:
-    """All runs of a config: problems x problem-argument grid x methods x option grid x seeds."""
+    """All runs of a config: problems x problem-argument grid x methods x option grid x seeds,
+    then each case (problem, args, seed) x methods x option grid. A problem's or a case's own
+    max_iter and log_every replace the config's."""
     seeds = config.get("seeds", 1)
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    points = [(problem, problem_args, seeds, args or {}) for problem, args in config.get("problems", {}).items()
+              for problem_args in _grid(_builder_args(args))]
+    points += [(case["problem"], case["args"], [case["seed"]], case) for case in config.get("cases", [])]
     runs = []
-    for problem, args in config["problems"].items():
-        for problem_args in _grid(args):
-            for method, options in config["methods"].items():
-                for opts in _grid(options):
-                    batch_size = opts.pop("batch_size", config.get("batch_size"))
-                    for seed in seeds:
-                        runs.append(RunSpec.make(problem, problem_args, method, opts, seed, config["max_iter"],
-                                                 config.get("log_every", 10), config.get("kkt"), config.get("tol"),
-                                                 batch_size, config.get("oracle", "autograd")))
+    for problem, problem_args, point_seeds, settings in points:
+        for method, options in config["methods"].items():
+            for opts in _grid(options):
+                batch_size = opts.pop("batch_size", config.get("batch_size"))
+                for seed in point_seeds:
+                    runs.append(RunSpec.make(problem, problem_args, method, opts, seed,
+                                             settings.get("max_iter", config.get("max_iter")),
+                                             settings.get("log_every", config.get("log_every", 10)),
+                                             config.get("kkt"), config.get("tol"), batch_size,
+                                             config.get("oracle", "autograd")))
     return runs

@@ -12,12 +12,13 @@ from typing import Callable
 from ..core.checks import suggest
 from ..core.problem import BilevelProblem
 from ..core.registry import Registry
-from . import bolib
+from . import bolib, hpo, synthetic
+from . import hyper_cleaning as cleaning
 from .finite_sum import biased_ridge
 from .hpo import feature_weight_decay, ridge_weights
 from .hyper_cleaning import hyper_cleaning
-from .spec import KNOWN_OPTIMUM_SCORES, ProblemSpec, distance_to_known_optimum
-from .synthetic import coreset, quadratic, synthetic_nc, synthetic_sc
+from .spec import KNOWN_OPTIMUM_SCORES, ProblemSpec
+from .synthetic import coreset, quadratic, ring, synthetic_nc, synthetic_sc
 from .toy_cleaning import toy_cleaning
 
 _SUITE_SUMMARIES = {
@@ -26,6 +27,7 @@ _SUITE_SUMMARIES = {
     "quadratic": "a strongly convex quadratic of the given condition and scales, closed-form optimum",
     "nonconvex": "a nonconvex lower level (a ring or double wells) with a verified optimum",
 }
+_SOLVED = {"solved": "max"}
 _SUITE_METRICS = {"F_error": "min", "global_lower_gap": "min"}
 
 
@@ -39,15 +41,20 @@ PROBLEMS: dict[str, ProblemSpec] = Registry("problem", {
     "synthetic-sc": ProblemSpec(synthetic_sc, "the seed paper's strongly convex synthetic problem (appendix C)",
                                 {"hypergradient_norm": "min", "distance_to_lower": "min"}, ("synthetic",)),
     "synthetic-nc": ProblemSpec(synthetic_nc, "the seed paper's nonconvex synthetic problem (appendix C)",
-                                {"delta_norm": "min"}, ("synthetic",)),
+                                {"delta_norm": "min"}, ("synthetic",), synthetic.evaluate_synthetic_nc,
+                                _SOLVED),
     "coreset": ProblemSpec(coreset, "coreset selection: weights on points whose hull holds the target",
-                           {"upper_objective": "min", "distance_to_lower": "min"}, ("synthetic",)),
+                           {"upper_objective": "min", "distance_to_lower": "min"}, ("synthetic",),
+                           synthetic.evaluate_coreset, _SOLVED),
     "quadratic": ProblemSpec(quadratic, "a strongly convex quadratic bilevel problem with a closed-form x*",
                              {"distance_to_solution": "min"}, ("synthetic", "known-optimum"),
-                             distance_to_known_optimum, KNOWN_OPTIMUM_SCORES),
+                             synthetic.evaluate_quadratic, {**_SOLVED, **KNOWN_OPTIMUM_SCORES}),
+    "ring": ProblemSpec(ring, "a nonconvex lower level whose solutions form a ring, closed-form x* (no seed)",
+                        {"distance_to_solution": "min"}, ("synthetic", "known-optimum"), synthetic.evaluate_ring,
+                        {**_SOLVED, **KNOWN_OPTIMUM_SCORES}),
     "hyper-cleaning": ProblemSpec(hyper_cleaning, "data hyper-cleaning: a weight per training sample (MNIST)",
                                   {"val_loss": "min", "test_accuracy": "max", "corruption_auc": "max",
-                                   "retrained_accuracy": "max"}, ("data",)),
+                                   "retrained_accuracy": "max"}, ("data",), cleaning.evaluate, cleaning.SCORES),
     "toy-cleaning": ProblemSpec(toy_cleaning, "hyper-cleaning of generated linear data (small, shardable)",
                                 {"test_accuracy": "max", "weight_gap": "min"}, ("data",)),
     "biased-ridge": ProblemSpec(biased_ridge, "a finite-sum ridge problem with a known optimum (minibatches)",
@@ -56,9 +63,10 @@ PROBLEMS: dict[str, ProblemSpec] = Registry("problem", {
     "feature-weight-decay": ProblemSpec(feature_weight_decay, "an L2 weight per feature of a logistic regression "
                                         "(scikit-learn data)", {"val_loss": "min", "test_loss": "min",
                                                                 "honest_val_loss": "min", "test_accuracy": "max"},
-                                        ("data", "hpo")),
+                                        ("data", "hpo"), hpo.evaluate, hpo.SCORES),
     "ridge-weights": ProblemSpec(ridge_weights, "an L2 weight per feature of a ridge regression (scikit-learn data)",
-                                 {"val_loss": "min", "test_loss": "min", "honest_val_loss": "min"}, ("data", "hpo")),
+                                 {"val_loss": "min", "test_loss": "min", "honest_val_loss": "min"}, ("data", "hpo"),
+                                 hpo.evaluate, hpo.SCORES),
     **{name: _suite_spec(name, builder) for name, builder in bolib.SUITE.items()},
 })
 
@@ -94,4 +102,4 @@ def resolve(name: str) -> Callable[..., BilevelProblem]:
     return builder
 
 
-__all__ = ["PROBLEMS", "ProblemSpec", "metric_directions", "resolve", "biased_ridge", "coreset", "feature_weight_decay", "hyper_cleaning", "quadratic", "ridge_weights", "synthetic_nc", "synthetic_sc", "toy_cleaning"]
+__all__ = ["PROBLEMS", "ProblemSpec", "metric_directions", "resolve", "biased_ridge", "coreset", "feature_weight_decay", "hyper_cleaning", "quadratic", "ridge_weights", "ring", "synthetic_nc", "synthetic_sc", "toy_cleaning"]

@@ -13,6 +13,7 @@ same with least squares (whose lower level is strongly convex with a closed-form
 `honest_upper_value(problem, x)` re-solves the lower level at x and returns f(x, y*(x)): the
 value a method's x is worth, whatever its running y. `best_shared_weight(problem)` is the
 reference a per-feature search should beat: the best honest value over one shared weight.
+`evaluate(problem, result)` scores a run against both (`references`).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ..core import checks
 from ..core.lower import minimize
 from ..core.oracles import Autograd, Oracle
 from ..core.problem import BilevelProblem
+from .spec import solved_flag
 
 CLASSIFICATION = ("breast_cancer", "digits", "wine", "iris")
 REGRESSION = ("diabetes",)
@@ -156,6 +158,40 @@ def best_shared_weight(problem: BilevelProblem, grid: Any = None) -> dict[str, A
     return {"value": values[best], "log_weight": float(grid[best]),
             "x": torch.full_like(problem.x0, float(grid[best])), "seconds": time.perf_counter() - start,
             "grid": grid.tolist(), "values": values}
+
+
+_REFERENCES: dict[tuple, dict[str, float]] = {}
+
+
+def references(problem: BilevelProblem) -> dict[str, float]:
+    """The honest value at the start x0 ("start") and of the best shared weight ("best_shared",
+    at log weight "best_log_weight"): computed once per problem (the data set, split seed, split
+    sizes and x0 identify it) and kept, since the shared-weight search re-solves the lower level
+    49 times."""
+    info = problem.info
+    key = (problem.name, info["dataset"], info["seed"], info["n_train"], info["n_val"], info["n_test"], info["x0"])
+    if key not in _REFERENCES:
+        best = best_shared_weight(problem)
+        _REFERENCES[key] = {"start": honest_upper_value(problem, problem.x0), "best_shared": best["value"],
+                            "best_log_weight": best["log_weight"]}
+    return dict(_REFERENCES[key])
+
+
+SCORES = {"solved": "max", "honest_value": "min", "gap_closed": "max", "ratio_to_best_shared": "min"}
+
+
+def evaluate(problem: BilevelProblem, result: Any) -> dict[str, float]:
+    """The scores of a finished run at its x: honest_value (`honest_upper_value`), gap_closed (the
+    fraction of the gap from the start's honest value to the best shared weight's that it closes),
+    ratio_to_best_shared (honest value / the best shared weight's; <= 1.1 is a strict target) and
+    solved (1 where it closes at least half the gap and the run did not diverge)."""
+    ref = references(problem)
+    honest = honest_upper_value(problem, result.x)
+    gap = ref["start"] - ref["best_shared"]
+    return {"solved": solved_flag(honest <= (ref["start"] + ref["best_shared"]) / 2, result),
+            "honest_value": honest,
+            "gap_closed": (ref["start"] - honest) / gap if gap != 0 else math.nan,
+            "ratio_to_best_shared": honest / ref["best_shared"] if ref["best_shared"] != 0 else math.nan}
 
 
 # ----- builders -----------------------------------------------------------------------------

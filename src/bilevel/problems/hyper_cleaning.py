@@ -24,6 +24,7 @@ from ..core.lower import minimize
 from ..core.oracles import Autograd, Oracle
 from ..core.problem import BilevelProblem
 from . import datasets
+from .spec import solved_flag
 
 NUM_CLASSES = 10
 DEFAULT_SPLITS = {"mnist5k": (2000, 1000, 2000)}
@@ -242,6 +243,35 @@ def hyper_cleaning(dataset: str = "mnist5k", model: str = "linear", pca: int | N
 
 
 # the names its metrics return, for checks that should not build it (a sweep config's plot metrics)
+
+
+SCORES = {"solved": "max", "retrained_gain": "max"}
+
+
+def _at(problem: BilevelProblem, x: Tensor, y: Tensor) -> dict[str, float]:
+    """The problem's metrics and final metrics (the retrained accuracy) at (x, y)."""
+    with torch.no_grad():
+        out = dict(problem.metrics(x, y))
+        if problem.final_metrics is not None:
+            out.update(problem.final_metrics(x, y))
+    return out
+
+
+def uniform_accuracy(problem: BilevelProblem) -> float:
+    """The retrained accuracy at the start x0 = 0 (every weight 1/2, uniform weights): the
+    reference of `evaluate`, computed once per problem and kept in its info."""
+    if "uniform_retrained_accuracy" not in problem.info:
+        problem.info["uniform_retrained_accuracy"] = _at(problem, problem.x0, problem.y0)["retrained_accuracy"]
+    return problem.info["uniform_retrained_accuracy"]
+
+
+def evaluate(problem: BilevelProblem, result: Any) -> dict[str, float]:
+    """The scores of a finished run at its answer: retrained_gain, the retrained accuracy minus
+    that of uniform weights (`uniform_accuracy`), and solved (1 where the gain is at least 0.03,
+    3 points, the corruption AUC at least 0.9 and the run did not diverge)."""
+    values = _at(problem, result.x, result.y)           # the run's retraining first: it is cached by x
+    gain = values["retrained_accuracy"] - uniform_accuracy(problem)
+    return {"solved": solved_flag(gain >= 0.03 and values["corruption_auc"] >= 0.9, result), "retrained_gain": gain}
 
 
 def reference_lines(problem: BilevelProblem) -> dict[str, dict[str, float]]:

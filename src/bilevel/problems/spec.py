@@ -76,3 +76,19 @@ def distance_to_known_optimum(problem: BilevelProblem, result: Any) -> dict[str,
     star = x_star.reshape(-1)
     error = float(torch.linalg.vector_norm(x - star)) / max(1.0, float(torch.linalg.vector_norm(star)))
     return {"x_error": error if math.isfinite(error) else math.inf}
+
+
+def final_value(result: Any, column: str) -> float:
+    """The last logged value of a history column of a finished run (nan where it has none)."""
+    values = (getattr(result, "history", None) or {}).get(column)
+    return float(values[-1]) if values else math.nan
+
+
+def diverged(result: Any) -> bool:
+    """Whether the run ended DIVERGED (a run that did is never solved)."""
+    return getattr(getattr(result, "status", None), "name", None) == "DIVERGED"
+
+
+def solved_flag(ok: bool, result: Any) -> float:
+    """1.0 where `ok` holds and the run did not diverge, else 0.0: the score `solved`."""
+    return float(bool(ok) and not diverged(result))

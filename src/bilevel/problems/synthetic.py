@@ -18,6 +18,7 @@ from ..core import checks
 from ..core.kkt import kkt_info
 from ..core.oracles import Autograd, Oracle
 from ..core.problem import BilevelProblem
+from .spec import distance_to_known_optimum, final_value, solved_flag
 
 
 def _generator(seed: Any) -> torch.Generator:
@@ -176,6 +177,77 @@ def quadratic(dim_x: int = 5, dim_y: int = 5, cond: float = 5.0, seed: int = 0, 
 
     return BilevelProblem(f, g, x0, y0, metrics=metrics, name="quadratic",
                           info={"x_star": x_star, "y_star": y_star, "seed": seed, "cond": cond})
+
+
+def ring(*, device: Any = None, dtype: torch.dtype = torch.float64) -> BilevelProblem:
+    """A lower level whose curvature grows with x: a ring of solutions.
+
+        min_x 1/2 (x - 2)^2 + 1/2 ||y - c||^2   s.t.  y in argmin_y 1/4 (||y||^2 - 1 - x^2)^2,   c = (3, 0)
+
+    x in R, y in R^2. The lower level's solutions are the circle ||y|| = r(x) = sqrt(1 + x^2)
+    (y = 0 is a stationary point that is no minimiser); its Lipschitz constant grows from about
+    2.5 at the start to about 660 along the way. The optimistic y is r(x) c/||c||, so
+    F(x) = 1/2 (x - 2)^2 + 1/2 (r(x) - 3)^2, least where (x - 2) - (3 - r) x / r = 0: x* by
+    bisection on [0, 3] (`info["x_star"]`, with `y_star` and `F_star`). Start: x0 = 0,
+    y0 = (1/2, 1/2). No seed: the problem has no random data. Metric: `distance_to_solution`.
+    """
+    placement = _placement(device, dtype)
+    lo, hi = 0.0, 3.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        r = math.sqrt(1 + mid * mid)
+        lo, hi = (mid, hi) if (mid - 2) - (3 - r) * mid / r < 0 else (lo, mid)
+    s = (lo + hi) / 2
+    radius = math.sqrt(1 + s * s)
+    x_star = torch.tensor([s], dtype=torch.float64)
+    y_star = torch.tensor([radius, 0.0], dtype=torch.float64)
+    a, c = torch.tensor([2.0], **placement), torch.tensor([3.0, 0.0], **placement)
+    x_star_d = x_star.to(**placement)
+
+    def metrics(x: Tensor, y: Tensor) -> dict[str, float]:
+        return {"distance_to_solution": float((x - x_star_d).norm())}
+
+    return BilevelProblem(partial(quadratic_upper, a=a, b=c), ring_lower, torch.zeros(1, **placement),
+                          torch.tensor([0.5, 0.5], **placement), metrics=metrics, name="ring",
+                          info={"x_star": x_star, "y_star": y_star,
+                                "F_star": 0.5 * (s - 2) ** 2 + 0.5 * (radius - 3) ** 2})
+
+
+def ring_lower(x: Tensor, y: Tensor) -> Tensor:
+    """g(x, y) = 1/4 (||y||^2 - 1 - ||x||^2)^2."""
+    return 0.25 * ((y ** 2).sum(-1) - 1 - (x ** 2).sum(-1)) ** 2
+
+
+# ----- scores of finished runs (the registered specs' evaluate hooks) ---------------------------
+def _distance(problem: BilevelProblem, result: Any) -> float:
+    x_star = problem.info["x_star"]
+    distance = float((result.x.detach().reshape(-1).to(x_star) - x_star.reshape(-1)).norm())
+    return distance if math.isfinite(distance) else math.inf
+
+
+def evaluate_quadratic(problem: BilevelProblem, result: Any) -> dict[str, float]:
+    """solved: |x - x*| < 5e-2 (and not DIVERGED); x_error as `spec.distance_to_known_optimum`."""
+    return {"solved": solved_flag(_distance(problem, result) < 5e-2, result),
+            **distance_to_known_optimum(problem, result)}
+
+
+def evaluate_ring(problem: BilevelProblem, result: Any) -> dict[str, float]:
+    """solved: |x - x*| < 1e-2 and the final h < 1e-3 (and not DIVERGED); x_error."""
+    ok = _distance(problem, result) < 1e-2 and final_value(result, "h") < 1e-3
+    return {"solved": solved_flag(ok, result), **distance_to_known_optimum(problem, result)}
+
+
+def evaluate_synthetic_nc(problem: BilevelProblem, result: Any) -> dict[str, float]:
+    """solved: the final h <= 1e-6 and delta_norm^2 <= 1e-3 (and not DIVERGED)."""
+    ok = final_value(result, "h") <= 1e-6 and final_value(result, "delta_norm") ** 2 <= 1e-3
+    return {"solved": solved_flag(ok, result)}
+
+
+def evaluate_coreset(problem: BilevelProblem, result: Any) -> dict[str, float]:
+    """solved: ||A softmax(x) - target||^2 < 1e-3 at the answer's x (and not DIVERGED); the optimum is 0."""
+    with torch.no_grad():
+        upper = problem.metrics(result.x, result.y)["upper_objective"]
+    return {"solved": solved_flag(upper < 1e-3, result)}
 
 
 def distance_upper(x: Tensor, y: Tensor, *, target: Tensor) -> Tensor:
