@@ -7,6 +7,7 @@ import torch
 
 import bilevel
 from bilevel import PROBLEMS, SOLVERS, BilevelProblem, Status, solve
+from bilevel.core.oracles import Autograd, Oracle
 from bilevel.run.solve import SOLVE_ARGUMENTS
 from bilevel.solvers import PGDQP
 
@@ -307,3 +308,16 @@ BAD_BUILDERS = [
 def test_bad_builder_arguments(name, kwargs, exc, message):
     with pytest.raises(exc, match=message):
         PROBLEMS[name](**kwargs)
+
+
+@pytest.mark.parametrize("method", ["iaptt_gm", "meha", "f2ba", "hjfbio"])
+def test_state_type_is_kept_and_bounds_are_honoured(method):
+    problem = PROBLEMS["quadratic"](seed=1)
+    problem = BilevelProblem(problem.f, problem.g, problem.x0, problem.y0,
+                             x_bounds=(-0.1, 0.1), y_bounds=(-0.2, 0.2))
+    result = bilevel.solve(problem, method, max_iter=20)
+    assert type(result.state) is type(bilevel.SOLVERS[method]().init(
+        problem, Oracle(Autograd(problem.f, problem.g)), max_iter=1, generator=torch.Generator()))
+    assert float(result.x.abs().max()) <= 0.1 and float(result.y.abs().max()) <= 0.2
+    for key in ("f", "g", "h", "kkt_stationarity", "kkt_feasibility"):
+        assert key in result.history

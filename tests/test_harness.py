@@ -275,3 +275,13 @@ def test_summary_counts_unverified_runs_and_shows_a_users_metric_at_the_verified
     assert rows["m1"]["runs"] == "2 (1 not verified)"
     assert rows["m2"]["runs"] == "1 (1 diverged)"   # a diverged run is not counted twice
     assert rows["m1"]["verified_acc"] == f"{0.65:.4g} ± {pd.Series([0.6, 0.7]).std():.2g}"
+
+
+@pytest.mark.parametrize("method, max_iter", [("bome", 200), ("aid_bio", 200), ("vpbgd", 200), ("galet", 200),
+                                             *(pytest.param(m, 500, marks=pytest.mark.slow)
+                                               for m in ("iaptt_gm", "meha", "f2ba", "hjfbio"))])
+def test_cli_runs_each_baseline_on_coreset(method, max_iter, tmp_path, capsys):
+    assert main(["run", "--problem", "coreset", "--method", method, "--max-iter", str(max_iter),
+                 "--no-progress", "--out", str(tmp_path)]) == 0
+    assert f"| {method} |" in capsys.readouterr().out
+    assert len(list((tmp_path / "runs").glob("*/history.parquet"))) == 1

@@ -1,10 +1,15 @@
-"""Oracles against closed forms and finite differences."""
+"""Oracles against closed forms and finite differences, and the speed features that must not
+change answers: the torch.func back-end, oracle="compiled" with its fallback, and the flushing of
+subnormal floats during a run."""
+import pytest
 import torch
+from conftest import roundoff
 
-from bilevel import PROBLEMS
+from bilevel import PROBLEMS, solve
 from bilevel.core.kkt import implicit_gradient, kkt_info, least_squares_multiplier
 from bilevel.core.linear import ConjugateGradient, Neumann
-from bilevel.core.oracles import Autograd, Oracle
+from bilevel.core.oracles import COSTS, FORWARD_MODE, Autograd, Func, Oracle, _CompiledOrEager
+from bilevel.run.solve import denormals_are_flushed
 
 D = torch.float64
 
@@ -103,3 +108,127 @@ def test_least_squares_multiplier_zeroes_stationarity_at_the_solution():
     nu = least_squares_multiplier(oracle, x, y, (gfx, gfy))
     jx, jy = oracle.vjp_grad_y_g(x, y, nu)
     torch.testing.assert_close(gfy + jy, torch.zeros_like(gfy), atol=1e-10, rtol=0)
+
+
+COUNTED_METHODS = ["grad_f", "grad_g", "grad_g_y", "grad_g_x", "h_and_grad", "vjp_grad_y_g", "jvp_grad_y_g", "hvp_f",
+           "hvp_h", "hvp_inner_grad_y_g"]
+
+
+def test_every_counted_method_has_a_cost():
+    assert set(COUNTED_METHODS) | {"f", "g"} == set(COSTS)
+
+
+@pytest.mark.parametrize("name", ["synthetic-nc", "toy-cleaning"])
+def test_func_back_end_equals_autograd_back_end(name):
+    problem = PROBLEMS[name](seed=0)
+    gen = torch.Generator().manual_seed(1)
+    x = problem.x0 + 0.3 * torch.randn(problem.x0.shape, generator=gen, dtype=problem.x0.dtype)
+    y = problem.y0 + 0.3 * torch.randn(problem.y0.shape, generator=gen, dtype=problem.y0.dtype)
+    vx, vy = torch.randn_like(x), torch.randn_like(y)
+    args = {"grad_f": (x, y), "grad_g": (x, y), "grad_g_y": (x, y), "grad_g_x": (x, y), "h_and_grad": (x, y),
+            "vjp_grad_y_g": (x, y, vy), "jvp_grad_y_g": (x, y, vx, vy), "hvp_f": (x, y, vx, vy),
+            "hvp_h": (x, y, vx, vy), "hvp_inner_grad_y_g": (x, y, vy, vx, vy)}
+    autograd, func = Oracle(Autograd(problem.f, problem.g)), Oracle(Func(problem.f, problem.g))
+    tol = roundoff(operations=x.numel() + y.numel())       # one pass of sums over the variables
+    for method in COUNTED_METHODS:
+        a, b = getattr(autograd, method)(*args[method]), getattr(func, method)(*args[method])
+        for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            torch.testing.assert_close(v, u, rtol=tol, atol=tol, msg=method)
+    assert func.snapshot() == autograd.snapshot()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("oracle", ["func", "compiled"])
+def test_a_run_on_the_func_back_ends_equals_the_autograd_run(oracle):
+    """The back-end serves the whole run: steps, logged rows (KKT by least squares) and the final row."""
+    problem = PROBLEMS["quadratic"](seed=0)
+    eager = solve(problem, "pgdqp", max_iter=40, log_every=10, seed=0, kkt="least_squares")
+    other = solve(problem, "pgdqp", max_iter=40, log_every=10, seed=0, kkt="least_squares", oracle=oracle)
+    assert "ran uncompiled" not in other.message
+    tol = roundoff(operations=40 * 10)
+    torch.testing.assert_close(other.x, eager.x, rtol=tol, atol=tol)
+    assert other.history["oracle_calls"] == eager.history["oracle_calls"]
+    for column in ("f", "h", "kkt_stationarity"):
+        assert other.history[column] == pytest.approx(eager.history[column], rel=1e3 * tol, abs=tol)
+
+
+def test_compile_falls_back_and_says_why(monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler found")
+        return compiled
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    problem = PROBLEMS["quadratic"](seed=0)
+    with pytest.warns(RuntimeWarning, match=r"oracle='compiled': grad_f runs uncompiled \(RuntimeError: no C\+\+ comp"):
+        result = solve(problem, "sgf", max_iter=20, log_every=10, oracle="compiled")
+    assert "ran uncompiled: grad_f: RuntimeError: no C++ compiler found" in result.message
+    eager = solve(problem, "sgf", max_iter=20, log_every=10)
+    tol = roundoff(operations=20)
+    torch.testing.assert_close(result.x, eager.x, rtol=tol, atol=tol)
+
+
+def test_denormals_are_flushed_during_a_run_and_restored_after():
+    torch.set_flush_denormal(False)
+    seen = []
+    problem = PROBLEMS["quadratic"](seed=0)
+    solve(problem, "sgf", max_iter=3, callback=lambda state, aux: seen.append(denormals_are_flushed()))
+    assert seen == [True, True, True] and not denormals_are_flushed()
+    solve(problem, "sgf", max_iter=2, flush_denormal=False,
+          callback=lambda state, aux: seen.append(denormals_are_flushed()))
+    assert seen[3:] == [False, False]
+    tiny = torch.tensor([1e-310], dtype=torch.float64)
+    assert float(tiny * 1.0) != 0.0                          # the process's setting is left as it was
+    torch.set_flush_denormal(True)
+    try:
+        solve(problem, "sgf", max_iter=2)
+        assert denormals_are_flushed()                       # restored to the caller's choice
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@pytest.mark.slow
+def test_compiled_run_keeps_forward_mode_products_eager():
+    """torch 2.13's inductor crashes the process (segmentation fault) on the compiled jvp of
+    synthetic-sc's grad f, whose constants have zero tangents: forward-mode products stay eager."""
+    problem = PROBLEMS["synthetic-sc"](seed=0)
+    back_end = Func(problem.f, problem.g, compile=True)
+    assert not any(isinstance(back_end.pure[name], _CompiledOrEager) for name in FORWARD_MODE)
+    eager = solve(problem, "pgdqp", max_iter=5, log_every=5, seed=0)
+    compiled = solve(problem, "pgdqp", max_iter=5, log_every=5, seed=0, oracle="compiled")   # hvp_f, hvp_h at the start
+    assert "ran uncompiled" not in compiled.message
+    tol = roundoff(operations=5 * 20)
+    torch.testing.assert_close(compiled.x, eager.x, rtol=tol, atol=tol)
+
+
+def test_an_oracle_object_is_used_for_the_run_and_its_counts_reset():
+    problem = PROBLEMS["quadratic"](seed=0)
+    oracle = Oracle(Func(problem.f, problem.g))
+    oracle.grad_f(problem.x0, problem.y0)
+    r = solve(problem, "sgf", max_iter=10, log_every=10, oracle=oracle)
+    assert oracle.snapshot()["n_grad_f"] == 10 and r.history["n_grad_f"][-1] == 10
+
+
+def test_the_oracle_from_the_command_line_and_a_sweep_config(tmp_path, capsys):
+    """--oracle and a config's `oracle:` reach solve: the func run's answer is the autograd run's
+    (float64), the back-end is a configuration of its own in tables, and a wrong name is refused
+    before anything runs."""
+    from bilevel.cli import store
+    from bilevel.cli.main import main
+    base = ["run", "--problem", "synthetic-sc", "--problem-arg", "dim=4", "--method", "pgdqp", "--max-iter", "30",
+            "--log-every", "10", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--oracle", "func", "--out", str(tmp_path / "f")]) == 0
+    capsys.readouterr()
+    a, f = store.read_answer(tmp_path / "a"), store.read_answer(tmp_path / "f")
+    torch.testing.assert_close(f["x"], a["x"], rtol=1e-8, atol=1e-10)
+    assert main(["table", str(tmp_path / "f"), "--metrics", "f"]) == 0
+    assert '{"oracle": "func"}' in capsys.readouterr().out
+    config = tmp_path / "sweep.yaml"
+    config.write_text("max_iter: 20\nlog_every: 10\noracle: func\nproblems: {synthetic-sc: {dim: 4}}\n"
+                      "methods: {pgdqp: {}}\n")
+    assert main(["sweep", str(config), "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    capsys.readouterr()
+    config.write_text("max_iter: 20\noracle: funk\nproblems: {synthetic-sc: {}}\nmethods: {pgdqp: {}}\n")
+    assert main(["sweep", str(config), "--out", str(tmp_path / "t"), "--no-progress"]) != 0
+    assert "oracle (line 2): 'funk' (expected one of autograd, func, compiled); did you mean 'func'?" in \
+        capsys.readouterr().err
