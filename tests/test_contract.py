@@ -230,7 +230,7 @@ def test_an_objective_that_turns_nan_ends_on_a_finite_answer(name):
     def f(x, y):
         return ((x - 3) ** 2).sum() + ((y - 3) ** 2).sum() + torch.log(2.0 - x[0])
     problem = BilevelProblem(f, g_ok, X0, Y0)
-    # pgdqp's default line search never accepts a step where f is not finite: its former default steps there
+    # pgdqp's default line search never accepts a step where f is not finite: its diminishing schedule steps there
     options = {"schedule": "diminishing"} if name == "pgdqp" else None
     r = solve(problem, name, max_iter=20000, log_every=50, kkt="none", options=options)
     assert r.status is Status.DIVERGED, r.message

@@ -45,8 +45,8 @@ ITERS = {"bome": 2000, "aid_bio": 300, "vpbgd": 3000, "galet": 300, "iaptt_gm": 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", BASELINES)
 def test_defaults_converge_where_the_lower_level_is_stiff(method):
-    """L_g = 100: the former fixed lower steps (0.05 to 0.1 > 2 / L_g) diverged within a few
-    iterations for every baseline; steps from the estimate of L_g converge."""
+    """L_g = 100: fixed lower steps of 0.05 to 0.1 (> 2 / L_g) diverge within a few iterations
+    for every baseline; steps from the estimate of L_g converge."""
     problem, x_star, _ = stiff_quadratic()
     r = solve(problem, method, max_iter=ITERS[method], log_every=ITERS[method], kkt="none")
     assert r.status is Status.COMPLETED, r.message
@@ -95,9 +95,10 @@ def ring():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", [m for m in BASELINES if m != "aid_bio"])
 def test_default_steps_are_capped_where_the_curvature_grows_along_the_run(method):
-    """1/L_g from the start (2.0) diverges once y reaches the ring (L_g about 13); the cap keeps
-    the former fixed steps there, and every baseline stays finite. (aid_bio is left out: CG on
-    the singular grad_yy g of a ring of solutions blows up, with any step; see its docstring.)"""
+    """1/L_g from the start (2.0) diverges once y reaches the ring (L_g about 13); the cap holds
+    the steps at fixed values (0.05 to 0.1) at most there, and every baseline stays finite.
+    (aid_bio is left out: CG on the singular grad_yy g of a ring of solutions blows up, with any
+    step; see its docstring.)"""
     problem = ring()
     r = solve(problem, method, max_iter=300, log_every=300, kkt="none", seed=0)
     assert r.state.lipschitz_g == pytest.approx(0.5, rel=5e-2)

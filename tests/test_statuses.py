@@ -1,6 +1,6 @@
-"""The failures found on problems nobody here wrote (issues 13 and 16), each as a test:
-a solution on the y box, runaway iterates, and an optimistic answer the verification must
-not call a success."""
+"""A run's status and success say the truth on hard problems: a solution on the y box (where h
+is the projected residual), iterates that run away (RUNAWAY, never a success), and an optimistic
+answer the verification must not call a success."""
 import math
 
 import pytest
