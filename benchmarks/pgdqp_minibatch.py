@@ -184,7 +184,7 @@ def main() -> None:
         "AUC of x and the test accuracy of a classifier retrained with weights sigmoid(x), sampler seed 0. "
         "before: the two-batch estimator, x and y on one step gamma_0 / (1 + k/100), "
         "gamma_k alpha_k L_h = feasibility / sqrt(1 + k/100); after: the tracked estimate of grad_y g, "
-        "gamma_k = gamma_0 / (1 + k/10), gamma_k alpha_k L_h = feasibility, AdaGrad-norm on x.", "",
+        "gamma_k = gamma_0 / (1 + k/10), gamma_k alpha_k L_h = feasibility, AdaGrad-norm on x."), "",
         format_table(rows, list(rows[0]))]))
 
 
