@@ -14,7 +14,8 @@ from ..core.linear import power_iteration
 from ..core.oracles import Oracle, inner
 from ..core.problem import BilevelProblem
 from ..core.state import Aux, State
-from .base import Solver, as_float, check_choice, check_int, check_positive, curvature_in_y, descend, lower_diagnostics
+from .base import (AdaptiveXState, Solver, as_float, check_choice, check_int, check_positive, curvature_in_y, descend,
+                   lower_diagnostics, x_step)
 
 
 def qp_step(grad_f: tuple[Tensor, Tensor], grad_h: tuple[Tensor, Tensor], alpha_rho: Tensor,
@@ -181,26 +182,33 @@ class PGDQP(Solver):
     "perturbed" is the QP's minimal change of -grad f).
 
     Minibatches (`solve(..., batch_size=B)`, `bilevel.core.data`): h = ||grad_y g||^2 and grad h =
-    2 J^T grad_y g from one batch are biased, upwards by the batch variance of grad_y g (their
-    expectation is ||grad_y g||^2 + tr Cov(grad_y g_B) and 2 J^T grad_y g + 2 E[J_B^T (grad_y g_B -
-    grad_y g)]), and h would not vanish at the lower-level solution. With estimator="independent"
-    (the default on minibatches) both come from two independent lower batches B1, B2,
+    2 J^T grad_y g from one batch are biased, upwards by the batch variance of grad_y g. Where y is
+    near the lower-level solution, what drives x is nu = 2 lambda c, c = grad_y g: at y's equilibrium
+    grad_y f + lambda grad_y h = 0 gives nu = -[grad_yy g]^-1 grad_y f and d_x = -(grad_x f + grad_xy g nu)
+    the hypergradient, with an O(1/lambda) bias, while the noise of one batch's c enters d_x
+    multiplied by lambda. With estimator="tracked" (the default on minibatches) c is a recursive
+    (STORM) estimate on the loop's lower batch B (`tracked_h_and_grad`),
 
-        h ~ <grad_y g_B1, grad_y g_B2>,   grad h ~ J_B1^T grad_y g_B2 + J_B2^T grad_y g_B1,
+        c_k = grad_y g_B(z_k) + (1 - tracking) (c_(k-1) - grad_y g_B(z_(k-1))),
+        h ~ ||c_k||^2,   grad h ~ 2 J_B^T c_k,
 
-    unbiased (E[J_B1^T grad_y g_B2] = J^T grad_y g by independence), at two gradients of g and two
-    backward products (instead of one of each); the logged h is this estimate and can be
-    negative. lambda, a ratio of such estimates, stays biased: the steps decay so that its noise
-    averages out. With schedule="diminishing" on minibatches the steps are
+    whose error averages the batches' over about 1/tracking steps (its drift term is a difference
+    of one batch's gradients over a step); estimator="independent" takes the unbiased two-batch
+    estimates h ~ <grad_y g_B1, grad_y g_B2>, grad h ~ J_B1^T grad_y g_B2 + J_B2^T grad_y g_B1
+    (`independent_h_and_grad`). With schedule="diminishing" on minibatches (`stochastic_step`),
 
-        gamma_k = gamma_0 / (1 + k/noise_decay),   gamma_k alpha_k = feasibility / (L_h sqrt(1 + k/noise_decay)),
+        gamma_k = gamma_0 / (1 + k/noise_decay),   gamma_k alpha_k L_h = feasibility,
+        y <- P_Y(y + gamma_k d_y),   x <- P_X(x + eta_k d_x),
+        eta_k = x_scale / sqrt(sum_(i<=k) ||d_x,i||^2 / dim x)     (AdaGrad-norm, `base.x_step`),
 
-    (a given lower_step_size decays with gamma_k: y's step is lower_step_size / (1 + k/noise_decay);
-    sum gamma_k = inf, sum gamma_k^2 < inf; the step on h decays more slowly, so alpha_k grows
-    and the O(1/alpha) pull of grad f off the lower-level solution vanishes), without momentum
-    unless given (heavy ball multiplies the gradient noise) and with L_f, L_h from power
-    iteration at the start, kept fixed (secants of noisy gradients over short steps blow up and
-    freeze the run). Block steps are off on minibatches.
+    so that the step on h keeps its length while the step on f decays (lambda grows like k and the
+    penalty's bias falls like 1/k), and x's step is scale-free and shrinks as the noise of d_x
+    accumulates; a given step_size fixes eta_k = gamma_k (x and y on one step, as in Algorithm 1),
+    a given lower_step_size makes y's step lower_step_size / (1 + k/noise_decay) (the QP in the
+    metric D = diag(I, lower_step_size / gamma_0)). No momentum unless given; L_f and L_h from power
+    iteration at the start, kept fixed (secants of noisy gradients over short steps blow up).
+    Block steps and escapes are off on minibatches. Measured against the previous estimator and
+    schedule: benchmarks/RESULTS.md, section "pgdqp-minibatch".
 
     Measurements behind these defaults: benchmarks/RESULTS.md, sections "pgdqp-defaults",
     "pgdqp-schedules" and "stochastic-defaults".
@@ -240,10 +248,15 @@ class PGDQP(Solver):
         power_iters: power iterations for those estimates. Default 20.
         warm_start_steps: gradient steps on g(x0, .) for rho="warm". Default 1000.
         warm_start_tol: stop the warm start when h(x0, y0) <= this. Default 1e-10.
-        estimator: how h and grad h are estimated: "independent" (two independent lower batches,
-            unbiased) or "plain" (one batch, as on full data). Default None: "independent" on
+        estimator: how h and grad h are estimated: "tracked" (recursive estimate of grad_y g, in the
+            stochastic schedule; two independent batches elsewhere), "independent" (two independent lower
+            batches, unbiased) or "plain" (one batch, as on full data). Default None: "tracked" on
             minibatches, "plain" on full data.
-        noise_decay: tau of the stochastic schedule (minibatches, schedule="diminishing"). Default 100.
+        noise_decay: tau of the stochastic schedule (minibatches, schedule="diminishing"). Default 10.
+        tracking: beta of the tracked estimate of grad_y g (estimator="tracked"), in (0, 1]; 1 is one
+            batch's gradient. Default 0.02.
+        x_scale: on minibatches without step_size, the root-mean-square length of x's first step
+            (AdaGrad-norm). Default 0.1 (soba's).
         cg_iters: conjugate-gradient steps per iteration for u in "projected". Default 30.
         cg_tol: stop them once the residual is below cg_tol times the right-hand side. Default 1e-12.
 
@@ -287,7 +300,9 @@ class PGDQP(Solver):
     cg_tol: float = 1e-12
     # ----- minibatches (bilevel.core.data): the stochastic code path, see `_stochastic_direction` -----
     estimator: str | None = None
-    noise_decay: float = 100.0
+    noise_decay: float = 10.0
+    tracking: float = 0.02
+    x_scale: float = 0.1
 
     name: ClassVar[str] = "pgdqp"
     summary: ClassVar[str] = "perturbed gradient descent with a closed-form convex QP step (seed, Alg. 1)"
@@ -312,8 +327,10 @@ class PGDQP(Solver):
         if self.momentum is not None and not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
             raise ValueError(f"Invalid momentum: {self.momentum!r} (expected a number in [0, 1) or None)")
         if self.estimator is not None:
-            check_choice(self, "estimator", ("plain", "independent"))
-        check_positive(self, "noise_decay")
+            check_choice(self, "estimator", ("plain", "independent", "tracked"))
+        check_positive(self, "noise_decay", "x_scale")
+        if not (checks.number("tracking", self.tracking, positive=True) <= 1):
+            raise ValueError(f"Invalid tracking: {self.tracking!r} (expected a number in (0, 1])")
         if self.schedule == "theorem" and (self.step_size is not None or self.alpha is not None):
             raise ValueError(f"Invalid step_size/alpha: {self.step_size!r}/{self.alpha!r} with schedule='theorem' "
                              "(the theorem sets both from max_iter; use schedule='constant' to set them)")
@@ -323,6 +340,8 @@ class PGDQP(Solver):
              generator: torch.Generator) -> PGDQPState:
         if self._stochastic_fallback(oracle):
             return self._as_diminishing().init(problem, oracle, max_iter=max_iter, generator=generator)
+        if self._noisy_schedule(oracle):
+            return stochastic_init(self, problem, oracle, generator)
         x, y = problem.x0, problem.y0
         h0 = None
         if self.rho == "warm":
@@ -507,6 +526,8 @@ class PGDQP(Solver):
             return self._as_diminishing().step(problem, oracle, state)
         if self.schedule == "projected":
             return self._projected_step(problem, oracle, state)
+        if self._noisy_schedule(oracle):
+            return stochastic_step(self, problem, oracle, state)
         d = (self._stochastic_direction(problem, oracle, state) if self._independent(oracle)
              else self._direction(problem, oracle, state))
         vx, vy = d.gamma * d.dx, d.gamma * d.dy
@@ -531,6 +552,10 @@ class PGDQP(Solver):
             return self._as_diminishing().diagnose(problem, oracle, state)
         if self.schedule == "projected":
             return self._projected(problem, oracle, state)[1]
+        if self._noisy_schedule(oracle):
+            dx, _, gamma, _, aux = stochastic_direction(self, oracle, state)
+            aux.diagnostics["step_size"] = x_step_size(self, state, dx, gamma)[0]
+            return aux
         if self._independent(oracle):
             return self._stochastic_direction(problem, oracle, state).aux
         return self._direction(problem, oracle, state).aux
@@ -624,26 +649,20 @@ class PGDQP(Solver):
 
     def _independent(self, oracle: Oracle) -> bool:
         """Whether h and grad h come from two independent lower batches: estimator="independent",
-        or by default (estimator=None) whenever the oracle evaluates minibatches."""
-        return self.estimator == "independent" or (self.estimator is None and oracle.stochastic)
+        or by default (estimator=None) whenever the oracle evaluates minibatches; "tracked" outside the
+        stochastic schedule, which alone keeps its memory."""
+        return self.estimator in ("independent", "tracked") or (self.estimator is None and oracle.stochastic)
 
     def _stochastic_direction(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> Direction:
         """The QP step from unbiased estimates of h and grad h on two independent lower batches
-        B1 (the loop's) and B2 (`independent_h_and_grad`; J = [grad_yx g, grad_yy g]). With
-        schedule="diminishing" on minibatches the steps follow the stochastic schedule (see the
-        class docstring)."""
+        B1 (the loop's) and B2 (`independent_h_and_grad`; J = [grad_yx g, grad_yy g]), at the
+        schedule's steps (schedule="diminishing" on minibatches runs `stochastic_step` instead)."""
         x, y = state.x, state.y
         f, fx, fy = oracle.grad_f(x, y)
         g, gy1, gy2, h, hx, hy = independent_h_and_grad(oracle, x, y)
         lf, lh = state.lipschitz_f, state.lipschitz_h
-        if self._noisy_schedule(oracle):
-            t = 1.0 + state.k / self.noise_decay
-            gamma = state.gamma0 / t                                      # 1/k: sum gamma = inf, sum gamma^2 < inf
-            alpha = self.alpha or self.feasibility / (math.sqrt(t) * gamma * lh)   # gamma alpha L_h = feasibility / sqrt(t)
-            y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / state.gamma0   # decays too
-        else:
-            gamma, alpha = self._parameters(state, lf, lh)
-            y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / gamma
+        gamma, alpha = self._parameters(state, lf, lh)
+        y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / gamma
         hh = inner(hx, hx) + y_scale * inner(hy, hy)
         rho = hh if self.rho == "grad" else torch.sqrt(hh * state.h0)
         dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale)
@@ -668,6 +687,100 @@ def independent_h_and_grad(oracle: Oracle, x: Tensor, y: Tensor) -> tuple[Tensor
     oracle.batches = first
     hx1, hy1 = oracle.vjp_grad_y_g(x, y, gy2)       # J_B1^T grad_y g_B2
     return g, gy1, gy2, inner(gy1, gy2), hx1 + hx2, hy1 + hy2
+
+
+@dataclass(frozen=True)
+class StochasticState(PGDQPState, AdaptiveXState):
+    """pgdqp's state on minibatches: also the tracked estimate c_k of grad_y g at (x_k, y_k) and
+    the memory of the adaptive x step (`base.x_step`)."""
+
+    lower_grad: Tensor | None = None
+
+
+def stochastic_init(solver: PGDQP, problem: BilevelProblem, oracle: Oracle,
+                    generator: torch.Generator) -> StochasticState:
+    """L_f and L_h by power iteration at (x0, y0) on the first batches (floored as on full data),
+    kept fixed; gamma_0 = step_size or step_scale / L_f; y0 warm-started for rho="warm"."""
+    x, y = problem.x0, problem.y0
+    h0 = None
+    if solver.rho == "warm":
+        y = warm_start(problem, oracle, x, y, solver.warm_start_steps, solver.warm_start_tol, solver.power_iters,
+                       generator)
+        gy = oracle.grad_g_y(x, y)
+        h0 = inner(gy, gy)
+    lf = solver.lipschitz_f or as_float(curvature_floor(
+        power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y), solver.power_iters, generator),
+        oracle.grad_f(x, y)[1:], x, y))
+    lh = solver.lipschitz_h or as_float(curvature_floor(
+        power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y), solver.power_iters, generator),
+        oracle.h_and_grad(x, y)[3:], x, y))
+    return StochasticState(x=x, y=y, h0=h0, lipschitz_f=lf, lipschitz_h=lh, gamma0=solver.step_size or solver.step_scale / lf)
+
+
+def tracked_h_and_grad(oracle: Oracle, state: StochasticState, beta: float) -> tuple[Tensor, ...]:
+    """(g_B, c_k, h, grad_x h, grad_y h) from the recursive (STORM) estimate of c = grad_y g,
+
+        c_k = grad_y g_B(z_k) + (1 - beta) (c_(k-1) - grad_y g_B(z_(k-1))),   c_0 = grad_y g_B(z_0),
+        h ~ ||c_k||^2,   grad h ~ 2 J_B(z_k)^T c_k,
+
+    both gradients on the loop's lower batch B. c_k - grad_y g(z_k) is a sum of the batches' errors
+    weighted (1 - beta)^j and of the differences grad_y g_B(z_i) - grad_y g_B(z_(i-1)) - (the same on
+    all the data), which shrink with the steps: near the lower-level solution, where c is small
+    and the steps are short, its variance is about beta / 2 that of one batch. Two gradients of g
+    and one backward product."""
+    x, y = state.x, state.y
+    g, _, gy = oracle.grad_g(x, y)
+    c = gy
+    if state.lower_grad is not None and state.velocity is not None:
+        previous = oracle.grad_g_y(x - state.velocity[0], y - state.velocity[1])
+        c = gy + (1 - beta) * (state.lower_grad - previous)
+    hx, hy = oracle.vjp_grad_y_g(x, y, c)
+    return g, c, inner(c, c), 2 * hx, 2 * hy
+
+
+def stochastic_direction(solver: PGDQP, oracle: Oracle, state: StochasticState) -> tuple:
+    """(d_x, d_y, gamma_k, c_k, Aux): the QP step of eq. 8 on the minibatch estimates, with
+
+        gamma_k = gamma_0 / (1 + k/noise_decay),   alpha_k = feasibility / (gamma_k L_h)."""
+    x, y = state.x, state.y
+    f, fx, fy = oracle.grad_f(x, y)
+    if solver.estimator == "independent":
+        g, gy1, gy2, h, hx, hy = independent_h_and_grad(oracle, x, y)
+        c = 0.5 * (gy1 + gy2)
+    else:
+        g, c, h, hx, hy = tracked_h_and_grad(oracle, state, solver.tracking)
+    gamma = state.gamma0 / (1.0 + state.k / solver.noise_decay)
+    alpha = solver.alpha or solver.feasibility / (gamma * state.lipschitz_h)
+    y_scale = 1.0 if solver.lower_step_size is None else solver.lower_step_size / state.gamma0
+    hh = inner(hx, hx) + y_scale * inner(hy, hy)
+    rho = hh if solver.rho == "grad" else torch.sqrt(hh * state.h0)
+    dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale)
+    stationarity = inner(dx, dx) + inner(dy, dy) / y_scale ** 2
+    aux = Aux({"f": f, "g": g, "h": h, "kkt_stationarity": stationarity, "kkt_feasibility": h, "lambda": lam,
+               "step_size": gamma, "lower_step_size": gamma * y_scale, "alpha": alpha}, nu=2 * lam * c)
+    return dx, dy, gamma, c, aux
+
+
+def x_step_size(solver: PGDQP, state: StochasticState, dx: Tensor, gamma: float | Tensor) -> tuple:
+    """(eta_k, the AdaGrad memory): gamma_k where step_size is given, else AdaGrad-norm on d_x,
+    eta_k = x_scale / sqrt(sum_(i<=k) ||d_x,i||^2 / dim x) (`base.x_step`)."""
+    return (gamma, None) if solver.step_size is not None else x_step(None, solver.x_scale, state, dx)
+
+
+def stochastic_step(solver: PGDQP, problem: BilevelProblem, oracle: Oracle,
+                    state: StochasticState) -> tuple[StochasticState, Aux]:
+    """y <- P_Y(y + gamma_k d_y), x <- P_X(x + eta_k d_x): eta_k = gamma_k where step_size is given,
+    else AdaGrad-norm on d_x (`base.x_step`, scale x_scale); heavy ball only where momentum is given."""
+    dx, dy, gamma, c, aux = stochastic_direction(solver, oracle, state)
+    eta, memory = x_step_size(solver, state, dx, gamma)
+    aux.diagnostics["step_size"] = eta
+    vx, vy = eta * dx, gamma * dy
+    if solver.momentum and state.velocity is not None:
+        vx, vy = vx + solver.momentum * state.velocity[0], vy + solver.momentum * state.velocity[1]
+    x, y = problem.project_x(state.x + vx), problem.project_y(state.y + vy)
+    new = replace(state, x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y), x_memory=memory,
+                  lower_grad=c)
+    return new, aux
 
 
 def conjugate_gradients(matvec, rhs: Tensor, start: Tensor, iters: int, tol: float) -> Tensor:
