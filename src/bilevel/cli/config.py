@@ -6,6 +6,8 @@
     log_every: 50
     seeds: 3                       # a count (0..2) or a list [0, 5, 7]
     kkt: method                    # KKT residuals at logged iterations: method, least_squares or none
+    upper_tol: 1e-4                # optional: any setting of bilevel.RunPolicy (tol, verify, verify_tol,
+                                   # upper_tol, curvature_tol, resolve_fraction, verify_max_iter)
     problems:
       coreset: {}                  # builder arguments; a list is a grid (dtype: float32 or float64)
       synthetic-sc: {dim: [10, 20]}
@@ -17,8 +19,12 @@
     oracle: func                   # optional: the derivative back-end, autograd (default), func or compiled
     plot: {metrics: [upper_objective], x: iter}
 
+The run settings (max_iter, log_every, kkt, tol and the verification's) are those of
+`bilevel.RunPolicy`, by the same names and with its defaults.
+
 Everything is checked before the first run, plot metrics included: each must be a column the
 runs will have (`run_columns()`, or a metric of one of the problems, or its verified_ value).
+All the mistakes found are reported at once.
 """
 from __future__ import annotations
 
@@ -39,16 +45,20 @@ from ..core.oracles import BACKENDS, COUNTERS
 from ..core.problem import BilevelProblem
 from ..problems import PROBLEMS, resolve
 from ..run.history import KKT_MODES, problem_metrics
+from ..run.policy import DEFAULT, FIELDS, RunPolicy
 from ..run.solve import make_solver
 from ..solvers import SOLVERS, diagnostic_columns
 from .plot import X_AXES
 from .store import VERIFIED_COLUMNS
 
+# the verification's settings of a run (`bilevel.RunPolicy`), besides max_iter, log_every, kkt and tol
+VERIFY_SETTINGS = ("verify", "verify_tol", "upper_tol", "curvature_tol", "resolve_fraction", "verify_max_iter")
 TOP_KEYS = {"name": str, "max_iter": int, "log_every": int, "seeds": (int, list), "kkt": str, "tol": (int, float),
             "problems": dict, "methods": dict, "plot": dict, "description": str, "batch_size": int,
-            "oracle": str}
+            "oracle": str, "verify": bool, "verify_tol": (int, float), "upper_tol": (int, float),
+            "curvature_tol": (int, float), "resolve_fraction": (int, float), "verify_max_iter": int}
 PLOT_KEYS = {"metrics": list, "x": str}
-REQUIRED = ("max_iter", "problems", "methods")
+REQUIRED = ("problems", "methods")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
@@ -65,37 +75,65 @@ class RunSpec:
     method: str
     options: tuple
     seed: int
-    max_iter: int
-    log_every: int
-    kkt: str | None = None
-    tol: float | None = None
+    max_iter: int = DEFAULT.max_iter
+    log_every: int = DEFAULT.log_every
+    kkt: str | None = DEFAULT.kkt
+    tol: float | None = DEFAULT.tol
     batch_size: int | None = None          # minibatches of this size (solve's batch_size); None: all the data
     oracle: str = "autograd"               # the derivative back-end (solve's oracle)
+    verify: bool = DEFAULT.verify
+    verify_tol: float = DEFAULT.verify_tol
+    upper_tol: float = DEFAULT.upper_tol
+    curvature_tol: float = DEFAULT.curvature_tol
+    resolve_fraction: float = DEFAULT.resolve_fraction
+    verify_max_iter: int = DEFAULT.verify_max_iter
 
     @property
     def run_id(self) -> str:
-        """A stable id: a hash of the full configuration (batch_size left out where None and oracle
-        where autograd, so that runs keep the ids they had before these existed)."""
+        """A stable id: a hash of the full configuration (batch_size left out where None, oracle
+        where autograd and the verification's settings where they are the defaults, so that runs
+        keep the ids they had before these existed)."""
         fields = dataclasses.asdict(self)
         if fields["batch_size"] is None:
             del fields["batch_size"]
         if fields["oracle"] == "autograd":
             del fields["oracle"]
+        for name in VERIFY_SETTINGS:
+            if fields[name] == getattr(DEFAULT, name):
+                del fields[name]
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def policy(self) -> RunPolicy:
+        """The run's settings as solve takes them."""
+        return RunPolicy(max_iter=self.max_iter, log_every=self.log_every, kkt=self.kkt, tol=self.tol,
+                         **{name: getattr(self, name) for name in VERIFY_SETTINGS})
 
     def describe(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "problem": self.problem, "problem_args": dict(self.problem_args),
                 "method": self.method, "options": dict(self.options), "seed": self.seed,
                 "max_iter": self.max_iter, "log_every": self.log_every, "kkt": self.kkt, "tol": self.tol,
-                "batch_size": self.batch_size, "oracle": self.oracle}
+                "batch_size": self.batch_size, "oracle": self.oracle,
+                **{name: getattr(self, name) for name in VERIFY_SETTINGS}}
 
     @classmethod
     def make(cls, problem: str, problem_args: dict[str, Any], method: str, options: dict[str, Any], seed: int,
-             max_iter: int, log_every: int, kkt: str | None = None, tol: float | None = None,
-             batch_size: int | None = None, oracle: str = "autograd") -> "RunSpec":
+             max_iter: int = DEFAULT.max_iter, log_every: int = DEFAULT.log_every, kkt: str | None = DEFAULT.kkt,
+             tol: float | None = DEFAULT.tol, batch_size: int | None = None, oracle: str = "autograd",
+             **verification: Any) -> RunSpec:
+        """A RunSpec; `verification` holds settings of VERIFY_SETTINGS (the others are the defaults)."""
+        unknown = [name for name in verification if name not in VERIFY_SETTINGS]
+        if unknown:
+            raise TypeError(f"Invalid setting: {unknown[0]!r} (expected one of {', '.join(VERIFY_SETTINGS)})")
         return cls(problem, tuple(sorted(problem_args.items())), method, tuple(sorted(options.items())), seed,
-                   max_iter, log_every, kkt, tol, batch_size, oracle)
+                   max_iter, log_every, kkt, tol, batch_size, oracle, **verification)
+
+    @classmethod
+    def with_policy(cls, problem: str, problem_args: dict[str, Any], method: str, options: dict[str, Any],
+                    seed: int, policy: RunPolicy, batch_size: int | None = None, oracle: str = "autograd") -> RunSpec:
+        """A RunSpec with the run settings of `policy`."""
+        return cls.make(problem, problem_args, method, options, seed, policy.max_iter, policy.log_every, policy.kkt,
+                        policy.tol, batch_size, oracle, **{name: getattr(policy, name) for name in VERIFY_SETTINGS})
 
 
 # ----- reading and checking a config ---------------------------------------------------------
@@ -188,80 +226,110 @@ def _syntax_error(exc: yaml.MarkedYAMLError, text: str) -> str:
 
 
 def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | None = None) -> dict[str, Any]:
-    """Validate a config mapping (see the module docstring)."""
+    """Validate a config mapping (see the module docstring). Every mistake found is reported,
+    in one ConfigError, a line each."""
     lines = lines or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"Invalid config: {source}: expected a mapping with keys {', '.join(REQUIRED)}")
+    errors: list[str] = []
+
+    def where(*path: Any) -> str:
+        return _where(source, lines, path)
+
+    raw = {key: (_number(value) if TOP_KEYS.get(key) == (int, float) else value) for key, value in raw.items()}
+    bad = set()
     for key, value in raw.items():
         if key not in TOP_KEYS:
-            raise ConfigError(f"Invalid key: {_where(source, lines, (key,))}: unknown key {key!r}{suggest(key, TOP_KEYS)}")
+            errors.append(f"Invalid key: {where(key)}: unknown key {key!r}{suggest(key, TOP_KEYS)}")
+            bad.add(key)
+            continue
         expected = TOP_KEYS[key]
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ConfigError(f"Invalid value: {_where(source, lines, (key,))}: {value!r} "
-                              f"(expected {_type_name(expected)})")
+            errors.append(f"Invalid value: {where(key)}: {value!r} (expected {_type_name(expected)})")
+            bad.add(key)
     for key in REQUIRED:
         if key not in raw:
-            raise ConfigError(f"Invalid config: {source}: missing key {key!r}")
-    if raw.get("kkt", "method") not in KKT_MODES:
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('kkt',))}: {raw['kkt']!r} "
-                          f"(expected one of {', '.join(KKT_MODES)}){suggest(raw['kkt'], KKT_MODES)}")
-    if raw.get("oracle", "autograd") not in BACKENDS:
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('oracle',))}: {raw['oracle']!r} "
-                          f"(expected one of {', '.join(BACKENDS)}){suggest(raw['oracle'], BACKENDS)}")
-    if "tol" in raw and (isinstance(raw["tol"], bool) or raw["tol"] < 0):
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('tol',))}: {raw['tol']!r} (expected a number >= 0)")
-    if "tol" in raw and raw.get("kkt") == "none":
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('tol',))}: {raw['tol']!r} with kkt: none (tol is "
-                          f"checked against the KKT residuals)")
+            errors.append(f"Invalid config: {source}: missing key {key!r}")
+            bad.add(key)
+    ok = {key: value for key, value in raw.items() if key not in bad}
+    if ok.get("kkt", "method") not in KKT_MODES:
+        errors.append(f"Invalid value: {where('kkt')}: {raw['kkt']!r} "
+                      f"(expected one of {', '.join(KKT_MODES)}){suggest(raw['kkt'], KKT_MODES)}")
+    if ok.get("oracle", "autograd") not in BACKENDS:
+        errors.append(f"Invalid value: {where('oracle')}: {raw['oracle']!r} "
+                      f"(expected one of {', '.join(BACKENDS)}){suggest(raw['oracle'], BACKENDS)}")
+    if "tol" in ok and (isinstance(ok["tol"], bool) or ok["tol"] < 0):
+        errors.append(f"Invalid value: {where('tol')}: {raw['tol']!r} (expected a number >= 0)")
+    elif "tol" in ok and ok.get("kkt") == "none":
+        errors.append(f"Invalid value: {where('tol')}: {raw['tol']!r} with kkt: none (tol is checked against the KKT "
+                      f"residuals)")
     for key in ("max_iter", "log_every", "batch_size"):
-        if key in raw and raw[key] < 1:
-            raise ConfigError(f"Invalid value: {_where(source, lines, (key,))}: {raw[key]!r} (expected >= 1)")
-    seeds = raw.get("seeds", 1)
-    if isinstance(seeds, list) and not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected a list of integers)")
-    if isinstance(seeds, int) and seeds < 1:
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected >= 1)")
-    if seeds == []:
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: [] (expected at least one seed)")
-    raw = {**raw, "problems": _numbers(raw["problems"]), "methods": _numbers(raw["methods"])}
-    _check_section(raw, "problems", PROBLEMS, "problem", "builder argument",
-                   lambda name: [p for p in inspect.signature(_builder(name, source, lines)).parameters if p != "seed"],
-                   source, lines)
-    _check_section(raw, "methods", SOLVERS, "solver", "hyperparameter",
-                   lambda name: (*SOLVERS[name].options(), "batch_size"), source, lines)
-    for name, args in raw["problems"].items():
-        for dtype in _values((args or {}).get("dtype")):
-            if dtype is not None and not (isinstance(dtype, str) and dtype in DTYPES):
-                raise ConfigError(f"Invalid value: {_where(source, lines, ('problems', name, 'dtype'))}: {dtype!r} "
-                                  f"(expected one of {', '.join(DTYPES)}){suggest(dtype, DTYPES)}")
-    for name, options in raw["methods"].items():
-        where = _where(source, lines, ("methods", name))
-        for batch_size in _values((options or {}).get("batch_size")):
-            if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                           or batch_size < 1):
-                raise ConfigError(f"Invalid value: {_where(source, lines, ('methods', name, 'batch_size'))}: "
-                                  f"{batch_size!r} (expected a whole number >= 1, or null for all the data)")
-        for combo in _grid(options):                      # every grid point must build
-            combo.pop("batch_size", None)
+        if key in ok and ok[key] < 1:
+            errors.append(f"Invalid value: {where(key)}: {raw[key]!r} (expected >= 1)")
+    for key in VERIFY_SETTINGS:
+        if key in ok:
             try:
-                make_solver(name, combo)
+                RunPolicy(**{key: ok[key]})
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"Invalid hyperparameters: {where}: {exc}") from None
-    for key, value in (raw.get("plot") or {}).items():
+                errors.append(f"Invalid value: {where(key)}: {str(exc).partition(': ')[2]}")
+    seeds = ok.get("seeds", 1)
+    if isinstance(seeds, list) and not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        errors.append(f"Invalid value: {where('seeds')}: {seeds!r} (expected a list of integers)")
+    elif isinstance(seeds, int) and seeds < 1:
+        errors.append(f"Invalid value: {where('seeds')}: {seeds!r} (expected >= 1)")
+    elif seeds == []:
+        errors.append(f"Invalid value: {where('seeds')}: [] (expected at least one seed)")
+    for section in ("problems", "methods"):
+        if section in ok:
+            raw[section] = _numbers(raw[section])
+    if "problems" in ok:
+        errors += _check_section(raw, "problems", PROBLEMS, "problem", "builder argument", _builder_arguments,
+                                 source, lines)
+        for name, args in raw["problems"].items():
+            for dtype in _values((args if isinstance(args, dict) else {}).get("dtype")):
+                if dtype is not None and not (isinstance(dtype, str) and dtype in DTYPES):
+                    errors.append(f"Invalid value: {where('problems', name, 'dtype')}: {dtype!r} "
+                                  f"(expected one of {', '.join(DTYPES)}){suggest(dtype, DTYPES)}")
+    if "methods" in ok:
+        method_errors = _check_section(raw, "methods", SOLVERS, "solver", "hyperparameter",
+                                       lambda name: (*SOLVERS[name].options(), "batch_size"), source, lines)
+        errors += method_errors
+        for name, options in raw["methods"].items():
+            if name not in SOLVERS or not isinstance(options or {}, dict) or not set(options or {}) <= {
+                    *SOLVERS[name].options(), "batch_size"} or [] in (options or {}).values():
+                continue                                       # its mistake is reported above
+            for batch_size in _values((options or {}).get("batch_size")):
+                if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                               or batch_size < 1):
+                    errors.append(f"Invalid value: {where('methods', name, 'batch_size')}: {batch_size!r} "
+                                  f"(expected a whole number >= 1, or null for all the data)")
+            for combo in _grid(options):                      # every grid point must build
+                combo.pop("batch_size", None)
+                try:
+                    make_solver(name, combo)
+                except (TypeError, ValueError) as exc:
+                    errors.append(f"Invalid hyperparameters: {where('methods', name)}: {exc}")
+                    break
+    plot = ok.get("plot") or {}
+    for key, value in plot.items():
         if key not in PLOT_KEYS:
-            raise ConfigError(f"Invalid key: {_where(source, lines, ('plot', key))}: unknown key {key!r}"
-                              f"{suggest(key, PLOT_KEYS)}")
-        if not isinstance(value, PLOT_KEYS[key]):
-            raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', key))}: {value!r} "
-                              f"(expected {_type_name(PLOT_KEYS[key])})")
-    plot = raw.get("plot") or {}
-    if "x" in plot and plot["x"] not in X_AXES:
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', 'x'))}: {plot['x']!r} "
-                          f"(expected one of {', '.join(X_AXES)}){suggest(plot['x'], X_AXES)}")
-    if "metrics" in plot and (not plot["metrics"] or not all(isinstance(m, str) for m in plot["metrics"])):
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', 'metrics'))}: {plot['metrics']!r} "
-                          f"(expected a non-empty list of column names, e.g. [f, h])")
-    _check_plot_metrics(raw, plot.get("metrics", []), _where(source, lines, ("plot", "metrics")))
+            errors.append(f"Invalid key: {where('plot', key)}: unknown key {key!r}{suggest(key, PLOT_KEYS)}")
+        elif not isinstance(value, PLOT_KEYS[key]):
+            errors.append(f"Invalid value: {where('plot', key)}: {value!r} (expected {_type_name(PLOT_KEYS[key])})")
+    if isinstance(plot.get("x"), str) and plot["x"] not in X_AXES:
+        errors.append(f"Invalid value: {where('plot', 'x')}: {plot['x']!r} "
+                      f"(expected one of {', '.join(X_AXES)}){suggest(plot['x'], X_AXES)}")
+    metrics = plot.get("metrics", [])
+    strings = isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)
+    if "metrics" in plot and isinstance(metrics, list) and (not metrics or not strings):
+        errors.append(f"Invalid value: {where('plot', 'metrics')}: {plot['metrics']!r} "
+                      f"(expected a non-empty list of column names, e.g. [f, h])")
+    elif isinstance(metrics, list) and not errors:      # the problems are built only for a config that is right
+        errors += _check_plot_metrics(raw, metrics, where("plot", "metrics"))
+    if len(errors) == 1:
+        raise ConfigError(errors[0])
+    if errors:
+        raise ConfigError(f"Invalid config: {source}: {len(errors)} mistakes:\n" + "\n".join(f"  {e}" for e in errors))
     return raw
 
 
@@ -312,25 +380,24 @@ def problem_metric_names(name: str, args: dict[str, Any], seed: int = 0) -> list
         return None
 
 
-def _check_plot_metrics(raw: dict[str, Any], metrics: list[str], where: str) -> None:
+def _check_plot_metrics(raw: dict[str, Any], metrics: list[str], where: str) -> list[str]:
     """Each plot metric is a column the runs will have: one of `run_columns()`, or a metric of one
     of the problems (built once, with the first grid point and seed) or its verified_ value.
     Nothing is built when every metric is in run_columns(), and nothing is refused when a problem
-    cannot be built here."""
+    cannot be built here. The mistakes found, a line each."""
     unknown = [m for m in metrics if m not in run_columns()]
     if not unknown:
-        return
+        return []
     seeds = raw.get("seeds", 1)
     columns = set(run_columns())
     for name, args in raw["problems"].items():
         names = problem_metric_names(name, _grid(args)[0], 0 if isinstance(seeds, int) else seeds[0])
         if names is None:
-            return
+            return []
         columns.update(names + [f"verified_{n}" for n in names])
-    for metric in unknown:
-        if metric not in columns:
-            raise ConfigError(f"Invalid metric: {where}: {metric!r} is not a column the runs will have "
-                              f"(expected one of {', '.join(sorted(columns))}){suggest(metric, columns)}")
+    return [f"Invalid metric: {where}: {metric!r} is not a column the runs will have "
+            f"(expected one of {', '.join(sorted(columns))}){suggest(metric, columns)}"
+            for metric in unknown if metric not in columns]
 
 
 def _values(value: Any) -> list[Any]:
@@ -341,42 +408,51 @@ def _values(value: Any) -> list[Any]:
 _EXPONENT_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
+def _number(value: Any) -> Any:
+    """A number such as 1e-3 (YAML 1.1 reads it as a string: no dot) as a float, in lists too."""
+    if isinstance(value, list):
+        return [_number(v) for v in value]
+    return float(value) if isinstance(value, str) and _EXPONENT_NUMBER.match(value) else value
+
+
 def _numbers(section: dict[str, Any]) -> dict[str, Any]:
-    """Numbers such as 1e-3 (YAML 1.1 reads them as strings: no dot) become floats."""
-    def number(value: Any) -> Any:
-        if isinstance(value, list):
-            return [number(v) for v in value]
-        return float(value) if isinstance(value, str) and _EXPONENT_NUMBER.match(value) else value
-    return {name: ({k: number(v) for k, v in mapping.items()} if isinstance(mapping, dict) else mapping)
+    """The numbers written such as 1e-3 of a section's mappings as floats."""
+    return {name: ({k: _number(v) for k, v in mapping.items()} if isinstance(mapping, dict) else mapping)
             for name, mapping in section.items()}
 
 
 def _check_section(raw: dict, section: str, registry: dict, what: str, entry: str, valid_keys, source: str,
-                   lines: dict[tuple, int]) -> None:
-    """Each name of raw[section] is in the registry, maps to a mapping, whose keys are valid."""
+                   lines: dict[tuple, int]) -> list[str]:
+    """The mistakes of raw[section]: a name not in the registry, an entry that is not a
+    mapping, a key that is not valid, an empty grid."""
+    errors = []
     for name, mapping in raw[section].items():
         where = _where(source, lines, (section, name))
         if name not in registry and not (section == "problems" and ":" in str(name)):   # or package.module:function
-            raise ConfigError(f"Invalid {what}: {where}: {name!r} is not a {what}{suggest(name, registry)}")
+            errors.append(f"Invalid {what}: {where}: {name!r} is not a {what}{suggest(name, registry)}")
+            continue
         if mapping is not None and not isinstance(mapping, dict):
-            raise ConfigError(f"Invalid value: {where}: {mapping!r} (expected a mapping of {entry}s, "
-                              f"e.g. {{}}, or nothing)")
-        valid = valid_keys(name)
+            errors.append(f"Invalid value: {where}: {mapping!r} (expected a mapping of {entry}s, e.g. {{}}, "
+                          f"or nothing)")
+            continue
+        try:
+            valid = valid_keys(name)
+        except (TypeError, ValueError) as exc:
+            errors.append(f"{exc}: {where}")
+            continue
         for key, value in (mapping or {}).items():
             if key not in valid:
-                raise ConfigError(f"Invalid {entry}: {_where(source, lines, (section, name, key))}: "
-                                  f"{key!r} is not a {entry} of {name}{suggest(key, valid)}")
-            if value == []:
-                raise ConfigError(f"Invalid value: {_where(source, lines, (section, name, key))}: [] (an empty "
-                                  f"grid: expected a value or a list of at least one)")
+                errors.append(f"Invalid {entry}: {_where(source, lines, (section, name, key))}: "
+                              f"{key!r} is not a {entry} of {name}{suggest(key, valid)}")
+            elif value == []:
+                errors.append(f"Invalid value: {_where(source, lines, (section, name, key))}: [] (an empty "
+                              f"grid: expected a value or a list of at least one)")
+    return errors
 
 
-def _builder(name: str, source: str, lines: dict[tuple, int]):
-    """The builder of a problem named in a config (a registered name or package.module:function)."""
-    try:
-        return resolve(name)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{exc}: {_where(source, lines, ('problems', name))}") from None
+def _builder_arguments(name: str) -> list[str]:
+    """The arguments of a problem's builder (a registered name or package.module:function) but seed."""
+    return [p for p in inspect.signature(resolve(name)).parameters if p != "seed"]
 
 
 def _grid(mapping: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -387,10 +463,17 @@ def _grid(mapping: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
+def run_policy(config: dict[str, Any]) -> RunPolicy:
+    """The run settings of a checked config: its keys named as `bilevel.RunPolicy`'s fields,
+    the policy's defaults for the others."""
+    return RunPolicy(**{name: config[name] for name in FIELDS if name in config})
+
+
 def expand(config: dict[str, Any]) -> list[RunSpec]:
     """All runs of a config: problems x problem-argument grid x methods x option grid x seeds."""
     seeds = config.get("seeds", 1)
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    policy = run_policy(config)
     runs = []
     for problem, args in config["problems"].items():
         for problem_args in _grid(args):
@@ -398,7 +481,6 @@ def expand(config: dict[str, Any]) -> list[RunSpec]:
                 for opts in _grid(options):
                     batch_size = opts.pop("batch_size", config.get("batch_size"))
                     for seed in seeds:
-                        runs.append(RunSpec.make(problem, problem_args, method, opts, seed, config["max_iter"],
-                                                 config.get("log_every", 10), config.get("kkt"), config.get("tol"),
-                                                 batch_size, config.get("oracle", "autograd")))
+                        runs.append(RunSpec.with_policy(problem, problem_args, method, opts, seed, policy,
+                                                        batch_size, config.get("oracle", "autograd")))
     return runs
