@@ -275,3 +275,19 @@ def test_summary_counts_unverified_runs_and_shows_a_users_metric_at_the_verified
     assert rows["m1"]["runs"] == "2 (1 not verified)"
     assert rows["m2"]["runs"] == "1 (1 diverged)"   # a diverged run is not counted twice
     assert rows["m1"]["verified_acc"] == f"{0.65:.4g} ± {pd.Series([0.6, 0.7]).std():.2g}"
+
+
+def test_a_config_reports_every_mistake_at_once(tmp_path):
+    config = {**BASE, "max_iters": 3, "seeds": 0, "upper_tol": -1.0,
+              "methods": {"pgdq": {}, "sgf": {"stepsize": 1}, "pgdqp": {"step_size": -1.0}}, "plot": {"x": "wall"}}
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, config))
+    lines = str(raised.value).splitlines()
+    assert lines[0] == f"Invalid config: {tmp_path / 'c.yaml'}: 7 mistakes:"
+    expected = ["unknown key 'max_iters'; did you mean 'max_iter'?", "seeds (line", ": 0 (expected >= 1)",
+                "upper_tol (line", ": -1.0 (expected a finite number > 0)", "'pgdq' is not a solver",
+                "'stepsize' is not a hyperparameter of sgf", "methods.pgdqp (line", "Invalid step_size: -1.0",
+                "plot.x (line", "'wall' (expected one of"]
+    assert len(lines) == 8 and all("(line " in line for line in lines[1:])
+    for part in expected:
+        assert sum(part in line for line in lines[1:]) == 1, part

@@ -378,3 +378,21 @@ def test_counts_accept_exponents_and_underscores_and_refuse_fractions(argv, flag
     minimum = 0 if flag in ("--max-iter", "--seed") else 1
     assert error_of([*argv, flag, str(minimum - 1)], capsys) == (
         f"Invalid {flag}: '{minimum - 1}' (expected a whole number >= {minimum})")
+
+
+def test_a_start_outside_its_box_is_an_error():
+    def f(x, y):
+        return ((x - 1) ** 2).sum() + (y ** 2).sum()
+
+    def g(x, y):
+        return ((y - x) ** 2).sum()
+    inside = torch.tensor([0.5, 1.0, 0.0], dtype=torch.float64)
+    outside = torch.tensor([0.5, 2.0, -3.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^Invalid y0: 2 of its 3 entries are outside y_bounds, the first 2 "
+                                         r"\(flat index 1\) not in \[0, 1\]"):
+        bilevel.BilevelProblem(f, g, inside, outside, y_bounds=(0.0, 1.0))
+    with pytest.raises(ValueError, match=r"^Invalid x0: 1 of its 3 entries are outside x_bounds, the first -3 "
+                                         r"\(flat index 2\) not in \[-1, inf\]"):
+        bilevel.BilevelProblem(f, g, outside, inside, x_bounds=(-1.0, None))
+    on_the_bounds = bilevel.BilevelProblem(f, g, inside, inside, x_bounds=(0.0, 1.0), y_bounds=(0.0, 1.0))
+    assert torch.equal(on_the_bounds.y0, inside) and torch.equal(on_the_bounds.x0, inside)
