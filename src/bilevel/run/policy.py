@@ -69,8 +69,8 @@ class RunPolicy:
         put("tol", checks.number("tol", self.tol, minimum=0, allow_none=True))
         put("log_every", checks.integer("log_every", self.log_every, 1))
         if self.kkt is not None and self.kkt not in KKT_MODES:
-            raise ValueError(f"Invalid kkt: {self.kkt!r} (expected one of {', '.join(map(repr, KKT_MODES))} "
-                             f"or None){checks.suggest(self.kkt, KKT_MODES) if isinstance(self.kkt, str) else ''}")
+            raise ValueError(f"Invalid kkt: {self.kkt!r} (expected one of {', '.join(map(repr, KKT_MODES))})"
+                             f"{checks.suggest(self.kkt, KKT_MODES) if isinstance(self.kkt, str) else ''}")
         if self.tol is not None and self.kkt == "none":
             raise ValueError(f"Invalid tol: {self.tol!r} with kkt='none' (tol is checked against the KKT residuals; "
                              "use kkt='least_squares' or kkt='method')")
