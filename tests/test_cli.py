@@ -4,8 +4,9 @@ import json
 import pandas as pd
 import pytest
 
+from bilevel.cli import tables
 from bilevel.cli.main import main, parse_value
-from bilevel.cli.store import read_results
+from bilevel.cli.store import read_answer, read_results
 
 
 def test_parse_value():
@@ -68,3 +69,20 @@ def test_errors_are_one_line_with_exit_status_2(argv, message, capsys):
     assert err.startswith("bilevel: error: ")
     import re
     assert re.search(message, err), err
+
+
+def test_a_run_directory_reads_back_and_plots_without_metric(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--problem", "quadratic", "--method", "sgf", "--max-iter", "4", "--log-every", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    (run,) = (out / "runs").iterdir()
+    answer, whole = read_answer(run), read_answer(out)
+    assert answer["status"] == whole["status"] == "COMPLETED" and answer["x"].equal(whole["x"])
+    history = pd.read_parquet(run / "history.parquet")
+    assert history["iter"].dtype == "int64" and history["iter"].tolist() == [0, 2, 4]
+    capsys.readouterr()
+    assert main(["plot", str(out)]) == 0
+    assert tables.default_metrics(read_results(out)) == ["solved", "x_error", "verified_distance_to_solution",
+                                                          "verified_f"]
+    (png,) = out.glob("plot_*.png")
+    assert str(png) in capsys.readouterr().out and "solved-x_error-verified_distance_to_solution-verified_f" in png.name

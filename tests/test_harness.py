@@ -285,3 +285,19 @@ def test_cli_runs_each_baseline_on_coreset(method, max_iter, tmp_path, capsys):
                  "--no-progress", "--out", str(tmp_path)]) == 0
     assert f"| {method} |" in capsys.readouterr().out
     assert len(list((tmp_path / "runs").glob("*/history.parquet"))) == 1
+
+
+def test_a_config_reports_every_mistake_at_once(tmp_path):
+    config = {**BASE, "max_iters": 3, "seeds": 0, "upper_tol": -1.0,
+              "methods": {"pgdq": {}, "sgf": {"stepsize": 1}, "pgdqp": {"step_size": -1.0}}, "plot": {"x": "wall"}}
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, config))
+    lines = str(raised.value).splitlines()
+    assert lines[0] == f"Invalid config: {tmp_path / 'c.yaml'}: 7 mistakes:"
+    expected = ["unknown key 'max_iters'; did you mean 'max_iter'?", "seeds (line", ": 0 (expected >= 1)",
+                "upper_tol (line", ": -1.0 (expected a finite number > 0)", "'pgdq' is not a solver",
+                "'stepsize' is not a hyperparameter of sgf", "methods.pgdqp (line", "Invalid step_size: -1.0",
+                "plot.x (line", "'wall' (expected one of"]
+    assert len(lines) == 8 and all("(line " in line for line in lines[1:])
+    for part in expected:
+        assert sum(part in line for line in lines[1:]) == 1, part

@@ -74,6 +74,8 @@ def test_a_module_comes_back_as_a_module():
     net = network()
     r = solve(dict_problem(net, net), "pgdqp", max_iter=20, log_every=20, seed=0)
     assert isinstance(r.y, torch.nn.Sequential) and r.y is not net
+    assert not any(p.requires_grad for p in r.y.parameters())               # an answer, not a model in training
+    assert all(p.requires_grad for p in net.parameters())                   # the given module is left as it was
     by_dict = solve(dict_problem(net, dict(net.named_parameters())), "pgdqp", max_iter=20, log_every=20, seed=0)
     torch.testing.assert_close(torch.nn.utils.parameters_to_vector(r.y.parameters()),
                                torch.cat([v.reshape(-1) for v in by_dict.y.values()]), rtol=0, atol=0)

@@ -357,14 +357,14 @@ def test_batch_size_in_configs_runs_and_ids():
     import hashlib
     import json
 
-    from bilevel.cli.config import ConfigError, RunSpec, check_config, expand
+    from bilevel.cli.config import VERIFY_SETTINGS, ConfigError, RunSpec, check_config, expand
     from bilevel.cli.runner import run
     config = check_config({"max_iter": 3, "problems": {"biased-ridge": {"n_train": 100, "n_val": 50}},
                            "batch_size": 32, "methods": {"soba": {"batch_size": [16, None]}, "saba": {}}})
     assert [(r.method, r.batch_size) for r in expand(config)] == [("soba", 16), ("soba", None), ("saba", 32)]
     spec = RunSpec.make("quadratic", {}, "pgdqp", {}, 0, 10, 5)
-    # ids of full-data autograd runs kept
-    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("batch_size", "oracle")}
+    # ids of full-data autograd runs with the default verification kept
+    fields = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("batch_size", "oracle", *VERIFY_SETTINGS)}
     assert spec.run_id == hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert RunSpec.make("quadratic", {}, "pgdqp", {}, 0, 10, 5, batch_size=8).run_id != spec.run_id
     assert RunSpec.make("quadratic", {}, "pgdqp", {}, 0, 10, 5, oracle="func").run_id != spec.run_id

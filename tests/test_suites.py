@@ -155,11 +155,37 @@ def test_a_bad_case_or_problem_setting_names_the_key_and_its_line_and_echoes_the
         load_config(path)
 
 
-def test_max_iter_is_needed_where_a_problem_or_case_gives_none():
-    with pytest.raises(ConfigError, match=r"missing key 'max_iter' \(needed by cases\[1\]"):
-        check_config({"methods": {"sgf": {}}, "cases": [{"problem": "ring", "max_iter": 3}, {"problem": "ring", "seed": 1}]})
-    config = check_config({"methods": {"sgf": {}}, "cases": [{"problem": "ring", "max_iter": 3}]})
-    assert [r.max_iter for r in expand(config)] == [3]
+def test_max_iter_comes_from_the_problem_or_case_then_the_config_then_the_run_policy():
+    cases = [{"problem": "ring", "max_iter": 3}, {"problem": "ring", "seed": 1}]
+    config = check_config({"methods": {"sgf": {}}, "cases": cases, "problems": {"quadratic": {"log_every": 2}}})
+    runs = {(r.problem, r.seed): (r.max_iter, r.log_every) for r in expand(config)}
+    default = bilevel.RunPolicy()
+    assert runs == {("quadratic", 0): (default.max_iter, 2), ("ring", 0): (3, default.log_every),
+                    ("ring", 1): (default.max_iter, default.log_every)}
+    config = check_config({"max_iter": 8, "log_every": 4, "methods": {"sgf": {}}, "cases": cases})
+    assert [(r.max_iter, r.log_every) for r in expand(config)] == [(3, 4), (8, 4)]
+
+
+def test_a_cases_config_takes_the_run_policy_settings_and_reports_every_mistake_at_once(tmp_path):
+    config = check_config({"methods": {"sgf": {}}, "cases": [{"problem": "ring", "max_iter": 3}],
+                           "upper_tol": "1e-4", "verify_max_iter": 20, "verify": False})
+    (spec,) = expand(config)
+    assert spec.policy() == bilevel.RunPolicy(max_iter=3, upper_tol=1e-4, verify_max_iter=20, verify=False)
+    path = tmp_path / "c.yaml"
+    path.write_text("upper_tol: -1.0\nmethods:\n  sgf: {}\nproblems:\n  bolb/*: {}\n  quadratic: {max_iter: 0}\n"
+                    "cases:\n  - {problem: rng}\n  - {problem: ring, seed: x, max_iter: 0}\n  - {problem: ring}\n"
+                    "  - {problem: ring, seed: 0}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    lines = str(raised.value).splitlines()
+    assert lines[0] == f"Invalid config: {path}: 7 mistakes:"
+    expected = ["upper_tol (line 1): -1.0 (expected a finite number > 0)", "problems.bolb/* (line 5): 'bolb/*' matches",
+                "problems.quadratic.max_iter (line 6): 0 (expected a whole number >= 1",
+                "cases[0].problem (line 8): 'rng' is not a problem", "cases[1].seed (line 9): 'x' (expected int)",
+                "cases[1].max_iter (line 9): 0 (expected a whole number >= 1)",
+                "cases[3] (line 11): {'problem': 'ring', 'seed': 0} (the same case as cases[2])"]
+    for part, line in zip(expected, lines[1:]):
+        assert part in line, (part, line)
 
 
 def test_the_defaults_suite_gives_each_problem_its_iterations_and_seeds():

@@ -48,7 +48,7 @@ def test_unknown_problem_key_lists_names_and_suggests(name, meant):
     with pytest.raises(KeyError) as info:
         bilevel.PROBLEMS[name]
     assert info.value.args[0] == (f"Unknown problem: {name!r} (expected one of biased-ridge, coreset, feature-weight-decay, "
-                                  f"hyper-cleaning, quadratic, ridge-weights, synthetic-nc, synthetic-sc, toy-cleaning, bolib/... (31 names), "
+                                  f"hyper-cleaning, quadratic, ridge-weights, ring, synthetic-nc, synthetic-sc, toy-cleaning, bolib/... (31 names), "
                                   f"continuum/... (10 names), nonconvex/... (5 names), quadratic/... (14 names)); "
                                   f"did you mean {meant!r}?")
 
@@ -63,9 +63,9 @@ def test_problem_registry_is_still_a_dict():
 
 
 SOLVER_NAMES = "aid_bio, bome, f2ba, f2sa, galet, hjfbio, iaptt_gm, meha, pgdqp, saba, sgf, soba, stocbio, vpbgd"
-PROBLEM_NAMES = ("biased-ridge, coreset, feature-weight-decay, hyper-cleaning, quadratic, ridge-weights, synthetic-nc, "
-                 "synthetic-sc, toy-cleaning, bolib/... (31 names), continuum/... (10 names), nonconvex/... (5 names), "
-                 "quadratic/... (14 names)")
+PROBLEM_NAMES = ("biased-ridge, coreset, feature-weight-decay, hyper-cleaning, quadratic, ridge-weights, ring, "
+                 "synthetic-nc, synthetic-sc, toy-cleaning, bolib/... (31 names), continuum/... (10 names), "
+                 "nonconvex/... (5 names), quadratic/... (14 names)")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -378,3 +378,21 @@ def test_counts_accept_exponents_and_underscores_and_refuse_fractions(argv, flag
     minimum = 0 if flag in ("--max-iter", "--seed") else 1
     assert error_of([*argv, flag, str(minimum - 1)], capsys) == (
         f"Invalid {flag}: '{minimum - 1}' (expected a whole number >= {minimum})")
+
+
+def test_a_start_outside_its_box_is_an_error():
+    def f(x, y):
+        return ((x - 1) ** 2).sum() + (y ** 2).sum()
+
+    def g(x, y):
+        return ((y - x) ** 2).sum()
+    inside = torch.tensor([0.5, 1.0, 0.0], dtype=torch.float64)
+    outside = torch.tensor([0.5, 2.0, -3.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^Invalid y0: 2 of its 3 entries are outside y_bounds, the first 2 "
+                                         r"\(flat index 1\) not in \[0, 1\]"):
+        bilevel.BilevelProblem(f, g, inside, outside, y_bounds=(0.0, 1.0))
+    with pytest.raises(ValueError, match=r"^Invalid x0: 1 of its 3 entries are outside x_bounds, the first -3 "
+                                         r"\(flat index 2\) not in \[-1, inf\]"):
+        bilevel.BilevelProblem(f, g, outside, inside, x_bounds=(-1.0, None))
+    on_the_bounds = bilevel.BilevelProblem(f, g, inside, inside, x_bounds=(0.0, 1.0), y_bounds=(0.0, 1.0))
+    assert torch.equal(on_the_bounds.y0, inside) and torch.equal(on_the_bounds.x0, inside)

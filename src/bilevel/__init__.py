@@ -10,6 +10,7 @@ from .core.problem import BilevelProblem
 from .core.result import Result, Status
 from .core.version import VERSION
 from .problems import PROBLEMS
+from .run.policy import RunPolicy
 from .run.solve import make_solver, solve
 from .run.solve_batch import solve_batch
 from .run.verify import hypergradient
@@ -18,6 +19,6 @@ from .solvers import SOLVERS
 __version__ = VERSION
 
 __all__ = [
-    "Autograd", "BilevelProblem", "ConjugateGradient", "Func", "Neumann", "Oracle", "PROBLEMS", "Result", "SOLVERS",
-    "Status", "distributed", "hypergradient", "make_solver", "solve", "solve_batch", "solvers", "__version__",
+    "Autograd", "BilevelProblem", "ConjugateGradient", "Func", "Neumann", "Oracle", "PROBLEMS", "Result", "RunPolicy",
+    "SOLVERS", "Status", "distributed", "hypergradient", "make_solver", "solve", "solve_batch", "solvers", "__version__",
 ]

@@ -6,6 +6,8 @@
     log_every: 50
     seeds: 3                       # a count (0..2) or a list [0, 5, 7]
     kkt: method                    # KKT residuals at logged iterations: method, least_squares or none
+    upper_tol: 1e-4                # optional: any setting of bilevel.RunPolicy (tol, verify, verify_tol,
+                                   # upper_tol, curvature_tol, resolve_fraction, verify_max_iter)
     problems:
       coreset: {}                  # builder arguments; a list is a grid (dtype: float32 or float64)
       synthetic-sc: {dim: [10, 20]}
@@ -22,9 +24,14 @@
     oracle: func                   # optional: the derivative back-end, autograd (default), func or compiled
     plot: {metrics: [upper_objective], x: iter}
 
-A config needs `problems`, `cases` or both (the runs of the grid, then the cases), and
-`max_iter` unless every problem and case gives its own. Everything is checked before the
-first run, plot metrics included: each must be a column the runs will have (`run_columns()`, or a metric of one of the problems, or its verified_ value).
+A config needs `problems`, `cases` or both (the runs of the grid, then the cases). The run
+settings (max_iter, log_every, kkt, tol and the verification's) are those of `bilevel.RunPolicy`,
+by the same names and with its defaults; a problem's or a case's own max_iter and log_every
+replace the config's.
+
+Everything is checked before the first run, plot metrics included: each must be a column the
+runs will have (`run_columns()`, or a metric of one of the problems, or its verified_ value).
+All the mistakes found are reported at once.
 """
 from __future__ import annotations
 
@@ -46,14 +53,18 @@ from ..core.oracles import BACKENDS, COUNTERS
 from ..core.problem import BilevelProblem
 from ..problems import PROBLEMS, resolve
 from ..run.history import KKT_MODES, problem_metrics
+from ..run.policy import DEFAULT, FIELDS, RunPolicy
 from ..run.solve import make_solver
 from ..solvers import SOLVERS, diagnostic_columns
 from .plot import X_AXES
 from .store import VERIFIED_COLUMNS
 
+# the verification's settings of a run (`bilevel.RunPolicy`), besides max_iter, log_every, kkt and tol
+VERIFY_SETTINGS = ("verify", "verify_tol", "upper_tol", "curvature_tol", "resolve_fraction", "verify_max_iter")
 TOP_KEYS = {"name": str, "max_iter": int, "log_every": int, "seeds": (int, list), "kkt": str, "tol": (int, float),
             "problems": dict, "methods": dict, "plot": dict, "description": str, "batch_size": int,
-            "oracle": str, "cases": list}
+            "oracle": str, "cases": list, "verify": bool, "verify_tol": (int, float), "upper_tol": (int, float),
+            "curvature_tol": (int, float), "resolve_fraction": (int, float), "verify_max_iter": int}
 PLOT_KEYS = {"metrics": list, "x": str}
 REQUIRED = ("methods",)
 # a problem's or a case's own run settings (not builder arguments), and a case's keys
@@ -75,37 +86,65 @@ class RunSpec:
     method: str
     options: tuple
     seed: int
-    max_iter: int
-    log_every: int
-    kkt: str | None = None
-    tol: float | None = None
+    max_iter: int = DEFAULT.max_iter
+    log_every: int = DEFAULT.log_every
+    kkt: str | None = DEFAULT.kkt
+    tol: float | None = DEFAULT.tol
     batch_size: int | None = None          # minibatches of this size (solve's batch_size); None: all the data
     oracle: str = "autograd"               # the derivative back-end (solve's oracle)
+    verify: bool = DEFAULT.verify
+    verify_tol: float = DEFAULT.verify_tol
+    upper_tol: float = DEFAULT.upper_tol
+    curvature_tol: float = DEFAULT.curvature_tol
+    resolve_fraction: float = DEFAULT.resolve_fraction
+    verify_max_iter: int = DEFAULT.verify_max_iter
 
     @property
     def run_id(self) -> str:
-        """A stable id: a hash of the full configuration (batch_size left out where None and oracle
-        where autograd, so that runs keep the ids they had before these existed)."""
+        """A stable id: a hash of the full configuration (batch_size left out where None, oracle
+        where autograd and the verification's settings where they are the defaults, so that runs
+        keep the ids they had before these existed)."""
         fields = dataclasses.asdict(self)
         if fields["batch_size"] is None:
             del fields["batch_size"]
         if fields["oracle"] == "autograd":
             del fields["oracle"]
+        for name in VERIFY_SETTINGS:
+            if fields[name] == getattr(DEFAULT, name):
+                del fields[name]
         text = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def policy(self) -> RunPolicy:
+        """The run's settings as solve takes them."""
+        return RunPolicy(max_iter=self.max_iter, log_every=self.log_every, kkt=self.kkt, tol=self.tol,
+                         **{name: getattr(self, name) for name in VERIFY_SETTINGS})
 
     def describe(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "problem": self.problem, "problem_args": dict(self.problem_args),
                 "method": self.method, "options": dict(self.options), "seed": self.seed,
                 "max_iter": self.max_iter, "log_every": self.log_every, "kkt": self.kkt, "tol": self.tol,
-                "batch_size": self.batch_size, "oracle": self.oracle}
+                "batch_size": self.batch_size, "oracle": self.oracle,
+                **{name: getattr(self, name) for name in VERIFY_SETTINGS}}
 
     @classmethod
     def make(cls, problem: str, problem_args: dict[str, Any], method: str, options: dict[str, Any], seed: int,
-             max_iter: int, log_every: int, kkt: str | None = None, tol: float | None = None,
-             batch_size: int | None = None, oracle: str = "autograd") -> "RunSpec":
+             max_iter: int = DEFAULT.max_iter, log_every: int = DEFAULT.log_every, kkt: str | None = DEFAULT.kkt,
+             tol: float | None = DEFAULT.tol, batch_size: int | None = None, oracle: str = "autograd",
+             **verification: Any) -> RunSpec:
+        """A RunSpec; `verification` holds settings of VERIFY_SETTINGS (the others are the defaults)."""
+        unknown = [name for name in verification if name not in VERIFY_SETTINGS]
+        if unknown:
+            raise TypeError(f"Invalid setting: {unknown[0]!r} (expected one of {', '.join(VERIFY_SETTINGS)})")
         return cls(problem, tuple(sorted(problem_args.items())), method, tuple(sorted(options.items())), seed,
-                   max_iter, log_every, kkt, tol, batch_size, oracle)
+                   max_iter, log_every, kkt, tol, batch_size, oracle, **verification)
+
+    @classmethod
+    def with_policy(cls, problem: str, problem_args: dict[str, Any], method: str, options: dict[str, Any],
+                    seed: int, policy: RunPolicy, batch_size: int | None = None, oracle: str = "autograd") -> RunSpec:
+        """A RunSpec with the run settings of `policy`."""
+        return cls.make(problem, problem_args, method, options, seed, policy.max_iter, policy.log_every, policy.kkt,
+                        policy.tol, batch_size, oracle, **{name: getattr(policy, name) for name in VERIFY_SETTINGS})
 
 
 # ----- reading and checking a config ---------------------------------------------------------
@@ -203,95 +242,120 @@ def _syntax_error(exc: yaml.MarkedYAMLError, text: str) -> str:
 
 
 def check_config(raw: Any, source: str = "<config>", lines: dict[tuple, int] | None = None) -> dict[str, Any]:
-    """Validate a config mapping (see the module docstring)."""
+    """Validate a config mapping (see the module docstring). Every mistake found is reported,
+    in one ConfigError, a line each."""
     lines = lines or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"Invalid config: {source}: expected a mapping with keys {', '.join(REQUIRED)}")
+    errors: list[str] = []
+
+    def where(*path: Any) -> str:
+        return _where(source, lines, path)
+
+    raw = {key: (_number(value) if TOP_KEYS.get(key) == (int, float) else value) for key, value in raw.items()}
+    bad = set()
     for key, value in raw.items():
         if key not in TOP_KEYS:
-            raise ConfigError(f"Invalid key: {_where(source, lines, (key,))}: unknown key {key!r}{suggest(key, TOP_KEYS)}")
+            errors.append(f"Invalid key: {where(key)}: unknown key {key!r}{suggest(key, TOP_KEYS)}")
+            bad.add(key)
+            continue
         expected = TOP_KEYS[key]
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ConfigError(f"Invalid value: {_where(source, lines, (key,))}: {value!r} "
-                              f"(expected {_type_name(expected)})")
+            errors.append(f"Invalid value: {where(key)}: {value!r} (expected {_type_name(expected)})")
+            bad.add(key)
     for key in REQUIRED:
         if key not in raw:
-            raise ConfigError(f"Invalid config: {source}: missing key {key!r}")
+            errors.append(f"Invalid config: {source}: missing key {key!r}")
+            bad.add(key)
     if "problems" not in raw and "cases" not in raw:
-        raise ConfigError(f"Invalid config: {source}: missing key 'problems' (or 'cases': the runs to make)")
-    if raw.get("kkt", "method") not in KKT_MODES:
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('kkt',))}: {raw['kkt']!r} "
-                          f"(expected one of {', '.join(KKT_MODES)}){suggest(raw['kkt'], KKT_MODES)}")
-    if raw.get("oracle", "autograd") not in BACKENDS:
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('oracle',))}: {raw['oracle']!r} "
-                          f"(expected one of {', '.join(BACKENDS)}){suggest(raw['oracle'], BACKENDS)}")
-    if "tol" in raw and (isinstance(raw["tol"], bool) or raw["tol"] < 0):
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('tol',))}: {raw['tol']!r} (expected a number >= 0)")
-    if "tol" in raw and raw.get("kkt") == "none":
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('tol',))}: {raw['tol']!r} with kkt: none (tol is "
-                          f"checked against the KKT residuals)")
+        errors.append(f"Invalid config: {source}: missing key 'problems' (or 'cases': the runs to make)")
+    ok = {key: value for key, value in raw.items() if key not in bad}
+    if ok.get("kkt", "method") not in KKT_MODES:
+        errors.append(f"Invalid value: {where('kkt')}: {raw['kkt']!r} "
+                      f"(expected one of {', '.join(KKT_MODES)}){suggest(raw['kkt'], KKT_MODES)}")
+    if ok.get("oracle", "autograd") not in BACKENDS:
+        errors.append(f"Invalid value: {where('oracle')}: {raw['oracle']!r} "
+                      f"(expected one of {', '.join(BACKENDS)}){suggest(raw['oracle'], BACKENDS)}")
+    if "tol" in ok and (isinstance(ok["tol"], bool) or ok["tol"] < 0):
+        errors.append(f"Invalid value: {where('tol')}: {raw['tol']!r} (expected a number >= 0)")
+    elif "tol" in ok and ok.get("kkt") == "none":
+        errors.append(f"Invalid value: {where('tol')}: {raw['tol']!r} with kkt: none (tol is checked against the KKT "
+                      f"residuals)")
     for key in ("max_iter", "log_every", "batch_size"):
-        if key in raw and raw[key] < 1:
-            raise ConfigError(f"Invalid value: {_where(source, lines, (key,))}: {raw[key]!r} (expected >= 1)")
-    seeds = raw.get("seeds", 1)
-    if isinstance(seeds, list) and not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected a list of integers)")
-    if isinstance(seeds, int) and seeds < 1:
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: {seeds!r} (expected >= 1)")
-    if seeds == []:
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('seeds',))}: [] (expected at least one seed)")
-    raw = {**raw, "problems": _numbers(expand_problem_names(raw.get("problems", {}), source, lines)),
-           "methods": _numbers(raw["methods"])}
-    _check_section(raw, "problems", PROBLEMS, "problem", "builder argument",
-                   lambda name: [*(p for p in inspect.signature(_builder(name, source, lines)).parameters
-                                   if p != "seed"), *RUN_KEYS], source, lines)
-    for name, args in raw["problems"].items():
-        for key in RUN_KEYS:
-            if key in (args or {}):
-                _check_count(args[key], _where(source, lines, ("problems", name, key)), "one per problem")
-    if "cases" in raw:
-        raw["cases"] = _check_cases(raw["cases"], source, lines)
-    if "max_iter" not in raw:
-        missing = [f"problems.{n}" for n, a in raw["problems"].items() if "max_iter" not in (a or {})] + \
-            [f"cases[{i}]" for i, c in enumerate(raw.get("cases", [])) if "max_iter" not in c]
-        if missing:
-            raise ConfigError(f"Invalid config: {source}: missing key 'max_iter' (needed by {', '.join(missing[:3])}"
-                              f"{', ...' if len(missing) > 3 else ''}: give it at the top level or to each)")
-    _check_section(raw, "methods", SOLVERS, "solver", "hyperparameter",
-                   lambda name: (*SOLVERS[name].options(), "batch_size"), source, lines)
-    for name, args in raw["problems"].items():
-        for dtype in _values((args or {}).get("dtype")):
-            if dtype is not None and not (isinstance(dtype, str) and dtype in DTYPES):
-                raise ConfigError(f"Invalid value: {_where(source, lines, ('problems', name, 'dtype'))}: {dtype!r} "
-                                  f"(expected one of {', '.join(DTYPES)}){suggest(dtype, DTYPES)}")
-    for name, options in raw["methods"].items():
-        where = _where(source, lines, ("methods", name))
-        for batch_size in _values((options or {}).get("batch_size")):
-            if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                           or batch_size < 1):
-                raise ConfigError(f"Invalid value: {_where(source, lines, ('methods', name, 'batch_size'))}: "
-                                  f"{batch_size!r} (expected a whole number >= 1, or null for all the data)")
-        for combo in _grid(options):                      # every grid point must build
-            combo.pop("batch_size", None)
+        if key in ok and ok[key] < 1:
+            errors.append(f"Invalid value: {where(key)}: {raw[key]!r} (expected >= 1)")
+    for key in VERIFY_SETTINGS:
+        if key in ok:
             try:
-                make_solver(name, combo)
+                RunPolicy(**{key: ok[key]})
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"Invalid hyperparameters: {where}: {exc}") from None
-    for key, value in (raw.get("plot") or {}).items():
+                errors.append(f"Invalid value: {where(key)}: {str(exc).partition(': ')[2]}")
+    seeds = ok.get("seeds", 1)
+    if isinstance(seeds, list) and not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        errors.append(f"Invalid value: {where('seeds')}: {seeds!r} (expected a list of integers)")
+    elif isinstance(seeds, int) and seeds < 1:
+        errors.append(f"Invalid value: {where('seeds')}: {seeds!r} (expected >= 1)")
+    elif seeds == []:
+        errors.append(f"Invalid value: {where('seeds')}: [] (expected at least one seed)")
+    if "methods" in ok:
+        raw["methods"] = _numbers(raw["methods"])
+    if "problems" not in raw:
+        raw["problems"] = {}                                   # the runs are the cases'
+    elif "problems" in ok:
+        raw["problems"] = _numbers(expand_problem_names(raw["problems"], source, lines, errors))
+        errors += _check_section(raw, "problems", PROBLEMS, "problem", "builder argument",
+                                 lambda name: [*_builder_arguments(name), *RUN_KEYS], source, lines)
+        for name, args in raw["problems"].items():
+            args = args if isinstance(args, dict) else {}
+            for key in RUN_KEYS:
+                if key in args:
+                    errors += _count_errors(args[key], where("problems", name, key), "one per problem")
+            for dtype in _values(args.get("dtype")):
+                if dtype is not None and not (isinstance(dtype, str) and dtype in DTYPES):
+                    errors.append(f"Invalid value: {where('problems', name, 'dtype')}: {dtype!r} "
+                                  f"(expected one of {', '.join(DTYPES)}){suggest(dtype, DTYPES)}")
+    if "cases" in ok:
+        raw["cases"] = _check_cases(raw["cases"], source, lines, errors)
+    if "methods" in ok:
+        method_errors = _check_section(raw, "methods", SOLVERS, "solver", "hyperparameter",
+                                       lambda name: (*SOLVERS[name].options(), "batch_size"), source, lines)
+        errors += method_errors
+        for name, options in raw["methods"].items():
+            if name not in SOLVERS or not isinstance(options or {}, dict) or not set(options or {}) <= {
+                    *SOLVERS[name].options(), "batch_size"} or [] in (options or {}).values():
+                continue                                       # its mistake is reported above
+            for batch_size in _values((options or {}).get("batch_size")):
+                if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                               or batch_size < 1):
+                    errors.append(f"Invalid value: {where('methods', name, 'batch_size')}: {batch_size!r} "
+                                  f"(expected a whole number >= 1, or null for all the data)")
+            for combo in _grid(options):                      # every grid point must build
+                combo.pop("batch_size", None)
+                try:
+                    make_solver(name, combo)
+                except (TypeError, ValueError) as exc:
+                    errors.append(f"Invalid hyperparameters: {where('methods', name)}: {exc}")
+                    break
+    plot = ok.get("plot") or {}
+    for key, value in plot.items():
         if key not in PLOT_KEYS:
-            raise ConfigError(f"Invalid key: {_where(source, lines, ('plot', key))}: unknown key {key!r}"
-                              f"{suggest(key, PLOT_KEYS)}")
-        if not isinstance(value, PLOT_KEYS[key]):
-            raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', key))}: {value!r} "
-                              f"(expected {_type_name(PLOT_KEYS[key])})")
-    plot = raw.get("plot") or {}
-    if "x" in plot and plot["x"] not in X_AXES:
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', 'x'))}: {plot['x']!r} "
-                          f"(expected one of {', '.join(X_AXES)}){suggest(plot['x'], X_AXES)}")
-    if "metrics" in plot and (not plot["metrics"] or not all(isinstance(m, str) for m in plot["metrics"])):
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('plot', 'metrics'))}: {plot['metrics']!r} "
-                          f"(expected a non-empty list of column names, e.g. [f, h])")
-    _check_plot_metrics(raw, plot.get("metrics", []), _where(source, lines, ("plot", "metrics")))
+            errors.append(f"Invalid key: {where('plot', key)}: unknown key {key!r}{suggest(key, PLOT_KEYS)}")
+        elif not isinstance(value, PLOT_KEYS[key]):
+            errors.append(f"Invalid value: {where('plot', key)}: {value!r} (expected {_type_name(PLOT_KEYS[key])})")
+    if isinstance(plot.get("x"), str) and plot["x"] not in X_AXES:
+        errors.append(f"Invalid value: {where('plot', 'x')}: {plot['x']!r} "
+                      f"(expected one of {', '.join(X_AXES)}){suggest(plot['x'], X_AXES)}")
+    metrics = plot.get("metrics", [])
+    strings = isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)
+    if "metrics" in plot and isinstance(metrics, list) and (not metrics or not strings):
+        errors.append(f"Invalid value: {where('plot', 'metrics')}: {plot['metrics']!r} "
+                      f"(expected a non-empty list of column names, e.g. [f, h])")
+    elif isinstance(metrics, list) and not errors:      # the problems are built only for a config that is right
+        errors += _check_plot_metrics(raw, metrics, where("plot", "metrics"))
+    if len(errors) == 1:
+        raise ConfigError(errors[0])
+    if errors:
+        raise ConfigError(f"Invalid config: {source}: {len(errors)} mistakes:\n" + "\n".join(f"  {e}" for e in errors))
     return raw
 
 
@@ -342,14 +406,14 @@ def problem_metric_names(name: str, args: dict[str, Any], seed: int = 0) -> list
         return None
 
 
-def _check_plot_metrics(raw: dict[str, Any], metrics: list[str], where: str) -> None:
+def _check_plot_metrics(raw: dict[str, Any], metrics: list[str], where: str) -> list[str]:
     """Each plot metric is a column the runs will have: one of `run_columns()`, or a metric of one
     of the problems (built once, with the first grid point and seed) or its verified_ value.
     Nothing is built when every metric is in run_columns(), and nothing is refused when a problem
-    cannot be built here."""
+    cannot be built here. The mistakes found, a line each."""
     unknown = [m for m in metrics if m not in run_columns()]
     if not unknown:
-        return
+        return []
     seeds = raw.get("seeds", 1)
     columns = set(run_columns())
     first = [(name, _grid(_builder_args(args))[0], 0 if isinstance(seeds, int) else seeds[0])
@@ -357,75 +421,88 @@ def _check_plot_metrics(raw: dict[str, Any], metrics: list[str], where: str) -> 
     for name, args, seed in first + [(c["problem"], c["args"], c["seed"]) for c in raw.get("cases", [])]:
         names = problem_metric_names(name, args, seed)
         if names is None:
-            return
+            return []
         columns.update(names + [f"verified_{n}" for n in names])
-    for metric in unknown:
-        if metric not in columns:
-            raise ConfigError(f"Invalid metric: {where}: {metric!r} is not a column the runs will have "
-                              f"(expected one of {', '.join(sorted(columns))}){suggest(metric, columns)}")
+    return [f"Invalid metric: {where}: {metric!r} is not a column the runs will have "
+            f"(expected one of {', '.join(sorted(columns))}){suggest(metric, columns)}"
+            for metric in unknown if metric not in columns]
 
 
-def _check_count(value: Any, where: str, note: str = "") -> int:
-    """A count such as max_iter: a whole number >= 1 (a list, a grid, is refused)."""
+def _count_errors(value: Any, where: str, note: str = "") -> list[str]:
+    """The mistake of a count such as max_iter, if any: a whole number >= 1 (a list, a grid, is
+    refused)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"Invalid value: {where}: {value!r} (expected a whole number >= 1{', ' + note if note else ''})")
-    return value
+        return [f"Invalid value: {where}: {value!r} (expected a whole number >= 1{', ' + note if note else ''})"]
+    return []
 
 
-def _check_cases(cases: list[Any], source: str, lines: dict[tuple, int]) -> list[dict[str, Any]]:
+def _check_cases(cases: list[Any], source: str, lines: dict[tuple, int], errors: list[str]) -> list[dict[str, Any]]:
     """Each case is {problem: NAME, args: {...}, seed: N, max_iter: K, log_every: L} (only problem
     required; args default {}, seed 0): a registered name or package.module:function, builder
-    arguments with one value each, and no case given twice. Returns the cases with the defaults."""
+    arguments with one value each, and no case given twice. Returns the cases without mistakes,
+    with the defaults; the mistakes are appended to `errors`, a line each."""
     if not cases:
-        raise ConfigError(f"Invalid value: {_where(source, lines, ('cases',))}: [] (expected at least one case, "
-                          f"e.g. - {{problem: ring, seed: 0}})")
+        errors.append(f"Invalid value: {_where(source, lines, ('cases',))}: [] (expected at least one case, "
+                      f"e.g. - {{problem: ring, seed: 0}})")
+        return []
     out, seen = [], {}
     for i, case in enumerate(cases):
         where = _where(source, lines, ("cases", i))
         if not isinstance(case, dict):
-            raise ConfigError(f"Invalid value: {where}: {case!r} (expected a mapping such as "
-                              f"{{problem: quadratic, args: {{cond: 10}}, seed: 3}})")
+            errors.append(f"Invalid value: {where}: {case!r} (expected a mapping such as "
+                          f"{{problem: quadratic, args: {{cond: 10}}, seed: 3}})")
+            continue
+        mistakes: list[str] = []
+        typed = set()                                          # the keys known with a value of their type
         for key, value in case.items():
             at = _where(source, lines, ("cases", i, key))
             if key not in CASE_KEYS:
-                raise ConfigError(f"Invalid key: {at}: unknown key {key!r} (expected {', '.join(CASE_KEYS)})"
-                                  f"{suggest(key, CASE_KEYS)}")
-            if not isinstance(value, CASE_KEYS[key]) or (CASE_KEYS[key] is int and isinstance(value, bool)):
-                raise ConfigError(f"Invalid value: {at}: {value!r} (expected {_type_name(CASE_KEYS[key])})")
+                mistakes.append(f"Invalid key: {at}: unknown key {key!r} (expected {', '.join(CASE_KEYS)})"
+                                f"{suggest(key, CASE_KEYS)}")
+            elif not isinstance(value, CASE_KEYS[key]) or (CASE_KEYS[key] is int and isinstance(value, bool)):
+                mistakes.append(f"Invalid value: {at}: {value!r} (expected {_type_name(CASE_KEYS[key])})")
+            else:
+                typed.add(key)
         if "problem" not in case:
-            raise ConfigError(f"Invalid value: {where}: {case!r} (missing key 'problem')")
-        name = case["problem"]
-        if name not in PROBLEMS and ":" not in name:
-            raise ConfigError(f"Invalid problem: {_where(source, lines, ('cases', i, 'problem'))}: {name!r} is not a "
-                              f"problem{suggest(name, PROBLEMS)}")
-        try:
-            params = inspect.signature(resolve(name)).parameters
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{exc}: {_where(source, lines, ('cases', i, 'problem'))}") from None
-        args = _numbers({"args": case.get("args") or {}})["args"]
+            mistakes.append(f"Invalid value: {where}: {case!r} (missing key 'problem')")
+        name, params = case.get("problem"), None
+        if "problem" in typed:
+            at = _where(source, lines, ("cases", i, "problem"))
+            if name not in PROBLEMS and ":" not in name:
+                mistakes.append(f"Invalid problem: {at}: {name!r} is not a problem{suggest(name, PROBLEMS)}")
+            else:
+                try:
+                    params = inspect.signature(resolve(name)).parameters
+                except (TypeError, ValueError) as exc:
+                    mistakes.append(f"{exc}: {at}")
+        args = _numbers({"args": case.get("args") or {}})["args"] if "args" in typed or "args" not in case else {}
         for key, value in args.items():
             at = _where(source, lines, ("cases", i, "args", key))
-            if key not in params or key == "seed":
+            if params is not None and (key not in params or key == "seed"):
                 valid = [p for p in params if p != "seed"]
                 hint = " (a case's seed is its key seed)" if key == "seed" else suggest(key, valid)
-                raise ConfigError(f"Invalid builder argument: {at}: {key!r} is not a builder argument of {name}{hint}")
-            if isinstance(value, list):
-                raise ConfigError(f"Invalid value: {at}: {value!r} (a case gives one value per argument; a grid "
-                                  f"belongs under problems:)")
-            if key == "dtype" and not (isinstance(value, str) and value in DTYPES):
-                raise ConfigError(f"Invalid value: {at}: {value!r} (expected one of {', '.join(DTYPES)})"
-                                  f"{suggest(value, DTYPES)}")
-        if case.get("seed", 0) < 0:
-            raise ConfigError(f"Invalid value: {_where(source, lines, ('cases', i, 'seed'))}: {case['seed']!r} "
-                              f"(expected a whole number >= 0)")
+                mistakes.append(f"Invalid builder argument: {at}: {key!r} is not a builder argument of {name}{hint}")
+            elif isinstance(value, list):
+                mistakes.append(f"Invalid value: {at}: {value!r} (a case gives one value per argument; a grid "
+                                f"belongs under problems:)")
+            elif key == "dtype" and not (isinstance(value, str) and value in DTYPES):
+                mistakes.append(f"Invalid value: {at}: {value!r} (expected one of {', '.join(DTYPES)})"
+                                f"{suggest(value, DTYPES)}")
+        if "seed" in typed and case["seed"] < 0:
+            mistakes.append(f"Invalid value: {_where(source, lines, ('cases', i, 'seed'))}: {case['seed']!r} "
+                            f"(expected a whole number >= 0)")
         for key in RUN_KEYS:
-            if key in case:
-                _check_count(case[key], _where(source, lines, ("cases", i, key)))
+            if key in typed:
+                mistakes += _count_errors(case[key], _where(source, lines, ("cases", i, key)))
+        errors += mistakes
+        if mistakes:                                           # a case given twice is told only of right ones
+            continue
         full = {"problem": name, "args": args, "seed": case.get("seed", 0),
                 **{k: case[k] for k in RUN_KEYS if k in case}}
         identity = json.dumps(full, sort_keys=True, default=str)
         if identity in seen:
-            raise ConfigError(f"Invalid value: {where}: {case!r} (the same case as cases[{seen[identity]}])")
+            errors.append(f"Invalid value: {where}: {case!r} (the same case as cases[{seen[identity]}])")
+            continue
         seen[identity] = i
         out.append(full)
     return out
@@ -444,49 +521,67 @@ def _values(value: Any) -> list[Any]:
 _EXPONENT_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
+def _number(value: Any) -> Any:
+    """A number such as 1e-3 (YAML 1.1 reads it as a string: no dot) as a float, in lists too."""
+    if isinstance(value, list):
+        return [_number(v) for v in value]
+    return float(value) if isinstance(value, str) and _EXPONENT_NUMBER.match(value) else value
+
+
 def _numbers(section: dict[str, Any]) -> dict[str, Any]:
-    """Numbers such as 1e-3 (YAML 1.1 reads them as strings: no dot) become floats."""
-    def number(value: Any) -> Any:
-        if isinstance(value, list):
-            return [number(v) for v in value]
-        return float(value) if isinstance(value, str) and _EXPONENT_NUMBER.match(value) else value
-    return {name: ({k: number(v) for k, v in mapping.items()} if isinstance(mapping, dict) else mapping)
+    """The numbers written such as 1e-3 of a section's mappings as floats."""
+    return {name: ({k: _number(v) for k, v in mapping.items()} if isinstance(mapping, dict) else mapping)
             for name, mapping in section.items()}
 
 
 def _check_section(raw: dict, section: str, registry: dict, what: str, entry: str, valid_keys, source: str,
-                   lines: dict[tuple, int]) -> None:
-    """Each name of raw[section] is in the registry, maps to a mapping, whose keys are valid."""
+                   lines: dict[tuple, int]) -> list[str]:
+    """The mistakes of raw[section]: a name not in the registry, an entry that is not a
+    mapping, a key that is not valid, an empty grid."""
+    errors = []
     for name, mapping in raw[section].items():
         where = _where(source, lines, (section, name))
         if name not in registry and not (section == "problems" and ":" in str(name)):   # or package.module:function
-            raise ConfigError(f"Invalid {what}: {where}: {name!r} is not a {what}{suggest(name, registry)}")
+            errors.append(f"Invalid {what}: {where}: {name!r} is not a {what}{suggest(name, registry)}")
+            continue
         if mapping is not None and not isinstance(mapping, dict):
-            raise ConfigError(f"Invalid value: {where}: {mapping!r} (expected a mapping of {entry}s, "
-                              f"e.g. {{}}, or nothing)")
-        valid = valid_keys(name)
+            errors.append(f"Invalid value: {where}: {mapping!r} (expected a mapping of {entry}s, e.g. {{}}, "
+                          f"or nothing)")
+            continue
+        try:
+            valid = valid_keys(name)
+        except (TypeError, ValueError) as exc:
+            errors.append(f"{exc}: {where}")
+            continue
         for key, value in (mapping or {}).items():
             if key not in valid:
-                raise ConfigError(f"Invalid {entry}: {_where(source, lines, (section, name, key))}: "
-                                  f"{key!r} is not a {entry} of {name}{suggest(key, valid)}")
-            if value == []:
-                raise ConfigError(f"Invalid value: {_where(source, lines, (section, name, key))}: [] (an empty "
-                                  f"grid: expected a value or a list of at least one)")
+                errors.append(f"Invalid {entry}: {_where(source, lines, (section, name, key))}: "
+                              f"{key!r} is not a {entry} of {name}{suggest(key, valid)}")
+            elif value == []:
+                errors.append(f"Invalid value: {_where(source, lines, (section, name, key))}: [] (an empty "
+                              f"grid: expected a value or a list of at least one)")
+    return errors
 
 
 PATTERN_CHARACTERS = "*?["
 
 
 def expand_problem_names(problems: dict[str, Any], source: str = "<config>",
-                         lines: dict[tuple, int] | None = None) -> dict[str, Any]:
+                         lines: dict[tuple, int] | None = None, errors: list[str] | None = None) -> dict[str, Any]:
     """The problems section with each pattern ("bolib/*", "quadratic/cond1?-*": fnmatch's *, ?
     and [...]) replaced by the registered names it matches, in the registry's order, each with
     the pattern's arguments. A pattern that matches nothing, or a name given twice (by two
-    patterns, or by a pattern and by name), is an error; `lines` gains the pattern's line for
-    each name it gave."""
+    patterns, or by a pattern and by name), is an error: a ConfigError, or where `errors` is
+    given a line appended to it (the name is then left out); `lines` gains the pattern's line
+    for each name it gave."""
     lines = {} if lines is None else lines
     out: dict[str, Any] = {}
     given_by: dict[str, str] = {}
+
+    def mistake(message: str) -> None:
+        if errors is None:
+            raise ConfigError(message)
+        errors.append(message)
     for key, args in problems.items():
         key = str(key)
         if ":" in key or not any(c in key for c in PATTERN_CHARACTERS):
@@ -495,12 +590,13 @@ def expand_problem_names(problems: dict[str, Any], source: str = "<config>",
             names = [n for n in PROBLEMS if fnmatch.fnmatchcase(n, key)]
             if not names:
                 families = sorted({n.split("/")[0] + "/*" for n in PROBLEMS if "/" in n})
-                raise ConfigError(f"Invalid problem pattern: {_where(source, lines, ('problems', key))}: {key!r} "
-                                  f"matches no registered problem (patterns such as {', '.join(families)})")
+                mistake(f"Invalid problem pattern: {_where(source, lines, ('problems', key))}: {key!r} "
+                        f"matches no registered problem (patterns such as {', '.join(families)})")
         for name in names:
             if name in given_by:
-                raise ConfigError(f"Invalid problems: {_where(source, lines, ('problems', key))}: {name!r} is "
-                                  f"given twice (by {given_by[name]!r} and by {key!r})")
+                mistake(f"Invalid problems: {_where(source, lines, ('problems', key))}: {name!r} is "
+                        f"given twice (by {given_by[name]!r} and by {key!r})")
+                continue
             given_by[name] = key
             out[name] = args
             if name != key:
@@ -509,12 +605,9 @@ def expand_problem_names(problems: dict[str, Any], source: str = "<config>",
     return out
 
 
-def _builder(name: str, source: str, lines: dict[tuple, int]):
-    """The builder of a problem named in a config (a registered name or package.module:function)."""
-    try:
-        return resolve(name)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{exc}: {_where(source, lines, ('problems', name))}") from None
+def _builder_arguments(name: str) -> list[str]:
+    """The arguments of a problem's builder (a registered name or package.module:function) but seed."""
+    return [p for p in inspect.signature(resolve(name)).parameters if p != "seed"]
 
 
 def _grid(mapping: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -525,24 +618,29 @@ def _grid(mapping: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
+def run_policy(config: dict[str, Any]) -> RunPolicy:
+    """The run settings of a checked config: its keys named as `bilevel.RunPolicy`'s fields,
+    the policy's defaults for the others."""
+    return RunPolicy(**{name: config[name] for name in FIELDS if name in config})
+
+
 def expand(config: dict[str, Any]) -> list[RunSpec]:
     """All runs of a config: problems x problem-argument grid x methods x option grid x seeds,
     then each case (problem, args, seed) x methods x option grid. A problem's or a case's own
     max_iter and log_every replace the config's."""
     seeds = config.get("seeds", 1)
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    policy = run_policy(config)
     points = [(problem, problem_args, seeds, args or {}) for problem, args in config.get("problems", {}).items()
               for problem_args in _grid(_builder_args(args))]
     points += [(case["problem"], case["args"], [case["seed"]], case) for case in config.get("cases", [])]
     runs = []
     for problem, problem_args, point_seeds, settings in points:
+        own = policy.replace(**{key: settings[key] for key in RUN_KEYS if key in settings})
         for method, options in config["methods"].items():
             for opts in _grid(options):
                 batch_size = opts.pop("batch_size", config.get("batch_size"))
                 for seed in point_seeds:
-                    runs.append(RunSpec.make(problem, problem_args, method, opts, seed,
-                                             settings.get("max_iter", config.get("max_iter")),
-                                             settings.get("log_every", config.get("log_every", 10)),
-                                             config.get("kkt"), config.get("tol"), batch_size,
-                                             config.get("oracle", "autograd")))
+                    runs.append(RunSpec.with_policy(problem, problem_args, method, opts, seed, own,
+                                                    batch_size, config.get("oracle", "autograd")))
     return runs

@@ -27,6 +27,7 @@ from ..core.checks import suggest
 from ..core.oracles import BACKENDS
 from ..problems import PROBLEMS, datasets, resolve
 from ..run.history import KKT_MODES
+from ..run.policy import DEFAULT, FIELDS, RunPolicy
 from ..run.solve import make_solver
 from ..solvers import SOLVERS
 from . import store, tables
@@ -72,6 +73,34 @@ def whole(flag: str, minimum: int | None = None) -> Callable[[str], int]:
             raise CLIError(f"Invalid {flag}: {text!r} (expected a whole number >= {minimum})")
         return value
     return parse
+
+
+def real(flag: str) -> Callable[[str], float]:
+    """The argparse type of a number ('0.01', '1e-3'); anything else is a CLIError naming the flag.
+    Its range is checked with the other run settings (`run_policy`)."""
+    def parse(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise CLIError(f"Invalid {flag}: {text!r} (expected a number, e.g. 1e-3)") from None
+    return parse
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a run setting: verify_tol -> --verify-tol."""
+    return "--" + name.replace("_", "-")
+
+
+def run_policy(args: argparse.Namespace) -> RunPolicy:
+    """The run settings given on the command line (`bilevel.RunPolicy`, checked once); a bad
+    value is a CLIError naming its flag."""
+    try:
+        return RunPolicy(**{name: getattr(args, name) for name in FIELDS if hasattr(args, name)})
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        for name in FIELDS:
+            message = message.replace(f"Invalid {name}:", f"Invalid {flag(name)}:", 1)
+        raise CLIError(message.replace("kkt='none'", "--kkt none")) from None
 
 
 def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
@@ -221,8 +250,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_problem_args(args.problem, problem_args)
     _lookup(SOLVERS, args.method, "--method")
     _make_solver(args.method, options)
-    spec = RunSpec.make(args.problem, problem_args, args.method, options, args.seed, args.max_iter, args.log_every,
-                        args.kkt, args.tol, args.batch_size, args.oracle)
+    spec = RunSpec.with_policy(args.problem, problem_args, args.method, options, args.seed, run_policy(args),
+                               args.batch_size, args.oracle)
     if args.log_dir:
         make_dir(args.log_dir, "--log-dir", "for the live logs")
     if args.out:
@@ -274,8 +303,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_problem_args(args.problem, problem_args)
     metrics = _metrics_list(args.metrics)
-    specs = [RunSpec.make(args.problem, problem_args, method, per_method[method], seed, args.max_iter, args.log_every,
-                          args.kkt, batch_size=args.batch_size, oracle=args.oracle)
+    policy = run_policy(args)
+    specs = [RunSpec.with_policy(args.problem, problem_args, method, per_method[method], seed, policy, args.batch_size,
+                                 args.oracle)
              for method in methods for seed in range(args.seeds)]
     out = Path(args.out)
     if args.log_dir:
@@ -357,8 +387,9 @@ def _plot_dir(frame, out: str, metrics: list[str], x: str, select_by: str | None
 
 def cmd_plot(args: argparse.Namespace) -> int:
     frame = store.read_results(args.dir)
-    _check_metrics(args.metric, frame)
-    for path in _plot_dir(frame, args.dir, args.metric, args.x, args.select_by or args.metric[0], args.mode, args.out,
+    metrics = args.metric or tables.default_metrics(frame)
+    _check_metrics(metrics, frame)
+    for path in _plot_dir(frame, args.dir, metrics, args.x, args.select_by or metrics[0], args.mode, args.out,
                           args.logx):
         print(f"wrote {path}")
     return 0
@@ -422,9 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--problem", required=True,
                        help="a problem name (see `bilevel list`) or package.module:function, a builder of your own")
         p.add_argument("--problem-arg", action="append", metavar="KEY=VALUE", help="an argument of the problem builder")
-        p.add_argument("--max-iter", type=whole("--max-iter", 0), default=1000, help="outer iterations (default 1000)")
-        p.add_argument("--log-every", type=whole("--log-every", 1), default=10,
-                       help="log every N iterations (default 10)")
+        p.add_argument("--max-iter", type=whole("--max-iter", 0), default=DEFAULT.max_iter,
+                       help=f"outer iterations (default {DEFAULT.max_iter})")
+        p.add_argument("--log-every", type=whole("--log-every", 1), default=DEFAULT.log_every,
+                       help=f"log every N iterations (default {DEFAULT.log_every})")
+        p.add_argument("--tol", type=real("--tol"), default=DEFAULT.tol, help="stop when both KKT residuals are <= tol")
         p.add_argument("--device", default=None, help="torch device for the problem's data (default cpu)")
         p.add_argument("--log-dir", default=None, metavar="DIR", help=LOG_DIR_HELP)
         p.add_argument("--batch-size", type=whole("--batch-size", 1), default=None, metavar="B",
@@ -433,17 +466,36 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--oracle", default="autograd", choices=list(BACKENDS),
                        help="the derivative back-end: torch.autograd (default), torch.func, or torch.func "
                             "compiled by torch.compile")
-        p.add_argument("--kkt", default=None, choices=list(KKT_MODES),
+        p.add_argument("--kkt", default=DEFAULT.kkt, choices=list(KKT_MODES),
                        help="KKT residuals at logged iterations: the method's multiplier (default without --tol), "
                             "the least-squares one for every method (comparable, about 100 products a row; the "
                             "default with --tol), or none")
+        verification = p.add_argument_group("verification of the answer (bilevel.RunPolicy)")
+        verification.add_argument("--no-verify", dest="verify", action="store_false", default=DEFAULT.verify,
+                                  help="skip the verification (success then says only that the run ended well)")
+        verification.add_argument("--verify-tol", type=real("--verify-tol"), default=DEFAULT.verify_tol,
+                                  help="largest ||y - y_resolved|| / max(1, ||y_resolved||) that passes "
+                                       f"(default {DEFAULT.verify_tol:g})")
+        verification.add_argument("--upper-tol", type=real("--upper-tol"), default=DEFAULT.upper_tol,
+                                  help="largest projected hypergradient, relative to its value at x0, that passes "
+                                       f"(default {DEFAULT.upper_tol:g})")
+        verification.add_argument("--curvature-tol", type=real("--curvature-tol"), default=DEFAULT.curvature_tol,
+                                  help="negative curvature of grad_yy g beyond this fraction of its largest "
+                                       f"|eigenvalue| fails (default {DEFAULT.curvature_tol:g})")
+        verification.add_argument("--resolve-fraction", type=real("--resolve-fraction"),
+                                  default=DEFAULT.resolve_fraction,
+                                  help="the re-solve's certified distance to y*, as a fraction of --verify-tol "
+                                       f"(default {DEFAULT.resolve_fraction:g})")
+        verification.add_argument("--verify-max-iter", type=whole("--verify-max-iter", 1),
+                                  default=DEFAULT.verify_max_iter,
+                                  help="iterations of the re-solve's first-order stage at most, Newton-CG after "
+                                       f"(default {DEFAULT.verify_max_iter})")
 
     p = sub.add_parser("run", help="run one method on one problem")
     common(p)
     p.add_argument("--method", required=True, help="a solver name (see `bilevel list`)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a solver hyperparameter, e.g. step_size=0.1")
     p.add_argument("--seed", type=whole("--seed", 0), default=0, help="seed of the problem and the solver (default 0)")
-    p.add_argument("--tol", type=float, default=None, help="stop when both KKT residuals are <= tol")
     p.add_argument("--out", default=None, help="results directory (runs/<run_id>/history.parquet, summary.json)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--distributed", action="store_true",
@@ -482,11 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="plot results: median and quantile band over seeds per method")
     p.add_argument("dir", help="a results directory of run, compare or sweep")
-    p.add_argument("--metric", action="append", required=True, help="a column to plot (repeatable)")
+    p.add_argument("--metric", action="append", default=None,
+                   help="a column to plot (repeatable; default: the problem's scores and the verified values first, "
+                        "as `bilevel table`)")
     p.add_argument("--x", default="iter", choices=list(X_AXES), help="x axis (default iter)")
     p.add_argument("--logx", action="store_true", help="log scale on x, interpolated in log x (iteration 0 left out)")
     p.add_argument("--select-by", default=None, help="pick each method's best configuration by this final metric "
-                                                     "(default: the first --metric)")
+                                                     "(default: the first metric plotted)")
     p.add_argument("--mode", default=None, choices=["min", "max"], help="best = min or max (default by name)")
     p.add_argument("--out", default=None, help="directory for the PNGs (default: the results directory)")
     p.set_defaults(func=cmd_plot)

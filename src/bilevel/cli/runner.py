@@ -71,8 +71,8 @@ def run(spec: RunSpec, out: str | Path | None, *, device: str | None = None, pro
         solver = make_solver(spec.method, dict(spec.options))
         logger = live_log(log_dir, spec.run_id) if log_dir is not None and is_main else contextlib.nullcontext()
         with logger as callback:
-            result = solve(problem, solver, max_iter=spec.max_iter, log_every=spec.log_every, tol=spec.tol,
-                           kkt=spec.kkt, seed=spec.seed, progress=progress, distributed=distributed,
+            result = solve(problem, solver, policy=spec.policy(), seed=spec.seed, progress=progress,
+                           distributed=distributed,
                            checkpoint=checkpoint, checkpoint_every=checkpoint_every, callback=callback,
                            batch_size=spec.batch_size, oracle=spec.oracle)
         wall = time.perf_counter() - start

@@ -61,6 +61,7 @@ def tidy(result: Result, scores: dict[str, float] | None = None, **columns: Any)
     the verification's numbers (`verified_columns`) and the problem's scores of the run (its
     evaluate hook) on the final row."""
     frame = pd.DataFrame(result.history)
+    frame["iter"] = frame["iter"].astype("int64")
     for name, value in {**verified_columns(result.verification), **(scores or {})}.items():
         frame[name] = [float("nan")] * (len(frame) - 1) + [value]
     for name, value in columns.items():
@@ -92,12 +93,15 @@ def write_answer(result: Result, path: str | Path) -> Path:
 
 
 def read_answer(path: str | Path, run_id: str | None = None) -> dict[str, Any]:
-    """The answer saved by a run: `read_answer(OUT/runs/<run_id>/answer.pt)`, or
-    `read_answer(OUT, run_id)`, or `read_answer(OUT)` when OUT holds one run. A dict with x, y
+    """The answer saved by a run: `read_answer(OUT/runs/<run_id>/answer.pt)` or
+    `read_answer(OUT/runs/<run_id>)`, or `read_answer(OUT, run_id)`, or `read_answer(OUT)` when
+    OUT holds one run. A dict with x, y
     (tensors, dicts of tensors or modules, as the problem was given), status, message,
     n_iter, success and verification."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and run_id is None and (path / "answer.pt").exists():     # a run's own directory
+        path = path / "answer.pt"
+    elif path.is_dir():
         if run_id is None:
             finished = list(dict.fromkeys(r["run_id"] for r in read_manifest(path) if r.get("status") == "finished"))
             if len(finished) != 1:

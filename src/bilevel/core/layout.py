@@ -77,7 +77,8 @@ class Layout:
 
     def structure(self, flat: Tensor) -> Any:
         """An answer in the user's structure: the tensor, a dict of tensors (copies), or a copy of the
-        module holding the values."""
+        module holding the values, its parameters with requires_grad=False (an answer, not a
+        model in training: `module.requires_grad_()` to train it on)."""
         if self.kind == "tensor":
             return flat
         parts = {name: part.clone() for name, part in self.view(flat.detach()).items()}
@@ -87,7 +88,7 @@ class Layout:
         with torch.no_grad():
             for name, parameter in module.named_parameters():
                 parameter.copy_(parts[name])
-        return module
+        return module.requires_grad_(False)
 
     def flatten_like(self, name: str, value: Any) -> Any:
         """A bound (a number, or a flat tensor, or for dicts and modules a dict of numbers or

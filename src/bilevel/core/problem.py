@@ -57,6 +57,22 @@ def _check_bounds(name: str, bounds: Any, like: Tensor) -> tuple[Tensor | None, 
     return (low, high)
 
 
+def _check_inside(name: str, start: Tensor, bounds_name: str, bounds: tuple | None) -> None:
+    """A start inside its box: an entry outside is an error that says how many, and the first."""
+    if bounds is None:
+        return
+    inf = torch.tensor(math.inf, dtype=start.dtype, device=start.device)
+    low = torch.broadcast_to(-inf if bounds[0] is None else bounds[0], start.shape)
+    high = torch.broadcast_to(inf if bounds[1] is None else bounds[1], start.shape)
+    outside = (start < low) | (start > high)
+    if bool(outside.any()):
+        i = int(outside.reshape(-1).nonzero()[0])
+        lo, hi, value = (float(t.reshape(-1)[i]) for t in (low, high, start.detach()))
+        raise ValueError(f"Invalid {name}: {int(outside.sum())} of its {start.numel()} entries are outside "
+                         f"{bounds_name}, the first {value:g} (flat index {i}) not in [{lo:g}, {hi:g}] (give a start "
+                         f"inside the box, e.g. {name}.clamp(low, high))")
+
+
 @dataclass(frozen=True)
 class NamedMetrics:
     """metrics given as {name: (x, y) -> number}: one callable (x, y) -> {name: value}."""
@@ -158,9 +174,11 @@ class BilevelProblem:
             raise ValueError(f"Invalid y0: device {self.y0.device} differs from x0's {self.x0.device} (expected the same device)")
         object.__setattr__(self, "x_bounds", _check_bounds("x_bounds", self.x_bounds, self.x0))
         object.__setattr__(self, "y_bounds", _check_bounds("y_bounds", self.y_bounds, self.y0))
+        _check_inside("x0", self.x0, "x_bounds", self.x_bounds)
+        _check_inside("y0", self.y0, "y_bounds", self.y_bounds)
         # private copies: the caller's tensors are never changed, and later changes to them do not leak in
-        object.__setattr__(self, "x0", _clamp(self.x0.detach().clone(), self.x_bounds))
-        object.__setattr__(self, "y0", _clamp(self.y0.detach().clone(), self.y_bounds))
+        object.__setattr__(self, "x0", self.x0.detach().clone())
+        object.__setattr__(self, "y0", self.y0.detach().clone())
         for arg in ("f", "g"):
             self._check_objective(arg)
         dep_x, dep_y = self._depends_on("g")

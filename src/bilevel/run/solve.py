@@ -23,8 +23,9 @@ from ..solvers import SOLVERS
 from ..solvers.base import Solver
 from . import checkpoint as checkpoints
 from . import verify as verification
-from .history import KKT_MODES, History
+from .history import History
 from .loop import Clock, iterate, nonfinite_names
+from .policy import DEFAULT, FIELDS, RunPolicy, settings_as_overrides
 
 
 def make_solver(solver: str | Solver, options: Mapping[str, Any] | None = None) -> Solver:
@@ -62,6 +63,9 @@ def _check_options(cls: type[Solver], options: dict[str, Any]) -> None:
         if unknown[0] in SOLVE_ARGUMENTS:
             raise TypeError(f"Invalid option for {cls.name}: {unknown[0]!r} is an argument of solve(...), "
                             f"not of the solver")
+        if unknown[0] in FIELDS:
+            raise TypeError(f"Invalid option for {cls.name}: {unknown[0]!r} is a setting of the run, "
+                            f"solve(..., policy=RunPolicy({unknown[0]}=...)), not of the solver")
         raise TypeError(f"Invalid option for {cls.name}: {unknown[0]!r} (valid options: {', '.join(valid)})"
                         f"{checks.suggest(unknown[0], valid)}")
 
@@ -91,25 +95,35 @@ def flushing_denormals(enabled: bool) -> Iterator[None]:
 
 
 
-SOLVE_ARGUMENTS = ("max_iter", "tol", "callback", "log_every", "progress", "device", "dtype", "seed", "kkt",
-                   "oracle", "distributed", "checkpoint", "checkpoint_every", "flush_denormal", "verify", "verify_tol",
-                   "init", "batch_size")
+SOLVE_ARGUMENTS = ("policy", "max_iter", "tol", "callback", "log_every", "progress", "device", "dtype", "seed",
+                   "kkt", "oracle", "distributed", "checkpoint", "checkpoint_every", "flush_denormal", "verify",
+                   "verify_tol", "init", "batch_size")
 
 
+@settings_as_overrides
 def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str, Any] | None = None,
-          max_iter: int = 1000, tol: float | None = None, callback: Callable[[State, Aux], Any] | None = None,
-          log_every: int = 1, progress: bool = False, device: Any = None, dtype: torch.dtype | None = None,
-          seed: int | None = None, kkt: str | None = None, oracle: str | Oracle = "autograd",
-          distributed: bool = False, checkpoint: str | Path | None = None, checkpoint_every: int = 100,
-          flush_denormal: bool = True, verify: bool = True, verify_tol: float = 1e-2,
-          init: Result | None = None, batch_size: int | tuple[int, int] | None = None) -> Result:
+          policy: RunPolicy | None = None, max_iter: int = DEFAULT.max_iter, tol: float | None = DEFAULT.tol,
+          callback: Callable[[State, Aux], Any] | None = None, log_every: int = DEFAULT.log_every,
+          progress: bool = False, device: Any = None, dtype: torch.dtype | None = None, seed: int | None = None,
+          kkt: str | None = DEFAULT.kkt, oracle: str | Oracle = "autograd", distributed: bool = False,
+          checkpoint: str | Path | None = None, checkpoint_every: int = 100, flush_denormal: bool = True,
+          verify: bool = DEFAULT.verify, verify_tol: float = DEFAULT.verify_tol, init: Result | None = None,
+          batch_size: int | tuple[int, int] | None = None) -> Result:
     """Run a bilevel solver on a problem.
+
+    The run's settings (max_iter, tol, log_every, kkt, verify, verify_tol and the
+    verification's other tolerances) are a `bilevel.RunPolicy`, given whole as `policy` or
+    setting by setting as keywords; a keyword given overrides the policy's setting. The
+    defaults are `RunPolicy()`'s, shared with `solve_batch`, the command line and sweep configs.
 
     Args:
         problem: the `BilevelProblem`.
         solver: a registered name (see `bilevel.SOLVERS`) or a solver object.
         options: hyperparameters of the solver by name, e.g. {"step_size": 0.1}: the same as
             passing `SOLVERS[name](**options)`. Default None.
+        policy: the run's settings (`bilevel.RunPolicy`), among them the verification's
+            upper_tol, curvature_tol, resolve_fraction and verify_max_iter. Default None
+            (`RunPolicy()`, with the keywords below).
         max_iter: number of outer iterations at most. Default 1000.
         tol: stop with CONVERGED once max(kkt_stationarity, kkt_feasibility) <= tol at a
             logged iteration (with kkt left at its default, kkt_stationarity is then the
@@ -159,7 +173,7 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
             values (f at the re-solved y, the problem's metrics there), and `Result.success`
             requires that y is within verify_tol of the re-solved y, that it is a minimiser,
             and that x is first-order stationary for x -> f(x, y*(x)) (its projected
-            hypergradient at most `bilevel.run.verify.UPPER_TOL` of its value at x0). Its cost is
+            hypergradient at most the policy's upper_tol, 1e-3, of its value at x0). Its cost is
             reported in `verification["cost"]`. Default True.
         verify_tol: the largest relative distance ||y - y_resolved|| / max(1, ||y_resolved||)
             that passes. Default 1e-2.
@@ -194,24 +208,13 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
     if not isinstance(problem, BilevelProblem):
         raise TypeError(f"Invalid problem: {problem!r} (expected a bilevel.BilevelProblem, e.g. "
                         f"BilevelProblem(f, g, x0, y0), or one from bilevel.PROBLEMS)")
-    checks.integer("max_iter", max_iter, 0)
-    checks.number("tol", tol, minimum=0, allow_none=True)
-    checks.integer("log_every", log_every, 1)
     if callback is not None and not callable(callback):
         raise TypeError(f"Invalid callback: {callback!r} (expected a callable (state, aux) -> bool or None)")
     seed = checks.seed("seed", seed)
     device, dtype = checks.device("device", device), checks.floating_dtype("dtype", dtype)
     checks.integer("checkpoint_every", checkpoint_every, 1)
-    kkt = kkt if kkt is not None else ("least_squares" if tol is not None else "method")
-    if kkt not in KKT_MODES:
-        raise ValueError(f"Invalid kkt: {kkt!r} (expected one of {', '.join(map(repr, KKT_MODES))})")
-    if tol is not None and kkt == "none":
-        raise ValueError(f"Invalid tol: {tol!r} with kkt='none' (tol is checked against the KKT residuals; "
-                         "use kkt='least_squares' or kkt='method')")
-    for name, value in (("flush_denormal", flush_denormal), ("verify", verify)):
-        if not isinstance(value, bool):
-            raise TypeError(f"Invalid {name}: {value!r} (expected True or False)")
-    checks.number("verify_tol", verify_tol, positive=True)
+    if not isinstance(flush_denormal, bool):
+        raise TypeError(f"Invalid flush_denormal: {flush_denormal!r} (expected True or False)")
     if not (isinstance(oracle, Oracle) or oracle in BACKENDS):
         raise ValueError(f"Invalid oracle: {oracle!r} (expected one of {', '.join(map(repr, BACKENDS))} "
                          f"or a bilevel.Oracle){checks.suggest(oracle, BACKENDS) if isinstance(oracle, str) else ''}")
@@ -261,10 +264,10 @@ def solve(problem: BilevelProblem, solver: str | Solver, *, options: Mapping[str
             oracle = full
     with flushing_denormals(flush_denormal):
         result = _run(problem, solver, oracle, context, generator, max_iter=max_iter, tol=tol, callback=callback,
-                      log_every=log_every, progress=progress and context.is_main, kkt=kkt, checkpoint=checkpoint,
-                      checkpoint_every=checkpoint_every, init=init)
+                      log_every=log_every, progress=progress and context.is_main, kkt=policy.kkt_mode,
+                      checkpoint=checkpoint, checkpoint_every=checkpoint_every, init=init)
         if verify:
-            result = with_verification(result, problem, full, verify_tol, context.seed)
+            result = with_verification(result, problem, full, policy, context.seed)
     result = in_structure(result, problem)
     failures = getattr(oracle.backend, "compile_failures", {})
     if failures:
@@ -374,9 +377,12 @@ def in_structure(result: Result, problem: BilevelProblem) -> Result:
     return dataclasses.replace(result, x=x, y=y, verification=verification)
 
 
-def with_verification(result: Result, problem: BilevelProblem, oracle: Oracle, tol: float, seed: int) -> Result:
-    """The result with its verification (`bilevel.run.verify.verify`) and, where it fails, why in
-    the message."""
-    found = verification.verify(problem, oracle, result.x, result.y, tol=tol, seed=seed)
+def with_verification(result: Result, problem: BilevelProblem, oracle: Oracle, policy: RunPolicy,
+                      seed: int) -> Result:
+    """The result with its verification (`bilevel.run.verify.verify`, with the policy's
+    tolerances and budget) and, where it fails, why in the message."""
+    found = verification.verify(problem, oracle, result.x, result.y, tol=policy.verify_tol,
+                                upper_tol=policy.upper_tol, curvature_tol=policy.curvature_tol,
+                                resolve_fraction=policy.resolve_fraction, max_iter=policy.verify_max_iter, seed=seed)
     message = result.message if found["passed"] else f"{result.message}; verification failed: {found['reason']}"
     return dataclasses.replace(result, verification=found, message=message)

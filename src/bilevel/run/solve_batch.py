@@ -30,17 +30,24 @@ from ..core.problem import BilevelProblem
 from ..core.result import Result
 from ..core.state import Aux, State
 from ..solvers.base import Solver
-from .history import KKT_MODES, History
+from .history import History
 from .loop import Clock, iterate, nonfinite_names
+from .policy import DEFAULT, RunPolicy, settings_as_overrides
 from .solve import flushing_denormals, in_structure, make_solver, with_verification
 
 
+@settings_as_overrides
 def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | Solver, *, seeds: Iterable[int],
-                options: Mapping[str, Any] | None = None, max_iter: int = 1000, tol: float | None = None,
-                callback: Callable[[State, Aux], Any] | None = None, log_every: int = 1, progress: bool = False,
-                seed: int | None = None, kkt: str | None = None, flush_denormal: bool = True, verify: bool = True,
-                verify_tol: float = 1e-2) -> list[Result]:
+                options: Mapping[str, Any] | None = None, policy: RunPolicy | None = None,
+                max_iter: int = DEFAULT.max_iter, tol: float | None = DEFAULT.tol,
+                callback: Callable[[State, Aux], Any] | None = None, log_every: int = DEFAULT.log_every,
+                progress: bool = False, seed: int | None = None, kkt: str | None = DEFAULT.kkt,
+                flush_denormal: bool = True, verify: bool = DEFAULT.verify,
+                verify_tol: float = DEFAULT.verify_tol) -> list[Result]:
     """Solve the problems `problem_factory(s)` for every s in `seeds` at once.
+
+    The run's settings are a `bilevel.RunPolicy` with `solve`'s defaults: `policy`, with the
+    keywords max_iter, tol, log_every, kkt, verify and verify_tol as overrides.
 
     Args:
         problem_factory: seed -> BilevelProblem; every seed's problem has the same shapes,
@@ -50,6 +57,7 @@ def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | 
             a Neumann linear solver).
         seeds: the seeds, one member each.
         options: hyperparameters of the solver, as in `solve`.
+        policy: the run's settings (`bilevel.RunPolicy`), as in `solve`. Default None.
         max_iter: iterations of every member at most. Default 1000.
         tol: each member stops with CONVERGED at its first logged row with
             max(kkt_stationarity, kkt_feasibility) <= tol, as in `solve`. Default None.
@@ -60,8 +68,9 @@ def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | 
         seed: seed of the generator handed to the solver (shared by all members, as
             `solve(..., seed=seed)` for each). Default None (torch's initial seed).
         kkt: KKT residuals at logged rows, as in `solve`, computed member by member (a
-            loop in Python: about 100 products a member and row for "least_squares").
-            Default None: "least_squares" with tol, else "none" (only what the step computes).
+            loop in Python: about 100 products a member and row for "least_squares"; "none"
+            for only what the step computes). Default None: "least_squares" with tol, else
+            "method", as in `solve`.
         flush_denormal: flush subnormal floats to zero during the run, as in `solve`. Default True.
         verify: verify every member's answer, as in `solve` (member by member, outside
             vmap). Default True.
@@ -75,14 +84,7 @@ def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | 
     reason = solver.batch_support()
     if reason:
         raise ValueError(f"Invalid solver for solve_batch: {solver.name} ({reason}); run solve() for each seed")
-    max_iter, log_every = checks.integer("max_iter", max_iter, 0), checks.integer("log_every", log_every, 1)
-    checks.number("tol", tol, minimum=0, allow_none=True)
     seed = checks.seed("seed", seed)
-    kkt = kkt if kkt is not None else ("least_squares" if tol is not None else "none")
-    if kkt not in KKT_MODES:
-        raise ValueError(f"Invalid kkt: {kkt!r} (expected one of {', '.join(map(repr, KKT_MODES))})")
-    if tol is not None and kkt == "none":
-        raise ValueError(f"Invalid tol: {tol!r} with kkt='none' (tol is checked against the KKT residuals)")
     if callback is not None and not callable(callback):
         raise TypeError(f"Invalid callback: {callback!r} (expected a callable (state, aux) -> bool or None)")
     if not callable(problem_factory):
@@ -92,14 +94,12 @@ def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | 
         raise ValueError("Invalid seeds: [] (expected at least one seed)")
     problems = [problem_factory(s) for s in seeds]
     _check_alike(problems, seeds)
-    for name, value in (("flush_denormal", flush_denormal), ("verify", verify)):
-        if not isinstance(value, bool):
-            raise TypeError(f"Invalid {name}: {value!r} (expected True or False)")
-    checks.number("verify_tol", verify_tol, positive=True)
+    if not isinstance(flush_denormal, bool):
+        raise TypeError(f"Invalid flush_denormal: {flush_denormal!r} (expected True or False)")
     generator = torch.Generator(device=problems[0].x0.device)
     generator.manual_seed(seed if seed is not None else torch.initial_seed())
     batch = Batched(problems, solver, generator)
-    histories = [History(p, kkt, Oracle(Func(p.f, p.g, p.y_bounds))) for p in problems]
+    histories = [History(p, policy.kkt_mode, Oracle(Func(p.f, p.g, p.y_bounds))) for p in problems]
     with flushing_denormals(flush_denormal):
         start = time.perf_counter()
         state = batch.init(max_iter)
@@ -112,7 +112,7 @@ def solve_batch(problem_factory: Callable[[int], BilevelProblem], solver: str | 
         results = [Result(x=o.state.x, y=o.state.y, status=o.status, n_iter=o.n_iter, history=h.as_dict(),
                           message=o.message, solver=solver, state=o.state) for o, h in zip(outcomes, histories)]
         if verify:
-            results = [with_verification(r, p, h.oracle, verify_tol, generator.initial_seed())
+            results = [with_verification(r, p, h.oracle, policy, generator.initial_seed())
                        for r, p, h in zip(results, problems, histories)]
     return [in_structure(r, p) for r, p in zip(results, problems)]
 

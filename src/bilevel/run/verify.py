@@ -45,15 +45,18 @@ from ..core.lower import MAX_CG_ITER, Minimum, minimize, truncated_cg
 from ..core.oracles import Autograd, Oracle, inner
 from ..core.problem import BilevelProblem
 from .history import problem_metrics
+from .policy import DEFAULT
 
-LOWER_TOL = 1e-2          # y_distance that passes
-CURVATURE_TOL = 1e-3      # negative curvature counts beyond this fraction of the largest |eigenvalue|
-UPPER_TOL = 1e-3          # projected hypergradient at x relative to its value at x0 that passes
-RESOLVE_FRACTION = 1e-3   # the re-solve's certified distance to y*, as a fraction of the lower tol
+# the defaults of `bilevel.RunPolicy`, the one place they are set
+LOWER_TOL = DEFAULT.verify_tol               # y_distance that passes
+CURVATURE_TOL = DEFAULT.curvature_tol        # negative curvature beyond this fraction of the largest |eigenvalue|
+UPPER_TOL = DEFAULT.upper_tol                # projected hypergradient at x, relative to its value at x0, that passes
+RESOLVE_FRACTION = DEFAULT.resolve_fraction  # the re-solve's certified distance to y*, a fraction of the lower tol
 
 
 def verify(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, tol: float = LOWER_TOL,
-           upper_tol: float = UPPER_TOL, curvature_tol: float = CURVATURE_TOL, max_iter: int = 100,
+           upper_tol: float = UPPER_TOL, curvature_tol: float = CURVATURE_TOL,
+           resolve_fraction: float = RESOLVE_FRACTION, max_iter: int = DEFAULT.verify_max_iter,
            seed: int = 0) -> dict[str, Any]:
     """The verification of (x, y) (see the module docstring), with its own oracle counts and time.
 
@@ -66,7 +69,12 @@ def verify(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, tol
         upper_tol: the largest projected hypergradient, relative to its value at x0, that
             passes. Default UPPER_TOL = 1e-3.
         curvature_tol: the second-order check's tolerance. Default CURVATURE_TOL = 1e-3.
+        resolve_fraction: the re-solve's certified distance to y*, as a fraction of tol.
+            Default RESOLVE_FRACTION = 1e-3.
         max_iter: iterations of the re-solve's first stage at most (Newton-CG follows). Default 100.
+
+    The defaults are `bilevel.RunPolicy`'s (verify_tol, upper_tol, curvature_tol,
+    resolve_fraction, verify_max_iter).
         seed: seed of the random start of the power iterations.
 
     Returns:
@@ -83,7 +91,7 @@ def verify(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, tol
     own = oracle.fork()
     x, y = x.detach(), y.detach()
     g_at_y = own.g(x, y)
-    minimum = resolve(problem, own, x, y, max_iter, tol)
+    minimum = resolve(problem, own, x, y, max_iter, tol, resolve_fraction)
     y_resolved = minimum.y
     finite = math.isfinite(minimum.value) and bool(torch.isfinite(y_resolved).all())
     # curvature where the re-solve ended, or at y itself where it could not end (g unbounded below)
@@ -97,7 +105,7 @@ def verify(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, tol
         "lower_residual": minimum.residual,
         "re_solve_iterations": minimum.iterations,
         "re_solve_step": minimum.step,
-        "re_solve_tol": _step_tol(y, tol),
+        "re_solve_tol": _step_tol(y, tol, resolve_fraction),
         "re_solve_converged": minimum.converged,
         "min_curvature": lowest,
         "max_curvature": largest,
@@ -116,15 +124,15 @@ def verify(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, *, tol
     return out
 
 
-def _step_tol(y: Tensor, tol: float) -> float:
-    return RESOLVE_FRACTION * tol * max(1.0, float(torch.linalg.vector_norm(y)))
+def _step_tol(y: Tensor, tol: float, fraction: float) -> float:
+    return fraction * tol * max(1.0, float(torch.linalg.vector_norm(y)))
 
 
 def resolve(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, max_iter: int = 1000,
-            tol: float = LOWER_TOL) -> Minimum:
+            tol: float = LOWER_TOL, fraction: float = RESOLVE_FRACTION) -> Minimum:
     """The lower level solved at x from y (`bilevel.core.lower.minimize`): a first-order stage to a
     stationarity residual sqrt(eps) max(1, ||grad_y g(x, y)||), then Newton-CG with
-    Hessian-vector products until a full Newton step is at most RESOLVE_FRACTION tol
+    Hessian-vector products until a full Newton step is at most fraction tol
     max(1, ||y||) long: y_resolved is then that close to the minimiser, however ill-conditioned
     grad_yy g is. `converged` says whether it got there."""
     value_and_grad = oracle.lower_objective(x)
@@ -132,7 +140,7 @@ def resolve(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, max_i
     scale = float(torch.linalg.vector_norm(grad)) if bool(torch.isfinite(grad).all()) else 1.0
     return minimize(value_and_grad, y, bounds=problem.y_bounds, max_iter=max_iter,
                     tol=torch.finfo(y.dtype).eps ** 0.5 * max(1.0, scale),
-                    hvp=lambda at, v: oracle.vjp_grad_y_g(x, at, v)[1], step_tol=_step_tol(y, tol))
+                    hvp=lambda at, v: oracle.vjp_grad_y_g(x, at, v)[1], step_tol=_step_tol(y, tol, fraction))
 
 
 class Stationarity(NamedTuple):
