@@ -130,3 +130,60 @@ def test_the_oracle_from_the_command_line_and_a_sweep_config(tmp_path, capsys):
     assert main(["sweep", str(config), "--out", str(tmp_path / "t"), "--no-progress"]) != 0
     assert "oracle (line 2): 'funk' (expected one of autograd, func, compiled); did you mean 'func'?" in \
         capsys.readouterr().err
+
+
+def small_minibatch_cleaning():
+    return PROBLEMS["hyper-cleaning"](minibatch=True, n_train=120, n_val=60, n_test=60, pca=12, seed=1,
+                                      retrain_steps=5, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", ["soba", "saba"])
+def test_func_back_end_on_minibatches_follows_autograd(method):
+    """oracle="func" on minibatches: one back-end built for the run, every batch an argument of its
+    derivatives (`Func.on`); soba takes its fused step there (uncompiled), saba the oracle's calls."""
+    problem = small_minibatch_cleaning()
+    runs = {oracle: solve(problem, method, max_iter=30, log_every=10, batch_size=16, seed=0, kkt="none",
+                          verify=False, oracle=oracle) for oracle in ("autograd", "func")}
+    tol = roundoff(operations=30 * 100)
+    torch.testing.assert_close(runs["func"].x, runs["autograd"].x, rtol=tol, atol=tol)
+    torch.testing.assert_close(runs["func"].y, runs["autograd"].y, rtol=tol, atol=tol)
+    assert runs["func"].history["oracle_calls"] == runs["autograd"].history["oracle_calls"]
+    for column in ("f", "g", "h", "kkt_stationarity", "step_size"):
+        assert runs["func"].history[column] == pytest.approx(runs["autograd"].history[column], rel=tol, abs=tol)
+
+
+def test_fused_step_is_one_oracle_call_of_two_derivatives():
+    problem = small_minibatch_cleaning()
+    seen = []
+    eager = solve(problem, "soba", max_iter=12, log_every=4, batch_size=16, seed=0, kkt="none", verify=False)
+    fused = solve(problem, "soba", max_iter=12, log_every=4, batch_size=16, seed=0, kkt="none", verify=False,
+                  oracle="func", callback=lambda state, aux: seen.append(type(aux.diagnostics["h"])))
+    assert fused.history["oracle_calls"] == eager.history["oracle_calls"]
+    assert fused.history["n_grad_f"] == eager.history["n_grad_f"] and fused.history["n_hvp"] == eager.history["n_hvp"]
+    assert set(seen) == {torch.Tensor}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{}, {"step_size": 0.5, "inner_step_size": 0.05, "schedule": "decreasing"}])
+def test_compiled_soba_on_minibatches_compiles_once_and_follows_eager(options):
+    """oracle="compiled" on minibatches: soba's whole step is one compiled graph whose inputs include
+    the batches, so a run of 30 batches compiles it once (and vjp_grad_y_g, of the curvature
+    estimate, once): 2 graphs, where compiling per batch would make one per batch up to
+    dynamo's cache limit. The iterates are eager's up to round-off."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    problem = small_minibatch_cleaning()
+    args = {"options": options, "max_iter": 30, "log_every": 10, "batch_size": 16, "seed": 0, "kkt": "none",
+            "verify": False}
+    compiled = solve(problem, "soba", oracle="compiled", **args)
+    graphs = counters["stats"]["unique_graphs"]
+    eager = solve(problem, "soba", **args)
+    assert "ran uncompiled" not in compiled.message
+    assert graphs == (2 if not options else 1)          # fixed steps: no curvature estimate
+    tol = roundoff(operations=30 * 100)
+    torch.testing.assert_close(compiled.x, eager.x, rtol=tol, atol=tol)
+    torch.testing.assert_close(compiled.y, eager.y, rtol=tol, atol=tol)
+    assert compiled.history["oracle_calls"] == eager.history["oracle_calls"]
+    for column in ("f", "h", "kkt_stationarity", "step_size"):
+        assert compiled.history[column] == pytest.approx(eager.history[column], rel=tol, abs=tol)

@@ -20,7 +20,9 @@ groups of samples, as SABA's SAGA tables, chooses its batch itself).
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -89,6 +91,13 @@ def on_data(x: Tensor, y: Tensor, *, fn: Callable, data: Any, weight: float = 1.
     return value if weight == 1.0 else weight * value
 
 
+def _level(x: Tensor, y: Tensor, upper: Any, lower: Any, upper_weight: float, lower_weight: float, *,
+           fn: Callable, level: int) -> Tensor:
+    """fn on its level's batch of the pair (upper, lower), weighted (`on_data`): the objectives of
+    data that `Sampled` hands a back-end built once for all batches."""
+    return on_data(x, y, fn=fn, data=(upper, lower)[level], weight=(upper_weight, lower_weight)[level])
+
+
 @dataclass(frozen=True)
 class Shard:
     """This rank's block of one level's samples in a data-parallel run: its `size` samples are
@@ -133,10 +142,14 @@ class Batches(tuple):
 
 class Sampled:
     """The back-end of minibatch objectives: `make(f_B, g_B)` for the current batches B_f, B_g of
-    the problem's data, redrawn by `resample` from `generator`.
+    the problem's data, redrawn by `resample` from `generator`. Where `make(f, g, on_data=True)`
+    gives a back-end of objectives of data (torch.func, compiled or not), it is built once and
+    every batch is an argument of its derivatives (`bilevel.core.oracles.Func.on`): compiled
+    derivatives are compiled once, not once per batch.
 
     Args:
-        make: (f, g) -> a back-end (`bilevel.core.oracles.backend` of a kind).
+        make: (f, g) -> a back-end (`bilevel.core.oracles.backend` of a kind); (f, g, on_data=True)
+            -> a back-end of objectives f(x, y, B_f, B_g, w_f, w_g), or None, where make takes on_data.
         objectives: the problem's f(x, y, batch) and g(x, y, batch).
         data: the problem's upper and lower `Data`.
         sizes: the batch sizes (upper, lower).
@@ -159,6 +172,10 @@ class Sampled:
         self.current_weights: tuple[float, float] = (1.0, 1.0)
         self._local: tuple[Tensor | None, Tensor | None] = (None, None)
         self._stale = [False, False]
+        self.reusable = None
+        if "on_data" in inspect.signature(make).parameters:
+            self.reusable = make(partial(_level, fn=objectives[0], level=0),
+                                 partial(_level, fn=objectives[1], level=1), on_data=True)
         self.resample()
 
     def _draw(self, level: int) -> Tensor:
@@ -214,14 +231,16 @@ class Sampled:
 
     @batches.setter
     def batches(self, value: tuple[Any, Any]) -> None:
-        from functools import partial
         self.current = value
         self.current_indices = getattr(value, "indices", (None, None))
         self.current_weights = getattr(value, "weights", (1.0, 1.0))
         self._stale = [False, False]
         (f, g), (wf, wg) = self.objectives, self.current_weights
-        self.inner = self.make(partial(on_data, fn=f, data=value[0], weight=wf),
-                               partial(on_data, fn=g, data=value[1], weight=wg))
+        if self.reusable is not None:
+            self.inner = self.reusable.on(value[0], value[1], wf, wg)
+        else:
+            self.inner = self.make(partial(on_data, fn=f, data=value[0], weight=wf),
+                                   partial(on_data, fn=g, data=value[1], weight=wg))
 
     @property
     def compile_failures(self) -> dict[str, str]:
