@@ -8,9 +8,8 @@ same constant steps; the hand-written loop draws the batches solve's sampler dra
 generator, same order), so it must reach soba's iterate (checked: last column). Reported:
 the median over repeats of ms per step, and each variant's ratio to the hand-written loop
 measured in the same repeat (robust to load from other jobs on a shared machine).
-The compiled row includes its compilation (every run compiles its step anew: a few seconds), so
-its per-step figure is that of `--steps` large enough to amortise it, or see
-benchmarks/benchmark_bilevel_side_by_side.py, which times compiled steps apart.
+The compiled row's step is compiled in the warm-up run and reused by the timed ones (the same
+shapes: dynamo's guards pass).
 `--profile` prints where a soba and a saba step's time goes (cProfile, top entries).
 """
 from __future__ import annotations
@@ -96,7 +95,7 @@ def main() -> None:
                 lambda: solve(problem, "soba", args.steps, args.batch, 0, oracle="compiled"),
             "solve soba, default steps": lambda: solve(problem, "soba", args.steps, args.batch, 0, defaults=True),
             "solve saba, default steps": lambda: solve(problem, "saba", args.steps, args.batch, 0, defaults=True)}
-    for run in runs.values():                  # warm-up (a compiled run compiles in every run: its first step)
+    for run in runs.values():                  # warm-up (and compilation)
         run()
     times = {name: [] for name in runs}
     outputs = {}

@@ -187,3 +187,26 @@ def test_compiled_soba_on_minibatches_compiles_once_and_follows_eager(options):
     assert compiled.history["oracle_calls"] == eager.history["oracle_calls"]
     for column in ("f", "h", "kkt_stationarity", "step_size"):
         assert compiled.history[column] == pytest.approx(eager.history[column], rel=tol, abs=tol)
+
+
+@pytest.mark.slow
+def test_skinny_products_are_computed_transposed_with_the_same_values():
+    """SkinnyProducts rewrites the narrow products of a compiled graph (C = A B with at most 16
+    columns, fewer than its rows) as (B^T A^T)^T, and leaves the others: the values are the
+    eager ones up to round-off."""
+    from bilevel.core.oracles import _compile_options
+    torch._dynamo.reset()
+    skinny = type(_compile_options()["post_grad_custom_post_pass"])()
+    gen = torch.Generator().manual_seed(0)
+    a, w, wide = (torch.randn(shape, generator=gen) for shape in ((64, 96), (96, 10), (96, 40)))
+    bias, g = torch.randn(10, generator=gen), torch.randn(64, 10, generator=gen)
+
+    def products(a, w, wide, bias, g):
+        return a @ w, torch.addmm(bias, a, w), a.T @ g, a @ wide
+
+    compiled = torch.compile(products, dynamic=False, options={"post_grad_custom_post_pass": skinny})
+    got, expected = compiled(a, w, wide, bias, g), products(a, w, wide, bias, g)
+    assert skinny.rewritten == 3                      # a @ w, addmm, a.T @ g; not a @ wide (40 columns)
+    tol = roundoff(torch.float32, operations=96)
+    for u, v in zip(got, expected):
+        torch.testing.assert_close(u, v, rtol=tol, atol=tol)
