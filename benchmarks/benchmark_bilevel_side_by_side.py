@@ -126,7 +126,7 @@ def problem_arrays(data_dir: str | None) -> tuple[dict[str, np.ndarray], str]:
     except (FileNotFoundError, ValueError) as exc:
         images, labels = datasets.load("mnist5k")
         total = len(labels)
-        sizes = tuple(int(round(total * s / sum(SIZES))) for s in SIZES)
+        sizes = tuple(round(total * s / sum(SIZES)) for s in SIZES)
         sizes = (sizes[0], sizes[1], total - sizes[0] - sizes[1])
         images, test_images, labels, test_labels = train_test_split(images, labels, test_size=sizes[2],
                                                                     random_state=np.random.RandomState(0))
@@ -140,8 +140,8 @@ def problem_arrays(data_dir: str | None) -> tuple[dict[str, np.ndarray], str]:
     arrays = {"a_train": a_train, "a_val": a_val, "a_test": test_images}
     arrays = {k: scaler.transform(v.reshape(len(v), -1)).astype(np.float32) for k, v in arrays.items()}
     arrays.update(b_train=b_train.astype(np.int32), b_val=b_val.astype(np.int32), b_test=test_labels.astype(np.int32))
-    return arrays, f"{source}: {len(b_train)} training (half relabelled), {len(b_val)} validation, " \
-                   f"{len(test_labels)} test samples"
+    counts = f"{len(b_train)} training (half relabelled), {len(b_val)} validation, {len(test_labels)} test samples"
+    return arrays, f"{source}: {counts}"
 
 
 def torch_side(data: str, seed: int, steps: int, oracle: str, out: str) -> None:
@@ -179,8 +179,8 @@ def torch_side(data: str, seed: int, steps: int, oracle: str, out: str) -> None:
                   kkt="none", verify=False, oracle=oracle, callback=keep)
     times = list(np.diff([start] + marks))          # to iterate 0: init and the first step (compilation)
     accuracy = [float(((d["a_test"] @ w).argmax(1) == d["b_test"]).double().mean()) for w in snapshots]
-    json.dump({"times": times[1:], "first": times[0], "accuracy": accuracy[1:], "version": torch.__version__},
-              open(out, "w"))
+    Path(out).write_text(json.dumps({"times": times[1:], "first": times[0], "accuracy": accuracy[1:],
+                                     "version": torch.__version__}))
 
 
 def jax_venv(path: Path) -> Path:
@@ -196,7 +196,7 @@ def on_registry(name: str) -> bool:
     """Whether pip finds `name` on the package registry (downloaded to a temporary directory, not installed)."""
     with tempfile.TemporaryDirectory() as tmp:
         done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, name],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
     return done.returncode == 0
 
 
@@ -235,17 +235,17 @@ def main() -> None:
         script = os.path.join(tmp, "jax_side.py")
         Path(script).write_text(JAX_SIDE)
         for seed in args.seeds:
-            for side in runs:
+            for side, results in runs.items():
                 out = os.path.join(tmp, f"{side}-{seed}.json")
                 if side == "jax":
-                    command = [str(python), script, data, str(seed), str(steps), str(CHUNK), str(RHO0), str(GAMMA0),
+                    argv = [str(python), script, data, str(seed), str(steps), str(CHUNK), str(RHO0), str(GAMMA0),
                                str(BATCH), str(WEIGHT_DECAY), out]
                 else:
-                    command = [sys.executable, __file__, "--steps", str(steps), "--torch-side", data, str(seed), side,
+                    argv = [sys.executable, __file__, "--steps", str(steps), "--torch-side", data, str(seed), side,
                                out]
-                subprocess.run(pin + command, check=True, env=env)
-                runs[side].append(json.loads(Path(out).read_text()))
-                print(side, seed, summary(runs[side][-1], (1.0,)), flush=True)
+                subprocess.run(pin + argv, check=True, env=env)
+                results.append(json.loads(Path(out).read_text()))
+                print(side, seed, summary(results[-1], (1.0,)), flush=True)
     budgets = (1.0, 4.0, 10.0)
     names = {"jax": "SOBA step compiled with jax.lax.scan (512 steps per call), written here",
              "autograd": "bilevel soba, eager (oracle='autograd')",
@@ -255,8 +255,7 @@ def main() -> None:
         rows_of = [summary(r, budgets) for r in results]
         row = {"implementation": names[side]}
         for key in rows_of[0]:
-            values = [r[key] for r in rows_of]
-            row[key.replace("_", " ")] = statistics.median(values)
+            row[key.replace("_", " ")] = statistics.median(r[key] for r in rows_of)
         row["x jax step (median over seeds of per-seed ratios)"] = statistics.median(
             a["ms_per_step"] / b["ms_per_step"] for a, b in zip(rows_of, [summary(r, budgets) for r in runs["jax"]]))
         rows.append(row)
@@ -265,22 +264,22 @@ def main() -> None:
     print(table)
     if args.no_write:
         return
+    found = "found" if any(registry.values()) else "not found (pip download benchmark_bilevel: no distribution)"
+    setting = (f"Data: {source}. Seeds {', '.join(map(str, args.seeds))}, {steps} steps per run, interleaved by "
+               f"seed; medians over the seeds. benchmark_bilevel on the package registry: {found}; the JAX side is "
+               f"SOBA's update written in this script and compiled with jax.lax.scan, 512 steps per call (jax "
+               f"{runs['jax'][0]['version']} from the registry in a separate venv; torch "
+               f"{runs['autograd'][0]['version']}). Steps: rho_k = {RHO0} (1 + k)^(-2/5), gamma_k = {GAMMA0:g} "
+               f"(1 + k)^(-3/5) on both sides.")
+    legend = ("'ms per step': median over the calls of 512 steps after the first (ours: over the 512 steps "
+              "between kept iterates); 'first call s': JAX's first call (512 steps and compilation), ours solve's "
+              "set-up and first step (compilation); 'acc Ns': test accuracy of the last iterate (of every 512th) "
+              "reached within N s of steady steps; evaluation untimed.")
+    where = (f"Machine: {machine()}; one thread each side, each run in its own process pinned to one core "
+             f"({'taskset -c 1' if pin else 'no taskset'}); the machine was shared with other jobs while measuring  ")
     update_section(args.results, "benchmark-bilevel-side-by-side", "\n".join([
         f"## SOBA side by side with a JAX lax.scan step on benchmark_bilevel's hyper-cleaning (batch {BATCH})", "",
-        f"Command: `{command()}`  ",
-        f"Machine: {machine()}; one thread each side, each run in its own process pinned to one core "
-        f"({'taskset -c 1' if pin else 'no taskset'}); the machine was shared with other jobs while measuring  ",
-        f"Data: {source}. Seeds {', '.join(map(str, args.seeds))}, {steps} steps per run, interleaved by seed; "
-        f"medians over the seeds. benchmark_bilevel on the package registry: "
-        f"{'found' if any(registry.values()) else 'not found (pip download benchmark_bilevel: no distribution)'}, "
-        f"so the JAX side is SOBA's update written in this script and compiled with jax.lax.scan, 512 steps per "
-        f"call (jax {runs['jax'][0]['version']} from the registry in a separate venv; torch "
-        f"{runs['autograd'][0]['version']}). Steps: rho_k = {RHO0} (1 + k)^(-2/5), gamma_k = {GAMMA0:g} "
-        f"(1 + k)^(-3/5) on both sides. 'ms per step': median over the calls of 512 steps after the first (ours: over "
-        f"the 512 steps between kept iterates); 'first call s': JAX's first call (512 steps and compilation), ours "
-        f"solve's set-up and first step (compilation); 'acc Ns': test accuracy of the last "
-        f"iterate (of every 512th) reached within N s of steady steps; evaluation untimed.", "",
-        table]))
+        f"Command: `{command()}`  ", where, f"{setting} {legend}", "", table]))
 
 
 if __name__ == "__main__":

@@ -316,9 +316,8 @@ class SkinnyProducts:
 
 
 def _compile_options() -> dict[str, Any]:
-    """torch.compile's inductor options of the compiled back-end: `SkinnyProducts` where this torch
-    has custom graph passes. One object for the process, so that a function compiled in one run
-    is reused by the next (the options are part of what dynamo's cache checks)."""
+    """The inductor options of the compiled back-end: `SkinnyProducts` where this torch has custom
+    graph passes (one object for the process)."""
     if not COMPILE_OPTIONS:
         try:
             from torch._inductor.custom_graph_pass import CustomGraphPass
@@ -332,13 +331,22 @@ def _compile_options() -> dict[str, Any]:
 COMPILE_OPTIONS: dict[str, Any] = {}
 
 
+def inductor(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
+    """The torch.compile back-end of oracle="compiled": inductor with `_compile_options` applied
+    while it compiles (torch.compile's options= would apply them again around every call, about
+    as long as a small compiled step's arithmetic). One function for the process, so that what
+    one run compiled the next reuses (dynamo's cache is per back-end)."""
+    from torch._inductor.compile_fx import compile_fx
+    return compile_fx(graph, example_inputs, config_patches=_compile_options())
+
+
 class _CompiledOrEager:
     """fn compiled by torch.compile, falling back for good to fn itself (with a warning that
     says why) the first time compilation or the compiled call fails."""
 
     def __init__(self, name: str, fn: Callable, failures: dict[str, str]):
         self.name, self.eager, self.failures = name, fn, failures
-        self.compiled = torch.compile(fn, dynamic=False, options=_compile_options())
+        self.compiled = torch.compile(fn, dynamic=False, backend=inductor)
 
     def __call__(self, *args: Tensor):
         if self.name not in self.failures:
