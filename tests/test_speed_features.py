@@ -211,3 +211,16 @@ def test_skinny_products_are_computed_transposed_with_the_same_values():
     tol = roundoff(torch.float32, operations=96)
     for u, v in zip(got, expected):
         torch.testing.assert_close(u, v, rtol=tol, atol=tol)
+
+
+def test_only_a_compiled_back_end_of_one_process_fuses_steps():
+    """A data-parallel back-end reduces every call over the ranks, so a fused step (one call of the
+    local derivatives) would sum nothing: Oracle.fuses is False there, even around compiled ones."""
+    from bilevel.core.distributed import Reduced
+    problem = PROBLEMS["quadratic"](seed=0)
+    compiled = Func(problem.f, problem.g, compile=True)
+    reduced = Reduced.__new__(Reduced)
+    reduced.local = compiled
+    assert Oracle(compiled).fuses
+    assert not Oracle(reduced).fuses
+    assert not Oracle(Func(problem.f, problem.g)).fuses and not Oracle(Autograd(problem.f, problem.g)).fuses

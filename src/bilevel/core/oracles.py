@@ -606,7 +606,7 @@ class Oracle:
     @property
     def fuses(self) -> bool:
         """Whether `fused` compiles (oracle="compiled", in one process)."""
-        return bool(getattr(self.backend, "compiles", False)) and callable(getattr(self.backend, "fuse", None))
+        return getattr(self.backend, "compiles", False) is True and callable(getattr(self.backend, "fuse", None))
 
     def fused(self, key: Any, make: Callable[[], Callable], **cost: int) -> Callable:
         """tensors -> fn(ops, *tensors) as one call of the back-end (`Func.fuse`: one compiled graph
