@@ -224,3 +224,19 @@ def test_only_a_compiled_back_end_of_one_process_fuses_steps():
     assert Oracle(compiled).fuses
     assert not Oracle(reduced).fuses
     assert not Oracle(Func(problem.f, problem.g)).fuses and not Oracle(Autograd(problem.f, problem.g)).fuses
+
+
+def test_a_fused_step_that_does_not_compile_runs_eagerly_and_says_why(monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler found")
+        return compiled
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    problem = small_minibatch_cleaning()
+    args = {"max_iter": 12, "log_every": 4, "batch_size": 16, "seed": 0, "kkt": "none", "verify": False}
+    with pytest.warns(RuntimeWarning, match=r"oracle='compiled': fused step runs uncompiled \(RuntimeError: no C"):
+        result = solve(problem, "soba", oracle="compiled", **args)
+    assert "ran uncompiled: " in result.message and "fused step: RuntimeError: no C++ compiler found" in result.message
+    eager = solve(problem, "soba", **args)
+    tol = roundoff(operations=12 * 100)
+    torch.testing.assert_close(result.x, eager.x, rtol=tol, atol=tol)

@@ -287,7 +287,8 @@ class Sampled:
     @property
     def compile_failures(self) -> dict[str, str]:
         self._take()
-        return getattr(self.inner, "compile_failures", {})
+        backends = (self.inner,) if self.reusable is None else (self.reusable, self.taking)
+        return {name: reason for b in backends for name, reason in getattr(b, "compile_failures", {}).items()}
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or "_stale" not in self.__dict__:

@@ -483,7 +483,7 @@ class Func(Backend):
         if fn not in self.fused:
             def whole(tensors: tuple, data: tuple):
                 return fn(_Ops(self.eager, data), *tensors)
-            self.fused[fn] = _CompiledOrEager(f"fused {getattr(fn, '__qualname__', 'step')}", whole,
+            self.fused[fn] = _CompiledOrEager("fused step", whole,
                                               self.compile_failures) if self.compiles else whole
         return self.fused[fn]
 
