@@ -8,6 +8,8 @@ same constant steps; the hand-written loop draws the batches solve's sampler dra
 generator, same order), so it must reach soba's iterate (checked: last column). Reported:
 the median over repeats of ms per step, and each variant's ratio to the hand-written loop
 measured in the same repeat (robust to load from other jobs on a shared machine).
+The compiled row's step is compiled in the warm-up run and reused by the timed ones (the same
+shapes: dynamo's guards pass).
 `--profile` prints where a soba and a saba step's time goes (cProfile, top entries).
 """
 from __future__ import annotations
@@ -54,10 +56,10 @@ def hand_written_soba(problem: bilevel.BilevelProblem, steps: int, batch: int, s
     return x, y
 
 
-def solve(problem, method: str, steps: int, batch: int, seed: int, defaults: bool = False):
+def solve(problem, method: str, steps: int, batch: int, seed: int, defaults: bool = False, oracle: str = "autograd"):
     options = {} if defaults else dict(step_size=GAMMA, inner_step_size=RHO, schedule="constant")
     return bilevel.solve(problem, method, options=options, max_iter=steps, log_every=steps, batch_size=batch,
-                         seed=seed, kkt="none", verify=False)
+                         seed=seed, kkt="none", verify=False, oracle=oracle)
 
 
 def profile(problem, method: str, steps: int, batch: int, top: int = 18) -> str:
@@ -89,9 +91,11 @@ def main() -> None:
     runs = {"hand-written eager loop (SOBA)": lambda: hand_written_soba(problem, args.steps, args.batch, 0),
             "solve soba": lambda: solve(problem, "soba", args.steps, args.batch, 0),
             "solve saba": lambda: solve(problem, "saba", args.steps, args.batch, 0),
+            "solve soba, oracle='compiled' (the step one compiled graph)":
+                lambda: solve(problem, "soba", args.steps, args.batch, 0, oracle="compiled"),
             "solve soba, default steps": lambda: solve(problem, "soba", args.steps, args.batch, 0, defaults=True),
             "solve saba, default steps": lambda: solve(problem, "saba", args.steps, args.batch, 0, defaults=True)}
-    for run in runs.values():                  # warm-up
+    for run in runs.values():                  # warm-up (and compilation)
         run()
     times = {name: [] for name in runs}
     outputs = {}

@@ -232,3 +232,113 @@ def test_the_oracle_from_the_command_line_and_a_sweep_config(tmp_path, capsys):
     assert main(["sweep", str(config), "--out", str(tmp_path / "t"), "--no-progress"]) != 0
     assert "oracle (line 2): 'funk' (expected one of autograd, func, compiled); did you mean 'func'?" in \
         capsys.readouterr().err
+
+
+def small_minibatch_cleaning():
+    return PROBLEMS["hyper-cleaning"](minibatch=True, n_train=120, n_val=60, n_test=60, pca=12, seed=1,
+                                      retrain_steps=5, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", ["soba", "saba"])
+def test_func_back_end_on_minibatches_follows_autograd(method):
+    """oracle="func" on minibatches: one back-end built for the run, every batch an argument of its
+    derivatives (`Func.on`); soba takes its fused step there (uncompiled), saba the oracle's calls."""
+    problem = small_minibatch_cleaning()
+    runs = {oracle: solve(problem, method, max_iter=30, log_every=10, batch_size=16, seed=0, kkt="none",
+                          verify=False, oracle=oracle) for oracle in ("autograd", "func")}
+    tol = roundoff(operations=30 * 100)
+    torch.testing.assert_close(runs["func"].x, runs["autograd"].x, rtol=tol, atol=tol)
+    torch.testing.assert_close(runs["func"].y, runs["autograd"].y, rtol=tol, atol=tol)
+    assert runs["func"].history["oracle_calls"] == runs["autograd"].history["oracle_calls"]
+    for column in ("f", "g", "h", "kkt_stationarity", "step_size"):
+        assert runs["func"].history[column] == pytest.approx(runs["autograd"].history[column], rel=tol, abs=tol)
+
+
+def test_fused_step_is_one_oracle_call_of_two_derivatives():
+    problem = small_minibatch_cleaning()
+    seen = []
+    eager = solve(problem, "soba", max_iter=12, log_every=4, batch_size=16, seed=0, kkt="none", verify=False)
+    fused = solve(problem, "soba", max_iter=12, log_every=4, batch_size=16, seed=0, kkt="none", verify=False,
+                  oracle="func", callback=lambda state, aux: seen.append(type(aux.diagnostics["h"])))
+    assert fused.history["oracle_calls"] == eager.history["oracle_calls"]
+    assert fused.history["n_grad_f"] == eager.history["n_grad_f"] and fused.history["n_hvp"] == eager.history["n_hvp"]
+    assert set(seen) == {torch.Tensor}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{}, {"step_size": 0.5, "inner_step_size": 0.05, "schedule": "decreasing"}])
+def test_compiled_soba_on_minibatches_compiles_once_and_follows_eager(options):
+    """oracle="compiled" on minibatches: soba's whole step is one compiled graph whose inputs include
+    the batches, so a run of 30 batches compiles it once (and vjp_grad_y_g, of the curvature
+    estimate, once): 2 graphs, where compiling per batch would make one per batch up to
+    dynamo's cache limit. The iterates are eager's up to round-off."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    problem = small_minibatch_cleaning()
+    args = {"options": options, "max_iter": 30, "log_every": 10, "batch_size": 16, "seed": 0, "kkt": "none",
+            "verify": False}
+    compiled = solve(problem, "soba", oracle="compiled", **args)
+    graphs = counters["stats"]["unique_graphs"]
+    eager = solve(problem, "soba", **args)
+    assert "ran uncompiled" not in compiled.message
+    assert graphs == (2 if not options else 1)          # fixed steps: no curvature estimate
+    tol = roundoff(operations=30 * 100)
+    torch.testing.assert_close(compiled.x, eager.x, rtol=tol, atol=tol)
+    torch.testing.assert_close(compiled.y, eager.y, rtol=tol, atol=tol)
+    assert compiled.history["oracle_calls"] == eager.history["oracle_calls"]
+    for column in ("f", "h", "kkt_stationarity", "step_size"):
+        assert compiled.history[column] == pytest.approx(eager.history[column], rel=tol, abs=tol)
+
+
+@pytest.mark.slow
+def test_skinny_products_are_computed_transposed_with_the_same_values():
+    """SkinnyProducts rewrites the narrow products of a compiled graph (C = A B with at most 16
+    columns, fewer than its rows) as (B^T A^T)^T, and leaves the others: the values are the
+    eager ones up to round-off."""
+    from bilevel.core.oracles import _compile_options
+    torch._dynamo.reset()
+    skinny = type(_compile_options()["post_grad_custom_post_pass"])()
+    gen = torch.Generator().manual_seed(0)
+    a, w, wide = (torch.randn(shape, generator=gen) for shape in ((64, 96), (96, 10), (96, 40)))
+    bias, g = torch.randn(10, generator=gen), torch.randn(64, 10, generator=gen)
+
+    def products(a, w, wide, bias, g):
+        return a @ w, torch.addmm(bias, a, w), a.T @ g, a @ wide
+
+    compiled = torch.compile(products, dynamic=False, options={"post_grad_custom_post_pass": skinny,
+                                                               "fx_graph_cache": False})
+    got, expected = compiled(a, w, wide, bias, g), products(a, w, wide, bias, g)
+    assert skinny.rewritten == 3                      # a @ w, addmm, a.T @ g; not a @ wide (40 columns)
+    tol = roundoff(torch.float32, operations=96)
+    for u, v in zip(got, expected):
+        torch.testing.assert_close(u, v, rtol=tol, atol=tol)
+
+
+def test_only_a_compiled_back_end_of_one_process_fuses_steps():
+    """A data-parallel back-end reduces every call over the ranks, so a fused step (one call of the
+    local derivatives) would sum nothing: Oracle.fuses is False there, even around compiled ones."""
+    from bilevel.core.distributed import Reduced
+    problem = PROBLEMS["quadratic"](seed=0)
+    compiled = Func(problem.f, problem.g, compile=True)
+    reduced = Reduced.__new__(Reduced)
+    reduced.local = compiled
+    assert Oracle(compiled).fuses
+    assert not Oracle(reduced).fuses
+    assert not Oracle(Func(problem.f, problem.g)).fuses and not Oracle(Autograd(problem.f, problem.g)).fuses
+
+
+def test_a_fused_step_that_does_not_compile_runs_eagerly_and_says_why(monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler found")
+        return compiled
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    problem = small_minibatch_cleaning()
+    args = {"max_iter": 12, "log_every": 4, "batch_size": 16, "seed": 0, "kkt": "none", "verify": False}
+    with pytest.warns(RuntimeWarning, match=r"oracle='compiled': fused step runs uncompiled \(RuntimeError: no C"):
+        result = solve(problem, "soba", oracle="compiled", **args)
+    assert "ran uncompiled: " in result.message and "fused step: RuntimeError: no C++ compiler found" in result.message
+    eager = solve(problem, "soba", **args)
+    tol = roundoff(operations=12 * 100)
+    torch.testing.assert_close(result.x, eager.x, rtol=tol, atol=tol)

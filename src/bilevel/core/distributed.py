@@ -99,6 +99,8 @@ class Reduced:
     Needs an initialized default process group (torch.distributed.init_process_group).
     """
 
+    compiles = False        # no fused steps (`bilevel.core.oracles.Oracle.fused`): each call is reduced
+
     def __init__(self, local):
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("Reduced needs an initialized torch.distributed process group "

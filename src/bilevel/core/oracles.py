@@ -273,13 +273,80 @@ class Autograd(Backend):
 FORWARD_MODE = ("jvp_grad_y_g", "hvp_f", "hvp_h", "hvp_inner_grad_y_g")
 
 
+class SkinnyProducts:
+    """An inductor graph pass (torch.compile's post_grad_custom_post_pass): every CPU matrix
+    product C = A B (mm, addmm) with C narrow (at most `width` columns, fewer than its rows) is
+    computed as C = (B^T A^T)^T, the same sums in another layout. MKL's single-precision kernels
+    are slow on narrow outputs: on a linear 784 x 10 classifier at batch 64, one thread, a
+    (64 x 784)(784 x 10) product and a (784 x 64)(64 x 10) one took 290-310 us together against
+    73-84 us transposed, and the compiled soba step 0.92 ms against 0.37 ms
+    (benchmarks/RESULTS.md, section "benchmark-bilevel-side-by-side"). `rewritten` counts the
+    products it changed."""
+
+    def __init__(self, width: int = 16):
+        self.width, self.rewritten = width, 0
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        aten = torch.ops.aten
+        for node in list(graph.nodes):
+            if node.op != "call_function" or node.target not in (aten.mm.default, aten.addmm.default) or node.kwargs:
+                continue
+            a, b = node.args[-2:]
+            va, vb = a.meta.get("val"), b.meta.get("val")
+            if (va is None or vb is None or va.device.type != "cpu" or va.dim() != 2 or vb.dim() != 2
+                    or not vb.shape[1] <= self.width < va.shape[0]):
+                continue
+            with graph.inserting_before(node), va.fake_mode:
+                def add(target, args, value):
+                    out = graph.call_function(target, args)
+                    out.meta["val"] = value
+                    return out
+                bt = add(aten.permute.default, (b, [1, 0]), vb.permute(1, 0))
+                at = add(aten.permute.default, (a, [1, 0]), va.permute(1, 0))
+                ct = add(aten.mm.default, (bt, at), torch.mm(bt.meta["val"], at.meta["val"]))
+                c = add(aten.permute.default, (ct, [1, 0]), ct.meta["val"].permute(1, 0))
+                if node.target is aten.addmm.default:
+                    c = add(aten.add.Tensor, (node.args[0], c), node.args[0].meta["val"] + c.meta["val"])
+            node.replace_all_uses_with(c)
+            graph.erase_node(node)
+            self.rewritten += 1
+
+    def uuid(self) -> str:
+        return f"bilevel-skinny-products-{self.width}"
+
+
+def _compile_options() -> dict[str, Any]:
+    """The inductor options of the compiled back-end: `SkinnyProducts` where this torch has custom
+    graph passes (one object for the process)."""
+    if not COMPILE_OPTIONS:
+        try:
+            from torch._inductor.custom_graph_pass import CustomGraphPass
+        except ImportError:
+            return COMPILE_OPTIONS
+        skinny = type("SkinnyProductsPass", (SkinnyProducts, CustomGraphPass), {})
+        COMPILE_OPTIONS["post_grad_custom_post_pass"] = skinny()
+    return COMPILE_OPTIONS
+
+
+COMPILE_OPTIONS: dict[str, Any] = {}
+
+
+def inductor(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
+    """The torch.compile back-end of oracle="compiled": inductor with `_compile_options` applied
+    while it compiles (torch.compile's options= would apply them again around every call, about
+    as long as a small compiled step's arithmetic). One function for the process, so that what
+    one run compiled the next reuses (dynamo's cache is per back-end)."""
+    from torch._inductor.compile_fx import compile_fx
+    return compile_fx(graph, example_inputs, config_patches=_compile_options())
+
+
 class _CompiledOrEager:
     """fn compiled by torch.compile, falling back for good to fn itself (with a warning that
     says why) the first time compilation or the compiled call fails."""
 
     def __init__(self, name: str, fn: Callable, failures: dict[str, str]):
         self.name, self.eager, self.failures = name, fn, failures
-        self.compiled = torch.compile(fn, dynamic=False)
+        self.compiled = torch.compile(fn, dynamic=False, backend=inductor)
 
     def __call__(self, *args: Tensor):
         if self.name not in self.failures:
@@ -301,6 +368,12 @@ class Func(Backend):
     are forward-over-reverse (`jvp` of `grad`). Eager, this is slower than `Autograd` on every
     problem measured (benchmarks/RESULTS.md). `unrolled_grad` (iaptt_gm) runs by autograd.
 
+    Objectives of data (on_data=True: f(x, y, *data), g(x, y, *data), the minibatch objectives
+    of `bilevel.core.data.Sampled`): every derivative takes the data as trailing arguments,
+    and `on(*data)` is the back-end of f(., ., *data), g(., ., *data). Compiled, each derivative
+    is then compiled once for every batch of one shape (the batches are inputs of the compiled
+    graph, not constants of it).
+
     Args:
         f: the upper-level objective, (x, y) -> scalar tensor.
         g: the lower-level objective, (x, y) -> scalar tensor.
@@ -312,57 +385,71 @@ class Func(Backend):
             inductor hands the zero tangents of constants (efficient zero tensors) to its C++
             kernels, which crash the process (measured: a segmentation fault in hvp_f on
             synthetic-sc), and a crash cannot fall back.
+        on_data: f and g take the data after (x, y) (see above).
     """
 
-    def __init__(self, f: Objective, g: Objective, y_bounds: tuple | None = None, compile: bool = False):
+    def __init__(self, f: Objective, g: Objective, y_bounds: tuple | None = None, compile: bool = False,
+                 on_data: bool = False):
         super().__init__(f, g, y_bounds)
-        grad_y_g = grad(g, argnums=1)
+        self.compiles, self.on_data = compile, on_data
 
-        def h(x: Tensor, y: Tensor) -> Tensor:
-            r = lower_residual(y, grad_y_g(x, y), y_bounds)
+        def grad_y_g(x: Tensor, y: Tensor, *data) -> Tensor:
+            return grad(g, argnums=1)(x, y, *data)
+
+        def h(x: Tensor, y: Tensor, *data) -> Tensor:
+            r = lower_residual(y, grad_y_g(x, y, *data), y_bounds)
             return inner(r, r)
 
-        grad_f_xy, grad_h_xy = grad(f, argnums=(0, 1)), grad(h, argnums=(0, 1))
+        def grad_f_xy(x: Tensor, y: Tensor, *data) -> tuple[Tensor, Tensor]:
+            return grad(f, argnums=(0, 1))(x, y, *data)
+
+        def grad_h_xy(x: Tensor, y: Tensor, *data) -> tuple[Tensor, Tensor]:
+            return grad(h, argnums=(0, 1))(x, y, *data)
 
         def with_value(fn: Objective) -> Callable:
-            def value_and_grads(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-                (gx, gy), value = grad_and_value(fn, argnums=(0, 1))(x, y)
+            def value_and_grads(x: Tensor, y: Tensor, *data) -> tuple[Tensor, Tensor, Tensor]:
+                (gx, gy), value = grad_and_value(fn, argnums=(0, 1))(x, y, *data)
                 return value, gx, gy
             return value_and_grads
 
-        def h_and_grad(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        def h_and_grad(x: Tensor, y: Tensor, *data) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
             def h_with_parts(x: Tensor, y: Tensor):
-                gy, value = grad_and_value(g, argnums=1)(x, y)
+                gy, value = grad_and_value(g, argnums=1)(x, y, *data)
                 r = lower_residual(y, gy, y_bounds)
                 return inner(r, r), (value, gy)
             (hx, hy), (h, (value, gy)) = grad_and_value(h_with_parts, argnums=(0, 1), has_aux=True)(x, y)
             return value, gy, h, hx, hy
 
-        def vjp_grad_y_g(x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-            return vjp(grad_y_g, x, y)[1](v)
+        def grad_g_x(x: Tensor, y: Tensor, *data) -> Tensor:
+            return grad(g, argnums=0)(x, y, *data)
 
-        def grad_y_g_and_vjp(x: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-            gy, pullback, value = vjp(grad_and_value(g, argnums=1), x, y, has_aux=True)
+        def vjp_grad_y_g(x: Tensor, y: Tensor, v: Tensor, *data) -> tuple[Tensor, Tensor]:
+            return vjp(lambda x, y: grad_y_g(x, y, *data), x, y)[1](v)
+
+        def grad_y_g_and_vjp(x: Tensor, y: Tensor, v: Tensor, *data) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            gy, pullback, value = vjp(lambda x, y: grad_and_value(g, argnums=1)(x, y, *data), x, y, has_aux=True)
             return (value, gy, *pullback(v))
 
-        def jvp_grad_y_g(x: Tensor, y: Tensor, dx: Tensor, dy: Tensor) -> Tensor:
-            return jvp(grad_y_g, (x, y), (dx, dy))[1]
+        def jvp_grad_y_g(x: Tensor, y: Tensor, dx: Tensor, dy: Tensor, *data) -> Tensor:
+            return jvp(lambda x, y: grad_y_g(x, y, *data), (x, y), (dx, dy))[1]
 
-        def hvp_f(x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
-            return jvp(grad_f_xy, (x, y), (vx, vy))[1]
+        def hvp_f(x: Tensor, y: Tensor, vx: Tensor, vy: Tensor, *data) -> tuple[Tensor, Tensor]:
+            return jvp(lambda x, y: grad_f_xy(x, y, *data), (x, y), (vx, vy))[1]
 
-        def hvp_h(x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
-            return jvp(grad_h_xy, (x, y), (vx, vy))[1]
+        def hvp_h(x: Tensor, y: Tensor, vx: Tensor, vy: Tensor, *data) -> tuple[Tensor, Tensor]:
+            return jvp(lambda x, y: grad_h_xy(x, y, *data), (x, y), (vx, vy))[1]
 
-        def hvp_inner_grad_y_g(x: Tensor, y: Tensor, w: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
-            grad_inner = grad(lambda x, y: inner(grad_y_g(x, y), w), argnums=(0, 1))
+        def hvp_inner_grad_y_g(x: Tensor, y: Tensor, w: Tensor, vx: Tensor, vy: Tensor,
+                               *data) -> tuple[Tensor, Tensor]:
+            grad_inner = grad(lambda x, y: inner(grad_y_g(x, y, *data), w), argnums=(0, 1))
             return jvp(grad_inner, (x, y), (vx, vy))[1]
 
-        pure = {"grad_f": with_value(f), "grad_g": with_value(g), "grad_g_y": grad_y_g,
-                "grad_g_x": grad(g, argnums=0), "h_and_grad": h_and_grad, "vjp_grad_y_g": vjp_grad_y_g,
-                "grad_y_g_and_vjp": grad_y_g_and_vjp, "jvp_grad_y_g": jvp_grad_y_g, "hvp_f": hvp_f, "hvp_h": hvp_h,
-                "hvp_inner_grad_y_g": hvp_inner_grad_y_g}
+        pure = {"grad_f": with_value(f), "grad_g": with_value(g), "grad_g_y": grad_y_g, "grad_g_x": grad_g_x,
+                "h_and_grad": h_and_grad, "vjp_grad_y_g": vjp_grad_y_g, "grad_y_g_and_vjp": grad_y_g_and_vjp,
+                "jvp_grad_y_g": jvp_grad_y_g, "hvp_f": hvp_f, "hvp_h": hvp_h, "hvp_inner_grad_y_g": hvp_inner_grad_y_g}
+        self.eager = dict(pure)
         self.compile_failures: dict[str, str] = {}
+        self.fused: dict[Callable, Callable] = {}
         if compile:
             pure = {name: fn if name in FORWARD_MODE else _CompiledOrEager(name, fn, self.compile_failures)
                     for name, fn in pure.items()}
@@ -377,13 +464,84 @@ class Func(Backend):
             return pure[name](*(a.detach() for a in args))
         return call
 
+    def on(self, *data: Any) -> OnData:
+        """The back-end of f(., ., *data) and g(., ., *data) (on_data=True), sharing this one's
+        (compiled) derivatives."""
+        return OnData(self, data)
 
-def backend(kind: str, f: Objective, g: Objective, y_bounds: tuple | None = None):
-    """The back-end named `kind` ("autograd", "func" or "compiled") for f and g (and a y box)."""
+    def fuse(self, fn: Callable) -> Callable:
+        """tensors -> fn(ops, *tensors), with ops an object whose methods are the derivatives of
+        this back-end (`ops.grad_f(x, y)`, ...): compiled into one graph where this back-end
+        compiles (once per fn, for all data of one shape; a failure is reported in
+        `compile_failures`), else run as it is. Derivatives inside are not counted (the caller
+        counts)."""
+        whole = self.whole(fn)
+        return lambda *tensors: whole(tuple(t.detach() for t in tensors), ())
+
+    def whole(self, fn: Callable) -> Callable:
+        """fn as a function of (tensors, data), compiled where this back-end compiles (cached)."""
+        if fn not in self.fused:
+            def whole(tensors: tuple, data: tuple):
+                return fn(_Ops(self.eager, data), *tensors)
+            self.fused[fn] = _CompiledOrEager("fused step", whole,
+                                              self.compile_failures) if self.compiles else whole
+        return self.fused[fn]
+
+
+class _Ops:
+    """The derivatives `pure` (name -> function of tensors, then data) on fixed data, as methods."""
+
+    def __init__(self, pure: dict[str, Callable], data: tuple):
+        self.pure, self.data = pure, data
+
+    def __getattr__(self, name: str) -> Callable:
+        pure, data = self.__dict__["pure"], self.__dict__["data"]
+        if name not in pure:
+            raise AttributeError(name)
+        return lambda *args: pure[name](*args, *data)
+
+
+class OnData(Backend):
+    """A `Func` of objectives of data on fixed data (`Func.on`): its derivatives with the data
+    appended to every call; f and g (values), unrolled_grad and `fuse` likewise."""
+
+    def __init__(self, func: Func, data: tuple):
+        f, g = func.objectives
+        super().__init__(lambda x, y: f(x, y, *data), lambda x, y: g(x, y, *data), func.y_bounds)
+        self.func, self.data = func, data
+
+    @property
+    def compile_failures(self) -> dict[str, str]:
+        return self.func.compile_failures
+
+    @property
+    def compiles(self) -> bool:
+        return self.func.compiles
+
+    def fuse(self, fn: Callable) -> Callable:
+        """`Func.fuse` on this data: tensors -> fn(ops, *tensors)."""
+        whole = self.func.whole(fn)
+        return lambda *tensors: whole(tuple(t.detach() for t in tensors), self.data)
+
+    def __getattr__(self, name: str) -> Callable:
+        if name.startswith("_") or "func" not in self.__dict__:
+            raise AttributeError(name)
+        pure, data = self.__dict__["func"].pure, self.__dict__["data"]
+        if name not in pure:
+            raise AttributeError(name)
+        return lambda *args: pure[name](*(a.detach() for a in args), *data)
+
+
+def backend(kind: str, f: Objective, g: Objective, y_bounds: tuple | None = None, on_data: bool = False):
+    """The back-end named `kind` ("autograd", "func" or "compiled") for f and g (and a y box).
+
+    on_data=True: f and g take data after (x, y), and the answer is a back-end whose `on(*data)`
+    is the back-end on that data (`Func.on`), built once for every batch; None where the kind
+    gains nothing from that (autograd: rebuilt per batch, as cheap)."""
     if kind == "autograd":
-        return Autograd(f, g, y_bounds)
+        return None if on_data else Autograd(f, g, y_bounds)
     if kind in ("func", "compiled"):
-        return Func(f, g, y_bounds, compile=kind == "compiled")
+        return Func(f, g, y_bounds, compile=kind == "compiled", on_data=on_data)
     raise ValueError(f"Invalid oracle: {kind!r} (expected one of {', '.join(map(repr, BACKENDS))} or an Oracle)")
 
 
@@ -417,6 +575,7 @@ class Oracle:
 
     def __init__(self, backend):
         self.backend = backend
+        self.steps: dict[Any, Callable] = {}
         self.counts: Counter[str] = Counter()
         self.reset()
 
@@ -443,6 +602,25 @@ class Oracle:
             value, _, gy = self.backend.grad_g(x, y)
             return (value, gy, *self.backend.vjp_grad_y_g(x, y, v))
         return fused(x, y, v)
+
+    @property
+    def fuses(self) -> bool:
+        """Whether `fused` compiles (oracle="compiled", in one process)."""
+        return getattr(self.backend, "compiles", False) is True and callable(getattr(self.backend, "fuse", None))
+
+    def fused(self, key: Any, make: Callable[[], Callable], **cost: int) -> Callable:
+        """tensors -> fn(ops, *tensors) as one call of the back-end (`Func.fuse`: one compiled graph
+        where it compiles), with fn = make() the first time `key` is asked of this oracle (so that
+        one function is compiled once for a run) and ops the back-end's derivatives on the current
+        batches; each call counted as `cost` (n_grad_f=1, ...)."""
+        if key not in self.steps:
+            self.steps[key] = make()
+        whole = self.backend.fuse(self.steps[key])
+
+        def call(*tensors: Tensor):
+            self.counts.update(cost)
+            return whole(*tensors)
+        return call
 
     def fd_vjp_grad_y_g(self, x: Tensor, y: Tensor, v: Tensor, delta: float) -> tuple[Tensor, Tensor]:
         """(grad_yx g^T v, grad_yy g v) by central differences of grad g along y:

@@ -3,7 +3,8 @@ directions; its directions and state are shared with saba, which reduces their v
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import ClassVar, NamedTuple
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -43,6 +44,29 @@ def framework_aux(problem: BilevelProblem, y: Tensor, d: Directions, v: Tensor, 
     is (D_x, D_v), so the KKT residual of Definition 2.4 comes free: ||D_x||^2 + ||D_v||^2."""
     return Aux({"f": d.f, **lower_diagnostics(problem, y, d.g, d.grad_y_g),
                 "kkt_stationarity": inner(d.dx, d.dx) + inner(d.dv, d.dv), "step_size": step_size}, nu=v)
+
+
+def fused_update(problem: BilevelProblem, adaptive: bool, scale: float) -> Callable:
+    """The framework's whole step as one function of tensors, for `Oracle.fused` (one compiled
+    graph on oracle="compiled"): from (x, y, v, rho, gamma, S) with the current batches,
+
+        D_y, D_v, D_x as `directions`,   S <- S + ||D_x||^2 / dim x,   gamma <- scale / sqrt(S) (adaptive),
+        y <- P_Y(y - rho D_y),   v <- v - rho D_v,   x <- P_X(x - gamma D_x),
+
+    returning (x, y, v, S, gamma, f, g, h, kkt_stationarity), the last four at the given iterate
+    (`framework_aux`). Without the adaptive step, gamma and S pass through. S = 0 before the
+    first step gives `base.x_step`'s first sum exactly."""
+    def update(ops: Any, x: Tensor, y: Tensor, v: Tensor, rho: Tensor, gamma: Tensor, memory: Tensor):
+        g, gy, jx, jy = ops.grad_y_g_and_vjp(x, y, v)
+        f, fx, fy = ops.grad_f(x, y)
+        dv, dx = jy + fy, jx + fx
+        if adaptive:
+            memory = memory + inner(dx, dx) / dx.numel()
+            gamma = scale / torch.sqrt(torch.clamp(memory, min=torch.finfo(memory.dtype).tiny))
+        r = problem.lower_residual(y, gy)
+        return (problem.project_x(x - gamma * dx), problem.project_y(y - rho * gy), v - rho * dv, memory, gamma,
+                f, g, inner(r, r), inner(dx, dx) + inner(dv, dv))
+    return update
 
 
 @dataclass(frozen=True)
@@ -127,6 +151,24 @@ class Framework(Solver):
         return replace(state, x=problem.project_x(state.x - gamma * dx), y=problem.project_y(state.y - rho * dy),
                        v=state.v - rho * dv, k=state.k + 1, x_memory=memory, **more), gamma
 
+    def fused_step(self, problem: BilevelProblem, oracle: Oracle, state: FrameworkState) -> tuple[FrameworkState, Aux]:
+        """`directions` then `advance` as one call of `fused_update` (one compiled graph where the
+        oracle compiles, `Oracle.fuses`), counted as the two oracle calls inside; the same
+        iterates up to round-off."""
+        rho, gamma = self.steps(state)
+        adaptive = gamma is None
+        update = oracle.fused(("framework", adaptive, self.x_scale), lambda: fused_update(problem, adaptive, self.x_scale),
+                              n_grad_g=1, n_hvp=1, n_grad_f=1)
+        x = state.x
+        memory = state.x_memory if state.x_memory is not None else torch.zeros((), dtype=x.dtype, device=x.device)
+        new_x, new_y, new_v, memory, step, f, g, h, kkt = update(
+            x, state.y, state.v, torch.as_tensor(rho, dtype=x.dtype, device=x.device),
+            torch.as_tensor(0.0 if adaptive else gamma, dtype=x.dtype, device=x.device), memory)
+        step_size = step if adaptive else gamma
+        new = replace(state, x=new_x, y=new_y, v=new_v, k=state.k + 1, x_memory=memory if adaptive else state.x_memory)
+        return new, Aux({"f": f, "g": g, "h": h, "kkt_feasibility": h, "kkt_stationarity": kkt, "step_size": step_size},
+                        nu=state.v)
+
 
 @dataclass(frozen=True)
 class SOBA(Framework):
@@ -198,6 +240,8 @@ class SOBA(Framework):
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: FrameworkState) -> tuple[FrameworkState, Aux]:
         state = self.refresh(oracle, state)
+        if oracle.fuses:
+            return self.fused_step(problem, oracle, state)
         d = directions(oracle, state.x, state.y, state.v)
         new, gamma = self.advance(problem, state, d.dy, d.dv, d.dx)
         return new, framework_aux(problem, state.y, d, state.v, gamma)
