@@ -302,7 +302,8 @@ class PGDQP(Solver):
     name: ClassVar[str] = "pgdqp"
     summary: ClassVar[str] = "perturbed gradient descent with a closed-form convex QP step (seed, Alg. 1)"
     cost: ClassVar[str] = "grad f, one double backward for grad h"
-    diagnostics: ClassVar[tuple[str, ...]] = ("alpha", "lambda", "lower_step_size", "multiplier_norm", "step_size", "trust")
+    diagnostics: ClassVar[tuple[str, ...]] = ("alpha", "lambda", "lower_step_size", "multiplier_norm", "step_size",
+                                              "trust")
     schedules: ClassVar[tuple[str, ...]] = ("diminishing", "projected", "constant", "theorem")
 
     def validate(self) -> None:
