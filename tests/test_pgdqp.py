@@ -77,9 +77,9 @@ def _distance(problem, result):
                                     dict(dim_x=3, dim_y=6, cond=3.0, seed=7)])
 def test_default_reaches_closed_form_solution_of_quadratic(kwargs):
     problem = PROBLEMS["quadratic"](**kwargs)
-    result = solve(problem, "pgdqp", max_iter=20000, log_every=1000)
+    result = solve(problem, "pgdqp", max_iter=2000, log_every=1000)
     assert result.status is Status.COMPLETED
-    assert _distance(problem, result) < 1e-2
+    assert _distance(problem, result) < 1e-6
 
 
 @pytest.mark.slow
@@ -116,7 +116,7 @@ def test_many_lower_level_solutions_reaches_approximate_kkt_point():
                              lambda x, y: 0.5 * ((P @ y - x) ** 2).sum(),
                              torch.zeros(2, dtype=D), torch.zeros(3, dtype=D))
     # an approximate KKT point: some multiplier makes the residual small (the least-squares one)
-    result = solve(problem, "pgdqp", max_iter=20000, log_every=2000, kkt="least_squares")
+    result = solve(problem, "pgdqp", max_iter=2000, log_every=1000, kkt="least_squares")
     assert result.final("h") <= 1e-6
     assert result.final("kkt_stationarity") <= 1e-3
     # the optimistic solution: y3 = 3, y1 + y2 = x1 = 2 x*, x2 = 0 with x1 = (y1 + y2) minimising

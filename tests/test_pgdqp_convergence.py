@@ -10,7 +10,6 @@ from scipy.optimize import minimize_scalar
 from bilevel import BilevelProblem, Status, solve
 
 D = torch.float64
-PROJECTED = {"schedule": "projected"}
 
 
 def quickstart() -> BilevelProblem:
@@ -43,7 +42,7 @@ def quadratic(seed: int, cond: float = 8.0) -> BilevelProblem:
 
 
 def test_quickstart_converges_in_its_last_iterate():
-    result = solve(quickstart(), "pgdqp", max_iter=2000, log_every=250, options=PROJECTED)
+    result = solve(quickstart(), "pgdqp", max_iter=2000, log_every=250)
     assert float((result.x - 1.5).abs().max()) <= 1e-6
     assert result.history["kkt_stationarity"][-1] <= 1e-8
     # no chattering: from the second logged row on, the residual stays at its floor
@@ -52,7 +51,7 @@ def test_quickstart_converges_in_its_last_iterate():
 
 @pytest.mark.parametrize("tol", [1e-4, 1e-8])
 def test_tol_stops_only_at_the_solution(tol):
-    result = solve(quickstart(), "pgdqp", max_iter=2000, tol=tol, options=PROJECTED)
+    result = solve(quickstart(), "pgdqp", max_iter=2000, tol=tol)
     assert result.status is Status.CONVERGED
     assert float((result.x - 1.5).abs().max()) <= 1e-4
 
@@ -61,7 +60,7 @@ def test_tol_stops_only_at_the_solution(tol):
 @pytest.mark.parametrize("seed, cond", [(0, 8.0), (1, 100.0), (2, 1000.0)])
 def test_strongly_convex_quadratic_reaches_closed_form(seed, cond):
     problem = quadratic(seed, cond)
-    result = solve(problem, "pgdqp", max_iter=3000, log_every=3000, options=PROJECTED)
+    result = solve(problem, "pgdqp", max_iter=3000, log_every=3000)
     assert float((result.x - problem.info["x_star"]).norm()) <= 1e-6
 
 
@@ -83,7 +82,7 @@ def test_box_constrained_duopoly_reaches_the_leaders_optimum(capacity):
     best_response = lambda x: min(capacity, max(0.0, (10.0 - x) / 2))  # noqa: E731
     reference = minimize_scalar(lambda x: -(10.0 - x - best_response(x)) * x, bounds=(0.0, 10.0),
                                 method="bounded", options={"xatol": 1e-10}).x
-    result = solve(duopoly(capacity), "pgdqp", max_iter=2000, log_every=2000, options=PROJECTED)
+    result = solve(duopoly(capacity), "pgdqp", max_iter=2000, log_every=2000)
     assert abs(float(result.x[0]) - reference) <= 1e-6
     assert abs(float(result.y[0]) - best_response(reference)) <= 1e-6
 
@@ -91,10 +90,60 @@ def test_box_constrained_duopoly_reaches_the_leaders_optimum(capacity):
 def test_the_step_solves_the_linearised_lower_level_condition():
     """One step from (x0, y0) on a quadratic with c = grad_y g linear: c(z + s) = c + J s = 0."""
     problem = quadratic(3)
-    result = solve(problem, "pgdqp", max_iter=1, log_every=1, options={**PROJECTED, "escape_every": 0})
+    result = solve(problem, "pgdqp", max_iter=1, log_every=1, options={"escape_every": 0})
     gen = torch.Generator().manual_seed(3)
     U, _ = torch.linalg.qr(torch.randn(5, 5, generator=gen, dtype=D))
     Q = U @ torch.diag(torch.logspace(0, torch.log10(torch.tensor(8.0)).item(), 5, dtype=D)) @ U.T
     A = torch.randn(5, 6, generator=gen, dtype=D)
     residual = Q @ result.y - A @ result.x
     assert float(residual.norm()) <= roundoff(operations=100, amplification=8.0) * float(A.norm())
+
+
+def weight_decay_mlp(x0: float) -> BilevelProblem:
+    """A flat lower level: weight decay exp(x) of a 30-8-1 tanh MLP (an nn.Module) on scikit-learn's
+    breast cancer (150 train / 100 validation rows); at small weights g's curvature is about exp(x)."""
+    import torch.nn.functional as F
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.preprocessing import StandardScaler
+    from torch.func import functional_call
+    features, labels = load_breast_cancer(return_X_y=True)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(5))
+    train, val = order[:150], order[150:250]
+    a = torch.tensor(StandardScaler().fit(features[train.numpy()]).transform(features), dtype=D)
+    b = torch.tensor(labels, dtype=D)
+    torch.manual_seed(5)
+    net = torch.nn.Sequential(torch.nn.Linear(30, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).to(D)
+
+    def g(x, p):
+        decay = 0.5 * torch.exp(x[0]) * sum((w ** 2).sum() for w in p.values())
+        return F.binary_cross_entropy_with_logits(functional_call(net, p, (a[train],)).squeeze(-1), b[train]) + decay
+
+    def f(x, p):
+        return F.binary_cross_entropy_with_logits(functional_call(net, p, (a[val],)).squeeze(-1), b[val])
+
+    return BilevelProblem(f, g, x0=torch.full((1,), x0, dtype=D), y0=net, info={"f": f, "g": g, "net": net})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("x0", [-4.0, 0.0])
+def test_on_a_flat_lower_level_the_verified_value_is_no_worse_than_at_the_start(x0):
+    """f is trusted only where y solves the lower level: the honest value f(x, y*(x)) (the lower level
+    re-solved by the verification) at pgdqp's answer is at most its value at x0."""
+    problem = weight_decay_mlp(x0)
+    result = solve(problem, "pgdqp", max_iter=150, log_every=150)
+    assert result.status is Status.COMPLETED and result.verification["re_solve_converged"]
+    # the honest value at x0, independently: the lower level trained from y0 by L-BFGS
+    info = problem.info
+    params = {name: p.detach().clone().requires_grad_(True) for name, p in info["net"].named_parameters()}
+    optimizer = torch.optim.LBFGS(list(params.values()), max_iter=5000, tolerance_grad=1e-9, tolerance_change=0,
+                                  line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        value = info["g"](problem.x0, params)
+        value.backward()
+        return value
+
+    optimizer.step(closure)
+    start = float(info["f"](problem.x0, params).detach())
+    assert result.verification["upper_value"] <= start + 1e-6

@@ -102,31 +102,38 @@ class PGDQP(Solver):
     (rho="warm", Theorem 4.5, after a warm start of y0 by gradient descent on g(x0, .)).
 
     Parameter schedules:
-        "projected": the QP of eq. 7 with its constraint on h = ||c||^2,
+        "projected" (the default): the QP of eq. 7 with its constraint on h = ||c||^2,
             c = grad_y g, replaced by the linearised condition c itself (a vector equality; where
-            it holds, <grad h, s> = -2h, the paper's constraint with alpha rho = 2h):
+            it holds, <grad h, s> = -2h, the paper's constraint with alpha rho = 2h). Its solution is
+            a tangent step plus a step to c = 0, and the latter is taken in y alone (moving x to
+            make grad_y g vanish is not solving the lower level):
 
-                s = argmin 1/2 ||s + gamma grad f||^2  s.t.  c + J s = 0,   J = [grad_yx g, grad_yy g],
-                s = -(gamma grad f + J^T u),   (J J^T + ||c||^2 I) u = c - gamma J grad f,
+                s = theta t + (0, -v),   J = [grad_yx g, grad_yy g],
+                t = argmin 1/2 ||t + gamma P grad f||^2_{P^-1}  s.t.  J t = 0:
+                    t = -P (gamma grad f + J^T u),   (J P J^T + ||c||^2 I) u = -gamma J P grad f,
+                grad_yy g v = c   (truncated Newton: -v descends on g(x, .) where grad_yy g is indefinite),
 
+            in the metric P = diag(rho_k I_x, I_y) of the block steps (below; P = I without them),
             u by conjugate gradients (cg_iters, cg_tol) warm-started at the last u, so that the
-            multiplier nu = u / gamma varies smoothly; ||c||^2 I (Levenberg-Marquardt) bounds u
-            where J loses rank. s is a projected gradient step on f plus a Gauss-Newton step to
-            c = 0; z <- P(z + t s) with t from Armijo backtracking on the exact penalty
-            f + mu ||c|| (mu = max(mu_prev, 2 ||nu||); t = 1 under solve_batch); gamma =
-            step_scale / L_f, L_f from power iteration (floored only where f is linear at z0)
-            and raised by the secants of grad f. kkt_stationarity = ||grad f + J^T nu||^2 =
-            ||s||^2 / gamma^2, which vanishes along the iterates instead of chattering as the
-            scalar constraint's [.]_+ multiplier does (grad h -> 0 there). On a y box, c and
-            J's rows and y-columns are restricted to the free coordinates. No momentum.
-            Lower-level escapes as in "diminishing". On minibatches it runs as "diminishing".
+            multiplier nu = u / gamma varies smoothly (||c||^2 I bounds u where J loses rank), v by
+            at most cg_iters conjugate-gradient steps from 0. ||v|| estimates the distance of y to
+            the lower-level solution, scale-free in its curvature: theta = min(1, certify
+            max(1, ||y||) / ||v||) keeps x from following f until y is certified. z <- P_Z(z + t s)
+            with t from Armijo backtracking on the exact penalty f + mu ||c|| (t = 1 under
+            solve_batch); gamma = step_scale / L_f, L_f of f in the metric P from power iteration
+            (floored only where f is linear at z0) and raised by the secants of grad f.
+            kkt_stationarity = ||grad f + J^T nu||^2 = ||P^-1 t||^2 / gamma^2, which vanishes along the
+            iterates instead of chattering as the scalar constraint's [.]_+ multiplier does (grad h ->
+            0 there). On a y box, c and J's rows and y-columns are restricted to the free
+            coordinates. No momentum. Lower-level escapes as in "diminishing". On minibatches it
+            runs as "diminishing".
         "constant": Algorithm 1 as written: gamma = step_size (default 0.01) and
             alpha = alpha (default 1.0) at every iteration.
         "theorem": rho="grad": alpha = K^(-1/3), gamma = min(alpha, 1/(L_f + alpha L_h));
             rho="warm": alpha = K^(-1/6), gamma = min(K^(-2/3), 1/L_f); K = max_iter and
             L_f, L_h estimated by power iteration with Hessian-vector products at the start
             unless given.
-        "diminishing" (practical, the default): gamma_k = step_size / (1 + k / decay) with
+        "diminishing": gamma_k = step_size / (1 + k / decay) with
             step_size = step_scale / L_f,k by default; alpha_k = feasibility / (gamma_k L_h,k),
             so that where the constraint is active the step is a projected gradient step on f
             plus a gradient step of fixed length feasibility / L_h,k on h; and heavy-ball
@@ -147,8 +154,8 @@ class PGDQP(Solver):
             estimates are floored at the problem's scale, L >= ||grad(z0)|| / max(1, ||z0||) (a first
             step 1/L moves z by at most max(1, ||z0||); where f is linear power iteration finds 0).
 
-    Block steps (block_steps=True, the default of "diminishing" on full data when neither step_size
-    nor lower_step_size is given): x's step is rho_k times y's, the QP in the metric P = diag(rho_k I, I),
+    Block steps (block_steps=True, the default of "projected" and "diminishing" on full data when neither
+    step_size nor lower_step_size is given): x's step is rho_k times y's, the QP in the metric P = diag(rho_k I, I),
 
         lambda_k = [ alpha_k ||grad h||_P^2 - <grad h, grad f>_P ]_+ / ||grad h||_P^2,
         (x, y) <- (x, y) - gamma_k P (grad f + lambda_k grad h),    <a, b>_P = rho_k <a_x, b_x> + <a_y, b_y>,
@@ -217,10 +224,9 @@ class PGDQP(Solver):
         step_size: gamma (the step on x; also on y unless lower_step_size). Default per schedule.
         alpha: the QP's margin alpha. Default per schedule.
         rho: "grad" or "warm". Default "grad".
-        schedule: "diminishing", "projected", "constant" or "theorem". Default "diminishing"
-            ("projected" converges in its last iterate on the quadratics and the duopoly, but on
-            scikit-learn HPO it moves x less in 200 iterations, and its Armijo search and CG
-            threshold make runs differ between summation orders: data-parallel, dict layouts).
+        schedule: "projected", "diminishing", "constant" or "theorem". Default "projected" (its last
+            iterate converges and its residual vanishes; "diminishing" hovers at O(gamma) until the
+            step has decayed).
         lower_step_size: a separate step on y; the QP then uses the matching metric
             D = diag(I, lower_step_size / step_size), which keeps the constraint's
             guarantee. Default None (same step).
@@ -257,8 +263,11 @@ class PGDQP(Solver):
             batch's gradient. Default 0.02.
         x_scale: on minibatches without step_size, the root-mean-square length of x's first step
             (AdaGrad-norm). Default 0.1 (soba's).
-        cg_iters: conjugate-gradient steps per iteration for u in "projected". Default 30.
-        cg_tol: stop them once the residual is below cg_tol times the right-hand side. Default 1e-12.
+        cg_iters: conjugate-gradient steps per iteration for u in "projected", at most. Default 10.
+        cg_tol: stop them once the residual is below cg_tol (||c|| + gamma ||J P grad f||). Default 1e-8.
+        certify: in "projected", the distance to the lower-level solution, ||v|| with H v = c
+            (Newton), relative to max(1, ||y||), under which f is trusted: the tangent step is scaled by
+            min(1, certify max(1, ||y||) / ||v||). Default 1e-2 (the verification's y tolerance).
 
     References:
         Abolfazli, Sharifi, Fazlyab, Hamedani. Perturbed Gradient Descent via Convex
@@ -275,7 +284,7 @@ class PGDQP(Solver):
     step_size: float | None = None
     alpha: float | None = None
     rho: str = "grad"
-    schedule: str = "diminishing"
+    schedule: str = "projected"
     lower_step_size: float | None = None
     decay: float = 10.0
     feasibility: float = 0.5
@@ -296,8 +305,9 @@ class PGDQP(Solver):
     escape_tol: float = 1e-3
     escape_starts: int = 4
     escape_gain: float = 1e-3
-    cg_iters: int = 30
-    cg_tol: float = 1e-12
+    cg_iters: int = 10
+    cg_tol: float = 1e-8
+    certify: float = 1e-2
     # ----- minibatches (bilevel.core.data): the stochastic code path, see `_stochastic_direction` -----
     estimator: str | None = None
     noise_decay: float = 10.0
@@ -307,7 +317,8 @@ class PGDQP(Solver):
     name: ClassVar[str] = "pgdqp"
     summary: ClassVar[str] = "perturbed gradient descent with a closed-form convex QP step (seed, Alg. 1)"
     cost: ClassVar[str] = "grad f, one double backward for grad h"
-    diagnostics: ClassVar[tuple[str, ...]] = ("alpha", "lambda", "lower_step_size", "multiplier_norm", "step_size")
+    diagnostics: ClassVar[tuple[str, ...]] = ("alpha", "lambda", "lower_step_size", "multiplier_norm", "step_size",
+                                              "trust")
     schedules: ClassVar[tuple[str, ...]] = ("diminishing", "projected", "constant", "theorem")
 
     def validate(self) -> None:
@@ -323,6 +334,7 @@ class PGDQP(Solver):
         check_positive(self, "warm_start_tol", allow_zero=True)
         check_int(self, "power_iters", "cg_iters")
         check_positive(self, "cg_tol", allow_zero=True)
+        check_positive(self, "certify")
         check_int(self, "warm_start_steps", minimum=0)
         if self.momentum is not None and not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
             raise ValueError(f"Invalid momentum: {self.momentum!r} (expected a number in [0, 1) or None)")
@@ -378,10 +390,16 @@ class PGDQP(Solver):
                 alpha = K ** (-1 / 6)
                 gamma = _minimum(K ** (-2 / 3), 1.0 / lf)
         elif self.schedule == "projected":
-            gamma, alpha = self.step_size or self.step_scale / lf, None
+            target = self._ratio_target(problem, oracle, x, y, generator) if self._blocks(oracle) else 1.0
+            if self._blocks(oracle) and lf is not None and self.lipschitz_f is None:   # L_f in the metric P*
+                root = torch.sqrt(torch.as_tensor(target, dtype=x.dtype))
+                lf = as_float(torch.maximum(torch.as_tensor(lf, dtype=x.dtype), power_iteration(
+                    lambda v: _scaled(oracle.hvp_f(x, y, *_scaled(v, root)), root), (x, y), self.power_iters,
+                    generator)))
+            gamma = self.step_size or self.step_scale / lf
             gy = oracle.grad_g_y(x, y)
             return PGDQPState(x=x, y=y, h0=h0, lipschitz_f=lf, gamma0=gamma, multiplier=torch.zeros_like(gy),
-                              escape_next=self.escape_every, escape_interval=self.escape_every)
+                              ratio_target=target, escape_next=self.escape_every, escape_interval=self.escape_every)
         else:
             gamma, alpha = self.step_size or self.step_scale / lf, None
         target = self._ratio_target(problem, oracle, x, y, generator) if self._blocks(oracle) else 1.0
@@ -425,7 +443,7 @@ class PGDQP(Solver):
     # ----- block steps: x's step rho_k times y's ------------------------------------------
     def _blocks(self, oracle: Oracle) -> bool:
         """Whether x and y get their own steps: block_steps in "diminishing" on full data, steps not given."""
-        return (self.block_steps and self.schedule == "diminishing" and self.step_size is None
+        return (self.block_steps and self.schedule in ("diminishing", "projected") and self.step_size is None
                 and self.lower_step_size is None and not (oracle.stochastic or self._independent(oracle)))
 
     def _ratio_target(self, problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor,
@@ -570,24 +588,23 @@ class PGDQP(Solver):
         return replace(self, schedule="diminishing")
 
     def _projected(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> tuple:
-        """(s, Aux, u, grad f, L_f): the step s = -(gamma grad f + J^T u) of the QP
-
-            min_s 1/2 ||s + gamma grad f||^2  s.t.  c + J s = 0,   c = grad_y g, J = [grad_yx g, grad_yy g],
-            (J J^T + eps I) u = c - gamma J grad f   (conjugate gradients, warm-started at the last u),
-
-        on the free coordinates of a y box (c and J's rows and y-columns masked elsewhere).
-        gamma = step_scale / L_f, L_f raised by the secants of grad f. The multiplier of
-        Definition 2.4 is nu = u / gamma, and ||s||^2 / gamma^2 = ||grad f + J^T nu||^2."""
+        """(s, Aux, u, grad f, L_f, ratio, (f, ||c||, ||c + J s||, <grad f, s>, ||nu||)): the step
+        s = theta t + (0, -v) of "projected" (class docstring), on the free coordinates of a y box (c
+        and J's rows and y-columns masked elsewhere). gamma = step_scale / L_f, L_f in the metric P,
+        raised by the secants ||P^1/2 (grad f' - grad f)|| / ||P^-1/2 (z' - z)||. The multiplier of
+        Definition 2.4 is nu = u / gamma, and ||P^-1 t||^2 / gamma^2 = ||grad f + J^T nu||^2."""
         x, y = state.x, state.y
         f, fx, fy = oracle.grad_f(x, y)
         g, _, gy = oracle.grad_g(x, y)
         free = problem.free_y(y, gy)
         mask = (lambda t: t) if free is None else (lambda t: t * free)
+        ratio = self._next_ratio(state) if self._blocks(oracle) else 1.0
         lf = state.lipschitz_f
         if self.step_size is None and state.grad_f is not None and state.velocity is not None:
             vx, vy = state.velocity
-            step = torch.hypot(torch.linalg.vector_norm(vx), torch.linalg.vector_norm(vy))
-            secant = torch.hypot(torch.dist(fx, state.grad_f[0]), torch.dist(fy, state.grad_f[1]))
+            last = torch.sqrt(torch.as_tensor(state.ratio, dtype=vx.dtype, device=vx.device))
+            step = torch.hypot(torch.linalg.vector_norm(vx) / last, torch.linalg.vector_norm(vy))
+            secant = torch.hypot(last * torch.dist(fx, state.grad_f[0]), torch.dist(fy, state.grad_f[1]))
             secant = secant * torch.where(step > 0, step.reciprocal(), 0.0)
             lf = torch.maximum(torch.as_tensor(lf, dtype=secant.dtype, device=secant.device), secant)
             lf = as_float(lf)
@@ -595,50 +612,70 @@ class PGDQP(Solver):
 
         def jac_t(w: Tensor) -> tuple[Tensor, Tensor]:
             jx, jy = oracle.vjp_grad_y_g(x, y, mask(w))
-            return jx, mask(jy)
+            return ratio * jx, mask(jy)        # P J^T w
 
         def jac(vx: Tensor, vy: Tensor) -> Tensor:
             return mask(oracle.jvp_grad_y_g(x, y, vx, mask(vy)))
 
+        def hess(v: Tensor) -> Tensor:
+            return mask(oracle.vjp_grad_y_g(x, y, mask(v))[1])
+
         c = mask(gy)
-        rhs = c - gamma * jac(fx, mask(fy))
         damping = inner(c, c)
-        u = conjugate_gradients(lambda w: jac(*jac_t(w)) + damping * w, rhs, state.multiplier, self.cg_iters,
-                                self.cg_tol)
-        jx, jy = jac_t(u)
-        sx, sy = -(gamma * fx + jx), -mask(gamma * fy + jy)
-        stationarity = (inner(sx, sx) + inner(sy, sy)) / gamma ** 2
+        u, (jx, jy), tangent_residual = multiplier_steps(jac, jac_t, torch.zeros_like(c),
+                                                         (gamma * ratio * fx, gamma * mask(fy)), damping,
+                                                         state.multiplier, self.cg_iters, self.cg_tol)
+        tx, ty = -(gamma * ratio * fx + jx), -mask(gamma * fy + jy)
+        newton, newton_residual = newton_steps(hess, c, self.cg_iters, self.cg_tol)
+        distance = torch.linalg.vector_norm(newton)
+        reach = self.certify * torch.clamp(torch.linalg.vector_norm(y), min=1.0)
+        trust = torch.where(distance > reach, reach / torch.where(distance > reach, distance, 1.0), 1.0)
+        sx, sy = trust * tx, trust * ty - newton
+        stationarity = (inner(tx, tx) / ratio ** 2 + inner(ty, ty)) / gamma ** 2
         nu_norm = torch.linalg.vector_norm(u) / gamma
         diag = {"f": f, **lower_diagnostics(problem, y, g, gy), "kkt_stationarity": stationarity,
-                "step_size": gamma, "multiplier_norm": nu_norm}
+                "step_size": gamma, "multiplier_norm": nu_norm, "trust": trust}
         slope = inner(fx, sx) + inner(fy, sy)
-        return (sx, sy), Aux(diag, nu=u / gamma), u, (fx, fy), lf, (f, torch.linalg.vector_norm(c), slope, nu_norm)
+        # c + J s = trust (r_t + damping u) + r_n, from the residuals of the two solves
+        linearized = torch.linalg.vector_norm(trust * (tangent_residual + damping * u) + newton_residual)
+        return ((sx, sy), Aux(diag, nu=u / gamma), u, (fx, fy), lf, ratio,
+                (f, torch.linalg.vector_norm(c), linearized, slope, nu_norm))
 
     def _projected_step(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> tuple:
         """z <- P(z + t s), t the first of 1, 1/2, 1/4, ... with (Armijo on the exact penalty)
 
-            phi(P(z + t s)) <= phi(z) + 1e-4 t (<grad f, s> - mu ||c||),   phi = f + mu ||c||,
+            phi(P(z + t s)) <= phi(z) + 1e-4 t (<grad f, s> + mu (||c + J s|| - ||c||)) + 1e-10 (|f| + mu ||c||),
+            phi = f + mu ||c||,
 
-        mu = max(mu_prev, 2 ||nu||) (a descent direction of phi where J s = -c); t = 1 under
-        torch.func.vmap (no test on values there)."""
-        (sx, sy), aux, u, grad_f, lf, (f, c_norm, slope, nu_norm) = self._projected(problem, oracle, state)
-        penalty = torch.maximum(torch.as_tensor(state.penalty, dtype=f.dtype), 2 * nu_norm)
+        mu = max(mu_prev, 2 ||nu||, 2 <grad f, s>_+ / (||c|| - ||c + J s||)) (Nocedal and Wright's rule: s
+        descends on phi; c + J s = theta (r_u + ||c||^2 u) + r_v from the residuals r_u, r_v of the two
+        solves, so its norm is known without a product). The relative slack
+        1e-10 lies far above round-off in phi: where the decrease is at round-off level (near a
+        solution), every order of summation accepts t = 1 alike. t = 1 under torch.func.vmap (no
+        test on values there)."""
+        (sx, sy), aux, u, grad_f, lf, ratio, (f, c_norm, linearized, slope, nu_norm) = self._projected(
+            problem, oracle, state)
+        reduction = c_norm - linearized
+        needed = torch.where(reduction > 0, 2 * torch.clamp(slope, min=0) / torch.where(reduction > 0, reduction, 1.0),
+                             0.0)
+        penalty = torch.maximum(torch.as_tensor(state.penalty, dtype=f.dtype), torch.maximum(2 * nu_norm, needed))
         t = 1.0
         if isinstance(as_float(f), float):
             merit = float(f + penalty * c_norm)
-            decrease = 1e-4 * float(slope - penalty * c_norm)
+            decrease = 1e-4 * float(slope + penalty * (linearized - c_norm))
+            slack = 1e-10 * (abs(float(f)) + float(penalty * c_norm))
             for _ in range(40):
                 x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
                 gy = oracle.grad_g_y(x, y)
                 free = problem.free_y(y, gy)
                 c = gy if free is None else gy * free
                 trial = float(oracle.f(x, y) + penalty * torch.linalg.vector_norm(c))
-                if math.isfinite(trial) and trial <= merit + t * decrease:
+                if math.isfinite(trial) and trial <= merit + t * decrease + slack:
                     break
                 t *= 0.5
         x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
         new = replace(state, x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y), multiplier=u,
-                      grad_f=grad_f, lipschitz_f=lf, penalty=as_float(penalty))
+                      grad_f=grad_f, lipschitz_f=lf, penalty=as_float(penalty), ratio=ratio)
         return self._escape(problem, oracle, new), aux
 
     # ----- minibatches: two independent lower batches (estimator="independent") -------------------
@@ -783,27 +820,64 @@ def stochastic_step(solver: PGDQP, problem: BilevelProblem, oracle: Oracle,
     return new, aux
 
 
-def conjugate_gradients(matvec, rhs: Tensor, start: Tensor, iters: int, tol: float) -> Tensor:
-    """`iters` steps of conjugate gradients on matvec(u) = rhs (matvec symmetric positive
-    semidefinite) from `start`, stopped early once ||r|| <= tol ||rhs|| (not under torch.func.vmap,
-    where it runs all `iters`). A direction of zero curvature ends the run."""
+def multiplier_steps(jac, jac_t, c: Tensor, step_f: tuple[Tensor, Tensor], damping: Tensor, start: Tensor,
+                     iters: int, tol: float) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
+    """Conjugate gradients from `start` on the multiplier equation of "projected",
+
+        (J P J^T + damping I) u = c - J w,   w = gamma P grad f (`step_f`),
+
+    with jac(v) = J v and jac_t(u) = P J^T u, stopped after `iters` steps or once the residual r
+    is below tol (||c|| + ||J w||); returns (u, P J^T u, r). P J^T u is carried along (P J^T of
+    each search direction is a by-product of its matrix product): 3 + 2 (steps) products. The
+    threshold is loose enough to be met well above round-off (a step more or less changes u by
+    about tol). A direction of zero curvature ends the steps."""
     u = start
-    r = rhs - matvec(u)
+    tx, ty = jac_t(u)
+    jw = jac(*step_f)
+    r = c - jw - jac(tx, ty) - damping * u
+    bound = tol ** 2 * (torch.linalg.vector_norm(c) + torch.linalg.vector_norm(jw)) ** 2
     p, rr = r, inner(r, r)
-    bound = tol ** 2 * inner(rhs, rhs)
-    tiny = torch.finfo(rhs.dtype).tiny
+    tiny = torch.finfo(c.dtype).tiny
     for _ in range(iters):
         if isinstance(as_float(rr), float) and float(rr) <= float(bound):
             break
-        ap = matvec(p)
+        px, py = jac_t(p)
+        ap = jac(px, py) + damping * p
         curvature = inner(p, ap)
         step = torch.where(curvature > tiny, rr / torch.clamp(curvature, min=tiny), 0.0)
-        u = u + step * p
+        u, tx, ty = u + step * p, tx + step * px, ty + step * py
         r = r - step * ap
         rr_next = inner(r, r)
         p = r + torch.where(rr > tiny, rr_next / torch.clamp(rr, min=tiny), 0.0) * p
         rr = rr_next
-    return u
+    return u, (tx, ty), r
+
+
+def newton_steps(hess, c: Tensor, iters: int, tol: float) -> tuple[Tensor, Tensor]:
+    """Truncated conjugate gradients from 0 on the Newton equation of the lower level, H v = c
+    (H = grad_yy g, c = grad_y g): at most `iters` steps, stopped once ||c - H v|| <= tol ||c|| or at a
+    direction of curvature <= 0 (Steihaug; there the first step is taken with |curvature|), so that
+    -v is a descent direction of g(x, .) also where H is indefinite. Returns (v, c - H v). One
+    product a step; the stops are masks under torch.func.vmap."""
+    v, r = torch.zeros_like(c), c
+    p, rr = r, inner(r, r)
+    bound = tol ** 2 * rr
+    tiny = torch.finfo(c.dtype).tiny
+    live = torch.ones((), dtype=torch.bool, device=c.device)
+    for k in range(iters):
+        if isinstance(as_float(rr), float) and (float(rr) <= float(bound) or not bool(live)):
+            break
+        hp = hess(p)
+        curvature = inner(p, hp)
+        if k == 0:
+            curvature = curvature.abs()
+        live = live & (curvature > tiny) & (rr > bound)
+        step = torch.where(live, rr / torch.clamp(curvature, min=tiny), 0.0)
+        v, r = v + step * p, r - step * hp
+        rr_next = inner(r, r)
+        p = r + torch.where(rr > tiny, rr_next / torch.clamp(rr, min=tiny), 0.0) * p
+        rr = rr_next
+    return v, r
 
 
 def curvature_floor(estimate: Tensor, gradient: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -880,6 +954,11 @@ def _ratio(num: Tensor, den: Tensor, largest: float) -> Tensor:
     """num / den within (0, largest], and `largest` where den is 0."""
     value = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), largest)
     return torch.clamp(value, max=largest)
+
+
+def _scaled(v: tuple[Tensor, Tensor], root: Tensor) -> tuple[Tensor, Tensor]:
+    """P^1/2 v for P = diag(root^2 I_x, I_y)."""
+    return root * v[0], v[1]
 
 
 def _minimum(a: float | Tensor, b: float | Tensor) -> float | Tensor:
