@@ -46,11 +46,11 @@ demo: venv
 # Two workers (pytest-xdist) for everything but the multi-process tests, which then run alone:
 # their ranks need the cores to meet their time limits.
 test: venv
-	$(BIN)/python -m pytest -x -n 2 -m "not distributed"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -x -n 2 -m "not distributed"
 	$(BIN)/python -m pytest -x -m distributed
 
 test-fast: venv
-	$(BIN)/python -m pytest -x -n 2 -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -x -n 2 -m "not slow"
 
 # The API reference site (mkdocs.yml, docs/) into site/. --strict: a warning (a docstring griffe
 # cannot parse, an Args entry that names no parameter, a broken link) fails the build.
