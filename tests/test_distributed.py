@@ -208,8 +208,10 @@ def test_cli_distributed_needs_torchrun_environment(monkeypatch, capsys):
 
 
 def test_torchrun_cli_matches_single_process(tmp_path):
+    # schedule diminishing: see worker.EXACT
     common = ["-m", "bilevel", "run", "--problem", "toy-cleaning", "--method", "pgdqp", "--max-iter", "20",
-              "--log-every", "5", "--no-progress", "--problem-arg", "n_train=41", "--problem-arg", "n_val=19"]
+              "--log-every", "5", "--no-progress", "--problem-arg", "n_train=41", "--problem-arg", "n_val=19",
+              "--set", "schedule=diminishing"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), *common, "--distributed", "--out", str(tmp_path / "dist")]
