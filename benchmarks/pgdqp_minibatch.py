@@ -6,8 +6,10 @@ independently, and on minibatch hyper-cleaning (the embedded MNIST sample).
 
 Finite sums (x: per-feature log weights of an L2 penalty, learned on validation data):
 
-    ridge:     g(x, y) = (1/2n) sum_i (a_i^T y - b_i)^2 + 1/2 sum_j exp(x_j) y_j^2,   f = (1/2m) sum_j (a'_j^T y - b'_j)^2,
-    logistic:  g(x, y) = (1/n) sum_i log(1 + exp(-b_i a_i^T y)) + 1/2 sum_j exp(x_j) y_j^2,   f the same loss on validation,
+    ridge:     g(x, y) = (1/2n) sum_i (a_i^T y - b_i)^2 + 1/2 sum_j exp(x_j) y_j^2,
+               f = (1/2m) sum_j (a'_j^T y - b'_j)^2,
+    logistic:  g(x, y) = (1/n) sum_i log(1 + exp(-b_i a_i^T y)) + 1/2 sum_j exp(x_j) y_j^2,
+               f the same loss on validation,
 
 on make_regression (20 features of spread scales, 6 informative; 2000 training / 1000 validation
 rows), on diabetes (10 features and 10 of pure noise; 300 / 142) and on breast_cancer (logistic,
@@ -27,14 +29,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-import scipy.optimize
 import torch
 
 import bilevel
 from bilevel.cli.report import command, format_table, machine, update_section
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stochastic_untuned import hyper_minimum  # noqa: E402
 
 
 def squared(x, y, batch):
@@ -108,16 +114,7 @@ def finite_sum(name: str) -> bilevel.BilevelProblem:
     def hyper_objective(x):
         return upper(x, solution(x), (A_val, B_val))
 
-    def value_and_grad(x):
-        t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-        value = hyper_objective(t)
-        (grad,) = torch.autograd.grad(value, t)
-        return float(value.detach()), grad.numpy()
-
-    starts = [np.zeros(A.shape[1])] + [rng.normal(0, 2, A.shape[1]) for _ in range(4)]
-    best = min((scipy.optimize.minimize(value_and_grad, s, jac=True, method="L-BFGS-B",
-                                        options={"maxiter": 5000, "gtol": 1e-12, "ftol": 1e-15})
-                for s in starts), key=lambda r: r.fun)
+    best = hyper_minimum(hyper_objective, A.shape[1], rng)
     zero = torch.zeros(A.shape[1], dtype=torch.float64)
     label = {"regression": "log-ridge (make_regression 2000/1000)", "diabetes": "log-ridge (diabetes 300/142)",
              "breast_cancer": "logistic L2 (breast_cancer 300/269)"}[name]

@@ -35,6 +35,20 @@ import bilevel
 from bilevel.cli.report import command, format_table, machine, update_section
 
 
+
+def hyper_minimum(hyper_objective, dim: int, rng: np.random.Generator):
+    """scipy's L-BFGS-B on x -> F(x) (gradients by autograd) from 0 and 4 random starts: the best result."""
+    def value_and_grad(x):
+        t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        value = hyper_objective(t)
+        (grad,) = torch.autograd.grad(value, t)
+        return float(value.detach()), grad.numpy()
+
+    starts = [np.zeros(dim)] + [rng.normal(0, 2, dim) for _ in range(4)]
+    return min((scipy.optimize.minimize(value_and_grad, s, jac=True, method="L-BFGS-B",
+                                        options={"maxiter": 5000, "gtol": 1e-12, "ftol": 1e-15})
+                for s in starts), key=lambda r: r.fun)
+
 def squared(x, y, batch):
     a, b = batch
     return 0.5 * ((a @ y - b) ** 2).mean()
@@ -71,16 +85,7 @@ def log_ridge(name: str) -> bilevel.BilevelProblem:
         y = torch.linalg.solve(gram + torch.diag(torch.exp(x)), moment)
         return squared(x, y, (A_val, B_val))
 
-    def value_and_grad(x):
-        t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-        value = hyper_objective(t)
-        (grad,) = torch.autograd.grad(value, t)
-        return float(value.detach()), grad.numpy()
-
-    starts = [np.zeros(A.shape[1])] + [rng.normal(0, 2, A.shape[1]) for _ in range(4)]
-    best = min((scipy.optimize.minimize(value_and_grad, s, jac=True, method="L-BFGS-B",
-                                        options={"maxiter": 5000, "gtol": 1e-12, "ftol": 1e-15})
-                for s in starts), key=lambda r: r.fun)
+    best = hyper_minimum(hyper_objective, A.shape[1], rng)
     star = float(best.fun)
     return bilevel.BilevelProblem(squared, log_ridge_loss, torch.zeros(A.shape[1], dtype=torch.float64),
                                   torch.zeros(A.shape[1], dtype=torch.float64), upper_data=(A_val, B_val),

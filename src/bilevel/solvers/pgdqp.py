@@ -354,13 +354,8 @@ class PGDQP(Solver):
             return self._as_diminishing().init(problem, oracle, max_iter=max_iter, generator=generator)
         if self._noisy_schedule(oracle):
             return stochastic_init(self, problem, oracle, generator)
-        x, y = problem.x0, problem.y0
-        h0 = None
-        if self.rho == "warm":
-            y = warm_start(problem, oracle, x, y, self.warm_start_steps, self.warm_start_tol, self.power_iters,
-                           generator)
-            gy = oracle.grad_g_y(x, y)
-            h0 = inner(gy, gy)
+        x = problem.x0
+        y, h0 = self._start_y(problem, oracle, generator)
         needs_lf = self.schedule == "theorem" or (self.schedule in ("diminishing", "projected")
                                                   and self.step_size is None)
         needs_lh = self.schedule == "diminishing" or (self.schedule == "theorem" and self.rho == "grad")
@@ -405,6 +400,15 @@ class PGDQP(Solver):
         target = self._ratio_target(problem, oracle, x, y, generator) if self._blocks(oracle) else 1.0
         return PGDQPState(x=x, y=y, h0=h0, lipschitz_f=lf, lipschitz_h=lh, gamma0=gamma, alpha0=alpha,
                           ratio_target=target, escape_next=self.escape_every, escape_interval=self.escape_every)
+
+    def _start_y(self, problem: BilevelProblem, oracle: Oracle, generator: torch.Generator) -> tuple:
+        """(y0, None), or for rho="warm" (y0 warm-started on g(x0, .), h there)."""
+        if self.rho != "warm":
+            return problem.y0, None
+        y = warm_start(problem, oracle, problem.x0, problem.y0, self.warm_start_steps, self.warm_start_tol,
+                       self.power_iters, generator)
+        gy = oracle.grad_g_y(problem.x0, y)
+        return y, inner(gy, gy)
 
     # ----- escape from lower-level saddles and maximisers ----------------------------------
     def _escape(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> PGDQPState:
@@ -738,20 +742,16 @@ def stochastic_init(solver: PGDQP, problem: BilevelProblem, oracle: Oracle,
                     generator: torch.Generator) -> StochasticState:
     """L_f and L_h by power iteration at (x0, y0) on the first batches (floored as on full data),
     kept fixed; gamma_0 = step_size or step_scale / L_f; y0 warm-started for rho="warm"."""
-    x, y = problem.x0, problem.y0
-    h0 = None
-    if solver.rho == "warm":
-        y = warm_start(problem, oracle, x, y, solver.warm_start_steps, solver.warm_start_tol, solver.power_iters,
-                       generator)
-        gy = oracle.grad_g_y(x, y)
-        h0 = inner(gy, gy)
+    x = problem.x0
+    y, h0 = solver._start_y(problem, oracle, generator)
     lf = solver.lipschitz_f or as_float(curvature_floor(
         power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y), solver.power_iters, generator),
         oracle.grad_f(x, y)[1:], x, y))
     lh = solver.lipschitz_h or as_float(curvature_floor(
         power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y), solver.power_iters, generator),
         oracle.h_and_grad(x, y)[3:], x, y))
-    return StochasticState(x=x, y=y, h0=h0, lipschitz_f=lf, lipschitz_h=lh, gamma0=solver.step_size or solver.step_scale / lf)
+    return StochasticState(x=x, y=y, h0=h0, lipschitz_f=lf, lipschitz_h=lh,
+                           gamma0=solver.step_size or solver.step_scale / lf)
 
 
 def tracked_h_and_grad(oracle: Oracle, state: StochasticState, beta: float) -> tuple[Tensor, ...]:
