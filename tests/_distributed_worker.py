@@ -45,11 +45,6 @@ def oracle_outputs(oracle, problem):
     return out, oracle.snapshot()
 
 
-# pgdqp's exact comparisons across summation orders use schedule "diminishing": its default ("projected")
-# solves the normal equations J P J^T u = -gamma J P grad f, ill-conditioned on these problems (x enters g
-# weakly, block steps), and its iterates differ between orders of summation by up to 1e-6 after a few
-# iterations (a change of 1e-17 in y0 moves toy-cleaning's x by 4e-7 in 12 iterations).
-EXACT = {"pgdqp": {"schedule": "diminishing"}}
 
 
 def runs(problem, max_iter, distributed):
@@ -57,8 +52,7 @@ def runs(problem, max_iter, distributed):
     out = {}
     for name, cls in sorted(bilevel.SOLVERS.items()):
         if cls.supports_distributed:
-            r = bilevel.solve(problem, name, max_iter=max_iter, log_every=5, seed=1, distributed=distributed,
-                              options=EXACT.get(name))
+            r = bilevel.solve(problem, name, max_iter=max_iter, log_every=5, seed=1, distributed=distributed)
             out[name] = (r.x, r.y, r.history, r.status.name)
     return out
 
@@ -70,7 +64,7 @@ def hyper_cleaning_runs(max_iter, rank=0, world_size=1):
         problem = bilevel.PROBLEMS["hyper-cleaning"](model=model, rank=rank, world_size=world_size,
                                                      **HYPER_CLEANING_ARGS)
         r = bilevel.solve(problem, "pgdqp", max_iter=max_iter, log_every=max_iter, seed=1,
-                          distributed=world_size > 1, options=EXACT["pgdqp"])
+                          distributed=world_size > 1)
         out[model] = (r.x, r.y, r.history, r.status.name)
     return out
 

@@ -102,9 +102,12 @@ def test_data_parallel_iterates_equal_single_process_iterates(ranks, single, run
         assert dstatus == status, name
         # summing over ranks changes the order of every sum: round-off through MAX_ITER iterations of
         # up to 100 dependent products; galet solves the normal equations H^2 w = -H grad_y f by
-        # conjugate gradient, which squares the condition number (taken as 1e5 here)
-        rtol = roundoff(operations=MAX_ITER * (200 if name == "galet" else 100),
-                        amplification=1e5 if name == "galet" else 1.0)
+        # conjugate gradient, which squares the condition number (taken as 1e5 here), and so does
+        # pgdqp (J P J^T u = -gamma J P grad f, and H v = grad_y g) on the MLP of hyper-cleaning, whose
+        # grad_yy g is ill-conditioned (measured: y0 moved by 2e-16 moves y by 2e-11 in 12 iterations)
+        normal_equations = name == "galet" or runs == "hyper_cleaning"
+        rtol = roundoff(operations=MAX_ITER * (200 if normal_equations else 100),
+                        amplification=1e5 if normal_equations else 1.0)
         atol = 1e-2 * rtol
         torch.testing.assert_close(dx, x, rtol=rtol, atol=atol, msg=lambda m, name=name: f"{name}: {m}")
         torch.testing.assert_close(dy, y, rtol=rtol, atol=atol, msg=name)
@@ -208,10 +211,8 @@ def test_cli_distributed_needs_torchrun_environment(monkeypatch, capsys):
 
 
 def test_torchrun_cli_matches_single_process(tmp_path):
-    # schedule diminishing: see worker.EXACT
     common = ["-m", "bilevel", "run", "--problem", "toy-cleaning", "--method", "pgdqp", "--max-iter", "20",
-              "--log-every", "5", "--no-progress", "--problem-arg", "n_train=41", "--problem-arg", "n_val=19",
-              "--set", "schedule=diminishing"]
+              "--log-every", "5", "--no-progress", "--problem-arg", "n_train=41", "--problem-arg", "n_val=19"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), *common, "--distributed", "--out", str(tmp_path / "dist")]

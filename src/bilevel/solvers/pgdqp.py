@@ -263,7 +263,8 @@ class PGDQP(Solver):
             batch's gradient. Default 0.02.
         x_scale: on minibatches without step_size, the root-mean-square length of x's first step
             (AdaGrad-norm). Default 0.1 (soba's).
-        cg_iters: conjugate-gradient steps per iteration for u in "projected", at most. Default 10.
+        cg_iters: conjugate-gradient steps per iteration for each of the two solves of "projected", at most.
+            Default 5.
         cg_tol: stop them once the residual is below cg_tol (||c|| + gamma ||J P grad f||). Default 1e-8.
         certify: in "projected", the distance to the lower-level solution, ||v|| with H v = c
             (Newton), relative to max(1, ||y||), under which f is trusted: the tangent step is scaled by
@@ -305,7 +306,7 @@ class PGDQP(Solver):
     escape_tol: float = 1e-3
     escape_starts: int = 4
     escape_gain: float = 1e-3
-    cg_iters: int = 10
+    cg_iters: int = 5
     cg_tol: float = 1e-8
     certify: float = 1e-2
     # ----- minibatches (bilevel.core.data): the stochastic code path, see `_stochastic_direction` -----
