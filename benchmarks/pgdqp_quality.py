@@ -1,9 +1,11 @@
 """pgdqp's default (schedule="projected") against schedule="diminishing" on
 problems whose optima are verified independently: the README quickstart (x* = 1.5), tol stops
 there, a box-constrained Stackelberg duopoly (x* = 5, by hand: y*(x) = (10 - x)/2), solve_batch
-members against their lone runs, and the strongly convex quadratics of the robustness suite.
+members against their lone runs.
 
-    python benchmarks/pgdqp_quality.py [--quadratics] [--weight-decay 200] [--results benchmarks/RESULTS.md]
+    python benchmarks/pgdqp_quality.py [--weight-decay 200]
+
+(the strongly convex quadratics of the robustness suite: configs/pgdqp_quadratics.yaml)
 
 --weight-decay K: a flat lower level, weight decay exp(x) of a 30-16-1 tanh MLP (nn.Module) on
 scikit-learn's breast cancer (300 train / 135 validation), K iterations of the default from
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 import bilevel
-from bilevel.cli.report import command, format_table, machine, update_section
+from bilevel.cli.report import command, format_table, machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 D = torch.float64
@@ -99,9 +101,7 @@ def weight_decay_rows(max_iter: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quadratics", action="store_true", help="also the 14 suite quadratics (slow)")
     parser.add_argument("--weight-decay", type=int, default=0, help="iterations of the MLP runs (0: none)")
-    parser.add_argument("--results", default=None)
     args = parser.parse_args()
     if args.weight_decay:
         text = format_table(weight_decay_rows(args.weight_decay), ["x0", "x", "f at y", "verified f",
@@ -126,24 +126,13 @@ def main() -> None:
                "last kkt_stat": kkt[-1], "max kkt_stat rows 1000-2000": max(kkt[4:]),
                "tol=1e-4: iter": t.n_iter, "tol=1e-4: |x-x*|": float((t.x - 1.5).abs().max()),
                "duopoly |x-5|": abs(float(d.x[0]) - 5.0), "batch vs lone @3000": apart}
-        if args.quadratics:
-            from bilevel.problems.bolib import SUITE, success
-
-            def solved(name: str) -> bool:
-                problem = SUITE[name]()
-                r = bilevel.solve(problem, "pgdqp", max_iter=5000, log_every=5000, kkt="none", seed=0, options=opts)
-                return success(problem, r.x, r.y)["success"]
-            names = [k for k in SUITE if k.startswith("quadratic/")]
-            row["suite quadratics solved @5000"] = f"{sum(solved(n) for n in names)}/{len(names)}"
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
         print(row, flush=True)
     text = (f"Command: `{command()}`; machine: {machine()} (shared with other jobs while measured).\n\n"
-            "\"diminishing\" is the former default, \"projected\" the new one.\n\n"
+            "\"projected\" is the default.\n\n"
             + format_table(rows, list(rows[0])))
     print(text)
-    if args.results:
-        update_section(args.results, "pgdqp-quality", "## pgdqp-quality\n\n" + text)
 
 
 if __name__ == "__main__":

@@ -317,7 +317,8 @@ class PGDQP(Solver):
 
     name: ClassVar[str] = "pgdqp"
     summary: ClassVar[str] = "perturbed gradient descent with a closed-form convex QP step (seed, Alg. 1)"
-    cost: ClassVar[str] = "grad f, one double backward for grad h"
+    cost: ClassVar[str] = ("grad f, grad g, two CG solves of at most 5 steps (about 3 + 3 x 5 Jacobian products), "
+                           "an Armijo search")
     diagnostics: ClassVar[tuple[str, ...]] = ("alpha", "lambda", "lower_step_size", "multiplier_norm", "step_size",
                                               "trust")
     schedules: ClassVar[tuple[str, ...]] = ("diminishing", "projected", "constant", "theorem")

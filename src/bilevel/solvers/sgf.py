@@ -66,7 +66,7 @@ class SGF(Solver):
 
     name: ClassVar[str] = "sgf"
     summary: ClassVar[str] = "safe gradient flow with h <= eps_k^2, explicit Euler (Sharifi et al. 2025)"
-    cost: ClassVar[str] = "as pgdqp"
+    cost: ClassVar[str] = "grad f, one double backward for grad h"
     diagnostics: ClassVar[tuple[str, ...]] = ("eps", "lambda")
 
     def validate(self) -> None:
