@@ -20,12 +20,16 @@ import dataclasses
 import io
 import pstats
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 import bilevel
 from bilevel.cli.report import command, format_table, machine, update_section
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import interleaved, median_ratio  # noqa: E402
 
 RHO, GAMMA = 0.1, 1.0        # constant steps on (y, v) and on x
 
@@ -97,13 +101,7 @@ def main() -> None:
             "solve saba, default steps": lambda: solve(problem, "saba", args.steps, args.batch, 0, defaults=True)}
     for run in runs.values():                  # warm-up (and compilation)
         run()
-    times = {name: [] for name in runs}
-    outputs = {}
-    for _ in range(args.repeats):              # interleaved: load from other jobs hits every variant alike
-        for name, run in runs.items():
-            start = time.perf_counter()
-            outputs[name] = run()
-            times[name].append(time.perf_counter() - start)
+    times, outputs = interleaved(runs, args.repeats)
     hand_x = outputs["hand-written eager loop (SOBA)"][0]
     soba_x = outputs["solve soba"].x
     difference = float((hand_x - soba_x).abs().max() / hand_x.abs().max().clamp(min=1e-30))
@@ -113,8 +111,8 @@ def main() -> None:
     for name, t in times.items():
         rows.append({"variant": name, "ms / step (median)": 1e3 * statistics.median(t) / args.steps,
                      "x hand-written loop (median of per-repeat ratios)":
-                         statistics.median(a / b for a, b in zip(t, base)),
-                     "x solve soba": statistics.median(a / b for a, b in zip(t, soba)),
+                         median_ratio(t, base),
+                     "x solve soba": median_ratio(t, soba),
                      "max relative difference of x from the hand loop":
                          f"{difference:.1e}" if name == "solve soba" else ""})
     table = format_table(rows, list(rows[0]))
