@@ -3,7 +3,7 @@ problems whose optima are verified independently: the README quickstart (x* = 1.
 there, a box-constrained Stackelberg duopoly (x* = 5, by hand: y*(x) = (10 - x)/2), solve_batch
 members against their lone runs.
 
-    python benchmarks/pgdqp_quality.py [--weight-decay 200]
+    python benchmarks/pgdqp_quality.py [--weight-decay 200 | --theorem]
 
 (the strongly convex quadratics of the robustness suite: configs/pgdqp_quadratics.yaml)
 
@@ -11,6 +11,10 @@ members against their lone runs.
 scikit-learn's breast cancer (300 train / 135 validation), K iterations of the default from
 x0 = -4, -2, 0: the verified value (f at the lower level re-solved, Result.verification) at
 pgdqp's answer against the one at the start (after one aid_bio step, x0 barely moved).
+
+--theorem: schedule="theorem" (Algorithm 1 as written) with both rho rules at K = 500, 5000, 20000
+on two of the quadratics: |x_K - x*|, h_K, and for Theorem 4.2 the mean ||grad h||^2 over the
+iterates against its bound's term alpha^2 L_h^2 C_f^2 (L_h = 2 ||J||^2 exactly, C_f = max ||grad f||).
 """
 from __future__ import annotations
 
@@ -63,6 +67,40 @@ def quadratic(seed: int) -> bilevel.BilevelProblem:
                                   x0=torch.zeros(6, dtype=D), y0=torch.zeros(5, dtype=D))
 
 
+def x_star(problem: bilevel.BilevelProblem) -> torch.Tensor:
+    """x* = (I + M'M)^-1 (a + M'b) with y*(x) = M x, M = Q^-1 A."""
+    Q, A = problem.g.keywords["Q"], problem.g.keywords["A"]
+    a, b = problem.f.keywords["a"], problem.f.keywords["b"]
+    M = torch.linalg.solve(Q, A)
+    return torch.linalg.solve(torch.eye(A.shape[1], dtype=D) + M.T @ M, a + M.T @ b)
+
+
+def theorem_rows() -> list[dict]:
+    rows = []
+    for seed in (0, 1):
+        problem = quadratic(seed)
+        Q, A = problem.g.keywords["Q"], problem.g.keywords["A"]
+        a, b = problem.f.keywords["a"], problem.f.keywords["b"]
+        lipschitz_h = 2 * float(torch.linalg.matrix_norm(torch.cat([-A, Q], 1), 2)) ** 2
+        for K in (500, 5000, 20000):
+            row = {"seed": seed, "K": K}
+            for rho, name in (("warm", "Thm 4.5"), ("grad", "Thm 4.2")):
+                points = []
+                r = bilevel.solve(problem, "pgdqp", max_iter=K, log_every=K, kkt="none", verify=False,
+                                  options={"schedule": "theorem", "rho": rho},
+                                  callback=lambda state, aux: points.append((state.x, state.y)) and False)
+                row[f"{name} dist to x*"] = float((r.x - x_star(problem)).norm())
+                row[f"{name} h"] = r.final("h")
+            c = [Q @ y - A @ x for x, y in points]   # Theorem 4.2's iterates (the last loop)
+            row["Thm 4.2 mean sq grad h"] = sum(float(4 * (A.T @ ci).square().sum() + 4 * (Q @ ci).square().sum())
+                                                   for ci in c) / K
+            c_f = max(float(torch.cat([x - a, y - b]).norm()) for x, y in points)
+            row["alpha^2 L_h^2 C_f^2"] = K ** (-2 / 3) * lipschitz_h ** 2 * c_f ** 2
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 def weight_decay(x0: float, seed: int = 0) -> bilevel.BilevelProblem:
     import torch.nn.functional as F
     from sklearn.datasets import load_breast_cancer
@@ -102,7 +140,12 @@ def weight_decay_rows(max_iter: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weight-decay", type=int, default=0, help="iterations of the MLP runs (0: none)")
+    parser.add_argument("--theorem", action="store_true", help="schedule='theorem' against K (no other rows)")
     args = parser.parse_args()
+    if args.theorem:
+        rows = theorem_rows()
+        print(f"Command: `{command()}`; machine: {machine()}.\n\n" + format_table(rows, list(rows[0])))
+        return
     if args.weight_decay:
         text = format_table(weight_decay_rows(args.weight_decay), ["x0", "x", "f at y", "verified f",
                                                                    "verified f at start", "h"])

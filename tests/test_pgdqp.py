@@ -179,7 +179,7 @@ def test_given_constants_stay_fixed_and_estimated_ones_only_grow():
     assert float(adaptive.state.lipschitz_h) > start.lipschitz_h
     assert float(adaptive.state.lipschitz_f) >= start.lipschitz_f
     # the constant and theorem schedules keep their constants (Algorithm 1 and the theorems as written)
-    theorem = solve(PROBLEMS["quadratic"](seed=0), "pgdqp", max_iter=50, options=dict(schedule="theorem"))
+    theorem = solve(PROBLEMS["quadratic"](seed=0), "pgdqp", max_iter=50, options=dict(schedule="theorem", rho="grad"))
     assert isinstance(theorem.state.lipschitz_h, float) and theorem.state.grads is None
 
 

@@ -129,10 +129,14 @@ class PGDQP(Solver):
             runs as "diminishing".
         "constant": Algorithm 1 as written: gamma = step_size (default 0.01) and
             alpha = alpha (default 1.0) at every iteration.
-        "theorem": rho="grad": alpha = K^(-1/3), gamma = min(alpha, 1/(L_f + alpha L_h));
-            rho="warm": alpha = K^(-1/6), gamma = min(K^(-2/3), 1/L_f); K = max_iter and
-            L_f, L_h estimated by power iteration with Hessian-vector products at the start
-            unless given.
+        "theorem": Algorithm 1 as written (its line 2, h(x0, y0) <= alpha^2 C_0, holds for
+            C_0 = h(x0, y0) / alpha^2), and rho="warm" (the default here): alpha = K^(-1/6), gamma = min(K^(-2/3), 1/L_f) (Theorem 4.5);
+            rho="grad": alpha = K^(-1/3), gamma = min(alpha, 1/(L_f + alpha L_h)) (Theorem 4.2);
+            K = max_iter and L_f, L_h estimated by power iteration with Hessian-vector products at
+            the start unless given. Theorem 4.2's bound on the mean ||grad h||^2 keeps the term
+            alpha^2 L_h^2 C_f^2 = K^(-2/3) L_h^2 C_f^2, above h's level until K >> (L_h C_f)^3, and its
+            iterates can settle into a two-cycle across the valley of h (gamma lambda L_h > 2);
+            Theorem 4.5's terms carry no L_h, and its error and h shrink with K (RESULTS "pgdqp-quality").
         "diminishing": gamma_k = step_size / (1 + k / decay) with
             step_size = step_scale / L_f,k by default; alpha_k = feasibility / (gamma_k L_h,k),
             so that where the constraint is active the step is a projected gradient step on f
@@ -223,7 +227,8 @@ class PGDQP(Solver):
     Args:
         step_size: gamma (the step on x; also on y unless lower_step_size). Default per schedule.
         alpha: the QP's margin alpha. Default per schedule.
-        rho: "grad" or "warm". Default "grad".
+        rho: "grad" (Theorem 4.2) or "warm" (Theorem 4.5). Default: "warm" under schedule="theorem"
+            (the parameters whose guarantee shrinks at the K of practice, below), "grad" otherwise.
         schedule: "projected", "diminishing", "constant" or "theorem". Default "projected" (its last
             iterate converges and its residual vanishes; "diminishing" hovers at O(gamma) until the
             step has decayed).
@@ -284,7 +289,7 @@ class PGDQP(Solver):
 
     step_size: float | None = None
     alpha: float | None = None
-    rho: str = "grad"
+    rho: str | None = None
     schedule: str = "projected"
     lower_step_size: float | None = None
     decay: float = 10.0
@@ -323,8 +328,14 @@ class PGDQP(Solver):
                                               "trust")
     schedules: ClassVar[tuple[str, ...]] = ("diminishing", "projected", "constant", "theorem")
 
+    @property
+    def rho_rule(self) -> str:
+        """rho as it runs: "warm" (Theorem 4.5) under schedule="theorem" unless rho is given, else "grad"."""
+        return self.rho or ("warm" if self.schedule == "theorem" else "grad")
+
     def validate(self) -> None:
-        check_choice(self, "rho", ("grad", "warm"))
+        if self.rho is not None:
+            check_choice(self, "rho", ("grad", "warm"))
         check_choice(self, "schedule", self.schedules)
         check_positive(self, "step_size", "alpha", "lower_step_size", "lipschitz_f", "lipschitz_h", allow_none=True)
         check_positive(self, "decay", "feasibility", "step_scale", "max_ratio")
@@ -360,7 +371,7 @@ class PGDQP(Solver):
         y, h0 = self._start_y(problem, oracle, generator)
         needs_lf = self.schedule == "theorem" or (self.schedule in ("diminishing", "projected")
                                                   and self.step_size is None)
-        needs_lh = self.schedule == "diminishing" or (self.schedule == "theorem" and self.rho == "grad")
+        needs_lh = self.schedule == "diminishing" or (self.schedule == "theorem" and self.rho_rule == "grad")
         lf = lh = None
         if needs_lf:
             estimate = power_iteration(lambda v: oracle.hvp_f(x, y, *v), (x, y), self.power_iters, generator)
@@ -380,7 +391,7 @@ class PGDQP(Solver):
         if self.schedule == "constant":
             gamma, alpha = self.step_size or 0.01, self.alpha or 1.0
         elif self.schedule == "theorem":
-            if self.rho == "grad":
+            if self.rho_rule == "grad":
                 alpha = K ** (-1 / 3)
                 gamma = _minimum(alpha, 1.0 / (lf + alpha * lh))
             else:
@@ -405,7 +416,7 @@ class PGDQP(Solver):
 
     def _start_y(self, problem: BilevelProblem, oracle: Oracle, generator: torch.Generator) -> tuple:
         """(y0, None), or for rho="warm" (y0 warm-started on g(x0, .), h there)."""
-        if self.rho != "warm":
+        if self.rho_rule != "warm":
             return problem.y0, None
         y = warm_start(problem, oracle, problem.x0, problem.y0, self.warm_start_steps, self.warm_start_tol,
                        self.power_iters, generator)
@@ -534,7 +545,7 @@ class PGDQP(Solver):
             y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / gamma
             gamma_y = gamma if self.lower_step_size is None else self.lower_step_size
         hh = inner(hx, hx) + y_scale * inner(hy, hy)
-        rho = hh if self.rho == "grad" else torch.sqrt(hh * state.h0)
+        rho = hh if self.rho_rule == "grad" else torch.sqrt(hh * state.h0)
         dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale)
         # KKT residual of Definition 2.4 with nu = 2 lambda grad_y g (grad h = 2 J^T grad_y g):
         # grad f + lambda grad h = (-dx, -dy / y_scale)
@@ -567,8 +578,9 @@ class PGDQP(Solver):
         return new, d.aux
 
     def batch_support(self) -> str:
-        if self.rho == "warm":
-            return "rho='warm' warm-starts y0 by a loop that stops on a test of each member's h"
+        if self.rho_rule == "warm":
+            return ("rho='warm' (schedule='theorem' takes it unless rho='grad' is given) warm-starts y0 by a loop "
+                    "that stops on a test of each member's h")
         return ""
 
     def diagnose(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> Aux:
@@ -707,7 +719,7 @@ class PGDQP(Solver):
         gamma, alpha = self._parameters(state, lf, lh)
         y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / gamma
         hh = inner(hx, hx) + y_scale * inner(hy, hy)
-        rho = hh if self.rho == "grad" else torch.sqrt(hh * state.h0)
+        rho = hh if self.rho_rule == "grad" else torch.sqrt(hh * state.h0)
         dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale)
         stationarity = inner(dx, dx) + (inner(dy, dy) if self.lower_step_size is None else inner(dy, dy) / y_scale ** 2)
         aux = Aux({"f": f, "g": g, "h": h, "kkt_stationarity": stationarity, "kkt_feasibility": h, "lambda": lam,
@@ -792,7 +804,7 @@ def stochastic_direction(solver: PGDQP, oracle: Oracle, state: StochasticState) 
     alpha = solver.alpha or solver.feasibility / (gamma * state.lipschitz_h)
     y_scale = 1.0 if solver.lower_step_size is None else solver.lower_step_size / state.gamma0
     hh = inner(hx, hx) + y_scale * inner(hy, hy)
-    rho = hh if solver.rho == "grad" else torch.sqrt(hh * state.h0)
+    rho = hh if solver.rho_rule == "grad" else torch.sqrt(hh * state.h0)
     dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale)
     stationarity = inner(dx, dx) + inner(dy, dy) / y_scale ** 2
     aux = Aux({"f": f, "g": g, "h": h, "kkt_stationarity": stationarity, "kkt_feasibility": h, "lambda": lam,
