@@ -18,7 +18,8 @@ def quadratic(seed):
 
 
 @pytest.mark.parametrize("method, options", [("sgf", {}), ("pgdqp", dict(schedule="constant", step_size=0.02)),
-                                             ("pgdqp", dict(schedule="theorem", rho="grad")), ("vpbgd", {}), ("meha", {}),
+                                             ("pgdqp", dict(schedule="theorem", rho="grad")), ("vpbgd", {}),
+                                             ("meha", {}),
                                              ("hjfbio", {}), ("f2ba", dict(inner_steps=3)),
                                              # bome's fixed x step: its lambda reaches 30 by iteration 60 with
                                              # the AdaGrad-norm one (x_step, run batched by hjfbio here), which

@@ -130,7 +130,8 @@ class PGDQP(Solver):
         "constant": Algorithm 1 as written: gamma = step_size (default 0.01) and
             alpha = alpha (default 1.0) at every iteration.
         "theorem": Algorithm 1 as written (its line 2, h(x0, y0) <= alpha^2 C_0, holds for
-            C_0 = h(x0, y0) / alpha^2), and rho="warm" (the default here): alpha = K^(-1/6), gamma = min(K^(-2/3), 1/L_f) (Theorem 4.5);
+            C_0 = h(x0, y0) / alpha^2), and rho="warm" (the default here): alpha = K^(-1/6),
+            gamma = min(K^(-2/3), 1/L_f) (Theorem 4.5);
             rho="grad": alpha = K^(-1/3), gamma = min(alpha, 1/(L_f + alpha L_h)) (Theorem 4.2);
             K = max_iter and L_f, L_h estimated by power iteration with Hessian-vector products at
             the start unless given. Theorem 4.2's bound on the mean ||grad h||^2 keeps the term
