@@ -24,6 +24,7 @@ SLOW_PAGES = {"README.md", "docs/your-own-problem.md", "docs/guides/speed.md", "
 # (page, variable) -> the sentence of the page that explains why the run ends with success=False
 EXPLAINED_FAILURES = {
     ("docs/your-own-problem.md", "result"): "`success` is therefore False",
+    ("README.md", "paper"): "False: the paper's step sizes shrink as K^(-1/3)",
 }
 
 

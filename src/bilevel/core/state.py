@@ -35,7 +35,11 @@ class Aux:
             `kkt_feasibility`, where the step has it `kkt_stationarity`, and method-specific
             values (lambda, the step size, ...). Logged without recomputation.
         nu: the multiplier of grad_y g = 0 that the method defines there, or None.
+        checksum: None, or a 0-d tensor the step computed that is finite where the new iterate's
+            x and y and these diagnostics are (their sum): the loop's guard then reads it instead
+            of summing them itself (a fused step computes it inside its graph).
     """
 
     diagnostics: dict[str, Tensor | float] = field(default_factory=dict)
     nu: Tensor | None = None
+    checksum: Tensor | None = None

@@ -293,16 +293,16 @@ class Single:
             return self.solver.diagnose(self.problem, self.oracle, state)
 
     def check(self, state: State, aux: Aux) -> tuple[list[bool], list[bool]]:
-        """One sum (NaN and inf survive a sum) and one host sync: the guard that keeps NaN out
-        of every answer. A sum that overflows is checked entry by entry before anything is
-        called non-finite."""
-        total = state.x.sum() + state.y.sum()
-        numbers = []
-        for v in aux.diagnostics.values():
-            if isinstance(v, torch.Tensor):
-                total = total + v.to(total.device)
-            else:
-                numbers.append(v)
+        """One sum (NaN and inf survive a sum; the step's `Aux.checksum` where it made one) and one
+        host sync: the guard that keeps NaN out of every answer. A sum that overflows is checked
+        entry by entry before anything is called non-finite."""
+        numbers = [v for v in aux.diagnostics.values() if not isinstance(v, torch.Tensor)]
+        total = aux.checksum
+        if total is None:
+            total = state.x.sum() + state.y.sum()
+            for v in aux.diagnostics.values():
+                if isinstance(v, torch.Tensor):
+                    total = total + v.to(total.device)
         if math.isfinite(float(total)) and all(math.isfinite(v) for v in numbers):
             return [True], [True]
         return ([not nonfinite_names([("x", state.x), ("y", state.y)])],

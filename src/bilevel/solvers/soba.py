@@ -53,8 +53,9 @@ def fused_update(problem: BilevelProblem, adaptive: bool, scale: float) -> Calla
         D_y, D_v, D_x as `directions`,   S <- S + ||D_x||^2 / dim x,   gamma <- scale / sqrt(S) (adaptive),
         y <- P_Y(y - rho D_y),   v <- v - rho D_v,   x <- P_X(x - gamma D_x),
 
-    returning (x, y, v, S, gamma, f, g, h, kkt_stationarity), the last four at the given iterate
-    (`framework_aux`). Without the adaptive step, gamma and S pass through. S = 0 before the
+    returning (x, y, v, S, gamma, f, g, h, kkt_stationarity, checksum), f to kkt_stationarity at the
+    given iterate (`framework_aux`), checksum the sum of the new x and y and the diagnostics
+    (`Aux.checksum`). Without the adaptive step, gamma and S pass through. S = 0 before the
     first step gives `base.x_step`'s first sum exactly."""
     def update(ops: Any, x: Tensor, y: Tensor, v: Tensor, rho: Tensor, gamma: Tensor, memory: Tensor):
         g, gy, jx, jy = ops.grad_y_g_and_vjp(x, y, v)
@@ -64,8 +65,10 @@ def fused_update(problem: BilevelProblem, adaptive: bool, scale: float) -> Calla
             memory = memory + inner(dx, dx) / dx.numel()
             gamma = scale / torch.sqrt(torch.clamp(memory, min=torch.finfo(memory.dtype).tiny))
         r = problem.lower_residual(y, gy)
-        return (problem.project_x(x - gamma * dx), problem.project_y(y - rho * gy), v - rho * dv, memory, gamma,
-                f, g, inner(r, r), inner(dx, dx) + inner(dv, dv))
+        new_x, new_y, h, kkt = problem.project_x(x - gamma * dx), problem.project_y(y - rho * gy), inner(r, r), \
+            inner(dx, dx) + inner(dv, dv)
+        checksum = new_x.sum() + new_y.sum() + f + g + 2 * h + kkt + gamma
+        return new_x, new_y, v - rho * dv, memory, gamma, f, g, h, kkt, checksum
     return update
 
 
@@ -157,17 +160,17 @@ class Framework(Solver):
         iterates up to round-off."""
         rho, gamma = self.steps(state)
         adaptive = gamma is None
-        update = oracle.fused(("framework", adaptive, self.x_scale), lambda: fused_update(problem, adaptive, self.x_scale),
-                              n_grad_g=1, n_hvp=1, n_grad_f=1)
+        update = oracle.fused(("framework", adaptive, self.x_scale),
+                              lambda: fused_update(problem, adaptive, self.x_scale), n_grad_g=1, n_hvp=1, n_grad_f=1)
         x = state.x
         memory = state.x_memory if state.x_memory is not None else torch.zeros((), dtype=x.dtype, device=x.device)
-        new_x, new_y, new_v, memory, step, f, g, h, kkt = update(
+        new_x, new_y, new_v, memory, step, f, g, h, kkt, checksum = update(
             x, state.y, state.v, torch.as_tensor(rho, dtype=x.dtype, device=x.device),
             torch.as_tensor(0.0 if adaptive else gamma, dtype=x.dtype, device=x.device), memory)
         step_size = step if adaptive else gamma
         new = replace(state, x=new_x, y=new_y, v=new_v, k=state.k + 1, x_memory=memory if adaptive else state.x_memory)
         return new, Aux({"f": f, "g": g, "h": h, "kkt_feasibility": h, "kkt_stationarity": kkt, "step_size": step_size},
-                        nu=state.v)
+                        nu=state.v, checksum=checksum)
 
 
 @dataclass(frozen=True)
