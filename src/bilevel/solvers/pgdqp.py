@@ -485,8 +485,11 @@ class PGDQP(Solver):
         target = _ratio(block(oracle.hvp_h, warm, "y"), block(oracle.hvp_h, warm, "x"), self.max_ratio)
         return as_float(torch.clamp(torch.minimum(target, cap), min=1.0))
 
-    def _next_ratio(self, state: PGDQPState) -> Tensor:
-        """rho_k = min(rho*, ratio_growth rho_(k-1)), rho_(-1) = 1."""
+    def _next_ratio(self, state: PGDQPState) -> float | Tensor:
+        """rho_k = min(rho*, ratio_growth rho_(k-1)), rho_(-1) = 1: a float where both are (a tensor
+        under torch.func.vmap), so that rho = 1 keeps eq. 8's plain form and costs no tensor ops."""
+        if isinstance(state.ratio_target, float) and isinstance(state.ratio, float):
+            return min(state.ratio_target, state.ratio * self.ratio_growth)
         return torch.minimum(torch.as_tensor(state.ratio_target, dtype=torch.float64),
                              torch.as_tensor(state.ratio, dtype=torch.float64) * self.ratio_growth)
 
