@@ -125,7 +125,11 @@ class PGDQP(Solver):
             kkt_stationarity = ||grad f + J^T nu||^2 = ||P^-1 t||^2 / gamma^2, which vanishes along the
             iterates instead of chattering as the scalar constraint's [.]_+ multiplier does (grad h ->
             0 there). On a y box, c and J's rows and y-columns are restricted to the free
-            coordinates. No momentum. Lower-level escapes as in "diminishing". On minibatches it
+            coordinates, all but those at a bound that c pushes against (y_i = low_i with c_i > 0,
+            y_i = high_i with c_i < 0). Where grad_yy g is flat along c (v = 0 while c != 0: linear
+            lower levels), y cannot restore c = 0 to first order and x does: s_x gains
+            -P_x J_x^T w, (J_x P_x J_x^T) w = c, J_x = grad_yx g (the least-norm such step).
+            No momentum. Lower-level escapes as in "diminishing". On minibatches it
             runs as "diminishing".
         "constant": Algorithm 1 as written: gamma = step_size (default 0.01) and
             alpha = alpha (default 1.0) at every iteration.
@@ -190,7 +194,14 @@ class PGDQP(Solver):
 
         g(x, y') < g(x, y) - escape_gain max(1, |g(x, y)|),
 
-    and the heavy ball and secant memories restart. Algorithm 1 itself has no such step (its
+    and the heavy ball and secant memories restart. Under "projected" (select_tol > 0), where none is lower,
+    the check makes the optimistic selection among the lower-level solutions it found: y jumps to the end
+    point of least f(x, .) among those with
+
+        g(x, y') <= g(x, y) + select_tol max(1, |g(x, y)|)   and   f(x, y') < f(x, y) - escape_gain max(1, |f(x, y)|)
+
+    (the Newton step keeps the lower-level solution nearest y; the bilevel problem asks, of the equally good
+    ones, for the best for f). Algorithm 1 itself has no such step (its
     "perturbed" is the QP's minimal change of -grad f).
 
     Minibatches (`solve(..., batch_size=B)`, `bilevel.core.data`): h = ||grad_y g||^2 and grad h =
@@ -256,7 +267,10 @@ class PGDQP(Solver):
         escape_steps: descent steps on g(x, .) from each start of a check. Default 100.
         escape_tol: the negative curvature that counts, relative to L_g. Default 1e-3.
         escape_starts: points drawn in a bounded y box per check. Default 4.
-        escape_gain: the relative fall of g that moves y. Default 1e-3.
+        escape_gain: the relative fall of g that moves y (and of f, for the optimistic selection). Default 1e-3.
+        select_tol: in "projected", how far above g(x, y), relative to max(1, |g(x, y)|), an escape's
+            end point still counts as a lower-level solution as good as y for the optimistic selection
+            (above; 0: no selection). Default 1e-6.
         power_iters: power iterations for those estimates. Default 20.
         warm_start_steps: gradient steps on g(x0, .) for rho="warm". Default 1000.
         warm_start_tol: stop the warm start when h(x0, y0) <= this. Default 1e-10.
@@ -315,6 +329,7 @@ class PGDQP(Solver):
     cg_iters: int = 5
     cg_tol: float = 1e-8
     certify: float = 1e-2
+    select_tol: float = 1e-6
     # ----- minibatches (bilevel.core.data): the stochastic code path, see `_stochastic_direction` -----
     estimator: str | None = None
     noise_decay: float = 10.0
@@ -349,6 +364,7 @@ class PGDQP(Solver):
         check_int(self, "power_iters", "cg_iters")
         check_positive(self, "cg_tol", allow_zero=True)
         check_positive(self, "certify")
+        check_positive(self, "select_tol", allow_zero=True)
         check_int(self, "warm_start_steps", minimum=0)
         if self.momentum is not None and not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
             raise ValueError(f"Invalid momentum: {self.momentum!r} (expected a number in [0, 1) or None)")
@@ -385,7 +401,8 @@ class PGDQP(Solver):
                 power_iteration(lambda v: oracle.hvp_h(x, y, *v), (x, y), self.power_iters, generator),
                 oracle.h_and_grad(x, y)[3:], x, y))
         for name, value in (("lipschitz_f", lf), ("lipschitz_h", lh)):
-            if isinstance(value, float) and not (math.isfinite(value) and value > 0):  # (under vmap: solve_batch checks)
+            # (under vmap: solve_batch checks)
+            if isinstance(value, float) and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"Invalid problem for pgdqp: the estimate of {name} at (x0, y0) is {value} (the "
                                  f"curvature overflows there); give {name}=... or schedule='constant' with step_size")
         K = max(max_iter, 1)
@@ -430,7 +447,8 @@ class PGDQP(Solver):
         found): where grad_yy g(x, y) (on the free coordinates of a y box) has an eigenvalue
         mu < -escape_tol L_g along v, y <- the better of descent on g(x, .) from P_Y(y +- t v),
         t = 0.1 max(1, ||y||), kept only if g falls (h, the QP's only view of the lower level,
-        is as small at a maximiser of g as at a minimiser). Not under torch.func.vmap."""
+        is as small at a maximiser of g as at a minimiser); under "projected", where g does not fall, y <- the
+        `optimistic_choice` among the end points (select_tol). Not under torch.func.vmap."""
         x, y, k = state.x, state.y, state.k
         if (not self.escape_every or self.schedule not in ("diminishing", "projected") or k < state.escape_next
                 or not isinstance(as_float(torch.sum(y)), float)):
@@ -446,15 +464,13 @@ class PGDQP(Solver):
             lipschitz_g = found[1] if found is not None else curvature_in_y(oracle, x, y,
                                                                             torch.Generator().manual_seed(k))
             step = 1.0 / lipschitz_g
-            best, best_g = y, g0
-            for start in starts:
-                candidate = armijo_descent(problem, oracle, x, start, self.escape_steps, step)
-                value = float(oracle.g(x, candidate))
-                if math.isfinite(value) and value < best_g:
-                    best, best_g = candidate, value
-            if best_g < g0 - self.escape_gain * max(1.0, abs(g0)):
-                return replace(state, y=best, velocity=None, grads=None, grad_f=None, escape_next=k + self.escape_every,
-                               escape_interval=self.escape_every)
+            ends = [armijo_descent(problem, oracle, x, start, self.escape_steps, step) for start in starts]
+            moved = lower_escape(oracle, x, y, g0, ends, self.escape_gain)
+            if moved is None and self.schedule == "projected" and self.select_tol:
+                moved = optimistic_choice(oracle, x, y, g0, ends, self.select_tol, self.escape_gain)
+            if moved is not None:
+                return replace(state, y=moved, velocity=None, grads=None, grad_f=None,
+                               escape_next=k + self.escape_every, escape_interval=self.escape_every)
         interval = 2 * state.escape_interval
         return replace(state, escape_next=k + interval, escape_interval=interval)
 
@@ -618,7 +634,7 @@ class PGDQP(Solver):
         x, y = state.x, state.y
         f, fx, fy = oracle.grad_f(x, y)
         g, _, gy = oracle.grad_g(x, y)
-        free = problem.free_y(y, gy)
+        free = free_coordinates(y, gy, problem.y_bounds)
         mask = (lambda t: t) if free is None else (lambda t: t * free)
         ratio = self._next_ratio(state) if self._blocks(oracle) else 1.0
         lf = state.lipschitz_f
@@ -653,6 +669,12 @@ class PGDQP(Solver):
         reach = self.certify * torch.clamp(torch.linalg.vector_norm(y), min=1.0)
         trust = torch.where(distance > reach, reach / torch.where(distance > reach, distance, 1.0), 1.0)
         sx, sy = trust * tx, trust * ty - newton
+        # where grad_yy g is flat along c (the Newton step is 0), y cannot restore c = 0 to first order: x does
+        stuck = (distance <= 0) & (inner(c, c) > 0)
+        if not (isinstance(as_float(stuck), float) and not bool(stuck)):
+            restore_x, restore_residual = x_restoration(oracle, x, y, c, mask, ratio, self.cg_iters, self.cg_tol)
+            sx = sx + torch.where(stuck, restore_x, 0.0)
+            newton_residual = torch.where(stuck, restore_residual, newton_residual)
         stationarity = (inner(tx, tx) / ratio ** 2 + inner(ty, ty)) / gamma ** 2
         nu_norm = torch.linalg.vector_norm(u) / gamma
         diag = {"f": f, **lower_diagnostics(problem, y, g, gy), "kkt_stationarity": stationarity,
@@ -689,7 +711,7 @@ class PGDQP(Solver):
             for _ in range(40):
                 x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
                 gy = oracle.grad_g_y(x, y)
-                free = problem.free_y(y, gy)
+                free = free_coordinates(y, gy, problem.y_bounds)
                 c = gy if free is None else gy * free
                 trial = float(oracle.f(x, y) + penalty * torch.linalg.vector_norm(c))
                 if math.isfinite(trial) and trial <= merit + t * decrease + slack:
@@ -871,6 +893,28 @@ def multiplier_steps(jac, jac_t, c: Tensor, step_f: tuple[Tensor, Tensor], dampi
     return u, (tx, ty), r
 
 
+def x_restoration(oracle: Oracle, x: Tensor, y: Tensor, c: Tensor, mask_y, ratio, iters: int,
+                  tol: float) -> tuple[Tensor, Tensor]:
+    """The least-norm step in x (metric P_x = ratio I) to c = grad_y g = 0 at fixed y, for where y's Newton step
+    cannot move (grad_yy g flat along c: linear lower levels):
+
+        s_x = -P_x J_x^T w,   (J_x P_x J_x^T) w = c,   J_x = grad_yx g,
+
+    w by `multiplier_steps` from 0 (mask_y: y's free coordinates, which c is restricted to). Returns
+    (s_x, c + J_x s_x)."""
+    zeros_y = torch.zeros_like(y)
+
+    def jac(vx: Tensor, vy: Tensor) -> Tensor:
+        return mask_y(oracle.jvp_grad_y_g(x, y, vx, zeros_y))
+
+    def jac_t(w: Tensor) -> tuple[Tensor, Tensor]:
+        return ratio * oracle.vjp_grad_y_g(x, y, mask_y(w))[0], zeros_y
+
+    _, (px, _), residual = multiplier_steps(jac, jac_t, c, (torch.zeros_like(x), zeros_y), 0.0, torch.zeros_like(c),
+                                            iters, tol)
+    return -px, residual
+
+
 def newton_steps(hess, c: Tensor, iters: int, tol: float) -> tuple[Tensor, Tensor]:
     """Truncated conjugate gradients from 0 on the Newton equation of the lower level, H v = c
     (H = grad_yy g, c = grad_y g): at most `iters` steps, stopped once ||c - H v|| <= tol ||c|| or at a
@@ -896,6 +940,22 @@ def newton_steps(hess, c: Tensor, iters: int, tol: float) -> tuple[Tensor, Tenso
         p = r + torch.where(rr > tiny, rr_next / torch.clamp(rr, min=tiny), 0.0) * p
         rr = rr_next
     return v, r
+
+
+def free_coordinates(t: Tensor, slope: Tensor | None, bounds: tuple | None) -> Tensor | None:
+    """The coordinates that a step -slope may move (a bool mask), or None without a box: all but
+    those at a bound that -slope pushes against, t_i = low_i with slope_i > 0 or t_i = high_i with
+    slope_i < 0. (`BilevelProblem.free_y` tests a unit step, t - slope inside the box, which also
+    holds a coordinate whose unit step crosses the whole box: y = 1 with slope 3 in [0, 1].)"""
+    if bounds is None or slope is None:
+        return None
+    low, high = bounds
+    held = torch.zeros_like(t, dtype=torch.bool)
+    if low is not None:
+        held = held | ((t <= low) & (slope > 0))
+    if high is not None:
+        held = held | ((t >= high) & (slope < 0))
+    return ~held
 
 
 def curvature_floor(estimate: Tensor, gradient: tuple[Tensor, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -934,6 +994,33 @@ def negative_curvature(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Te
         v = lipschitz_g * v - hess(v)
     v = v / torch.clamp(torch.linalg.vector_norm(v), min=torch.finfo(v.dtype).tiny)
     return float(inner(v, hess(v))), lipschitz_g, v
+
+
+def lower_escape(oracle: Oracle, x: Tensor, y: Tensor, g0: float, ends: list[Tensor], gain: float) -> Tensor | None:
+    """The end point y' of least g(x, .) where g(x, y') < g(x, y) - gain max(1, |g(x, y)|) (y is not a
+    global lower-level solution), else None."""
+    best, best_g = None, g0 - gain * max(1.0, abs(g0))
+    for end in ends:
+        value = float(oracle.g(x, end))
+        if math.isfinite(value) and value < best_g:
+            best, best_g = end, value
+    return best
+
+
+def optimistic_choice(oracle: Oracle, x: Tensor, y: Tensor, g0: float, ends: list[Tensor], tie: float,
+                      gain: float) -> Tensor | None:
+    """The optimistic selection among lower-level solutions at x: of the end points y' with as low a lower
+    level, g(x, y') <= g(x, y) + tie max(1, |g(x, y)|), the one of least f(x, .) where
+    f(x, y') < f(x, y) - gain max(1, |f(x, y)|), else None. The Newton step goes to the stationary point
+    of g(x, .) nearest y; the bilevel problem wants, of the equally good ones, the best for f."""
+    f0 = float(oracle.f(x, y))
+    level = g0 + tie * max(1.0, abs(g0))
+    best, best_f = None, f0 - gain * max(1.0, abs(f0))
+    for end in ends:
+        value, lower = float(oracle.f(x, end)), float(oracle.g(x, end))
+        if math.isfinite(value) and math.isfinite(lower) and lower <= level and value < best_f:
+            best, best_f = end, value
+    return best
 
 
 def box_points(problem: BilevelProblem, y: Tensor, n: int, seed: int) -> list[Tensor]:
