@@ -196,7 +196,10 @@ def upper_stationarity(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Te
     if ended == "solved":
         coupling = oracle.vjp_grad_y_g(x, y, v)[0]
         grad = _projected(gfx - coupling, x, problem.x_bounds)
-        floor = math.sqrt(eps) * float(torch.linalg.vector_norm(gfx) + torch.linalg.vector_norm(coupling))
+        # the terms' size, and grad_y f's: where grad_yx g vanishes at y (F flat in x, as y* is), the
+        # coupling grad_yx g^T v is the round-off of a derivative of g, not a measure of its size
+        floor = math.sqrt(eps) * float(torch.linalg.vector_norm(gfx) + torch.linalg.vector_norm(coupling)
+                                       + torch.linalg.vector_norm(gfy))
         return Stationarity(grad, float(torch.linalg.vector_norm(grad)), "hypergradient", floor)
     free_x = _interior(x, problem.x_bounds)
 
