@@ -340,6 +340,13 @@ def inductor(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
     return compile_fx(graph, example_inputs, config_patches=_compile_options())
 
 
+def _runs_uncompiled(name: str, exc: Exception, failures: dict[str, str]) -> None:
+    """Record in `failures` why `name` runs uncompiled from now on, and say so in a warning."""
+    reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    failures[name] = reason
+    warnings.warn(f"oracle='compiled': {name} runs uncompiled ({reason})", RuntimeWarning, stacklevel=5)
+
+
 class _CompiledOrEager:
     """fn compiled by torch.compile, falling back for good to fn itself (with a warning that
     says why) the first time compilation or the compiled call fails."""
@@ -353,10 +360,7 @@ class _CompiledOrEager:
             try:
                 return self.compiled(*args)
             except Exception as exc:  # compilation is best-effort: the eager function is the reference
-                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                self.failures[self.name] = reason
-                warnings.warn(f"oracle='compiled': {self.name} runs uncompiled ({reason})", RuntimeWarning,
-                              stacklevel=4)
+                _runs_uncompiled(self.name, exc, self.failures)
         return self.eager(*args)
 
 
@@ -434,10 +438,7 @@ class _Traced:
                 run, out_structure = graph
                 return _unflatten(out_structure, iter(run(*(leaf for leaf in leaves if isinstance(leaf, Tensor)))))
             except Exception as exc:  # compilation is best-effort: the eager function is the reference
-                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                self.failures[self.name] = reason
-                warnings.warn(f"oracle='compiled': {self.name} runs uncompiled ({reason})", RuntimeWarning,
-                              stacklevel=4)
+                _runs_uncompiled(self.name, exc, self.failures)
         return self.eager(*args)
 
 
