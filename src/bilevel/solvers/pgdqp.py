@@ -126,10 +126,7 @@ class PGDQP(Solver):
             iterates instead of chattering as the scalar constraint's [.]_+ multiplier does (grad h ->
             0 there). On a y box, c and J's rows and y-columns are restricted to the free
             coordinates, all but those at a bound that c pushes against (y_i = low_i with c_i > 0,
-            y_i = high_i with c_i < 0). Where grad_yy g is flat along c (v = 0 while c != 0: linear
-            lower levels), y cannot restore c = 0 to first order and x does: s_x gains
-            -P_x J_x^T w, (J_x P_x J_x^T) w = c, J_x = grad_yx g (the least-norm such step).
-            No momentum. Lower-level escapes as in "diminishing". On minibatches it
+            y_i = high_i with c_i < 0). No momentum. Lower-level escapes as in "diminishing". On minibatches it
             runs as "diminishing".
         "constant": Algorithm 1 as written: gamma = step_size (default 0.01) and
             alpha = alpha (default 1.0) at every iteration.
@@ -669,12 +666,6 @@ class PGDQP(Solver):
         reach = self.certify * torch.clamp(torch.linalg.vector_norm(y), min=1.0)
         trust = torch.where(distance > reach, reach / torch.where(distance > reach, distance, 1.0), 1.0)
         sx, sy = trust * tx, trust * ty - newton
-        # where grad_yy g is flat along c (the Newton step is 0), y cannot restore c = 0 to first order: x does
-        stuck = (distance <= 0) & (inner(c, c) > 0)
-        if not (isinstance(as_float(stuck), float) and not bool(stuck)):
-            restore_x, restore_residual = x_restoration(oracle, x, y, c, mask, ratio, self.cg_iters, self.cg_tol)
-            sx = sx + torch.where(stuck, restore_x, 0.0)
-            newton_residual = torch.where(stuck, restore_residual, newton_residual)
         stationarity = (inner(tx, tx) / ratio ** 2 + inner(ty, ty)) / gamma ** 2
         nu_norm = torch.linalg.vector_norm(u) / gamma
         diag = {"f": f, **lower_diagnostics(problem, y, g, gy), "kkt_stationarity": stationarity,
@@ -891,28 +882,6 @@ def multiplier_steps(jac, jac_t, c: Tensor, step_f: tuple[Tensor, Tensor], dampi
         p = r + torch.where(rr > tiny, rr_next / torch.clamp(rr, min=tiny), 0.0) * p
         rr = rr_next
     return u, (tx, ty), r
-
-
-def x_restoration(oracle: Oracle, x: Tensor, y: Tensor, c: Tensor, mask_y, ratio, iters: int,
-                  tol: float) -> tuple[Tensor, Tensor]:
-    """The least-norm step in x (metric P_x = ratio I) to c = grad_y g = 0 at fixed y, for where y's Newton step
-    cannot move (grad_yy g flat along c: linear lower levels):
-
-        s_x = -P_x J_x^T w,   (J_x P_x J_x^T) w = c,   J_x = grad_yx g,
-
-    w by `multiplier_steps` from 0 (mask_y: y's free coordinates, which c is restricted to). Returns
-    (s_x, c + J_x s_x)."""
-    zeros_y = torch.zeros_like(y)
-
-    def jac(vx: Tensor, vy: Tensor) -> Tensor:
-        return mask_y(oracle.jvp_grad_y_g(x, y, vx, zeros_y))
-
-    def jac_t(w: Tensor) -> tuple[Tensor, Tensor]:
-        return ratio * oracle.vjp_grad_y_g(x, y, mask_y(w))[0], zeros_y
-
-    _, (px, _), residual = multiplier_steps(jac, jac_t, c, (torch.zeros_like(x), zeros_y), 0.0, torch.zeros_like(c),
-                                            iters, tol)
-    return -px, residual
 
 
 def newton_steps(hess, c: Tensor, iters: int, tol: float) -> tuple[Tensor, Tensor]:
