@@ -36,8 +36,10 @@ def test_a_candidate_with_a_higher_lower_level_value_is_not_selected():
     x, y = torch.zeros(1, dtype=D), torch.full((1,), -1.0, dtype=D)          # g = 0, f = 17
     better = torch.full((1,), 1.0, dtype=D)                                   # g = 0, f = 5
     worse_lower = torch.full((1,), 2.0, dtype=D)                              # g = 9, f = 2
-    assert torch.equal(optimistic_choice(oracle, x, y, 0.0, [worse_lower, better], 1e-6, 1e-3), better)
-    assert optimistic_choice(oracle, x, y, 0.0, [worse_lower], 1e-6, 1e-3) is None
+    ends = [worse_lower, better]
+    lower = [float(problem.g(x, end)) for end in ends]
+    assert torch.equal(optimistic_choice(oracle, x, y, 0.0, ends, lower, 1e-6, 1e-3), better)
+    assert optimistic_choice(oracle, x, y, 0.0, ends[:1], lower[:1], 1e-6, 1e-3) is None
 
 
 def test_an_interior_coordinate_whose_unit_step_crosses_the_bound_stays_free():

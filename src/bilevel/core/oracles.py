@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 from torch.func import grad, grad_and_value, jvp, vjp
+import torch.utils._pytree as pytree
 
 Objective = Callable[[Tensor, Tensor], Tensor]
 COUNTERS = ("n_f", "n_g", "n_grad_f", "n_grad_g", "n_hvp")
@@ -375,9 +376,8 @@ def _flatten(tree: Any, leaves: list) -> Any:
 
 def _unflatten(structure: Any, leaves: Iterator) -> Any:
     """`_flatten` undone (or torch's tree_unflatten, where `structure` is its TreeSpec)."""
-    from torch.utils._pytree import TreeSpec, tree_unflatten
-    if isinstance(structure, TreeSpec):
-        return tree_unflatten(list(leaves), structure)
+    if isinstance(structure, pytree.TreeSpec):
+        return pytree.tree_unflatten(list(leaves), structure)
     if structure is None:
         return next(leaves)
     kind, items = structure
@@ -428,8 +428,7 @@ class _Traced:
                 leaves: list = []
                 structure = _flatten(args, leaves)
                 if not all(isinstance(leaf, _PLAIN) for leaf in leaves):   # dicts, named tuples, ...
-                    from torch.utils._pytree import tree_flatten
-                    leaves, structure = tree_flatten(args)
+                    leaves, structure = pytree.tree_flatten(args)
                 key = (structure, tuple((leaf.shape, leaf.dtype, leaf.device, leaf.requires_grad)
                                         if isinstance(leaf, Tensor) else (type(leaf), leaf) for leaf in leaves))
                 graph = self.graphs.get(key)

@@ -462,9 +462,10 @@ class PGDQP(Solver):
                                                                             torch.Generator().manual_seed(k))
             step = 1.0 / lipschitz_g
             ends = [armijo_descent(problem, oracle, x, start, self.escape_steps, step) for start in starts]
-            moved = lower_escape(oracle, x, y, g0, ends, self.escape_gain)
+            lower = [float(oracle.g(x, end)) for end in ends]
+            moved = lower_escape(g0, ends, lower, self.escape_gain)
             if moved is None and self.schedule == "projected" and self.select_tol:
-                moved = optimistic_choice(oracle, x, y, g0, ends, self.select_tol, self.escape_gain)
+                moved = optimistic_choice(oracle, x, y, g0, ends, lower, self.select_tol, self.escape_gain)
             if moved is not None:
                 return replace(state, y=moved, velocity=None, grads=None, grad_f=None,
                                escape_next=k + self.escape_every, escape_interval=self.escape_every)
@@ -965,29 +966,30 @@ def negative_curvature(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Te
     return float(inner(v, hess(v))), lipschitz_g, v
 
 
-def lower_escape(oracle: Oracle, x: Tensor, y: Tensor, g0: float, ends: list[Tensor], gain: float) -> Tensor | None:
-    """The end point y' of least g(x, .) where g(x, y') < g(x, y) - gain max(1, |g(x, y)|) (y is not a
-    global lower-level solution), else None."""
+def lower_escape(g0: float, ends: list[Tensor], lower: list[float], gain: float) -> Tensor | None:
+    """The end point y' of least g(x, .) (`lower`: g(x, y') of each end point) where
+    g(x, y') < g(x, y) - gain max(1, |g(x, y)|) (y is not a global lower-level solution), else None."""
     best, best_g = None, g0 - gain * max(1.0, abs(g0))
-    for end in ends:
-        value = float(oracle.g(x, end))
+    for end, value in zip(ends, lower):
         if math.isfinite(value) and value < best_g:
             best, best_g = end, value
     return best
 
 
-def optimistic_choice(oracle: Oracle, x: Tensor, y: Tensor, g0: float, ends: list[Tensor], tie: float,
-                      gain: float) -> Tensor | None:
-    """The optimistic selection among lower-level solutions at x: of the end points y' with as low a lower
-    level, g(x, y') <= g(x, y) + tie max(1, |g(x, y)|), the one of least f(x, .) where
-    f(x, y') < f(x, y) - gain max(1, |f(x, y)|), else None. The Newton step goes to the stationary point
-    of g(x, .) nearest y; the bilevel problem wants, of the equally good ones, the best for f."""
+def optimistic_choice(oracle: Oracle, x: Tensor, y: Tensor, g0: float, ends: list[Tensor], lower: list[float],
+                      tie: float, gain: float) -> Tensor | None:
+    """The optimistic selection among lower-level solutions at x: of the end points y' (`lower`: their
+    g(x, y')) with as low a lower level, g(x, y') <= g(x, y) + tie max(1, |g(x, y)|), the one of least
+    f(x, .) where f(x, y') < f(x, y) - gain max(1, |f(x, y)|), else None. The Newton step goes to the
+    stationary point of g(x, .) nearest y; the bilevel problem wants, of the equally good ones, the best for f."""
     f0 = float(oracle.f(x, y))
     level = g0 + tie * max(1.0, abs(g0))
     best, best_f = None, f0 - gain * max(1.0, abs(f0))
-    for end in ends:
-        value, lower = float(oracle.f(x, end)), float(oracle.g(x, end))
-        if math.isfinite(value) and math.isfinite(lower) and lower <= level and value < best_f:
+    for end, g_end in zip(ends, lower):
+        if not (math.isfinite(g_end) and g_end <= level):
+            continue
+        value = float(oracle.f(x, end))
+        if math.isfinite(value) and value < best_f:
             best, best_f = end, value
     return best
 
