@@ -39,14 +39,18 @@ SETTINGS = {
 }
 
 
-def hand_written_loop(problem: bilevel.BilevelProblem, solver: bilevel.solvers.PGDQP, start, iters: int):
-    """pgdqp written out: gradients by torch.autograd, the QP's closed form, the step."""
+def hand_written_loop(problem: bilevel.BilevelProblem, solver: bilevel.solvers.PGDQP, start, iters: int,
+                      tick=None):
+    """pgdqp written out: gradients by torch.autograd, the QP's closed form, the step (tick(k) called
+    at every iteration where given)."""
     f, g = problem.f, problem.g
     x, y = problem.x0.clone(), problem.y0.clone()
     gamma0, lipschitz_h = start.gamma0, start.lipschitz_h
     momentum = 0.9 if solver.schedule == "diminishing" else 0.0
     vx = vy = None
     for k in range(iters):
+        if tick is not None:
+            tick(k)
         if solver.schedule == "diminishing":
             gamma = gamma0 / (1.0 + k / solver.decay)
             alpha = solver.feasibility / (gamma * lipschitz_h)
@@ -66,6 +70,35 @@ def hand_written_loop(problem: bilevel.BilevelProblem, solver: bilevel.solvers.P
             dx, dy = dx + momentum * vx, dy + momentum * vy
         vx, vy = dx, dy
         x, y = x + dx, y + dy
+    return x, y
+
+
+def compiled_hand_loop(problem: bilevel.BilevelProblem, solver: bilevel.solvers.PGDQP, start, iters: int,
+                       tick=None):
+    """The hand-written loop's update with torch.func derivatives, its step compiled by torch.compile
+    (the iteration's step size and alpha enter as tensors: one graph for the run). What a user who
+    compiles their own loop pays: the compiled peer of solve(oracle="compiled")."""
+    f, g = problem.f, problem.g
+    momentum = 0.9 if solver.schedule == "diminishing" else 0.0
+
+    def update(x, y, vx, vy, gamma, alpha):
+        fx, fy = torch.func.grad(f, argnums=(0, 1))(x, y)
+        gy, pullback = torch.func.vjp(lambda a, b: torch.func.grad(g, argnums=1)(a, b), x, y)
+        hx, hy = pullback(2 * gy)
+        hh = (hx * hx).sum() + (hy * hy).sum()
+        lam = torch.clamp(alpha * hh - (hx * fx).sum() - (hy * fy).sum(), min=0) / hh
+        dx, dy = -gamma * (fx + lam * hx) + momentum * vx, -gamma * (fy + lam * hy) + momentum * vy
+        return x + dx, y + dy, dx, dy
+
+    step = torch.compile(update, dynamic=False)
+    x, y = problem.x0.clone(), problem.y0.clone()
+    vx, vy = torch.zeros_like(x), torch.zeros_like(y)
+    for k in range(iters):
+        if tick is not None:
+            tick(k)
+        gamma = start.gamma0 / (1.0 + k / solver.decay) if solver.schedule == "diminishing" else start.gamma0
+        alpha = solver.feasibility / (gamma * start.lipschitz_h) if solver.schedule == "diminishing" else start.alpha0
+        x, y, vx, vy = step(x, y, vx, vy, torch.tensor(gamma, dtype=x.dtype), torch.tensor(alpha, dtype=x.dtype))
     return x, y
 
 
@@ -133,14 +166,85 @@ def measure(label: str, build, options: dict, iters: int, repeats: int) -> list[
             for name, t in times.items()]
 
 
+def steady_state(label: str, build, options: dict, iters: int, repeats: int, skip: int = 300) -> list[dict]:
+    """ms per iteration once running: the clock read at iterations `skip` and skip + iters of one run
+    (set-up, compilation and the first steps excluded; everything else the loop does between them
+    included), against the hand-written loop, eager and compiled."""
+    problem = dataclasses.replace(build(), metrics=None)
+    solver = bilevel.solvers.PGDQP(**options)
+    oracle = bilevel.Oracle(bilevel.Autograd(problem.f, problem.g))
+    start = solver.init(problem, oracle, max_iter=iters, generator=torch.Generator().manual_seed(0))
+    solver = dataclasses.replace(solver, lipschitz_f=start.lipschitz_f, lipschitz_h=start.lipschitz_h, escape_every=0)
+    total = skip + iters + 1
+    stamps: list[float] = []
+
+    def tick(k: int) -> None:
+        if k in (skip, skip + iters):
+            stamps.append(time.perf_counter())
+
+    def solved(oracle_name: str):
+        return lambda: bilevel.solve(problem, solver, max_iter=total, log_every=10, kkt="none", verify=False,
+                                     oracle=oracle_name, callback=lambda state, aux: tick(state.k))
+    variants = {
+        "hand-written loop (autograd, eager)": lambda: hand_written_loop(problem, solver, start, total, tick),
+        "hand-written loop, step compiled by torch.compile (torch.func)": lambda: compiled_hand_loop(
+            problem, solver, start, total, tick),
+        "solve, oracle='autograd'": solved("autograd"),
+        "solve, oracle='compiled' (one graph per step)": solved("compiled"),
+    }
+    steady = {name: [] for name in variants}
+    outputs = {}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            stamps.clear()
+            outputs[name] = run()
+            steady[name].append((stamps[1] - stamps[0]) / iters)
+    names = list(variants)
+    eager, compiled = steady[names[0]], steady[names[1]]
+    reference = outputs[names[0]][0]
+    rows = []
+    for name in names:
+        out = outputs[name]
+        x = out.x if hasattr(out, "x") else out[0]
+        error = float((reference - x).abs().max() / reference.abs().max().clamp(min=1e-30))
+        rows.append({"setting": label, "variant": name,
+                     "ms / iteration, steady (median)": f"{1e3 * statistics.median(steady[name]):.4g}",
+                     "over the eager hand-written loop": f"{100 * (median_ratio(steady[name], eager) - 1):+.0f}%",
+                     "over the compiled hand-written loop": f"{100 * (median_ratio(steady[name], compiled) - 1):+.0f}%",
+                     "max relative difference of x": f"{error:.1e}"})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--results", default="benchmarks/RESULTS.md")
+    parser.add_argument("--steady-iters", type=int, default=3000,
+                        help="iterations between the two runs whose difference gives the steady cost (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.steady_iters:
+        build, options = SETTINGS["synthetic-sc"]
+        rows = steady_state("synthetic-sc (n = 20)", build, options, args.steady_iters, args.repeats)
+        table = format_table(rows, list(rows[0]))
+        print(table)
+        update_section(args.results, "overhead-steady", "\n".join([
+            "## Overhead of `bilevel.solve` once running, eager and compiled (n = 20)",
+            "",
+            f"Command: `{command()}`  ",
+            f"Machine: {machine()}; {args.threads} intra-op thread(s)  ",
+            f"ms per iteration between iterations 300 and {300 + args.steady_iters} of one run, read by a "
+            f"callback (solve) or at the top of the loop (hand-written) ({args.repeats} interleaved repetitions, "
+            "medians): what a further iteration costs once set-up (init, compilation, the first steps) is "
+            "paid, everything the loop does included. Escape checks "
+            "off, metrics dropped, log_every=10, kkt='none', verify=False. The compiled hand-written loop is "
+            "the same update as the eager one with torch.func derivatives, its step compiled by torch.compile; "
+            "solve(oracle='compiled') runs pgdqp's step as one graph (`PGDQP._fused_step`).",
+            "",
+            table,
+        ]))
     rows = []
     for label, (build, options) in SETTINGS.items():
         rows += measure(label, build, options, args.iters, args.repeats)

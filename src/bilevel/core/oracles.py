@@ -145,6 +145,9 @@ class Backend:
         y_bounds: the problem's y box (low, high), which h measures its residual on; None: none.
     """
 
+    sampled = False     # a back-end of minibatches says True (`bilevel.core.data.Sampled`)
+    compiles = False    # a back-end whose `fuse` compiles says True (`Func`)
+
     def __init__(self, f: Objective, g: Objective, y_bounds: tuple | None = None):
         self.objectives = (f, g)
         self.y_bounds = y_bounds
@@ -317,9 +320,12 @@ class SkinnyProducts:
 
 
 def _compile_options() -> dict[str, Any]:
-    """The inductor options of the compiled back-end: `SkinnyProducts` where this torch has custom
-    graph passes (one object for the process)."""
+    """The inductor options of the compiled back-end (one dict for the process): `SkinnyProducts`
+    where this torch has custom graph passes, and no size and stride assertions at every call (16
+    on pgdqp's fused step, 10% of its time at n = 20): dynamo's guards check the shapes and strides
+    of torch.compile's inputs, `_Traced`'s signature those of its own."""
     if not COMPILE_OPTIONS:
+        COMPILE_OPTIONS["size_asserts"] = False
         try:
             from torch._inductor.custom_graph_pass import CustomGraphPass
         except ImportError:
@@ -385,6 +391,7 @@ def _unflatten(structure: Any, leaves: Iterator) -> Any:
 
 
 _PLAIN = (Tensor, int, float, bool, str, type(None))
+_FLAT = "a flat tuple"   # the structure of a fused step's outputs that need no unflattening
 
 
 class _Traced:
@@ -393,7 +400,7 @@ class _Traced:
     time tracing, compilation or the compiled call fails. Without dynamo no guards run at a call:
     on a fused minibatch step they cost 40-50 us of a 0.45 ms step (RESULTS "stochastic-compiled-
     notes"); the signature checked here instead is the structure of the arguments (nested tuples
-    and lists) and the shape, dtype and device of every tensor in them (other leaves are constants
+    and lists) and the shape, strides, dtype and device of every tensor in them (other leaves are constants
     of the graph and part of the signature). `traces` counts the graphs made."""
 
     def __init__(self, name: str, fn: Callable, failures: dict[str, str]):
@@ -420,7 +427,9 @@ class _Traced:
         # tensors in closures (the problem's data) are constants of the graph
         graph = make_fx(flat, tracing_mode="fake", _allow_non_fake_inputs=True)(*inputs)
         self.traces += 1
-        return compile_fx(graph, inputs, config_patches=_compile_options()), out_structure[-1]
+        returned = out_structure[-1]
+        flat_tuple = returned[0] is tuple and all(item is None for item in returned[1])
+        return compile_fx(graph, inputs, config_patches=_compile_options()), _FLAT if flat_tuple else returned
 
     def __call__(self, *args: Any):
         if self.name not in self.failures:
@@ -429,13 +438,14 @@ class _Traced:
                 structure = _flatten(args, leaves)
                 if not all(isinstance(leaf, _PLAIN) for leaf in leaves):   # dicts, named tuples, ...
                     leaves, structure = pytree.tree_flatten(args)
-                key = (structure, tuple((leaf.shape, leaf.dtype, leaf.device, leaf.requires_grad)
+                key = (structure, tuple((leaf.shape, leaf.stride(), leaf.dtype, leaf.device, leaf.requires_grad)
                                         if isinstance(leaf, Tensor) else (type(leaf), leaf) for leaf in leaves))
                 graph = self.graphs.get(key)
                 if graph is None:
                     graph = self.graphs[key] = self._compile(leaves, structure)
                 run, out_structure = graph
-                return _unflatten(out_structure, iter(run(*(leaf for leaf in leaves if isinstance(leaf, Tensor)))))
+                out = run(*(leaf for leaf in leaves if isinstance(leaf, Tensor)))
+                return tuple(out) if out_structure is _FLAT else _unflatten(out_structure, iter(out))
             except Exception as exc:  # compilation is best-effort: the eager function is the reference
                 _runs_uncompiled(self.name, exc, self.failures)
         return self.eager(*args)
@@ -557,7 +567,7 @@ class Func(Backend):
         `compile_failures`), else run as it is. Derivatives inside are not counted (the caller
         counts)."""
         whole = self.whole(fn)
-        return lambda *tensors: whole(tuple(t.detach() for t in tensors), ())
+        return lambda *tensors: whole(tuple(t.detach() if t.requires_grad else t for t in tensors), ())
 
     def whole(self, fn: Callable) -> Callable:
         """fn as a function of (tensors, data), compiled where this back-end compiles (cached)."""
@@ -601,7 +611,7 @@ class OnData(Backend):
     def fuse(self, fn: Callable) -> Callable:
         """`Func.fuse` on this data: tensors -> fn(ops, *tensors)."""
         whole = self.func.whole(fn)
-        return lambda *tensors: whole(tuple(t.detach() for t in tensors), self.data)
+        return lambda *tensors: whole(tuple(t.detach() if t.requires_grad else t for t in tensors), self.data)
 
     def __getattr__(self, name: str) -> Callable:
         if name.startswith("_") or "func" not in self.__dict__:

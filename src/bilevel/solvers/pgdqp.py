@@ -72,6 +72,22 @@ class PGDQPState(State):
     grad_f: tuple | None = None            # "projected": grad f at the previous iterate (its secant)
 
 
+QP_DIAGNOSTICS = ("f", "g", "h", "kkt_stationarity", "kkt_feasibility", "lambda", "step_size", "lower_step_size",
+                  "alpha")   # the diagnostics of the closed-form step (`PGDQP._direction`)
+
+
+class _FullData:
+    """The derivatives of a fused step (`Oracle.fused`'s ops) where the step asks an oracle: full data."""
+
+    stochastic = False
+
+    def __init__(self, ops):
+        self.ops = ops
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["ops"], name)
+
+
 @dataclass(frozen=True)
 class Direction:
     """The QP step at an iterate: d = (dx, dy), its multiplier lambda and step gamma, the
@@ -180,6 +196,9 @@ class PGDQP(Solver):
     and y alike, and never lets x's step exceed step_scale / L_f,x. The ramp keeps x's steps short
     while y is far from feasible. rho* = 1 where f is as curved in x as in y (the closed-form
     quadratics). Cost: about 130 products at the start, none per iteration.
+
+    With oracle="compiled" on full data, the closed-form step (every schedule but "projected") runs as
+    one compiled graph (`_fused_step`), after a first eager step.
 
     Lower-level escapes ("diminishing" and "projected" on full data, escape_every > 0; not under solve_batch):
     h = ||grad_y g||^2 vanishes at every stationary point of g(x, .), maximisers and saddles included, so the QP
@@ -569,8 +588,7 @@ class PGDQP(Solver):
         # grad f + lambda grad h = (-dx, -dy / y_scale)
         plain = isinstance(y_scale, float) and y_scale == 1.0
         stationarity = inner(dx, dx) + (inner(dy, dy) if plain else inner(dy, dy) / y_scale ** 2)
-        aux = Aux({"f": f, "g": g, "h": h, "kkt_stationarity": stationarity, "kkt_feasibility": h, "lambda": lam,
-                   "step_size": gamma, "lower_step_size": gamma_y, "alpha": alpha},
+        aux = Aux(dict(zip(QP_DIAGNOSTICS, (f, g, h, stationarity, h, lam, gamma, gamma_y, alpha))),
                   nu=2 * lam * masked(gy, problem.free_y(y, gy)))
         return Direction(dx, dy, gamma, lf, lh, grads if any(self._adapts()) else None, aux, ratio)
 
@@ -581,19 +599,80 @@ class PGDQP(Solver):
             return self._projected_step(problem, oracle, state)
         if self._noisy_schedule(oracle):
             return stochastic_step(self, problem, oracle, state)
+        if self._fuses(oracle, state):
+            new, aux = self._fused_step(problem, oracle, state)
+            return self._escape(problem, oracle, new), aux
         d = (self._stochastic_direction(problem, oracle, state) if self._independent(oracle)
              else self._direction(problem, oracle, state))
+        new = self._advance(problem, state, d, 0.0 if self.momentum is None and self._noisy_schedule(oracle)
+                            else self._momentum())
+        if not oracle.stochastic:
+            new = self._escape(problem, oracle, new)
+        return new, d.aux
+
+    def _advance(self, problem: BilevelProblem, state: PGDQPState, d: Direction, momentum: float) -> PGDQPState:
+        """z <- P(z + gamma d + momentum (z - z_prev)), with the constants and gradients the step used."""
         vx, vy = d.gamma * d.dx, d.gamma * d.dy
-        momentum = 0.0 if self.momentum is None and self._noisy_schedule(oracle) else self._momentum()
         if momentum > 0 and state.velocity is not None:
             vx, vy = vx + momentum * state.velocity[0], vy + momentum * state.velocity[1]
         x = problem.project_x(state.x + vx)
         y = problem.project_y(state.y + vy)
-        new = replace(state, x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y),
-                      lipschitz_f=d.lipschitz_f, lipschitz_h=d.lipschitz_h, grads=d.grads, ratio=d.ratio)
-        if not oracle.stochastic:
-            new = self._escape(problem, oracle, new)
-        return new, d.aux
+        return replace(state, x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y),
+                       lipschitz_f=d.lipschitz_f, lipschitz_h=d.lipschitz_h, grads=d.grads, ratio=d.ratio)
+
+    # ----- oracle="compiled": the closed-form step as one graph ---------------------------------
+    def _fuses(self, oracle: Oracle, state: PGDQPState) -> bool:
+        """Whether the step runs as one compiled graph (`_fused_step`): oracle="compiled" in one
+        process, full data, the closed-form QP of eq. 8 (every schedule but "projected", whose line
+        search tests values), once the memories of a step exist (not at the first step, nor at the
+        one after an escape)."""
+        return (oracle.fuses and not oracle.stochastic and self.schedule != "projected"
+                and not self._independent(oracle) and state.velocity is not None
+                and (state.grads is not None or not any(self._adapts())))
+
+    def _fused_step(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> tuple[PGDQPState, Aux]:
+        """`_direction` and `_advance` as one call of a compiled graph (`Oracle.fused`), counted as the
+        oracle calls inside (a gradient of f, one of g and one backward product): the iteration
+        counter, the constants L_f, L_h and the block ratio enter as tensors, so that one graph
+        serves the whole run; the guard's sum is made inside (`Aux.checksum`). The same iterates
+        as the eager step up to round-off."""
+        x = state.x
+
+        def tensor(value: float | Tensor, dtype: torch.dtype = x.dtype) -> Tensor:   # after a fused step, a tensor
+            return value if isinstance(value, Tensor) else torch.as_tensor(value, dtype=dtype, device=x.device)
+        update = oracle.fused("pgdqp", lambda: self._fused_update(problem, state), n_grad_f=1, n_grad_g=1, n_hvp=1)
+        grads = tuple(state.grads) if state.grads is not None else ()
+        constants = (state.lipschitz_f, state.lipschitz_h)
+        x, y, vx, vy, lf, lh, ratio, nu, checksum, *rest = update(
+            x, state.y, *state.velocity, tensor(state.k), *(tensor(0.0 if c is None else c) for c in constants),
+            tensor(state.ratio, torch.float64), *grads)
+        values, grads = rest[:len(QP_DIAGNOSTICS)], rest[len(QP_DIAGNOSTICS):]
+        new = replace(state, x=x, y=y, k=state.k + 1, velocity=(vx, vy),
+                      lipschitz_f=lf if state.lipschitz_f is not None else None,
+                      lipschitz_h=lh if state.lipschitz_h is not None else None,
+                      grads=Gradients(*grads) if grads else None, ratio=ratio if self._blocks(oracle) else state.ratio)
+        return new, Aux(dict(zip(QP_DIAGNOSTICS, values)), nu=nu, checksum=checksum)
+
+    def _fused_update(self, problem: BilevelProblem, start: PGDQPState):
+        """The function of tensors that `_fused_step` compiles; the run's fixed constants (h0,
+        gamma0, alpha0, rho*) are those of `start`."""
+        momentum, blocks = self._momentum(), self._blocks(_FullData)
+
+        def update(ops, x, y, vx, vy, k, lf, lh, ratio, *grads):
+            state = replace(start, x=x, y=y, k=k, velocity=(vx, vy), ratio=ratio if blocks else start.ratio,
+                            lipschitz_f=lf if start.lipschitz_f is not None else None,
+                            lipschitz_h=lh if start.lipschitz_h is not None else None,
+                            grads=Gradients(*grads) if grads else None)
+            d = self._direction(problem, _FullData(ops), state)
+            new = self._advance(problem, state, d, momentum)
+            values = tuple(torch.as_tensor(d.aux.diagnostics[name], dtype=x.dtype, device=x.device)
+                           for name in QP_DIAGNOSTICS)
+            checksum = new.x.sum() + new.y.sum() + sum(values)
+            lf, lh = (given if c is None else torch.as_tensor(c, dtype=x.dtype)
+                      for given, c in ((lf, new.lipschitz_f), (lh, new.lipschitz_h)))
+            return (new.x, new.y, *new.velocity, lf, lh, torch.as_tensor(new.ratio, dtype=torch.float64), d.aux.nu,
+                    checksum, *values, *(new.grads or ()))
+        return update
 
     def batch_support(self) -> str:
         if self.rho_rule == "warm":
