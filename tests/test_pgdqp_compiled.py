@@ -87,3 +87,49 @@ def test_compiled_pgdqp_traces_once_and_follows_eager(monkeypatch):
     torch.testing.assert_close(compiled.x, eager.x, rtol=tol, atol=tol)
     torch.testing.assert_close(compiled.y, eager.y, rtol=tol, atol=tol)
     assert compiled.history["oracle_calls"] == eager.history["oracle_calls"]
+
+
+def small_minibatch_cleaning() -> BilevelProblem:
+    return PROBLEMS["hyper-cleaning"](minibatch=True, n_train=120, n_val=60, n_test=60, pca=12, seed=1,
+                                      retrain_steps=5, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("options", [{}, {"step_size": 0.05, "momentum": 0.5}])
+def test_the_fused_minibatch_step_is_the_step(options, monkeypatch):
+    """On minibatches (tracked estimator, AdaGrad-norm or a given step, heavy ball) the fused step
+    run uncompiled follows the plain step on the same batches: same iterates and rows up to
+    round-off, same counts."""
+    problem = small_minibatch_cleaning()
+    args = {"options": options, "max_iter": 40, "log_every": 10, "batch_size": 16, "seed": 0, "kkt": "none",
+            "verify": False, "oracle": "func"}
+    plain = solve(problem, "pgdqp", **args)
+    calls = []
+    fused_step = oracles.Oracle.fused
+    monkeypatch.setattr(Oracle, "fuses", property(lambda self: True))
+    monkeypatch.setattr(Oracle, "fused", lambda self, key, *a, **c: calls.append(key) or fused_step(self, key, *a, **c))
+    fused = solve(problem, "pgdqp", **args)
+    assert len(calls) == 39                              # every step but the first
+    tol = roundoff(operations=40 * 100)
+    torch.testing.assert_close(fused.x, plain.x, rtol=tol, atol=tol)
+    torch.testing.assert_close(fused.y, plain.y, rtol=tol, atol=tol)
+    for column in ("oracle_calls", "n_grad_f", "n_grad_g", "n_hvp"):
+        assert fused.history[column] == plain.history[column]
+    for column in ("f", "h", "kkt_stationarity", "lambda", "step_size"):
+        assert fused.history[column] == pytest.approx(plain.history[column], rel=tol, abs=tol)
+
+
+@pytest.mark.slow
+def test_compiled_minibatch_pgdqp_traces_once_and_follows_eager(monkeypatch):
+    """oracle="compiled" on minibatches: one graph for all batches of the run (they are its inputs)."""
+    traces, trace = [], oracles._Traced._compile
+    monkeypatch.setattr(oracles._Traced, "_compile", lambda self, *a: traces.append(1) or trace(self, *a))
+    problem = small_minibatch_cleaning()
+    args = {"max_iter": 40, "log_every": 10, "batch_size": 16, "seed": 0, "kkt": "none", "verify": False}
+    compiled = solve(problem, "pgdqp", oracle="compiled", **args)
+    eager = solve(problem, "pgdqp", oracle="func", **args)
+    assert "uncompiled" not in compiled.message
+    assert len(traces) == 1
+    tol = roundoff(operations=40 * 100)
+    torch.testing.assert_close(compiled.x, eager.x, rtol=tol, atol=tol)
+    torch.testing.assert_close(compiled.y, eager.y, rtol=tol, atol=tol)
+    assert compiled.history["oracle_calls"] == eager.history["oracle_calls"]

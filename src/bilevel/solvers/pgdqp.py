@@ -76,13 +76,14 @@ QP_DIAGNOSTICS = ("f", "g", "h", "kkt_stationarity", "kkt_feasibility", "lambda"
                   "alpha")   # the diagnostics of the closed-form step (`PGDQP._direction`)
 
 
-class _FullData:
-    """The derivatives of a fused step (`Oracle.fused`'s ops) where the step asks an oracle: full data."""
+class _Derivatives:
+    """The derivatives of a fused step (`Oracle.fused`'s ops, on the current batches) where the
+    step asks an oracle; inside the graph nothing fuses further."""
 
-    stochastic = False
+    fuses = False
 
-    def __init__(self, ops):
-        self.ops = ops
+    def __init__(self, ops, stochastic: bool):
+        self.ops, self.stochastic = ops, stochastic
 
     def __getattr__(self, name: str):
         return getattr(self.__dict__["ops"], name)
@@ -197,8 +198,8 @@ class PGDQP(Solver):
     while y is far from feasible. rho* = 1 where f is as curved in x as in y (the closed-form
     quadratics). Cost: about 130 products at the start, none per iteration.
 
-    With oracle="compiled" on full data, the closed-form step (every schedule but "projected") runs as
-    one compiled graph (`_fused_step`), after a first eager step.
+    With oracle="compiled", the closed-form step on full data (every schedule but "projected") and the
+    minibatch step (`fused_stochastic_step`) each run as one compiled graph, after a first eager step.
 
     Lower-level escapes ("diminishing" and "projected" on full data, escape_every > 0; not under solve_batch):
     h = ||grad_y g||^2 vanishes at every stationary point of g(x, .), maximisers and saddles included, so the QP
@@ -656,14 +657,14 @@ class PGDQP(Solver):
     def _fused_update(self, problem: BilevelProblem, start: PGDQPState):
         """The function of tensors that `_fused_step` compiles; the run's fixed constants (h0,
         gamma0, alpha0, rho*) are those of `start`."""
-        momentum, blocks = self._momentum(), self._blocks(_FullData)
+        momentum, blocks = self._momentum(), self._blocks(_Derivatives(None, stochastic=False))
 
         def update(ops, x, y, vx, vy, k, lf, lh, ratio, *grads):
             state = replace(start, x=x, y=y, k=k, velocity=(vx, vy), ratio=ratio if blocks else start.ratio,
                             lipschitz_f=lf if start.lipschitz_f is not None else None,
                             lipschitz_h=lh if start.lipschitz_h is not None else None,
                             grads=Gradients(*grads) if grads else None)
-            d = self._direction(problem, _FullData(ops), state)
+            d = self._direction(problem, _Derivatives(ops, stochastic=False), state)
             new = self._advance(problem, state, d, momentum)
             values = tuple(torch.as_tensor(d.aux.diagnostics[name], dtype=x.dtype, device=x.device)
                            for name in QP_DIAGNOSTICS)
@@ -904,8 +905,7 @@ def stochastic_direction(solver: PGDQP, oracle: Oracle, state: StochasticState) 
     rho = hh if solver.rho_rule == "grad" else torch.sqrt(hh * state.h0)
     dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale)
     stationarity = inner(dx, dx) + inner(dy, dy) / y_scale ** 2
-    aux = Aux({"f": f, "g": g, "h": h, "kkt_stationarity": stationarity, "kkt_feasibility": h, "lambda": lam,
-               "step_size": gamma, "lower_step_size": gamma * y_scale, "alpha": alpha}, nu=2 * lam * c)
+    aux = Aux(dict(zip(QP_DIAGNOSTICS, (f, g, h, stationarity, h, lam, gamma, gamma * y_scale, alpha))), nu=2 * lam * c)
     return dx, dy, gamma, c, aux
 
 
@@ -918,7 +918,11 @@ def x_step_size(solver: PGDQP, state: StochasticState, dx: Tensor, gamma: float 
 def stochastic_step(solver: PGDQP, problem: BilevelProblem, oracle: Oracle,
                     state: StochasticState) -> tuple[StochasticState, Aux]:
     """y <- P_Y(y + gamma_k d_y), x <- P_X(x + eta_k d_x): eta_k = gamma_k where step_size is given,
-    else AdaGrad-norm on d_x (`base.x_step`, scale x_scale); heavy ball only where momentum is given."""
+    else AdaGrad-norm on d_x (`base.x_step`, scale x_scale); heavy ball only where momentum is given.
+    One compiled graph where the oracle compiles (`fused_stochastic_step`)."""
+    if (oracle.fuses and solver.estimator != "independent" and state.lower_grad is not None
+            and state.velocity is not None and (solver.step_size is not None or state.x_memory is not None)):
+        return fused_stochastic_step(solver, problem, oracle, state)
     dx, dy, gamma, c, aux = stochastic_direction(solver, oracle, state)
     eta, memory = x_step_size(solver, state, dx, gamma)
     aux.diagnostics["step_size"] = eta
@@ -929,6 +933,43 @@ def stochastic_step(solver: PGDQP, problem: BilevelProblem, oracle: Oracle,
     new = replace(state, x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y), x_memory=memory,
                   lower_grad=c)
     return new, aux
+
+
+def fused_stochastic_step(solver: PGDQP, problem: BilevelProblem, oracle: Oracle,
+                          state: StochasticState) -> tuple[StochasticState, Aux]:
+    """`stochastic_step` (tracked estimator) as one call of a compiled graph on the current batches
+    (`Oracle.fused`; the batches are inputs of the graph, so one graph serves every batch of one
+    shape), counted as the calls inside (two gradients of g, one of f, one backward product): the
+    iteration counter and the AdaGrad memory enter as tensors; the guard's sum is made inside
+    (`Aux.checksum`). From the second step on (the first makes the memories), the iterates of the
+    eager step up to round-off."""
+    x = state.x
+    adaptive = solver.step_size is None
+    update = oracle.fused(("pgdqp-stochastic", adaptive), lambda: _fused_stochastic_update(solver, problem, state),
+                          n_grad_f=1, n_grad_g=2, n_hvp=1)
+    x, y, vx, vy, c, nu, checksum, *rest = update(x, state.y, *state.velocity, state.lower_grad,
+                                                  torch.as_tensor(state.k, dtype=x.dtype, device=x.device),
+                                                  *((state.x_memory,) if adaptive else ()))
+    new = replace(state, x=x, y=y, k=state.k + 1, velocity=(vx, vy), lower_grad=c,
+                  x_memory=rest[len(QP_DIAGNOSTICS)] if adaptive else state.x_memory)
+    return new, Aux(dict(zip(QP_DIAGNOSTICS, rest[:len(QP_DIAGNOSTICS)])), nu=nu, checksum=checksum)
+
+
+def _fused_stochastic_update(solver: PGDQP, problem: BilevelProblem, start: StochasticState):
+    """The function of tensors that `fused_stochastic_step` compiles; the run's fixed constants
+    (gamma_0, L_h, h0) are those of `start`."""
+    adaptive = solver.step_size is None
+
+    def update(ops, x, y, vx, vy, c, k, *memory):
+        state = replace(start, x=x, y=y, k=k, velocity=(vx, vy), lower_grad=c,
+                        x_memory=memory[0] if adaptive else start.x_memory)
+        new, aux = stochastic_step(solver, problem, _Derivatives(ops, stochastic=True), state)
+        values = tuple(torch.as_tensor(aux.diagnostics[name], dtype=x.dtype, device=x.device)
+                       for name in QP_DIAGNOSTICS)
+        checksum = new.x.sum() + new.y.sum() + sum(values)
+        return (new.x, new.y, *new.velocity, new.lower_grad, aux.nu, checksum, *values,
+                *((new.x_memory,) if adaptive else ()))
+    return update
 
 
 def multiplier_steps(jac, jac_t, c: Tensor, step_f: tuple[Tensor, Tensor], damping: Tensor, start: Tensor,
