@@ -19,7 +19,7 @@ import time
 import torch
 
 import bilevel
-from bilevel.cli.report import command, format_table, machine, update_section
+from bilevel.cli.report import command, machine, record
 
 
 def problem_of(data_dir: str | None) -> tuple[bilevel.BilevelProblem, str]:
@@ -67,20 +67,14 @@ def main() -> None:
                          "max relative difference of x": f"{difference:.1e}",
                          "uncompiled": "yes" if "uncompiled" in result.message else ""})
             print(rows[-1], flush=True)
-    table = format_table(rows, list(rows[0]))
-    print(table)
-    update_section(args.results, "compiled-steps", "\n".join([
-        "## A minibatch step eager and as one compiled graph (hyper-cleaning, batch 64)",
-        "",
+    record(args.results, "compiled-steps",
+           "A minibatch step eager and as one compiled graph (hyper-cleaning, batch 64)", [
         f"Command: `{command()}`  ",
         f"Machine: {machine()}; one thread  ",
         f"Data: {data}, linear, corruption 0.5, seed 1. ms per step between iterations 100 and {100 + args.steps} "
         "of one run (a callback reads the clock); set-up: the rest of the run's wall time (init, the compilation "
         "of each derivative used outside the fused step and of the fused step, the first 100 steps). Same "
-        "batches eager and compiled.",
-        "",
-        table,
-    ]))
+        "batches eager and compiled."], rows)
 
 
 if __name__ == "__main__":

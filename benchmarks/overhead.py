@@ -30,7 +30,7 @@ import time
 import torch
 
 import bilevel
-from bilevel.cli.report import command, format_table, machine, update_section
+from bilevel.cli.report import command, machine, record
 
 SETTINGS = {
     "hyper-cleaning (784, linear)": (lambda: bilevel.PROBLEMS["hyper-cleaning"](),
@@ -228,11 +228,8 @@ def main() -> None:
     if args.steady_iters:
         build, options = SETTINGS["synthetic-sc"]
         rows = steady_state("synthetic-sc (n = 20)", build, options, args.steady_iters, args.repeats)
-        table = format_table(rows, list(rows[0]))
-        print(table)
-        update_section(args.results, "overhead-steady", "\n".join([
-            "## Overhead of `bilevel.solve` once running, eager and compiled (n = 20)",
-            "",
+        record(args.results, "overhead-steady",
+               "Overhead of `bilevel.solve` once running, eager and compiled (n = 20)", [
             f"Command: `{command()}`  ",
             f"Machine: {machine()}; {args.threads} intra-op thread(s)  ",
             f"ms per iteration between iterations 300 and {300 + args.steady_iters} of one run, read by a "
@@ -241,18 +238,11 @@ def main() -> None:
             "paid, everything the loop does included. Escape checks "
             "off, metrics dropped, log_every=10, kkt='none', verify=False. The compiled hand-written loop is "
             "the same update as the eager one with torch.func derivatives, its step compiled by torch.compile; "
-            "solve(oracle='compiled') runs pgdqp's step as one graph (`PGDQP._fused_step`).",
-            "",
-            table,
-        ]))
+            "solve(oracle='compiled') runs pgdqp's step as one graph (`PGDQP._fused_step`)."], rows)
     rows = []
     for label, (build, options) in SETTINGS.items():
         rows += measure(label, build, options, args.iters, args.repeats)
-    table = format_table(rows, list(rows[0]))
-    print(table)
-    update_section(args.results, "overhead", "\n".join([
-        "## Overhead of `bilevel.solve` over a hand-written pgdqp loop",
-        "",
+    record(args.results, "overhead", "Overhead of `bilevel.solve` over a hand-written pgdqp loop", [
         f"Command: `{command()}`  ",
         f"Machine: {machine()}; {args.threads} intra-op thread(s); shared with other jobs while measuring: "
         "compare the overheads (medians of ratios within each repetition), not the milliseconds  ",
@@ -260,10 +250,7 @@ def main() -> None:
         "loop and solve reach the same x (last column). The hand-written loop starts from init's constants "
         "(init untimed); the bare step loop and solve run init (its time in the last column, once per run: it "
         "weighs less the more iterations); solve verifies its answer unless verify=False (also once per run). "
-        "pgdqp's lower-level escape checks are off (escape_every=0): the hand-written loop has none.",
-        "",
-        table,
-    ]))
+        "pgdqp's lower-level escape checks are off (escape_every=0): the hand-written loop has none."], rows)
 
 
 if __name__ == "__main__":

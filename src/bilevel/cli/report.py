@@ -41,6 +41,15 @@ def update_section(path: str | Path, key: str, markdown: str) -> Path:
 LABELS = {"f": "f at the iterate"}
 
 
+def record(path: str | Path, key: str, heading: str, preamble: Sequence[str], rows: list[dict[str, Any]]) -> str:
+    """A benchmark's table: printed, and written with its heading and preamble (command, machine,
+    what was measured) into the `key` section of `path` (`update_section`). Returns the table."""
+    table = format_table(rows, list(rows[0]))
+    print(table)
+    update_section(path, key, "\n".join([f"## {heading}", "", *preamble, "", table]))
+    return table
+
+
 def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     """A Markdown table of rows (floats to 4 significant digits); headers as `LABELS` names them."""
     def cell(v: Any) -> str:
