@@ -30,7 +30,7 @@ import time
 import torch
 
 import bilevel
-from bilevel.cli.report import command, machine, record
+from bilevel.cli.report import record, relative_difference
 
 SETTINGS = {
     "hyper-cleaning (784, linear)": (lambda: bilevel.PROBLEMS["hyper-cleaning"](),
@@ -155,13 +155,13 @@ def measure(label: str, build, options: dict, iters: int, repeats: int) -> list[
     times, outputs = interleaved(runs, repeats)
     hand_x = outputs["hand-written loop"][0]
     solve_x = outputs["solve, log_every=10, kkt='none'"].x
-    error = float((hand_x - solve_x).abs().max() / hand_x.abs().max().clamp(min=1e-30))
+    error = relative_difference(solve_x, hand_x)
     base, bare = times["hand-written loop"], times["solver.step in a bare loop"]
     return [{"setting": label, "variant": name, "ms / iteration (median)": 1e3 * statistics.median(t) / iters,
              "ms / iteration (min)": 1e3 * min(t) / iters,
              "overhead over the hand-written loop": f"{100 * (median_ratio(t, base) - 1):+.1f}%",
              "overhead over the bare step loop": f"{100 * (median_ratio(t, bare) - 1):+.1f}%",
-             "max relative difference of x": f"{error:.1e}" if name.startswith("solve,") else "",
+             "max relative difference of x": error if name.startswith("solve,") else "",
              "init ms (once per run)": f"{init_ms:.3g}" if name == "solver.step in a bare loop" else ""}
             for name, t in times.items()]
 
@@ -206,12 +206,11 @@ def steady_state(label: str, build, options: dict, iters: int, repeats: int, ski
     for name in names:
         out = outputs[name]
         x = out.x if hasattr(out, "x") else out[0]
-        error = float((reference - x).abs().max() / reference.abs().max().clamp(min=1e-30))
         rows.append({"setting": label, "variant": name,
                      "ms / iteration, steady (median)": f"{1e3 * statistics.median(steady[name]):.4g}",
                      "over the eager hand-written loop": f"{100 * (median_ratio(steady[name], eager) - 1):+.0f}%",
                      "over the compiled hand-written loop": f"{100 * (median_ratio(steady[name], compiled) - 1):+.0f}%",
-                     "max relative difference of x": f"{error:.1e}"})
+                     "max relative difference of x": relative_difference(x, reference)})
     return rows
 
 
@@ -229,9 +228,8 @@ def main() -> None:
         build, options = SETTINGS["synthetic-sc"]
         rows = steady_state("synthetic-sc (n = 20)", build, options, args.steady_iters, args.repeats)
         record(args.results, "overhead-steady",
-               "Overhead of `bilevel.solve` once running, eager and compiled (n = 20)", [
-            f"Command: `{command()}`  ",
-            f"Machine: {machine()}; {args.threads} intra-op thread(s)  ",
+               "Overhead of `bilevel.solve` once running, eager and compiled (n = 20)",
+               f"{args.threads} intra-op thread(s)", [
             f"ms per iteration between iterations 300 and {300 + args.steady_iters} of one run, read by a "
             f"callback (solve) or at the top of the loop (hand-written) ({args.repeats} interleaved repetitions, "
             "medians): what a further iteration costs once set-up (init, compilation, the first steps) is "
@@ -242,10 +240,9 @@ def main() -> None:
     rows = []
     for label, (build, options) in SETTINGS.items():
         rows += measure(label, build, options, args.iters, args.repeats)
-    record(args.results, "overhead", "Overhead of `bilevel.solve` over a hand-written pgdqp loop", [
-        f"Command: `{command()}`  ",
-        f"Machine: {machine()}; {args.threads} intra-op thread(s); shared with other jobs while measuring: "
-        "compare the overheads (medians of ratios within each repetition), not the milliseconds  ",
+    record(args.results, "overhead", "Overhead of `bilevel.solve` over a hand-written pgdqp loop",
+           f"{args.threads} intra-op thread(s); shared with other jobs while measuring: compare the overheads "
+           "(medians of ratios within each repetition), not the milliseconds", [
         f"{args.iters} iterations, {args.repeats} interleaved repetitions; metrics dropped; the hand-written "
         "loop and solve reach the same x (last column). The hand-written loop starts from init's constants "
         "(init untimed); the bare step loop and solve run init (its time in the last column, once per run: it "

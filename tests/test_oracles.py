@@ -66,6 +66,37 @@ def test_vjp_and_jvp_of_grad_y_g_match_the_jacobian():
     torch.testing.assert_close(oracle.jvp_grad_y_g(x, y, dx, dy), J_x @ dx + J_y @ dy)
 
 
+@pytest.mark.parametrize("back_end", ["autograd", "func"])
+def test_lower_jacobian_products_match_the_jacobian_and_count_as_calls(back_end):
+    """`Oracle.lower_jacobian`: J^T w and J v from graphs built once (autograd) or call by call
+    (func) equal the closed-form Jacobian's, repeatedly at one point, and count one product each."""
+    Q, B, x, y = quadratic_data(2)
+    f, g = (lambda x, y: x.sum()), (lambda x, y: 0.5 * y @ Q @ y - y @ B @ x + (y ** 3).sum())
+    oracle = Oracle(Autograd(f, g) if back_end == "autograd" else Func(f, g))
+    J_x, J_y = -B, Q + torch.diag(6 * y)           # Jacobian of grad_y g = Q y - B x + 3 y^2
+    vjp, jvp = oracle.lower_jacobian(x, y)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        w, dx, dy = (torch.randn(n, generator=gen, dtype=D) for n in (3, 4, 3))
+        jx, jy = vjp(w)
+        torch.testing.assert_close(jx, J_x.T @ w)
+        torch.testing.assert_close(jy, J_y.T @ w)
+        torch.testing.assert_close(jvp(dx, dy), J_x @ dx + J_y @ dy)
+    assert oracle.counts["n_hvp"] == 6
+
+
+def test_lower_jacobian_where_grad_y_g_does_not_depend_on_x_or_on_y():
+    """J_x = 0 (g without x) and J_y = 0 (g linear in y): zeros, not errors."""
+    y, x = torch.tensor([1.0, -2.0], dtype=D), torch.tensor([0.5, 3.0], dtype=D)
+    w, dx, dy = torch.tensor([1.0, 2.0], dtype=D), torch.tensor([-1.0, 4.0], dtype=D), torch.tensor([2.0, 1.0], dtype=D)
+    vjp, jvp = Oracle(Autograd(lambda x, y: x.sum(), lambda x, y: 0.5 * (y ** 2).sum())).lower_jacobian(x, y)
+    assert torch.equal(vjp(w)[0], torch.zeros(2, dtype=D)) and torch.equal(vjp(w)[1], w)
+    assert torch.equal(jvp(dx, dy), dy)
+    vjp, jvp = Oracle(Autograd(lambda x, y: x.sum(), lambda x, y: (x * y).sum())).lower_jacobian(x, y)
+    assert torch.equal(vjp(w)[0], w) and torch.equal(vjp(w)[1], torch.zeros(2, dtype=D))
+    assert torch.equal(jvp(dx, dy), dx)
+
+
 def test_grad_f_and_value_counts():
     oracle = Oracle(Autograd(lambda x, y: (x * y).sum(), lambda x, y: (y ** 2).sum()))
     x, y = torch.ones(2, dtype=D), 2 * torch.ones(2, dtype=D)

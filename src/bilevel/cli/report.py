@@ -41,13 +41,21 @@ def update_section(path: str | Path, key: str, markdown: str) -> Path:
 LABELS = {"f": "f at the iterate"}
 
 
-def record(path: str | Path, key: str, heading: str, preamble: Sequence[str], rows: list[dict[str, Any]]) -> str:
-    """A benchmark's table: printed, and written with its heading and preamble (command, machine,
-    what was measured) into the `key` section of `path` (`update_section`). Returns the table."""
+def record(path: str | Path, key: str, heading: str, setting: str, notes: Sequence[str],
+           rows: list[dict[str, Any]]) -> str:
+    """A benchmark's table: printed, and written into the `key` section of `path` (`update_section`)
+    under its heading, the command, the machine (with `setting`, e.g. the threads) and `notes`
+    (what was measured). Returns the table."""
     table = format_table(rows, list(rows[0]))
     print(table)
+    preamble = [f"Command: `{command()}`  ", f"Machine: {machine()}; {setting}  ", *notes]
     update_section(path, key, "\n".join([f"## {heading}", "", *preamble, "", table]))
     return table
+
+
+def relative_difference(value: Any, reference: Any) -> str:
+    """max |value - reference| / max |reference| of two tensors, formatted for a table."""
+    return f"{float((value - reference).abs().max() / reference.abs().max().clamp(min=1e-30)):.1e}"
 
 
 def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:

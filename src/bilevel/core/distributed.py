@@ -140,7 +140,8 @@ class Reduced:
 
     def __getattr__(self, name: str) -> Any:
         """The sum over ranks of the local back-end's `name` (values, gradients, products)."""
-        if name.startswith("_") or name == "unrolled_grad":   # iaptt_gm says it does not run data-parallel
+        # iaptt_gm says it does not run data-parallel; products from one local graph are not reduced
+        if name.startswith("_") or name in ("unrolled_grad", "linearize_grad_y_g"):
             raise AttributeError(name)
         method = getattr(self.__dict__["local"], name)
 

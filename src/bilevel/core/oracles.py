@@ -246,6 +246,36 @@ class Autograd(Backend):
             (ju,) = _grads(inner(jx, dx.detach()) + inner(jy, dy.detach()), (w,))
         return ju
 
+    def linearize_grad_y_g(self, x: Tensor, y: Tensor) -> tuple[Callable, Callable]:
+        """`vjp_grad_y_g` and `jvp_grad_y_g` at a fixed (x, y) as functions of their vector, on graphs
+        built once: grad_y g with its graph, and (at the first J v) J^T w of a free w, J v = d/dw
+        <J^T w, v>; each product is then one backward pass through them, not a new forward and
+        graph. For the many products at one point of a linear solve (pgdqp's conjugate gradients,
+        the verification's)."""
+        with torch.enable_grad():
+            x_, y_, _, gy = self._grad_y_g_graph(x, y)
+        transposed: list[Tensor] = []        # (w, J^T w), made once where J v is asked
+
+        def vjp(v: Tensor) -> tuple[Tensor, Tensor]:
+            if not gy.requires_grad:              # J = 0
+                return torch.zeros_like(x_), torch.zeros_like(y_)
+            with torch.enable_grad():
+                grads = torch.autograd.grad(gy, (x_, y_), v.detach(), retain_graph=True, allow_unused=True)
+            return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, (x_, y_)))
+
+        def jvp(dx: Tensor, dy: Tensor) -> Tensor:
+            with torch.enable_grad():
+                if not transposed:
+                    w = torch.zeros_like(gy, requires_grad=True)
+                    transposed.extend([w, *_grads(inner(gy, w), (x_, y_), create_graph=True)])
+                w, jx, jy = transposed
+                product = inner(jx, dx.detach()) + inner(jy, dy.detach())
+                if not product.requires_grad:        # J = 0
+                    return torch.zeros_like(w)
+                (ju,) = torch.autograd.grad(product, (w,), retain_graph=True)
+            return ju
+        return vjp, jvp
+
     def hvp_f(self, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> tuple[Tensor, Tensor]:
         """The Hessian of f (in x and y together) times (vx, vy)."""
         with torch.enable_grad():
@@ -711,6 +741,24 @@ class Oracle:
             self.counts.update(cost)
             return whole(*tensors)
         return call
+
+    def lower_jacobian(self, x: Tensor, y: Tensor) -> tuple[Callable, Callable]:
+        """(w -> `vjp_grad_y_g`(x, y, w), (dx, dy) -> `jvp_grad_y_g`(x, y, dx, dy)) at a fixed point,
+        each call counted as those are: from graphs built once where the back-end can
+        (`Autograd.linearize_grad_y_g`), else call by call."""
+        linearize = getattr(self.backend, "linearize_grad_y_g", None)
+        if linearize is None:
+            return (lambda w: self.vjp_grad_y_g(x, y, w)), (lambda dx, dy: self.jvp_grad_y_g(x, y, dx, dy))
+        vjp, jvp = linearize(x, y)
+
+        def counted_vjp(w: Tensor) -> tuple[Tensor, Tensor]:
+            self.counts.update(COSTS["vjp_grad_y_g"])
+            return vjp(w)
+
+        def counted_jvp(dx: Tensor, dy: Tensor) -> Tensor:
+            self.counts.update(COSTS["jvp_grad_y_g"])
+            return jvp(dx, dy)
+        return counted_vjp, counted_jvp
 
     def fd_vjp_grad_y_g(self, x: Tensor, y: Tensor, v: Tensor, delta: float) -> tuple[Tensor, Tensor]:
         """(grad_yx g^T v, grad_yy g v) by central differences of grad g along y:

@@ -189,12 +189,14 @@ def upper_stationarity(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Te
     iters = min(max(100, 2 * y.numel()), MAX_CG_ITER)
     rtol = max(1e-8, 100 * eps) if rtol is None else rtol
 
+    vjp, jvp = oracle.lower_jacobian(x, y)
+
     def hessian(v: Tensor) -> Tensor:
-        return _masked(oracle.vjp_grad_y_g(x, y, _masked(v, free_y))[1], free_y)
+        return _masked(vjp(_masked(v, free_y))[1], free_y)
 
     v, ended = truncated_cg(hessian, _masked(gfy, free_y), rtol, iters)
     if ended == "solved":
-        coupling = oracle.vjp_grad_y_g(x, y, v)[0]
+        coupling = vjp(v)[0]
         grad = _projected(gfx - coupling, x, problem.x_bounds)
         # the terms' size, and grad_y f's: where grad_yx g vanishes at y (F flat in x, as y* is), the
         # coupling grad_yx g^T v is the round-off of a derivative of g, not a measure of its size
@@ -204,15 +206,15 @@ def upper_stationarity(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Te
     free_x = _interior(x, problem.x_bounds)
 
     def transpose(nu: Tensor) -> tuple[Tensor, Tensor]:        # J^T nu on the rows not held at a bound
-        jx, jy = oracle.vjp_grad_y_g(x, y, _masked(nu, free_y))
+        jx, jy = vjp(_masked(nu, free_y))
         return _masked(jx, free_x), _masked(jy, free_y)
 
     def normal(nu: Tensor) -> Tensor:                           # J J^T nu
-        return _masked(oracle.jvp_grad_y_g(x, y, *transpose(nu)), free_y)
+        return _masked(jvp(*transpose(nu)), free_y)
 
-    rhs = -_masked(oracle.jvp_grad_y_g(x, y, _masked(gfx, free_x), _masked(gfy, free_y)), free_y)
+    rhs = -_masked(jvp(_masked(gfx, free_x), _masked(gfy, free_y)), free_y)
     nu, _ = truncated_cg(normal, rhs, rtol, iters)
-    jx, jy = oracle.vjp_grad_y_g(x, y, _masked(nu, free_y))
+    jx, jy = vjp(_masked(nu, free_y))
     rx, ry = _projected(gfx + jx, x, problem.x_bounds), _masked(gfy + jy, free_y)
     floor = math.sqrt(eps) * math.sqrt(float(inner(gfx, gfx) + inner(gfy, gfy)))
     return Stationarity(rx, math.sqrt(float(inner(rx, rx) + inner(ry, ry))), "kkt_least_squares", floor)

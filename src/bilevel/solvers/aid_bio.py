@@ -81,8 +81,10 @@ class ImplicitStep(Solver):
 
     @staticmethod
     def hessian(oracle: Oracle, x: Tensor, y: Tensor, free: Tensor | None) -> Callable[[Tensor], Tensor]:
-        """u -> grad_yy g u at (x, y), on the free coordinates of a y box."""
-        return lambda u: masked(oracle.vjp_grad_y_g(x, y, masked(u, free))[1], free)
+        """u -> grad_yy g u at (x, y), on the free coordinates of a y box (from one graph of grad_y g,
+        `Oracle.lower_jacobian`)."""
+        vjp = oracle.lower_jacobian(x, y)[0]
+        return lambda u: masked(vjp(masked(u, free))[1], free)
 
     def check(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor, free: Tensor | None,
               nu: Tensor) -> dict[str, Tensor]:

@@ -726,15 +726,17 @@ class PGDQP(Solver):
             lf = as_float(lf)
         gamma = state.gamma0 if self.step_size is not None else self.step_scale / lf
 
+        vjp, jvp = oracle.lower_jacobian(x, y)
+
         def jac_t(w: Tensor) -> tuple[Tensor, Tensor]:
-            jx, jy = oracle.vjp_grad_y_g(x, y, mask(w))
+            jx, jy = vjp(mask(w))
             return ratio * jx, mask(jy)        # P J^T w
 
         def jac(vx: Tensor, vy: Tensor) -> Tensor:
-            return mask(oracle.jvp_grad_y_g(x, y, vx, mask(vy)))
+            return mask(jvp(vx, mask(vy)))
 
         def hess(v: Tensor) -> Tensor:
-            return mask(oracle.vjp_grad_y_g(x, y, mask(v))[1])
+            return mask(vjp(mask(v))[1])
 
         c = mask(gy)
         damping = inner(c, c)
