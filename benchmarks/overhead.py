@@ -39,23 +39,26 @@ SETTINGS = {
 }
 
 
+def hand_schedule(solver: bilevel.solvers.PGDQP, start, k: int) -> tuple[float, float]:
+    """(gamma_k, alpha_k) of the hand-written loops: the solver's schedule from init's constants."""
+    if solver.schedule == "diminishing":
+        gamma = start.gamma0 / (1.0 + k / solver.decay)
+        return gamma, solver.feasibility / (gamma * start.lipschitz_h)
+    return start.gamma0, start.alpha0
+
+
 def hand_written_loop(problem: bilevel.BilevelProblem, solver: bilevel.solvers.PGDQP, start, iters: int,
                       tick=None):
     """pgdqp written out: gradients by torch.autograd, the QP's closed form, the step (tick(k) called
     at every iteration where given)."""
     f, g = problem.f, problem.g
     x, y = problem.x0.clone(), problem.y0.clone()
-    gamma0, lipschitz_h = start.gamma0, start.lipschitz_h
     momentum = 0.9 if solver.schedule == "diminishing" else 0.0
     vx = vy = None
     for k in range(iters):
         if tick is not None:
             tick(k)
-        if solver.schedule == "diminishing":
-            gamma = gamma0 / (1.0 + k / solver.decay)
-            alpha = solver.feasibility / (gamma * lipschitz_h)
-        else:
-            gamma, alpha = gamma0, start.alpha0
+        gamma, alpha = hand_schedule(solver, start, k)
         y_scale = 1.0 if solver.lower_step_size is None else solver.lower_step_size / gamma
         xr, yr = x.detach().requires_grad_(True), y.detach().requires_grad_(True)
         fx, fy = torch.autograd.grad(f(xr, yr), (xr, yr), allow_unused=True)
@@ -75,9 +78,10 @@ def hand_written_loop(problem: bilevel.BilevelProblem, solver: bilevel.solvers.P
 
 def compiled_hand_loop(problem: bilevel.BilevelProblem, solver: bilevel.solvers.PGDQP, start, iters: int,
                        tick=None):
-    """The hand-written loop's update with torch.func derivatives, its step compiled by torch.compile
-    (the iteration's step size and alpha enter as tensors: one graph for the run). What a user who
-    compiles their own loop pays: the compiled peer of solve(oracle="compiled")."""
+    """The hand-written loop's update (y's step that of x: no lower_step_size) with torch.func
+    derivatives, its step compiled by torch.compile (the iteration's step size and alpha enter as
+    tensors: one graph for the run). What a user who compiles their own loop pays: the compiled
+    peer of solve(oracle="compiled")."""
     f, g = problem.f, problem.g
     momentum = 0.9 if solver.schedule == "diminishing" else 0.0
 
@@ -96,8 +100,7 @@ def compiled_hand_loop(problem: bilevel.BilevelProblem, solver: bilevel.solvers.
     for k in range(iters):
         if tick is not None:
             tick(k)
-        gamma = start.gamma0 / (1.0 + k / solver.decay) if solver.schedule == "diminishing" else start.gamma0
-        alpha = solver.feasibility / (gamma * start.lipschitz_h) if solver.schedule == "diminishing" else start.alpha0
+        gamma, alpha = hand_schedule(solver, start, k)
         x, y, vx, vy = step(x, y, vx, vy, torch.tensor(gamma, dtype=x.dtype), torch.tensor(alpha, dtype=x.dtype))
     return x, y
 

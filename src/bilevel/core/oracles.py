@@ -430,8 +430,8 @@ class _Traced:
     time tracing, compilation or the compiled call fails. Without dynamo no guards run at a call:
     on a fused minibatch step they cost 40-50 us of a 0.45 ms step (RESULTS "stochastic-compiled-
     notes"); the signature checked here instead is the structure of the arguments (nested tuples
-    and lists) and the shape, strides, dtype and device of every tensor in them (other leaves are constants
-    of the graph and part of the signature). `traces` counts the graphs made."""
+    and lists) and the shape, strides, dtype and device of every tensor in them (other leaves are
+    constants of the graph and part of the signature). `traces` counts the graphs made."""
 
     def __init__(self, name: str, fn: Callable, failures: dict[str, str]):
         self.name, self.eager, self.failures = name, fn, failures

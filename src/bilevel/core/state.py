@@ -7,6 +7,7 @@ A solver's progress lives in a `State`; its `step` returns the next state togeth
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from torch import Tensor
 
@@ -43,3 +44,13 @@ class Aux:
     diagnostics: dict[str, Tensor | float] = field(default_factory=dict)
     nu: Tensor | None = None
     checksum: Tensor | None = None
+
+
+def checksum(x: Tensor, y: Tensor, diagnostics: Iterable[Tensor]) -> Tensor:
+    """The guard's sum (`Aux.checksum`): sum x + sum y + the diagnostics (0-d tensors), finite
+    exactly where all of them are, up to an overflow of the sum (which the loop then checks entry
+    by entry)."""
+    total = x.sum() + y.sum()
+    for value in diagnostics:
+        total = total + value.to(total.device)
+    return total

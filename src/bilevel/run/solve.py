@@ -18,7 +18,7 @@ from ..core.distributed import data_shards, run_context
 from ..core.oracles import BACKENDS, Oracle, backend
 from ..core.problem import BilevelProblem
 from ..core.result import Result, Status
-from ..core.state import Aux, State
+from ..core.state import Aux, State, checksum
 from ..solvers import SOLVERS
 from ..solvers.base import Solver
 from . import checkpoint as checkpoints
@@ -299,10 +299,7 @@ class Single:
         numbers = [v for v in aux.diagnostics.values() if not isinstance(v, torch.Tensor)]
         total = aux.checksum
         if total is None:
-            total = state.x.sum() + state.y.sum()
-            for v in aux.diagnostics.values():
-                if isinstance(v, torch.Tensor):
-                    total = total + v.to(total.device)
+            total = checksum(state.x, state.y, (v for v in aux.diagnostics.values() if isinstance(v, torch.Tensor)))
         if math.isfinite(float(total)) and all(math.isfinite(v) for v in numbers):
             return [True], [True]
         return ([not nonfinite_names([("x", state.x), ("y", state.y)])],

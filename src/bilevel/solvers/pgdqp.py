@@ -13,7 +13,7 @@ from ..core.kkt import masked
 from ..core.linear import power_iteration
 from ..core.oracles import Oracle, inner
 from ..core.problem import BilevelProblem
-from ..core.state import Aux, State
+from ..core.state import Aux, State, checksum
 from .base import (AdaptiveXState, Solver, as_float, check_choice, check_int, check_positive, curvature_in_y, descend,
                    lower_diagnostics, x_step)
 
@@ -87,6 +87,13 @@ class _Derivatives:
 
     def __getattr__(self, name: str):
         return getattr(self.__dict__["ops"], name)
+
+
+def _graph_diagnostics(new: State, aux: Aux) -> tuple[tuple[Tensor, ...], Tensor]:
+    """(the `QP_DIAGNOSTICS` of a fused step as tensors, their guard sum with the new iterate's)."""
+    values = tuple(torch.as_tensor(aux.diagnostics[name], dtype=new.x.dtype, device=new.x.device)
+                   for name in QP_DIAGNOSTICS)
+    return values, checksum(new.x, new.y, values)
 
 
 @dataclass(frozen=True)
@@ -641,23 +648,25 @@ class PGDQP(Solver):
 
         def tensor(value: float | Tensor, dtype: torch.dtype = x.dtype) -> Tensor:   # after a fused step, a tensor
             return value if isinstance(value, Tensor) else torch.as_tensor(value, dtype=dtype, device=x.device)
-        update = oracle.fused("pgdqp", lambda: self._fused_update(problem, state), n_grad_f=1, n_grad_g=1, n_hvp=1)
+        blocks = self._blocks(oracle)
+        update = oracle.fused("pgdqp", lambda: self._fused_update(problem, state, blocks), n_grad_f=1, n_grad_g=1,
+                              n_hvp=1)
         grads = tuple(state.grads) if state.grads is not None else ()
         constants = (state.lipschitz_f, state.lipschitz_h)
-        x, y, vx, vy, lf, lh, ratio, nu, checksum, *rest = update(
+        x, y, vx, vy, lf, lh, ratio, nu, total, *rest = update(
             x, state.y, *state.velocity, tensor(state.k), *(tensor(0.0 if c is None else c) for c in constants),
             tensor(state.ratio, torch.float64), *grads)
         values, grads = rest[:len(QP_DIAGNOSTICS)], rest[len(QP_DIAGNOSTICS):]
         new = replace(state, x=x, y=y, k=state.k + 1, velocity=(vx, vy),
                       lipschitz_f=lf if state.lipschitz_f is not None else None,
                       lipschitz_h=lh if state.lipschitz_h is not None else None,
-                      grads=Gradients(*grads) if grads else None, ratio=ratio if self._blocks(oracle) else state.ratio)
-        return new, Aux(dict(zip(QP_DIAGNOSTICS, values)), nu=nu, checksum=checksum)
+                      grads=Gradients(*grads) if grads else None, ratio=ratio if blocks else state.ratio)
+        return new, Aux(dict(zip(QP_DIAGNOSTICS, values)), nu=nu, checksum=total)
 
-    def _fused_update(self, problem: BilevelProblem, start: PGDQPState):
+    def _fused_update(self, problem: BilevelProblem, start: PGDQPState, blocks: bool):
         """The function of tensors that `_fused_step` compiles; the run's fixed constants (h0,
-        gamma0, alpha0, rho*) are those of `start`."""
-        momentum, blocks = self._momentum(), self._blocks(_Derivatives(None, stochastic=False))
+        gamma0, alpha0, rho*) are those of `start`; `blocks`: whether x and y take block steps."""
+        momentum = self._momentum()
 
         def update(ops, x, y, vx, vy, k, lf, lh, ratio, *grads):
             state = replace(start, x=x, y=y, k=k, velocity=(vx, vy), ratio=ratio if blocks else start.ratio,
@@ -666,13 +675,11 @@ class PGDQP(Solver):
                             grads=Gradients(*grads) if grads else None)
             d = self._direction(problem, _Derivatives(ops, stochastic=False), state)
             new = self._advance(problem, state, d, momentum)
-            values = tuple(torch.as_tensor(d.aux.diagnostics[name], dtype=x.dtype, device=x.device)
-                           for name in QP_DIAGNOSTICS)
-            checksum = new.x.sum() + new.y.sum() + sum(values)
+            values, total = _graph_diagnostics(new, d.aux)
             lf, lh = (given if c is None else torch.as_tensor(c, dtype=x.dtype)
                       for given, c in ((lf, new.lipschitz_f), (lh, new.lipschitz_h)))
             return (new.x, new.y, *new.velocity, lf, lh, torch.as_tensor(new.ratio, dtype=torch.float64), d.aux.nu,
-                    checksum, *values, *(new.grads or ()))
+                    total, *values, *(new.grads or ()))
         return update
 
     def batch_support(self) -> str:
@@ -949,12 +956,12 @@ def fused_stochastic_step(solver: PGDQP, problem: BilevelProblem, oracle: Oracle
     adaptive = solver.step_size is None
     update = oracle.fused(("pgdqp-stochastic", adaptive), lambda: _fused_stochastic_update(solver, problem, state),
                           n_grad_f=1, n_grad_g=2, n_hvp=1)
-    x, y, vx, vy, c, nu, checksum, *rest = update(x, state.y, *state.velocity, state.lower_grad,
-                                                  torch.as_tensor(state.k, dtype=x.dtype, device=x.device),
-                                                  *((state.x_memory,) if adaptive else ()))
+    x, y, vx, vy, c, nu, total, *rest = update(x, state.y, *state.velocity, state.lower_grad,
+                                               torch.as_tensor(state.k, dtype=x.dtype, device=x.device),
+                                               *((state.x_memory,) if adaptive else ()))
     new = replace(state, x=x, y=y, k=state.k + 1, velocity=(vx, vy), lower_grad=c,
                   x_memory=rest[len(QP_DIAGNOSTICS)] if adaptive else state.x_memory)
-    return new, Aux(dict(zip(QP_DIAGNOSTICS, rest[:len(QP_DIAGNOSTICS)])), nu=nu, checksum=checksum)
+    return new, Aux(dict(zip(QP_DIAGNOSTICS, rest[:len(QP_DIAGNOSTICS)])), nu=nu, checksum=total)
 
 
 def _fused_stochastic_update(solver: PGDQP, problem: BilevelProblem, start: StochasticState):
@@ -966,10 +973,8 @@ def _fused_stochastic_update(solver: PGDQP, problem: BilevelProblem, start: Stoc
         state = replace(start, x=x, y=y, k=k, velocity=(vx, vy), lower_grad=c,
                         x_memory=memory[0] if adaptive else start.x_memory)
         new, aux = stochastic_step(solver, problem, _Derivatives(ops, stochastic=True), state)
-        values = tuple(torch.as_tensor(aux.diagnostics[name], dtype=x.dtype, device=x.device)
-                       for name in QP_DIAGNOSTICS)
-        checksum = new.x.sum() + new.y.sum() + sum(values)
-        return (new.x, new.y, *new.velocity, new.lower_grad, aux.nu, checksum, *values,
+        values, total = _graph_diagnostics(new, aux)
+        return (new.x, new.y, *new.velocity, new.lower_grad, aux.nu, total, *values,
                 *((new.x_memory,) if adaptive else ()))
     return update
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..core.oracles import Oracle, inner
 from ..core.problem import BilevelProblem
-from ..core.state import Aux
+from ..core.state import Aux, checksum
 from .base import (AdaptiveXState, Solver, as_float, capped, check_choice, check_int, check_positive, curvature_in_y,
                    lower_diagnostics, step_or, x_step)
 
@@ -67,8 +67,8 @@ def fused_update(problem: BilevelProblem, adaptive: bool, scale: float) -> Calla
         r = problem.lower_residual(y, gy)
         new_x, new_y, h, kkt = problem.project_x(x - gamma * dx), problem.project_y(y - rho * gy), inner(r, r), \
             inner(dx, dx) + inner(dv, dv)
-        checksum = new_x.sum() + new_y.sum() + f + g + 2 * h + kkt + gamma
-        return new_x, new_y, v - rho * dv, memory, gamma, f, g, h, kkt, checksum
+        total = checksum(new_x, new_y, (f, g, h, h, kkt, gamma))   # the diagnostics of `fused_step`'s Aux
+        return new_x, new_y, v - rho * dv, memory, gamma, f, g, h, kkt, total
     return update
 
 
@@ -164,13 +164,13 @@ class Framework(Solver):
                               lambda: fused_update(problem, adaptive, self.x_scale), n_grad_g=1, n_hvp=1, n_grad_f=1)
         x = state.x
         memory = state.x_memory if state.x_memory is not None else torch.zeros((), dtype=x.dtype, device=x.device)
-        new_x, new_y, new_v, memory, step, f, g, h, kkt, checksum = update(
+        new_x, new_y, new_v, memory, step, f, g, h, kkt, total = update(
             x, state.y, state.v, torch.as_tensor(rho, dtype=x.dtype, device=x.device),
             torch.as_tensor(0.0 if adaptive else gamma, dtype=x.dtype, device=x.device), memory)
         step_size = step if adaptive else gamma
         new = replace(state, x=new_x, y=new_y, v=new_v, k=state.k + 1, x_memory=memory if adaptive else state.x_memory)
         return new, Aux({"f": f, "g": g, "h": h, "kkt_feasibility": h, "kkt_stationarity": kkt, "step_size": step_size},
-                        nu=state.v, checksum=checksum)
+                        nu=state.v, checksum=total)
 
 
 @dataclass(frozen=True)
