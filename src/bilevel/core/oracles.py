@@ -404,8 +404,9 @@ class _CompiledOrEager:
 def _flatten(tree: Any, leaves: list) -> Any:
     """The structure of nested plain tuples and lists, their other items appended to `leaves`
     (a fast torch.utils._pytree.tree_flatten for the arguments of a fused step)."""
-    if type(tree) is tuple or type(tree) is list:
-        return type(tree), tuple(_flatten(item, leaves) for item in tree)
+    kind = type(tree)
+    if kind is tuple or kind is list:
+        return kind, tuple([_flatten(item, leaves) for item in tree])
     leaves.append(tree)
     return None
 
@@ -420,7 +421,22 @@ def _unflatten(structure: Any, leaves: Iterator) -> Any:
     return kind(_unflatten(item, leaves) for item in items)
 
 
-_PLAIN = (Tensor, int, float, bool, str, type(None))
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def _signature(leaves: list, plain: bool = True) -> tuple | None:
+    """What a graph is specialised to: the shape, strides, dtype, device and requires_grad of
+    every tensor, the type and value of every other leaf; None where `plain` and a leaf is
+    none of tensors and `_PLAIN` (a container `_flatten` does not open)."""
+    signature = []
+    for leaf in leaves:
+        if isinstance(leaf, Tensor):
+            signature.append((leaf.shape, leaf.stride(), leaf.dtype, leaf.device, leaf.requires_grad))
+        elif plain and not isinstance(leaf, _PLAIN):
+            return None
+        else:
+            signature.append((type(leaf), leaf))
+    return tuple(signature)
 _FLAT = "a flat tuple"   # the structure of a fused step's outputs that need no unflattening
 
 
@@ -466,15 +482,15 @@ class _Traced:
             try:
                 leaves: list = []
                 structure = _flatten(args, leaves)
-                if not all(isinstance(leaf, _PLAIN) for leaf in leaves):   # dicts, named tuples, ...
+                signature = _signature(leaves)
+                if signature is None:   # dicts, named tuples, ...
                     leaves, structure = pytree.tree_flatten(args)
-                key = (structure, tuple((leaf.shape, leaf.stride(), leaf.dtype, leaf.device, leaf.requires_grad)
-                                        if isinstance(leaf, Tensor) else (type(leaf), leaf) for leaf in leaves))
-                graph = self.graphs.get(key)
+                    signature = _signature(leaves, plain=False)
+                graph = self.graphs.get((structure, signature))
                 if graph is None:
-                    graph = self.graphs[key] = self._compile(leaves, structure)
+                    graph = self.graphs[structure, signature] = self._compile(leaves, structure)
                 run, out_structure = graph
-                out = run(*(leaf for leaf in leaves if isinstance(leaf, Tensor)))
+                out = run(*[leaf for leaf in leaves if isinstance(leaf, Tensor)])
                 return tuple(out) if out_structure is _FLAT else _unflatten(out_structure, iter(out))
             except Exception as exc:  # compilation is best-effort: the eager function is the reference
                 _runs_uncompiled(self.name, exc, self.failures)
@@ -735,11 +751,15 @@ class Oracle:
         batches; each call counted as `cost` (n_grad_f=1, ...)."""
         if key not in self.steps:
             self.steps[key] = make()
+        if not self.stochastic and (key, "call") in self.steps:   # (on minibatches, fuse binds the batches)
+            return self.steps[key, "call"]
         whole = self.backend.fuse(self.steps[key])
 
         def call(*tensors: Tensor):
             self.counts.update(cost)
             return whole(*tensors)
+        if not self.stochastic:
+            self.steps[key, "call"] = call
         return call
 
     def lower_jacobian(self, x: Tensor, y: Tensor) -> tuple[Callable, Callable]:

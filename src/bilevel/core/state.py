@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import torch
 from torch import Tensor
 
 # what every step's Aux reports (`kkt_stationarity` where the step computes it); a solver
@@ -25,6 +26,17 @@ class State:
     x: Tensor
     y: Tensor
     k: int = 0
+
+    def replace(self, **changes) -> "State":
+        """A copy with `changes` (dataclasses.replace without its call of __init__, which costs
+        a few microseconds per field: a step makes one state per iteration)."""
+        unknown = changes.keys() - self.__dataclass_fields__.keys()
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no field(s) {sorted(unknown)}")
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        return new
 
 
 @dataclass(frozen=True)
@@ -46,11 +58,16 @@ class Aux:
     checksum: Tensor | None = None
 
 
-def checksum(x: Tensor, y: Tensor, diagnostics: Iterable[Tensor]) -> Tensor:
+def checksum(x: Tensor, y: Tensor, diagnostics: Iterable[Tensor], eager: bool = False) -> Tensor:
     """The guard's sum (`Aux.checksum`): sum x + sum y + the diagnostics (0-d tensors), finite
     exactly where all of them are, up to an overflow of the sum (which the loop then checks entry
-    by entry)."""
-    total = x.sum() + y.sum()
-    for value in diagnostics:
-        total = total + value.to(total.device)
+    by entry). A chain of additions in a compiled graph (inductor fuses it into one kernel, where
+    a stack of scalars costs a kernel of its own); one stack and one sum eagerly (`eager`: two ops
+    in place of one per diagnostic; stack promotes the dtypes)."""
+    parts = [x.sum(), y.sum(), *diagnostics]
+    if eager and all(part.dim() == 0 and part.device == x.device for part in parts):
+        return torch.stack(parts).sum()
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part.to(total.device)
     return total

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -25,6 +25,16 @@ def _unbounded(bounds: Any, like: Tensor) -> Tensor:
     sides = [torch.broadcast_to(torch.as_tensor(b, dtype=like.dtype, device=like.device), like.shape).isinf()
              if b is not None else torch.ones_like(like, dtype=torch.bool) for b in bounds]
     return sides[0] | sides[1]
+
+
+def _floats(values: Iterable[Tensor | float]) -> list[float]:
+    """The values as floats, the 0-d tensors among them read with one host synchronisation."""
+    values = list(values)
+    tensors = [v for v in values if isinstance(v, Tensor)]
+    if len(tensors) < 2 or any(t.dim() or t.device != tensors[0].device for t in tensors):
+        return [float(v) for v in values]
+    read = iter(torch.stack(tensors).tolist())   # (stack promotes: the values are those float() reads)
+    return [next(read) if isinstance(v, Tensor) else float(v) for v in values]
 
 
 class History:
@@ -52,6 +62,7 @@ class History:
         self.columns: dict[str, list[float]] = defaultdict(list)
         self._on_row: Callable[[dict[str, float]], Any] | None = None
         self._free = (_unbounded(problem.x_bounds, problem.x0), _unbounded(problem.y_bounds, problem.y0))
+        self._everywhere = all(bool(free.all()) and free.numel() > 0 for free in self._free)   # no mask to apply
 
     @property
     def last_iter(self) -> float | None:
@@ -63,9 +74,12 @@ class History:
         """Log the row of iterate k = (x, y) and return it."""
         row: dict[str, float] = {"iter": float(k), "time": elapsed}
         row.update({name: float(v) for name, v in counts.items()})
-        row.update({name: float(v) for name, v in aux.diagnostics.items()})
-        row["z_norm"] = max((float(v[free].abs().max()) if bool(free.any()) else 0.0)
-                            for v, free in ((x, self._free[0]), (y, self._free[1])))
+        row.update(zip(aux.diagnostics, _floats(aux.diagnostics.values())))
+        if self._everywhere:
+            row["z_norm"] = max(_floats([x.abs().max(), y.abs().max()]))
+        else:
+            row["z_norm"] = max((float(v[free].abs().max()) if bool(free.any()) else 0.0)
+                                for v, free in ((x, self._free[0]), (y, self._free[1])))
         if self.kkt == "least_squares" or (self.kkt == "method" and "kkt_stationarity" not in row):
             if "kkt_stationarity" in row:
                 row["kkt_stationarity_method"] = row["kkt_stationarity"]

@@ -70,9 +70,13 @@ def with_context(call: Callable[[], Any], where: str) -> Any:
     try:
         return call()
     except Exception as exc:
-        if hasattr(exc, "add_note"):  # Python >= 3.11
-            exc.add_note(f"bilevel.solve: raised {where}")
+        _note(exc, where)
         raise
+
+
+def _note(exc: Exception, where: str) -> None:
+    if hasattr(exc, "add_note"):  # Python >= 3.11
+        exc.add_note(f"bilevel.solve: raised {where}")
 
 
 def nonfinite_names(items: Sequence[tuple[str, Any]]) -> str:
@@ -109,7 +113,11 @@ def iterate(stepper: Stepper, solver: Solver, state: Any, clock: Clock, *, max_i
     k = clock.k
     for k in range(clock.k, max_iter):
         start = time.perf_counter()
-        new, aux = with_context(lambda: stepper.step(state, k), f"in iteration {k + 1} of {solver.name}")
+        try:
+            new, aux = stepper.step(state, k)
+        except Exception as exc:
+            _note(exc, f"in iteration {k + 1} of {solver.name}")
+            raise
         point_ok, aux_ok = stepper.check(new, aux)           # the guard: one host synchronisation
         step_time = time.perf_counter() - start
         for b in range(size):

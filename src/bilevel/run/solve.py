@@ -299,7 +299,8 @@ class Single:
         numbers = [v for v in aux.diagnostics.values() if not isinstance(v, torch.Tensor)]
         total = aux.checksum
         if total is None:
-            total = checksum(state.x, state.y, (v for v in aux.diagnostics.values() if isinstance(v, torch.Tensor)))
+            total = checksum(state.x, state.y, [v for v in aux.diagnostics.values() if isinstance(v, torch.Tensor)],
+                             eager=True)
         if math.isfinite(float(total)) and all(math.isfinite(v) for v in numbers):
             return [True], [True]
         return ([not nonfinite_names([("x", state.x), ("y", state.y)])],

@@ -3,7 +3,7 @@ base class `ImplicitStep` is shared with galet, which solves for the multiplier 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -115,7 +115,7 @@ class ImplicitStep(Solver):
         jx, _ = oracle.vjp_grad_y_g(x, y, nu)
         eta, memory = x_step(self.step_size, self.x_scale, state, fx + jx)
         x_new = problem.project_x(x - eta * (fx + jx))
-        return (replace(state, x=x_new, y=y, k=state.k + 1, x_memory=memory, inner_step_size=step),
+        return (state.replace(x=x_new, y=y, k=state.k + 1, x_memory=memory, inner_step_size=step),
                 Aux(diagnostics, nu=nu))
 
 
@@ -191,7 +191,7 @@ class AIDBiO(ImplicitStep):
                           f"continuum of solutions?) or too ill-conditioned for linear_solver, so the hypergradient "
                           f"and x cannot be trusted; galet solves the least-squares system instead")
                 warnings.warn(f"aid_bio: {caveat}", SingularHessianWarning, stacklevel=2)
-                new = replace(new, caveat=caveat)
+                new = new.replace(caveat=caveat)
         return new, aux
 
     def caveats(self, state: ImplicitState) -> list[str]:

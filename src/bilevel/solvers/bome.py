@@ -1,7 +1,7 @@
 """bome: bilevel optimization made easy (a first-order value-function method)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -133,4 +133,4 @@ class BOME(Solver):
         eta_x, memory = x_step(self.step_size, self.x_scale, state, fx + lam * qx)
         x_new = problem.project_x(x - eta_x * (fx + lam * qx))
         y_new = problem.project_y(y - state.lower_step_size * (fy + lam * qy))
-        return replace(state, x=x_new, y=y_new, k=state.k + 1, x_memory=memory), aux
+        return state.replace(x=x_new, y=y_new, k=state.k + 1, x_memory=memory), aux

@@ -1,7 +1,7 @@
 """f2ba: fully first-order bilevel approximation by a value-function penalty (Chen et al. 2024)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -129,5 +129,5 @@ class F2BA(Solver):
                    "kkt_stationarity": kkt.kkt_stationarity(oracle, x, state.y, nu, grad_f0,
                                                                 problem.free_y(state.y, gy0))}, nu=nu)
         x_step_size, memory = x_step(self.step_size, self.x_scale, state, d_x)
-        return replace(state, x=problem.project_x(x - x_step_size * d_x), y=y, z=z, k=state.k + 1,
-                       x_memory=memory), aux
+        return state.replace(x=problem.project_x(x - x_step_size * d_x), y=y, z=z, k=state.k + 1,
+                             x_memory=memory), aux

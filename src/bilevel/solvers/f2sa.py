@@ -1,7 +1,7 @@
 """f2sa: fully first-order stochastic approximation with a growing penalty (Kwon et al. 2023)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -138,4 +138,4 @@ class F2SA(Solver):
         nu = lam * (state.y - state.z)
         eta, memory = x_step(given, self.x_scale, state, d_x)
         aux = Aux({"f": f0, **lower_diagnostics(problem, state.y, g0, gy0), "penalty": lam, "step_size": eta}, nu=nu)
-        return replace(state, x=problem.project_x(x - eta * d_x), y=y, z=z, k=state.k + 1, x_memory=memory), aux
+        return state.replace(x=problem.project_x(x - eta * d_x), y=y, z=z, k=state.k + 1, x_memory=memory), aux

@@ -1,7 +1,7 @@
 """hjfbio: Hessian/Jacobian-free bilevel optimization by finite differences (Huang 2024)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -115,5 +115,5 @@ class HJFBiO(Solver):
         v = project_ball(v + state.v_step_size * ry, self.radius)
         aux = Aux({"f": f, **lower_diagnostics(problem, y, g, gy), "kkt_stationarity": inner(rx, rx) + inner(ry, ry)}, nu=-v)
         eta, memory = x_step(self.step_size, self.x_scale, state, rx)
-        return replace(state, x=problem.project_x(x - eta * rx), y=problem.project_y(y - state.lower_step_size * gy),
-                       v=v, k=state.k + 1, x_memory=memory), aux
+        return state.replace(x=problem.project_x(x - eta * rx), y=problem.project_y(y - state.lower_step_size * gy),
+                             v=v, k=state.k + 1, x_memory=memory), aux

@@ -1,7 +1,7 @@
 """iaptt_gm: initialisation auxiliary and pessimistic trajectory truncation (Liu et al. 2021)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -113,4 +113,4 @@ class IAPTTGM(Solver):
         eta, memory = x_step(self.step_size, self.x_scale, state, run.grad_x)
         x = problem.project_x(state.x - eta * run.grad_x)
         z = problem.project_y(state.z - self.lower_step_size * run.grad_z)
-        return replace(state, x=x, y=run.y_last, z=z, k=state.k + 1, x_memory=memory), aux
+        return state.replace(x=x, y=run.y_last, z=z, k=state.k + 1, x_memory=memory), aux

@@ -1,7 +1,7 @@
 """meha: Moreau-envelope-based single-loop Hessian-free bilevel method (Liu et al. 2024)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -135,5 +135,5 @@ class MEHA(Solver):
                    "kkt_stationarity": kkt.kkt_stationarity(oracle, x, y, nu, (fx, fy), problem.free_y(y, gy))},
                   nu=nu)
         alpha, memory = x_step(self.step_size, self.x_scale, state, d_x)
-        return replace(state, x=problem.project_x(x - alpha * d_x), y=problem.project_y(y - state.lower_step_size * d_y),
-                       theta=theta, k=state.k + 1, x_memory=memory), aux
+        return state.replace(x=problem.project_x(x - alpha * d_x), y=problem.project_y(y - state.lower_step_size * d_y),
+                             theta=theta, k=state.k + 1, x_memory=memory), aux

@@ -37,8 +37,7 @@ def qp_step(grad_f: tuple[Tensor, Tensor], grad_h: tuple[Tensor, Tensor], alpha_
         hdf, hdh = inner(hx, fx) + inner(hy, fy), inner(hx, hx) + inner(hy, hy)
     else:
         hdf, hdh = inner(hx, fx) + y_scale * inner(hy, fy), inner(hx, hx) + y_scale * inner(hy, hy)
-    positive = hdh > 0
-    lam = torch.where(positive, torch.clamp(alpha_rho - hdf, min=0) / torch.where(positive, hdh, 1.0), 0.0)
+    lam = torch.where(hdh > 0, torch.clamp(alpha_rho - hdf, min=0) / hdh, 0.0)   # (the 0/0 branch not taken)
     dx, dy = torch.addcmul(fx, lam, hx).neg_(), torch.addcmul(fy, lam, hy).neg_()
     return dx, (dy if isinstance(y_scale, float) and y_scale == 1.0 else y_scale * dy), lam
 
@@ -494,10 +493,10 @@ class PGDQP(Solver):
             if moved is None and self.schedule == "projected" and self.select_tol:
                 moved = optimistic_choice(oracle, x, y, g0, ends, lower, self.select_tol, self.escape_gain)
             if moved is not None:
-                return replace(state, y=moved, velocity=None, grads=None, grad_f=None,
-                               escape_next=k + self.escape_every, escape_interval=self.escape_every)
+                return state.replace(y=moved, velocity=None, grads=None, grad_f=None,
+                                     escape_next=k + self.escape_every, escape_interval=self.escape_every)
         interval = 2 * state.escape_interval
-        return replace(state, escape_next=k + interval, escape_interval=interval)
+        return state.replace(escape_next=k + interval, escape_interval=interval)
 
     # ----- block steps: x's step rho_k times y's ------------------------------------------
     def _blocks(self, oracle: Oracle) -> bool:
@@ -601,15 +600,15 @@ class PGDQP(Solver):
         return Direction(dx, dy, gamma, lf, lh, grads if any(self._adapts()) else None, aux, ratio)
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> tuple[PGDQPState, Aux]:
+        if self._fuses(oracle, state):   # (full data, not "projected")
+            new, aux = self._fused_step(problem, oracle, state)
+            return self._escape(problem, oracle, new), aux
         if self._stochastic_fallback(oracle):
             return self._as_diminishing().step(problem, oracle, state)
         if self.schedule == "projected":
             return self._projected_step(problem, oracle, state)
         if self._noisy_schedule(oracle):
             return stochastic_step(self, problem, oracle, state)
-        if self._fuses(oracle, state):
-            new, aux = self._fused_step(problem, oracle, state)
-            return self._escape(problem, oracle, new), aux
         d = (self._stochastic_direction(problem, oracle, state) if self._independent(oracle)
              else self._direction(problem, oracle, state))
         new = self._advance(problem, state, d, 0.0 if self.momentum is None and self._noisy_schedule(oracle)
@@ -625,8 +624,8 @@ class PGDQP(Solver):
             vx, vy = vx + momentum * state.velocity[0], vy + momentum * state.velocity[1]
         x = problem.project_x(state.x + vx)
         y = problem.project_y(state.y + vy)
-        return replace(state, x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y),
-                       lipschitz_f=d.lipschitz_f, lipschitz_h=d.lipschitz_h, grads=d.grads, ratio=d.ratio)
+        return state.replace(x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y),
+                             lipschitz_f=d.lipschitz_f, lipschitz_h=d.lipschitz_h, grads=d.grads, ratio=d.ratio)
 
     # ----- oracle="compiled": the closed-form step as one graph ---------------------------------
     def _fuses(self, oracle: Oracle, state: PGDQPState) -> bool:
@@ -641,9 +640,10 @@ class PGDQP(Solver):
     def _fused_step(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> tuple[PGDQPState, Aux]:
         """`_direction` and `_advance` as one call of a compiled graph (`Oracle.fused`), counted as the
         oracle calls inside (a gradient of f, one of g and one backward product): the iteration
-        counter, the constants L_f, L_h and the block ratio enter as tensors, so that one graph
-        serves the whole run; the guard's sum is made inside (`Aux.checksum`). The same iterates
-        as the eager step up to round-off."""
+        counter, the constants L_f, L_h (where the schedule has them) and the block ratio (with
+        block steps) enter as tensors, so that one graph serves the whole run; the guard's sum is
+        made inside (`Aux.checksum`). Only what changes leaves the graph (each output costs an
+        allocation). The same iterates as the eager step up to round-off."""
         x = state.x
 
         def tensor(value: float | Tensor, dtype: torch.dtype = x.dtype) -> Tensor:   # after a fused step, a tensor
@@ -651,35 +651,44 @@ class PGDQP(Solver):
         blocks = self._blocks(oracle)
         update = oracle.fused("pgdqp", lambda: self._fused_update(problem, state, blocks), n_grad_f=1, n_grad_g=1,
                               n_hvp=1)
-        grads = tuple(state.grads) if state.grads is not None else ()
-        constants = (state.lipschitz_f, state.lipschitz_h)
-        x, y, vx, vy, lf, lh, ratio, nu, total, *rest = update(
-            x, state.y, *state.velocity, tensor(state.k), *(tensor(0.0 if c is None else c) for c in constants),
-            tensor(state.ratio, torch.float64), *grads)
-        values, grads = rest[:len(QP_DIAGNOSTICS)], rest[len(QP_DIAGNOSTICS):]
-        new = replace(state, x=x, y=y, k=state.k + 1, velocity=(vx, vy),
-                      lipschitz_f=lf if state.lipschitz_f is not None else None,
-                      lipschitz_h=lh if state.lipschitz_h is not None else None,
-                      grads=Gradients(*grads) if grads else None, ratio=ratio if blocks else state.ratio)
+        constants = [tensor(c) for c in (state.lipschitz_f, state.lipschitz_h) if c is not None]
+        ratio = [tensor(state.ratio, torch.float64)] if blocks else []
+        x, y, vx, vy, nu, total, *rest = update(x, state.y, *state.velocity, tensor(state.k), *constants, *ratio,
+                                                *(state.grads or ()))
+        values, rest = rest[:len(QP_DIAGNOSTICS)], iter(rest[len(QP_DIAGNOSTICS):])
+        adapts = self._adapts()
+        lf, lh = (None if c is None else next(rest) if adapt else tensor(c)
+                  for c, adapt in zip((state.lipschitz_f, state.lipschitz_h), adapts))
+        new = state.replace(x=x, y=y, k=state.k + 1, velocity=(vx, vy), lipschitz_f=lf, lipschitz_h=lh,
+                            ratio=next(rest) if blocks else state.ratio,
+                            grads=Gradients(*rest) if any(adapts) else None)
         return new, Aux(dict(zip(QP_DIAGNOSTICS, values)), nu=nu, checksum=total)
 
     def _fused_update(self, problem: BilevelProblem, start: PGDQPState, blocks: bool):
-        """The function of tensors that `_fused_step` compiles; the run's fixed constants (h0,
-        gamma0, alpha0, rho*) are those of `start`; `blocks`: whether x and y take block steps."""
+        """The function of tensors that `_fused_step` compiles: (x, y, velocity, k, the constants
+        L_f and L_h that `start` has, the ratio with block steps, the last gradients where the
+        secants need them) -> (x, y, velocity, nu, the guard's sum, the `QP_DIAGNOSTICS`, the
+        constants the secants raised, the ratio with block steps, the gradients for the next
+        secants). The run's fixed constants (h0, gamma0, alpha0, rho*) are those of `start`;
+        `blocks`: whether x and y take block steps."""
         momentum = self._momentum()
+        adapts = self._adapts()
+        has = [c is not None for c in (start.lipschitz_f, start.lipschitz_h)]
 
-        def update(ops, x, y, vx, vy, k, lf, lh, ratio, *grads):
-            state = replace(start, x=x, y=y, k=k, velocity=(vx, vy), ratio=ratio if blocks else start.ratio,
-                            lipschitz_f=lf if start.lipschitz_f is not None else None,
-                            lipschitz_h=lh if start.lipschitz_h is not None else None,
-                            grads=Gradients(*grads) if grads else None)
+        def update(ops, x, y, vx, vy, k, *rest):
+            rest = iter(rest)
+            lf, lh = (next(rest) if present else None for present in has)
+            ratio = next(rest) if blocks else start.ratio
+            grads = tuple(rest)
+            state = start.replace(x=x, y=y, k=k, velocity=(vx, vy), ratio=ratio, lipschitz_f=lf, lipschitz_h=lh,
+                                  grads=Gradients(*grads) if grads else None)
             d = self._direction(problem, _Derivatives(ops, stochastic=False), state)
             new = self._advance(problem, state, d, momentum)
             values, total = _graph_diagnostics(new, d.aux)
-            lf, lh = (given if c is None else torch.as_tensor(c, dtype=x.dtype)
-                      for given, c in ((lf, new.lipschitz_f), (lh, new.lipschitz_h)))
-            return (new.x, new.y, *new.velocity, lf, lh, torch.as_tensor(new.ratio, dtype=torch.float64), d.aux.nu,
-                    total, *values, *(new.grads or ()))
+            raised = [torch.as_tensor(c, dtype=x.dtype) for c, adapt in zip((new.lipschitz_f, new.lipschitz_h), adapts)
+                      if adapt]
+            ratio = [torch.as_tensor(new.ratio, dtype=torch.float64)] if blocks else []
+            return (new.x, new.y, *new.velocity, d.aux.nu, total, *values, *raised, *ratio, *(new.grads or ()))
         return update
 
     def batch_support(self) -> str:
@@ -799,8 +808,8 @@ class PGDQP(Solver):
                     break
                 t *= 0.5
         x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
-        new = replace(state, x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y), multiplier=u,
-                      grad_f=grad_f, lipschitz_f=lf, penalty=as_float(penalty), ratio=ratio)
+        new = state.replace(x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y), multiplier=u,
+                            grad_f=grad_f, lipschitz_f=lf, penalty=as_float(penalty), ratio=ratio)
         return self._escape(problem, oracle, new), aux
 
     # ----- minibatches: two independent lower batches (estimator="independent") -------------------
@@ -939,8 +948,8 @@ def stochastic_step(solver: PGDQP, problem: BilevelProblem, oracle: Oracle,
     if solver.momentum and state.velocity is not None:
         vx, vy = vx + solver.momentum * state.velocity[0], vy + solver.momentum * state.velocity[1]
     x, y = problem.project_x(state.x + vx), problem.project_y(state.y + vy)
-    new = replace(state, x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y), x_memory=memory,
-                  lower_grad=c)
+    new = state.replace(x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y), x_memory=memory,
+                        lower_grad=c)
     return new, aux
 
 
@@ -959,8 +968,8 @@ def fused_stochastic_step(solver: PGDQP, problem: BilevelProblem, oracle: Oracle
     x, y, vx, vy, c, nu, total, *rest = update(x, state.y, *state.velocity, state.lower_grad,
                                                torch.as_tensor(state.k, dtype=x.dtype, device=x.device),
                                                *((state.x_memory,) if adaptive else ()))
-    new = replace(state, x=x, y=y, k=state.k + 1, velocity=(vx, vy), lower_grad=c,
-                  x_memory=rest[len(QP_DIAGNOSTICS)] if adaptive else state.x_memory)
+    new = state.replace(x=x, y=y, k=state.k + 1, velocity=(vx, vy), lower_grad=c,
+                        x_memory=rest[len(QP_DIAGNOSTICS)] if adaptive else state.x_memory)
     return new, Aux(dict(zip(QP_DIAGNOSTICS, rest[:len(QP_DIAGNOSTICS)])), nu=nu, checksum=total)
 
 
@@ -970,8 +979,8 @@ def _fused_stochastic_update(solver: PGDQP, problem: BilevelProblem, start: Stoc
     adaptive = solver.step_size is None
 
     def update(ops, x, y, vx, vy, c, k, *memory):
-        state = replace(start, x=x, y=y, k=k, velocity=(vx, vy), lower_grad=c,
-                        x_memory=memory[0] if adaptive else start.x_memory)
+        state = start.replace(x=x, y=y, k=k, velocity=(vx, vy), lower_grad=c,
+                              x_memory=memory[0] if adaptive else start.x_memory)
         new, aux = stochastic_step(solver, problem, _Derivatives(ops, stochastic=True), state)
         values, total = _graph_diagnostics(new, aux)
         return (new.x, new.y, *new.velocity, new.lower_grad, aux.nu, total, *values,

@@ -2,7 +2,7 @@
 directions; memories of fixed blocks of samples, chosen through the oracle's sample indices."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -160,7 +160,7 @@ class SABA(Framework):
         weights = (blocks[1].weight,) * 3 + (blocks[0].weight,) * 2
         means = tuple(w @ t.reshape(len(w), -1) for w, t in zip(weights, tables))
         memory = Memory(tuple(tables), tuple(m.reshape(t.shape[1:]) for m, t in zip(means, tables)))
-        return replace(state, blocks=blocks, memory=memory)
+        return state.replace(blocks=blocks, memory=memory)
 
     def _estimate(self, oracle: Oracle, state: SABAState, update: bool):
         """The variance-reduced directions at state's iterate, and (if update) the memory with the

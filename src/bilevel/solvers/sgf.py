@@ -1,7 +1,7 @@
 """sgf: the safe gradient flow for bilevel optimization, discretised by explicit Euler."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -89,4 +89,4 @@ class SGF(Solver):
         y_step_size = next(s for s in (self.lower_step_size, self.step_size, EULER_STEP) if s is not None)
         x = problem.project_x(state.x + x_step_size * dx)
         y = problem.project_y(state.y + y_step_size * dy)
-        return replace(state, x=x, y=y, k=state.k + 1, x_memory=memory), aux
+        return state.replace(x=x, y=y, k=state.k + 1, x_memory=memory), aux

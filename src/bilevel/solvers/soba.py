@@ -2,7 +2,7 @@
 directions; its directions and state are shared with saba, which reduces their variance."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
@@ -134,8 +134,8 @@ class Framework(Solver):
         direction = w / torch.clamp(norm, min=torch.finfo(norm.dtype).tiny)
         if not isinstance(state.lipschitz_g, Tensor):
             lipschitz_g = as_float(lipschitz_g)
-        return replace(state, lipschitz_g=lipschitz_g, inner_step_size=capped(0.1, lipschitz_g),
-                       curvature_direction=direction)
+        return state.replace(lipschitz_g=lipschitz_g, inner_step_size=capped(0.1, lipschitz_g),
+                             curvature_direction=direction)
 
     def steps(self, state: FrameworkState) -> tuple[float | Tensor, float | Tensor | None]:
         """(rho_k, gamma_k): constant, or rho_0 (1 + k/decay)^(-2/5), gamma_0 (1 + k/decay)^(-3/5);
@@ -151,8 +151,8 @@ class Framework(Solver):
         the new state and gamma (AdaGrad-norm on D_x where step_size is None, `base.x_step`)."""
         rho, gamma = self.steps(state)
         gamma, memory = x_step(gamma, self.x_scale, state, dx)
-        return replace(state, x=problem.project_x(state.x - gamma * dx), y=problem.project_y(state.y - rho * dy),
-                       v=state.v - rho * dv, k=state.k + 1, x_memory=memory, **more), gamma
+        return state.replace(x=problem.project_x(state.x - gamma * dx), y=problem.project_y(state.y - rho * dy),
+                             v=state.v - rho * dv, k=state.k + 1, x_memory=memory, **more), gamma
 
     def fused_step(self, problem: BilevelProblem, oracle: Oracle, state: FrameworkState) -> tuple[FrameworkState, Aux]:
         """`directions` then `advance` as one call of `fused_update` (one compiled graph where the
@@ -168,7 +168,7 @@ class Framework(Solver):
             x, state.y, state.v, torch.as_tensor(rho, dtype=x.dtype, device=x.device),
             torch.as_tensor(0.0 if adaptive else gamma, dtype=x.dtype, device=x.device), memory)
         step_size = step if adaptive else gamma
-        new = replace(state, x=new_x, y=new_y, v=new_v, k=state.k + 1, x_memory=memory if adaptive else state.x_memory)
+        new = state.replace(x=new_x, y=new_y, v=new_v, k=state.k + 1, x_memory=memory if adaptive else state.x_memory)
         return new, Aux({"f": f, "g": g, "h": h, "kkt_feasibility": h, "kkt_stationarity": kkt, "step_size": step_size},
                         nu=state.v, checksum=total)
 

@@ -1,7 +1,7 @@
 """stocbio: stochastic bilevel optimizer with a Neumann-series hypergradient (Ji, Yang, Liang 2021)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -119,7 +119,7 @@ class StocBiO(Solver):
         jx, _ = oracle.vjp_grad_y_g(x, y, v)
         beta, memory = x_step(state.step_size, self.x_scale, state, fx - jx)
         diagnostics["step_size"] = beta
-        return (replace(state, x=problem.project_x(x - beta * (fx - jx)), y=y, k=state.k + 1, x_memory=memory),
+        return (state.replace(x=problem.project_x(x - beta * (fx - jx)), y=y, k=state.k + 1, x_memory=memory),
                 Aux(diagnostics, nu=-v))
 
     def neumann(self, oracle: Oracle, x: Tensor, y: Tensor, grad_y_f: Tensor, eta: float | Tensor) -> Tensor:

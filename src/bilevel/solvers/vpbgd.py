@@ -1,7 +1,7 @@
 """vpbgd: value-function penalty-based bilevel gradient descent."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -139,4 +139,4 @@ class VPBGD(Solver):
         else:
             y_step = self.lower_step_size * s
         y_new = problem.project_y(y - y_step * (fy + gamma * gy))
-        return replace(state, x=x_new, y=y_new, w=w, k=state.k + 1, x_memory=memory), aux
+        return state.replace(x=x_new, y=y_new, w=w, k=state.k + 1, x_memory=memory), aux
