@@ -437,6 +437,8 @@ def _signature(leaves: list, plain: bool = True) -> tuple | None:
         else:
             signature.append((type(leaf), leaf))
     return tuple(signature)
+
+
 _FLAT = "a flat tuple"   # the structure of a fused step's outputs that need no unflattening
 
 
