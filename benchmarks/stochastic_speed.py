@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import bilevel
-from bilevel.cli.report import command, format_table, machine, update_section
+from bilevel.cli.report import command, format_table, machine, relative_difference, update_section
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import interleaved, median_ratio  # noqa: E402
@@ -104,7 +104,7 @@ def main() -> None:
     times, outputs = interleaved(runs, args.repeats)
     hand_x = outputs["hand-written eager loop (SOBA)"][0]
     soba_x = outputs["solve soba"].x
-    difference = float((hand_x - soba_x).abs().max() / hand_x.abs().max().clamp(min=1e-30))
+    difference = relative_difference(soba_x, hand_x)
     base = times["hand-written eager loop (SOBA)"]
     soba = times["solve soba"]
     rows = []
@@ -114,7 +114,7 @@ def main() -> None:
                          median_ratio(t, base),
                      "x solve soba": median_ratio(t, soba),
                      "max relative difference of x from the hand loop":
-                         f"{difference:.1e}" if name == "solve soba" else ""})
+                         difference if name == "solve soba" else ""})
     table = format_table(rows, list(rows[0]))
     print(table)
     update_section(args.results, "stochastic-speed", "\n".join([

@@ -81,11 +81,13 @@ def _leaf(t: Tensor) -> Tensor:
     return t.detach().requires_grad_(True)
 
 
-def _grads(out: Tensor, inputs: tuple[Tensor, ...], create_graph: bool = False) -> tuple[Tensor, ...]:
-    """Gradients of a scalar with zeros (not None) for inputs it does not depend on."""
+def _grads(out: Tensor, inputs: tuple[Tensor, ...], create_graph: bool = False,
+           retain_graph: bool | None = None) -> tuple[Tensor, ...]:
+    """Gradients of a scalar with zeros (not None) for inputs it does not depend on (the graph kept
+    for further backward passes with retain_graph)."""
     if not out.requires_grad:
         return tuple(torch.zeros_like(t) for t in inputs)
-    grads = torch.autograd.grad(out, inputs, allow_unused=True, create_graph=create_graph)
+    grads = torch.autograd.grad(out, inputs, allow_unused=True, create_graph=create_graph, retain_graph=retain_graph)
     return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs))
 
 
@@ -257,11 +259,8 @@ class Autograd(Backend):
         transposed: list[Tensor] = []        # (w, J^T w), made once where J v is asked
 
         def vjp(v: Tensor) -> tuple[Tensor, Tensor]:
-            if not gy.requires_grad:              # J = 0
-                return torch.zeros_like(x_), torch.zeros_like(y_)
             with torch.enable_grad():
-                grads = torch.autograd.grad(gy, (x_, y_), v.detach(), retain_graph=True, allow_unused=True)
-            return tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, (x_, y_)))
+                return _grads(inner(gy, v.detach()), (x_, y_), retain_graph=True)
 
         def jvp(dx: Tensor, dy: Tensor) -> Tensor:
             with torch.enable_grad():
@@ -269,10 +268,7 @@ class Autograd(Backend):
                     w = torch.zeros_like(gy, requires_grad=True)
                     transposed.extend([w, *_grads(inner(gy, w), (x_, y_), create_graph=True)])
                 w, jx, jy = transposed
-                product = inner(jx, dx.detach()) + inner(jy, dy.detach())
-                if not product.requires_grad:        # J = 0
-                    return torch.zeros_like(w)
-                (ju,) = torch.autograd.grad(product, (w,), retain_graph=True)
+                (ju,) = _grads(inner(jx, dx.detach()) + inner(jy, dy.detach()), (w,), retain_graph=True)
             return ju
         return vjp, jvp
 
@@ -714,6 +710,7 @@ class Oracle:
     def __init__(self, backend):
         self.backend = backend
         self.steps: dict[Any, Callable] = {}
+        self.calls: dict[Any, Callable] = {}       # `fused`'s counted calls on full data, by key
         self.counts: Counter[str] = Counter()
         self.reset()
 
@@ -751,17 +748,17 @@ class Oracle:
         where it compiles), with fn = make() the first time `key` is asked of this oracle (so that
         one function is compiled once for a run) and ops the back-end's derivatives on the current
         batches; each call counted as `cost` (n_grad_f=1, ...)."""
+        if key in self.calls:
+            return self.calls[key]
         if key not in self.steps:
             self.steps[key] = make()
-        if not self.stochastic and (key, "call") in self.steps:   # (on minibatches, fuse binds the batches)
-            return self.steps[key, "call"]
         whole = self.backend.fuse(self.steps[key])
 
         def call(*tensors: Tensor):
             self.counts.update(cost)
             return whole(*tensors)
-        if not self.stochastic:
-            self.steps[key, "call"] = call
+        if not self.stochastic:   # (on minibatches, fuse binds the current batches: made anew each time)
+            self.calls[key] = call
         return call
 
     def lower_jacobian(self, x: Tensor, y: Tensor) -> tuple[Callable, Callable]:
