@@ -129,11 +129,13 @@ class PGDQP(Solver):
             c = grad_y g, replaced by the linearised condition c itself (a vector equality; where
             it holds, <grad h, s> = -2h, the paper's constraint with alpha rho = 2h). Its solution is
             a tangent step plus a step to c = 0, and the latter is taken in y alone (moving x to
-            make grad_y g vanish is not solving the lower level):
+            make grad_y g vanish is not solving the lower level), except on a bound where g is
+            linear in y (r below):
 
                 s = theta t + (0, -v),   J = [grad_yx g, grad_yy g],
-                t = argmin 1/2 ||t + gamma P grad f||^2_{P^-1}  s.t.  J t = 0:
-                    t = -P (gamma grad f + J^T u),   (J P J^T + ||c||^2 I) u = -gamma J P grad f,
+                t = argmin 1/2 ||t + gamma P grad f||^2_{P^-1}  s.t.  J t = -r:
+                    t = -P (gamma grad f + J^T (u + w)),   (J P J^T + ||c||^2 I) u = -gamma J P grad f,
+                    J P J^T w = r,
                 grad_yy g v = c   (truncated Newton: -v descends on g(x, .) where grad_yy g is indefinite),
 
             in the metric P = diag(rho_k I_x, I_y) of the block steps (below; P = I without them),
@@ -149,8 +151,12 @@ class PGDQP(Solver):
             iterates instead of chattering as the scalar constraint's [.]_+ multiplier does (grad h ->
             0 there). On a y box, c and J's rows and y-columns are restricted to the free
             coordinates, all but those at a bound that c pushes against (y_i = low_i with c_i > 0,
-            y_i = high_i with c_i < 0). No momentum. Lower-level escapes as in "diminishing". On minibatches it
-            runs as "diminishing".
+            y_i = high_i with c_i < 0). r = 0 but where g has no curvature along c (v = 0) and f
+            holds y_i on the bound that c points away from (`restored_through_x`): there r_i = c_i
+            (x restores the lower level, y_i keeps its bound) where f after x's part of -P J^T w is
+            no more than f with those y_i on their far bounds (y's way to the lower level). No
+            momentum. Lower-level escapes as in "diminishing". On minibatches it runs as
+            "diminishing".
         "constant": Algorithm 1 as written: gamma = step_size (default 0.01) and
             alpha = alpha (default 1.0) at every iteration.
         "theorem": Algorithm 1 as written (its line 2, h(x0, y0) <= alpha^2 C_0, holds for
@@ -759,20 +765,42 @@ class PGDQP(Solver):
         u, (jx, jy), tangent_residual = multiplier_steps(jac, jac_t, torch.zeros_like(c),
                                                          (gamma * ratio * fx, gamma * mask(fy)), damping,
                                                          state.multiplier, self.cg_iters, self.cg_tol)
-        tx, ty = -(gamma * ratio * fx + jx), -mask(gamma * fy + jy)
         newton, newton_residual = newton_steps(hess, c, self.cg_iters, self.cg_tol)
         distance = torch.linalg.vector_norm(newton)
+        restore = restored_through_x(y, c, mask(fy), distance, problem.y_bounds)
+        # J t = trust (r_t + damping u) so far (from the solve's residual r_t); u alone starts the next step's solve
+        warm, held, tangent_gap = u, None, tangent_residual + damping * u
+        if restore is None:
+            restore = torch.zeros_like(c)
+        else:   # J t_r = -r by its own undamped solve (a tolerance relative to r, small near the end)
+            ur, (rx, ry), restore_residual = multiplier_steps(
+                jac, jac_t, restore, (torch.zeros_like(fx), torch.zeros_like(fy)), torch.zeros_like(damping),
+                torch.zeros_like(c), self.cg_iters, self.cg_tol)
+            # x's way to the lower level against y's: f after x's step of t_r, against f with the held
+            # y_i moved to the bounds that g's slope points to; the cheaper is taken
+            through_x = oracle.f(problem.project_x(x - rx), y)
+            through_y = oracle.f(x, problem.project_y(torch.where(restore != 0, y - torch.sign(c) * torch.inf, y)))
+            keep = through_x <= torch.nan_to_num(through_y, nan=torch.inf)
+            restore = torch.where(keep, restore, 0.0)
+            held = restore != 0
+            keep = keep.to(c.dtype)
+            u, jx, jy = u + keep * ur, jx + keep * rx, jy + keep * ry
+            tangent_gap = tangent_gap + keep * restore_residual
+        tx, ty = -(gamma * ratio * fx + jx), -mask(gamma * fy + jy)
         reach = self.certify * torch.clamp(torch.linalg.vector_norm(y), min=1.0)
         trust = torch.where(distance > reach, reach / torch.where(distance > reach, distance, 1.0), 1.0)
         sx, sy = trust * tx, trust * ty - newton
+        if held is not None:    # y_i stays on its bound while x restores c_i: no step of y_i (nor in the slope)
+            sy = torch.where(held, 0.0, sy)
         stationarity = (inner(tx, tx) / ratio ** 2 + inner(ty, ty)) / gamma ** 2
         nu_norm = torch.linalg.vector_norm(u) / gamma
         diag = {"f": f, **lower_diagnostics(problem, y, g, gy), "kkt_stationarity": stationarity,
                 "step_size": gamma, "multiplier_norm": nu_norm, "trust": trust}
         slope = inner(fx, sx) + inner(fy, sy)
-        # c + J s = trust (r_t + damping u) + r_n, from the residuals of the two solves
-        linearized = torch.linalg.vector_norm(trust * (tangent_residual + damping * u) + newton_residual)
-        return ((sx, sy), Aux(diag, nu=u / gamma), u, (fx, fy), lf, ratio,
+        # c + J s = trust (r_t + damping u + r_r - r) + r_n, from the residuals of the solves and the part r of c
+        # that t restores
+        linearized = torch.linalg.vector_norm(trust * (tangent_gap - restore) + newton_residual)
+        return ((sx, sy), Aux(diag, nu=u / gamma), warm, (fx, fy), lf, ratio,
                 (f, torch.linalg.vector_norm(c), linearized, slope, nu_norm))
 
     def _projected_step(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> tuple:
@@ -1046,6 +1074,36 @@ def newton_steps(hess, c: Tensor, iters: int, tol: float) -> tuple[Tensor, Tenso
         p = r + torch.where(rr > tiny, rr_next / torch.clamp(rr, min=tiny), 0.0) * p
         rr = rr_next
     return v, r
+
+
+def restored_through_x(y: Tensor, c: Tensor, fy: Tensor, newton_length: Tensor,
+                       bounds: tuple | None) -> Tensor | None:
+    """The part r of c = grad_y g that "projected"'s tangent step may restore (J t = -r), through x:
+    c_i where f holds y_i on a bound that g's slope points away from (y_i = low_i with c_i < 0 and
+    grad_y f_i > 0, or y_i = high_i with c_i > 0 and grad_y f_i < 0) and grad_yy g has no curvature
+    along c (`newton_steps` gives v = 0: newton_length = ||v|| = 0); zero elsewhere, and None
+    where nothing is restored (a value test, skipped under torch.func.vmap).
+
+    There g is linear in y: its solution lies on the far bound, and y_i stays a lower-level solution
+    on f's side of the box only where x makes c_i vanish (the complementarity c_i >= 0 at y_i = low_i).
+    The Newton step has no length there and J t = 0 would keep x still, away from the lower level
+    (BOLIB's Yezza1996Ex31: y = 0, x short of 1/4). The step takes r only where x's way costs f no
+    more than y's move to its far bound. An interior y_i, or one that f does not hold, keeps J t = 0
+    and reaches its bound by the lower-level checks (f = x, g = x y in tests/test_statuses.py:
+    restoring c = x through x there would pin x at 0, where every y is a solution)."""
+    if bounds is None:
+        return None
+    low, high = bounds
+    held = torch.zeros_like(y, dtype=torch.bool)
+    if low is not None:
+        held = held | ((y <= low) & (c < 0) & (fy > 0))
+    if high is not None:
+        held = held | ((y >= high) & (c > 0) & (fy < 0))
+    held = held & (newton_length == 0)
+    any_held = as_float(held.any())
+    if isinstance(any_held, float) and not any_held:
+        return None
+    return torch.where(held, c, torch.zeros_like(c))
 
 
 def free_coordinates(t: Tensor, slope: Tensor | None, bounds: tuple | None) -> Tensor | None:
