@@ -768,7 +768,7 @@ class PGDQP(Solver):
         newton, newton_residual = newton_steps(hess, c, self.cg_iters, self.cg_tol)
         distance = torch.linalg.vector_norm(newton)
         restore = restored_through_x(y, c, mask(fy), distance, problem.y_bounds)
-        # J t = trust (r_t + damping u) so far (from the solve's residual r_t); u alone starts the next step's solve
+        # J t = r_t + damping u so far (r_t the solve's residual); u alone starts the next step's solve
         warm, held, tangent_gap = u, None, tangent_residual + damping * u
         if restore is None:
             restore = torch.zeros_like(c)
