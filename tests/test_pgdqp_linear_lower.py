@@ -74,6 +74,7 @@ def test_only_held_coordinates_without_curvature_are_restored():
     assert restored_through_x(y, c, torch.zeros_like(fy), torch.tensor(0.0, dtype=D), bounds) is None
 
 
+@pytest.mark.slow
 def test_solve_batch_members_restore_through_x_as_their_lone_runs():
     """Under torch.func.vmap the restoration is computed for every member (no test on values)."""
     def make(seed: int) -> BilevelProblem:
