@@ -91,3 +91,40 @@ def test_solve_batch_members_restore_through_x_as_their_lone_runs():
         lone = solve(factory(seed), "pgdqp", max_iter=300, log_every=300, verify=False, seed=0)
         assert abs(float(member.x[0]) - 1.0) <= 1e-8 and float(member.y[0]) == 0.0
         assert torch.allclose(member.x, lone.x, rtol=0, atol=1e-8)
+
+
+def coupled(x0: list[float]) -> BilevelProblem:
+    """Two coordinates: f = ||x - a||^2 + w'y, g = (A x - b)'y, x in [0, 3]^2, y in [0, 1]^2, y0 = 0;
+    each slope c_i = (A x - b)_i depends on both x's."""
+    a, w = torch.tensor([0.5, 1.5], dtype=D), torch.tensor([2.0, 3.0], dtype=D)
+    A, b = torch.tensor([[1.0, 0.5], [-0.3, 1.0]], dtype=D), torch.tensor([1.0, 2.0], dtype=D)
+    return BilevelProblem(lambda x, y: ((x - a) ** 2).sum() + (w * y).sum(), lambda x, y: ((A @ x - b) * y).sum(),
+                          torch.tensor(x0, dtype=D), torch.zeros(2, dtype=D), x_bounds=(0.0, 3.0), y_bounds=(0.0, 1.0),
+                          info={"a": a, "w": w, "A": A, "b": b})
+
+
+def coupled_value(problem: BilevelProblem, x: torch.Tensor) -> float:
+    """F(x): the vertex of [0, 1]^2 of least g, f's least among ties (within 1e-9)."""
+    A, b = problem.info["A"], problem.info["b"]
+    vertices = [torch.tensor(v, dtype=D) for v in ((0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0))]
+    values = [float((A @ x - b) @ v) for v in vertices]
+    return min(float(problem.f(x, v)) for v, g in zip(vertices, values) if g <= min(values) + 1e-9)
+
+
+@pytest.mark.parametrize("x0", [[2.5, 2.5], [0.2, 0.2]])
+def test_two_held_coordinates_with_coupled_slopes(x0):
+    """F* by closed form: with y = 0 (feasible where A x >= b) f is ||x - a||^2, least at the projection
+    x* of a on the half-plane (A x)_2 >= b_2, where (A x*)_1 > b_1 too: F* = ||x* - a||^2 = 0.3876;
+    the branch y_2 = 1 costs 3 at least. A grid of F over the box finds nothing lower. Before the
+    restoration through x, pgdqp ended on that branch (x = a, y = (0, 1), F = 3) from both starts."""
+    problem = coupled(x0)
+    a, A, b = problem.info["a"], problem.info["A"], problem.info["b"]
+    row = A[1]
+    x_star = a + (b[1] - row @ a) / (row @ row) * row
+    F_star = float(((x_star - a) ** 2).sum())
+    assert float(A[0] @ x_star) > float(b[0]) and F_star == pytest.approx(0.38761, abs=1e-5)
+    grid = torch.linspace(0.0, 3.0, 61, dtype=D)
+    assert min(coupled_value(problem, torch.stack([u, v])) for u in grid for v in grid) >= F_star
+    result = solve(problem, "pgdqp", max_iter=500, log_every=500, seed=0)
+    assert torch.allclose(result.x, x_star, rtol=0, atol=1e-6) and torch.equal(result.y, torch.zeros(2, dtype=D))
+    assert result.verification["upper_value"] == pytest.approx(F_star, abs=1e-6)
