@@ -77,14 +77,11 @@ def test_only_held_coordinates_without_curvature_are_restored():
 @pytest.mark.slow
 def test_solve_batch_members_restore_through_x_as_their_lone_runs():
     """Under torch.func.vmap the restoration is computed for every member (no test on values)."""
-    def make(seed: int) -> BilevelProblem:
-        return kink(1.0, [2.5, 0.2, 1.7][seed])
-
     shared = kink(1.0, 0.0)
 
-    def factory(seed: int) -> BilevelProblem:
-        return BilevelProblem(shared.f, shared.g, make(seed).x0, make(seed).y0, x_bounds=(0.0, 3.0),
-                              y_bounds=(0.0, 1.0))
+    def factory(seed: int) -> BilevelProblem:   # one f and g, the start by seed
+        return BilevelProblem(shared.f, shared.g, torch.tensor([[2.5, 0.2, 1.7][seed]], dtype=D), shared.y0,
+                              x_bounds=(0.0, 3.0), y_bounds=(0.0, 1.0))
 
     batch = solve_batch(factory, "pgdqp", seeds=[0, 1, 2], max_iter=300, log_every=300, verify=False)
     for seed, member in enumerate(batch):

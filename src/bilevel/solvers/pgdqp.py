@@ -1093,13 +1093,8 @@ def restored_through_x(y: Tensor, c: Tensor, fy: Tensor, newton_length: Tensor,
     restoring c = x through x there would pin x at 0, where every y is a solution)."""
     if bounds is None:
         return None
-    low, high = bounds
-    held = torch.zeros_like(y, dtype=torch.bool)
-    if low is not None:
-        held = held | ((y <= low) & (c < 0) & (fy > 0))
-    if high is not None:
-        held = held | ((y >= high) & (c > 0) & (fy < 0))
-    held = held & (newton_length == 0)
+    # on a bound that f's slope pushes against and that g's descent -c leaves
+    held = ~free_coordinates(y, fy, bounds) & ~free_coordinates(y, -c, bounds) & (newton_length == 0)
     any_held = as_float(held.any())
     if isinstance(any_held, float) and not any_held:
         return None
