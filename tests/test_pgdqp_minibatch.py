@@ -57,8 +57,8 @@ def problem(n_train=400, n_val=200, dim=8, seed=3):
 
 def test_the_tracked_estimate_follows_its_recursion():
     """c_0 = grad_y g_B0(z_0); c_1 = grad_y g_B1(z_1) + (1 - beta)(c_0 - grad_y g_B1(z_0)), both
-    gradients on the step's lower batch; x moves by eta_k d_x,k, eta_k = x_scale / sqrt(S_k),
-    S_k = S_(k-1) + ||d_x,k||^2 / dim x."""
+    gradients on the step's lower batch; x stays for the first ceil(1 / beta) = 4 steps, then moves
+    by eta_k d_x,k, eta_k = x_scale / sqrt(S_k), S_k = S_(k-1) + ||d_x,k||^2 / dim x from there."""
     p = problem(n_train=30, n_val=20, dim=4)
     oracle = Oracle(Sampled(partial(backend, "autograd"), p.batched, (p.upper_data, p.lower_data), (5, 6),
                             torch.Generator().manual_seed(0)))
@@ -83,27 +83,53 @@ def test_the_tracked_estimate_follows_its_recursion():
         torch.testing.assert_close(new.lower_grad, expected)
         assert float(aux.diagnostics["h"]) == pytest.approx(float(expected @ expected), rel=1e-12)
         move = new.x - state.x
-        if float(move @ move) > 0:
+        if state.k < 4:
+            assert torch.equal(new.x, p.x0) and new.x_memory is None and float(aux.diagnostics["step_size"]) == 0
+        else:
             eta, before = float(aux.diagnostics["step_size"]), 0.0 if state.x_memory is None else float(state.x_memory)
             assert eta == pytest.approx(0.1 / math.sqrt(float(new.x_memory)), rel=1e-12)
             assert float(move @ move) / 4 == pytest.approx(eta ** 2 * (float(new.x_memory) - before), rel=1e-9)
+            assert float(move @ move) > 0
             moved += 1
         prev, state = state, new
-    assert moved >= 3
+    assert moved == 3
 
 
 def test_stochastic_schedule():
     """y's step gamma_0 / (1 + k/noise_decay), the step on h of fixed length (gamma_k alpha_k L_h =
-    feasibility), x's step AdaGrad-norm: non-increasing and, in the first row, x_scale in rms."""
+    feasibility), x's step 0 for the first x_wait = 1/tracking = 50 steps, then AdaGrad-norm: its
+    first step x_scale in rms, the later ones non-increasing."""
     p = problem(n_train=100, n_val=50, dim=4)
-    r = solve(p, "pgdqp", max_iter=300, log_every=100, batch_size=16, seed=0, verify=False, kkt="none")
+    rows = []
+    r = solve(p, "pgdqp", max_iter=300, log_every=10, batch_size=16, seed=0, verify=False, kkt="none",
+              callback=lambda state, aux: rows.append((state.k, state.x.clone())) and False)
     solver, state = PGDQP(), r.state
+    assert solver.x_wait_steps == 50
     for k, gamma, alpha in zip(r.history["iter"], r.history["lower_step_size"], r.history["alpha"]):
         assert gamma == pytest.approx(state.gamma0 / (1 + k / solver.noise_decay), rel=1e-12)
         assert gamma * alpha * state.lipschitz_h == pytest.approx(solver.feasibility, rel=1e-12)
-    steps = r.history["step_size"]
-    assert all(b <= a for a, b in itertools.pairwise(steps))
+    xs = dict(rows)
+    assert all(torch.equal(xs[k], p.x0) for k in range(51))
+    first = xs[51] - xs[50]
+    assert float(first @ first) / 4 == pytest.approx(solver.x_scale ** 2, rel=1e-9)
+    steps = [s for k, s in zip(r.history["iter"], r.history["step_size"]) if k >= 50]
+    assert all(s == 0 for k, s in zip(r.history["iter"], r.history["step_size"]) if k < 50)
+    assert steps[0] > 0 and all(b <= a for a, b in itertools.pairwise(steps))
     assert float(state.x_memory) > 0 and state.lower_grad is not None
+
+
+def test_x_wait_zero_moves_x_from_the_first_step():
+    """x_wait=0: AdaGrad-norm from step 0: x's first move (at the first step whose d_x is not 0;
+    lambda can be 0 at the start) is x_scale in rms, within the first steps."""
+    p = problem(n_train=100, n_val=50, dim=4)
+    xs = []
+    solve(p, "pgdqp", options={"x_wait": 0}, max_iter=10, log_every=1, batch_size=16, seed=0, verify=False,
+          kkt="none", callback=lambda state, aux: xs.append(state.x.clone()) and False)
+    moves = [b - a for a, b in itertools.pairwise(xs) if not torch.equal(a, b)]
+    assert moves and float(moves[0] @ moves[0]) / 4 == pytest.approx(0.1 ** 2, rel=1e-9)
+    assert PGDQP(tracking=0.3).x_wait_steps == 4 and PGDQP(estimator="independent").x_wait_steps == 0
+    with pytest.raises(ValueError, match="x_wait.*-1"):
+        PGDQP(x_wait=-1)
 
 
 @pytest.mark.slow

@@ -251,11 +251,17 @@ class PGDQP(Solver):
 
         gamma_k = gamma_0 / (1 + k/noise_decay),   gamma_k alpha_k L_h = feasibility,
         y <- P_Y(y + gamma_k d_y),   x <- P_X(x + eta_k d_x),
-        eta_k = x_scale / sqrt(sum_(i<=k) ||d_x,i||^2 / dim x)     (AdaGrad-norm, `base.x_step`),
+        eta_k = 0 for k < x_wait,   then x_scale / sqrt(sum_(x_wait<=i<=k) ||d_x,i||^2 / dim x)
+                                                               (AdaGrad-norm, `base.x_step`),
 
     so that the step on h keeps its length while the step on f decays (lambda grows like k and the
     penalty's bias falls like 1/k), and x's step is scale-free and shrinks as the noise of d_x
-    accumulates; a given step_size fixes eta_k = gamma_k (x and y on one step, as in Algorithm 1),
+    accumulates. x waits x_wait steps (default 1/tracking, the horizon of c's tracked average): before
+    them c is still mostly the first batches' and y is far from the lower-level solution, so d_x
+    mostly moves x to make y look feasible, and AdaGrad-norm would spend its first steps, its
+    largest, on that. Where each coordinate of x is drawn rarely (a weight per sample) those
+    moves are never undone (benchmarks/RESULTS.md, "pgdqp-minibatch").
+    A given step_size fixes eta_k = gamma_k (x and y on one step, as in Algorithm 1),
     a given lower_step_size makes y's step lower_step_size / (1 + k/noise_decay) (the QP in the
     metric D = diag(I, lower_step_size / gamma_0)). No momentum unless given; L_f and L_h from power
     iteration at the start, kept fixed (secants of noisy gradients over short steps blow up).
@@ -312,6 +318,8 @@ class PGDQP(Solver):
             batch's gradient. Default 0.02.
         x_scale: on minibatches without step_size, the root-mean-square length of x's first step
             (AdaGrad-norm). Default 0.1 (soba's).
+        x_wait: on minibatches without step_size, the steps at the start that move y only. Default
+            None: ceil(1 / tracking) = 50 with the tracked estimate, 0 with estimator="independent".
         cg_iters: conjugate-gradient steps per iteration for each of the two solves of "projected", at most.
             Default 5.
         cg_tol: stop them once the residual is below cg_tol (||c|| + gamma ||J P grad f||). Default 1e-8.
@@ -364,6 +372,7 @@ class PGDQP(Solver):
     noise_decay: float = 10.0
     tracking: float = 0.02
     x_scale: float = 0.1
+    x_wait: int | None = None
 
     name: ClassVar[str] = "pgdqp"
     summary: ClassVar[str] = "perturbed gradient descent with a closed-form convex QP step (seed, Alg. 1)"
@@ -372,6 +381,14 @@ class PGDQP(Solver):
     diagnostics: ClassVar[tuple[str, ...]] = ("alpha", "lambda", "lower_step_size", "multiplier_norm", "step_size",
                                               "trust")
     schedules: ClassVar[tuple[str, ...]] = ("diminishing", "projected", "constant", "theorem")
+
+    @property
+    def x_wait_steps(self) -> int:
+        """x_wait as it runs: unless given, ceil(1 / tracking) with the tracked estimate (its horizon), 0
+        with estimator="independent" (nothing to average: there waiting only lets lambda grow)."""
+        if self.x_wait is not None:
+            return self.x_wait
+        return 0 if self.estimator == "independent" else math.ceil(1 / self.tracking)
 
     @property
     def rho_rule(self) -> str:
@@ -400,6 +417,8 @@ class PGDQP(Solver):
         if self.estimator is not None:
             check_choice(self, "estimator", ("plain", "independent", "tracked"))
         check_positive(self, "noise_decay", "x_scale")
+        if self.x_wait is not None:
+            check_int(self, "x_wait", minimum=0)
         if not (checks.number("tracking", self.tracking, positive=True) <= 1):
             raise ValueError(f"Invalid tracking: {self.tracking!r} (expected a number in (0, 1])")
         if self.schedule == "theorem" and (self.step_size is not None or self.alpha is not None):
@@ -956,15 +975,22 @@ def stochastic_direction(solver: PGDQP, oracle: Oracle, state: StochasticState) 
 
 
 def x_step_size(solver: PGDQP, state: StochasticState, dx: Tensor, gamma: float | Tensor) -> tuple:
-    """(eta_k, the AdaGrad memory): gamma_k where step_size is given, else AdaGrad-norm on d_x,
-    eta_k = x_scale / sqrt(sum_(i<=k) ||d_x,i||^2 / dim x) (`base.x_step`)."""
-    return (gamma, None) if solver.step_size is not None else x_step(None, solver.x_scale, state, dx)
+    """(eta_k, the AdaGrad memory): gamma_k where step_size is given, else 0 for the first x_wait
+    steps and then AdaGrad-norm on d_x from there, eta_k = x_scale / sqrt(sum_(x_wait<=i<=k)
+    ||d_x,i||^2 / dim x) (`base.x_step`). The memory is made at the first step that moves x, so
+    the compiled step (which starts from a memory) never waits."""
+    if solver.step_size is not None:
+        return gamma, None
+    if state.x_memory is None and state.k < solver.x_wait_steps:
+        return dx.new_zeros(()), None
+    return x_step(None, solver.x_scale, state, dx)
 
 
 def stochastic_step(solver: PGDQP, problem: BilevelProblem, oracle: Oracle,
                     state: StochasticState) -> tuple[StochasticState, Aux]:
     """y <- P_Y(y + gamma_k d_y), x <- P_X(x + eta_k d_x): eta_k = gamma_k where step_size is given,
-    else AdaGrad-norm on d_x (`base.x_step`, scale x_scale); heavy ball only where momentum is given.
+    else 0 for x_wait steps and AdaGrad-norm on d_x from there (`x_step_size`); heavy ball only where
+    momentum is given.
     One compiled graph where the oracle compiles (`fused_stochastic_step`)."""
     if (oracle.fuses and solver.estimator != "independent" and state.lower_grad is not None
             and state.velocity is not None and (solver.step_size is not None or state.x_memory is not None)):
