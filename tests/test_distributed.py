@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -213,10 +214,21 @@ def test_cli_distributed_needs_torchrun_environment(monkeypatch, capsys):
 def test_torchrun_cli_matches_single_process(tmp_path):
     common = ["-m", "bilevel", "run", "--problem", "toy-cleaning", "--method", "pgdqp", "--max-iter", "20",
               "--log-every", "5", "--no-progress", "--problem-arg", "n_train=41", "--problem-arg", "n_val=19"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), *common, "--distributed", "--out", str(tmp_path / "dist")]
-    done = subprocess.run(run, env=env, capture_output=True, text=True, timeout=180)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1",
+               PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def torchrun():
+        shutil.rmtree(tmp_path / "dist", ignore_errors=True)
+        run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(free_port()), *common, "--distributed", "--out", str(tmp_path / "dist")]
+        return subprocess.run(run, env=env, capture_output=True, text=True, timeout=180)
+    done = torchrun()
+    if done.returncode != 0 and "terminate called without an active exception" in done.stderr:
+        # Seen twice in about 30 runs of this test, only when it ran right after the rest of the
+        # suite: rank 1 aborted by std::terminate (a native thread left joinable) as the gloo process
+        # group was torn down. Once more, so that the answer is still compared; a second abort
+        # fails (faulthandler then shows where).
+        done = torchrun()
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("status: completed") == 1  # only rank 0 prints
     done = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
