@@ -19,7 +19,7 @@ from .base import (AdaptiveXState, Solver, as_float, check_choice, check_int, ch
 
 
 def qp_step(grad_f: tuple[Tensor, Tensor], grad_h: tuple[Tensor, Tensor], alpha_rho: Tensor,
-            y_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+            y_scale: float = 1.0, hdh: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The closed-form solution of the QP of eq. 7 (eq. 8).
 
         min_d 1/2 ||d + D grad f||^2_{D^-1}  s.t.  <grad h, d> + alpha rho <= 0,
@@ -27,19 +27,20 @@ def qp_step(grad_f: tuple[Tensor, Tensor], grad_h: tuple[Tensor, Tensor], alpha_
         d = -D (grad f + lambda grad h),
 
     with D = diag(I_x, y_scale I_y); y_scale = 1 is eq. 8 exactly. Where grad h = 0,
-    lambda = 0 and d = -D grad f.
+    lambda = 0 and d = -D grad f. `hdh`: <grad h, D grad h> where the caller has it (rho = "grad"
+    is that value), else computed here.
 
     Returns:
         (d_x, d_y, lambda).
     """
     (fx, fy), (hx, hy) = grad_f, grad_h
-    if isinstance(y_scale, float) and y_scale == 1.0:  # eq. 8 as written, in fewer operations
-        hdf, hdh = inner(hx, fx) + inner(hy, fy), inner(hx, hx) + inner(hy, hy)
-    else:
-        hdf, hdh = inner(hx, fx) + y_scale * inner(hy, fy), inner(hx, hx) + y_scale * inner(hy, hy)
+    plain = isinstance(y_scale, float) and y_scale == 1.0   # eq. 8 as written, in fewer operations
+    hdf = inner(hx, fx) + (inner(hy, fy) if plain else y_scale * inner(hy, fy))
+    if hdh is None:
+        hdh = inner(hx, hx) + (inner(hy, hy) if plain else y_scale * inner(hy, hy))
     lam = torch.where(hdh > 0, torch.clamp(alpha_rho - hdf, min=0) / hdh, 0.0)   # (the 0/0 branch not taken)
     dx, dy = torch.addcmul(fx, lam, hx).neg_(), torch.addcmul(fy, lam, hy).neg_()
-    return dx, (dy if isinstance(y_scale, float) and y_scale == 1.0 else y_scale * dy), lam
+    return dx, (dy if plain else y_scale * dy), lam
 
 
 class Gradients(NamedTuple):
@@ -615,7 +616,7 @@ class PGDQP(Solver):
             gamma_y = gamma if self.lower_step_size is None else self.lower_step_size
         hh = inner(hx, hx) + y_scale * inner(hy, hy)
         rho = hh if self.rho_rule == "grad" else torch.sqrt(hh * state.h0)
-        dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale)
+        dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale, hh)
         # KKT residual of Definition 2.4 with nu = 2 lambda grad_y g (grad h = 2 J^T grad_y g):
         # grad f + lambda grad h = (-dx, -dy / y_scale)
         plain = isinstance(y_scale, float) and y_scale == 1.0
@@ -883,7 +884,7 @@ class PGDQP(Solver):
         y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / gamma
         hh = inner(hx, hx) + y_scale * inner(hy, hy)
         rho = hh if self.rho_rule == "grad" else torch.sqrt(hh * state.h0)
-        dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale)
+        dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale, hh)
         stationarity = inner(dx, dx) + (inner(dy, dy) if self.lower_step_size is None else inner(dy, dy) / y_scale ** 2)
         aux = Aux({"f": f, "g": g, "h": h, "kkt_stationarity": stationarity, "kkt_feasibility": h, "lambda": lam,
                    "step_size": gamma, "alpha": alpha}, nu=lam * (gy1 + gy2))
@@ -968,7 +969,7 @@ def stochastic_direction(solver: PGDQP, oracle: Oracle, state: StochasticState) 
     y_scale = 1.0 if solver.lower_step_size is None else solver.lower_step_size / state.gamma0
     hh = inner(hx, hx) + y_scale * inner(hy, hy)
     rho = hh if solver.rho_rule == "grad" else torch.sqrt(hh * state.h0)
-    dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale)
+    dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale, hh)
     stationarity = inner(dx, dx) + inner(dy, dy) / y_scale ** 2
     aux = Aux(dict(zip(QP_DIAGNOSTICS, (f, g, h, stationarity, h, lam, gamma, gamma * y_scale, alpha))), nu=2 * lam * c)
     return dx, dy, gamma, c, aux
