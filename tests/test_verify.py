@@ -110,6 +110,22 @@ def test_minimize_reaches_box_kkt_points_and_unconstrained_minimisers():
     torch.testing.assert_close(found.y, torch.ones(2, dtype=D), atol=1e-7, rtol=0)
 
 
+def test_minimize_certifies_a_start_that_is_the_minimiser_to_the_last_digit():
+    """A start one ulp from y* = sqrt(x) (g = (y^2 - x)^2 / 4): the Newton step is below y's
+    resolution (y + d == y), which certifies y rather than reading as a step that fails to descend
+    (it used to end uncertified after 30 Newton iterations that never moved y, failing the
+    verification of an answer that was right)."""
+    x = 0.25000000164801356
+    y_star = torch.tensor([x], dtype=D).sqrt()
+
+    def value_and_grad(y):
+        return ((y ** 2 - x) ** 2 / 4).sum(), y * (y ** 2 - x)
+    for start in (y_star, torch.nextafter(y_star, torch.tensor([1.0], dtype=D))):
+        found = minimize(value_and_grad, start, hvp=lambda y, v: (3 * y ** 2 - x) * v, step_tol=1e-5, tol=1e-8)
+        assert found.converged and found.step <= 1e-15, (float(start), found)
+        assert abs(float(found.y - y_star)) <= 2 * torch.finfo(D).eps
+
+
 def test_solve_batch_verifies_every_member():
     """20 iterations of the diminishing schedule leave y off the lower level: every member's
     verification says so; without verification, success is the loop's."""

@@ -163,8 +163,11 @@ def _newton_cg(value_and_grad: ValueAndGrad, hvp: HessianVector, y: Tensor, boun
             d, ended = truncated_cg(hessian, b, tight, MAX_CG_ITER)
             final = float(torch.linalg.vector_norm(d)) <= step_tol
         newton = ended == "solved"
-        if not float(torch.sum(grad * (project(y + d, bounds) - y))) < 0:
-            d, newton = b, False          # the projected Newton arc does not descend: steepest descent
+        moved = project(y + d, bounds)
+        # the projected Newton arc does not descend: steepest descent (unless a certifying step is below the
+        # resolution of y, y + d == y: y is y* to the last digit)
+        if not float(torch.sum(grad * (moved - y))) < 0 and not (final and newton and torch.equal(moved, y)):
+            d, newton = b, False
         slack = 10 * eps * abs(float(value))
         if final and newton:              # y is within ||d|| <= step_tol of y*: done, with the step if it helps
             candidate = project(y + d, bounds)
