@@ -147,3 +147,25 @@ def test_on_a_flat_lower_level_the_verified_value_is_no_worse_than_at_the_start(
     optimizer.step(closure)
     start = float(info["f"](problem.x0, params).detach())
     assert result.verification["upper_value"] <= start + 1e-6
+
+
+def _two_branches(x, y):
+    """g = (y^2 - x_1)^2 / 4: two lower-level solutions y = +-sqrt(x_1)."""
+    return ((y ** 2 - x[0]) ** 2).sum() / 4
+
+
+@pytest.mark.parametrize("y0", [0.5, 0.3, 1.5])
+def test_x_held_on_its_bound_keeps_y_on_the_lower_level(y0):
+    """f = (x_1 - 1)^2 + (x_2 - 2)^2 + (y + 1)^2, g = (y^2 - x_1)^2 / 4, x in [1/4, 3]^2, from x0 = (2, 1/2) and
+    y0 > 0: on the branch y = sqrt(x_1), F = (x_1 - 1)^2 + (sqrt(x_1) + 1)^2 + ... increases in x_1, so the
+    branch's solution is x = (1/4, 2), y = 1/2 (F = 2.8125), with x_1 held by its bound. The tangent step
+    pushes x_1 out of the box there; cut by the projection, its y part used to push y off the lower
+    level at every step (y = 0.4705, ||grad_y g||^2 = 1.8e-4, the verification failing) until the
+    tangent was solved with x_1 held."""
+    problem = BilevelProblem(f=lambda x, y: ((x - torch.tensor([1.0, 2.0], dtype=D)) ** 2).sum() + ((y + 1) ** 2).sum(),
+                             g=_two_branches, x0=torch.tensor([2.0, 0.5], dtype=D), y0=torch.tensor([y0], dtype=D),
+                             x_bounds=(0.25, 3.0))
+    result = solve(problem, "pgdqp", max_iter=1500, seed=0)
+    assert result.success, result.message
+    torch.testing.assert_close(result.x, torch.tensor([0.25, 2.0], dtype=D), atol=1e-8, rtol=0)
+    torch.testing.assert_close(result.y, torch.tensor([0.5], dtype=D), atol=1e-8, rtol=0)

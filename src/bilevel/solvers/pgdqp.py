@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import ClassVar, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -155,7 +155,9 @@ class PGDQP(Solver):
             y_i = high_i with c_i < 0). r = 0 but where g has no curvature along c (v = 0) and f
             holds y_i on the bound that c points away from (`restored_through_x`): there r_i = c_i
             (x restores the lower level, y_i keeps its bound) where f after x's part of -P J^T w is
-            no more than f with those y_i on their far bounds (y's way to the lower level). No
+            no more than f with those y_i on their far bounds (y's way to the lower level). On an
+            x box, the coordinates of x on a bound that t leaves are held and t solved again
+            without them (`held_by_x_bounds`: the projection would cut t_x and leave J t != 0). No
             momentum. Lower-level escapes as in "diminishing". On minibatches it runs as
             "diminishing".
         "constant": Algorithm 1 as written: gamma = step_size (default 0.01) and
@@ -770,21 +772,34 @@ class PGDQP(Solver):
 
         vjp, jvp = oracle.lower_jacobian(x, y)
 
-        def jac_t(w: Tensor) -> tuple[Tensor, Tensor]:
-            jx, jy = vjp(mask(w))
-            return ratio * jx, mask(jy)        # P J^T w
+        def operators(x_free: Tensor | None) -> tuple[Callable, Callable]:
+            """(J, P J^T) on the free coordinates of y's box, and of x's where x_free (0/1) is given."""
+            def mask_x(t: Tensor) -> Tensor:
+                return t if x_free is None else t * x_free
 
-        def jac(vx: Tensor, vy: Tensor) -> Tensor:
-            return mask(jvp(vx, mask(vy)))
+            def jac(vx: Tensor, vy: Tensor) -> Tensor:
+                return mask(jvp(mask_x(vx), mask(vy)))
+
+            def jac_t(w: Tensor) -> tuple[Tensor, Tensor]:
+                jx, jy = vjp(mask(w))
+                return ratio * mask_x(jx), mask(jy)        # P J^T w
+            return jac, jac_t
+        jac, jac_t = operators(None)
 
         def hess(v: Tensor) -> Tensor:
             return mask(vjp(mask(v))[1])
 
         c = mask(gy)
         damping = inner(c, c)
-        u, (jx, jy), tangent_residual = multiplier_steps(jac, jac_t, torch.zeros_like(c),
-                                                         (gamma * ratio * fx, gamma * mask(fy)), damping,
-                                                         state.multiplier, self.cg_iters, self.cg_tol)
+        step_fx = gamma * ratio * fx
+        u, (jx, jy), tangent_residual = multiplier_steps(jac, jac_t, torch.zeros_like(c), (step_fx, gamma * mask(fy)),
+                                                         damping, state.multiplier, self.cg_iters, self.cg_tol)
+        held_x = held_by_x_bounds(x, step_fx + jx, problem.x_bounds)
+        if held_x is not None:   # x on a bound that the tangent leaves: the tangent on x's other coordinates
+            step_fx = torch.where(held_x, 0.0, step_fx)
+            u, (jx, jy), tangent_residual = multiplier_steps(*operators((~held_x).to(x.dtype)), torch.zeros_like(c),
+                                                             (step_fx, gamma * mask(fy)), damping, state.multiplier,
+                                                             self.cg_iters, self.cg_tol)
         newton, newton_residual = newton_steps(hess, c, self.cg_iters, self.cg_tol)
         distance = torch.linalg.vector_norm(newton)
         restore = restored_through_x(y, c, mask(fy), distance, problem.y_bounds)
@@ -806,7 +821,7 @@ class PGDQP(Solver):
             keep = keep.to(c.dtype)
             u, jx, jy = u + keep * ur, jx + keep * rx, jy + keep * ry
             tangent_gap = tangent_gap + keep * restore_residual
-        tx, ty = -(gamma * ratio * fx + jx), -mask(gamma * fy + jy)
+        tx, ty = -(step_fx + jx), -mask(gamma * fy + jy)
         reach = self.certify * torch.clamp(torch.linalg.vector_norm(y), min=1.0)
         trust = torch.where(distance > reach, reach / torch.where(distance > reach, distance, 1.0), 1.0)
         sx, sy = trust * tx, trust * ty - newton
@@ -1126,6 +1141,25 @@ def restored_through_x(y: Tensor, c: Tensor, fy: Tensor, newton_length: Tensor,
     if isinstance(any_held, float) and not any_held:
         return None
     return torch.where(held, c, torch.zeros_like(c))
+
+
+def held_by_x_bounds(x: Tensor, slope: Tensor, bounds: tuple | None) -> Tensor | None:
+    """The coordinates of x on a bound that the step -slope pushes against (a bool mask), or None
+    where there are none (a value test; under torch.func.vmap the mask is returned whatever it
+    holds, and the caller's second solve with an all-free mask repeats the first bit for bit).
+
+    "projected"'s tangent step keeps J t = 0; where the projection onto the x box then cuts t_x,
+    the y part of t no longer matches, and y is pushed off the lower-level solution by |t_y| at
+    every step (a fixed point with grad_y g != 0). The tangent is solved again with those
+    coordinates of x held (the bound's multiplier takes their part of grad f + J^T nu)."""
+    free = free_coordinates(x, slope, bounds)
+    if free is None:
+        return None
+    held = ~free
+    any_held = as_float(held.any())
+    if isinstance(any_held, float) and not any_held:
+        return None
+    return held
 
 
 def free_coordinates(t: Tensor, slope: Tensor | None, bounds: tuple | None) -> Tensor | None:
