@@ -146,8 +146,10 @@ class PGDQP(Solver):
             the lower-level solution, scale-free in its curvature: theta = min(1, certify
             max(1, ||y||) / ||v||) keeps x from following f until y is certified. z <- P_Z(z + t s)
             with t from Armijo backtracking on the exact penalty f + mu ||c|| (t = 1 under
-            solve_batch); gamma = step_scale / L_f, L_f of f in the metric P from power iteration
-            (floored only where f is linear at z0) and raised by the secants of grad f.
+            solve_batch), a rejected full step tested once more with y returned to the lower
+            level at its x by one Newton step (the second-order correction, `_corrected`);
+            gamma = step_scale / L_f, L_f of f in the metric P from power iteration (floored only
+            where f is linear at z0) and raised by the secants of grad f.
             kkt_stationarity = ||grad f + J^T nu||^2 = ||P^-1 t||^2 / gamma^2, which vanishes along the
             iterates instead of chattering as the scalar constraint's [.]_+ multiplier does (grad h ->
             0 there). On a y box, c and J's rows and y-columns are restricted to the free
@@ -329,6 +331,9 @@ class PGDQP(Solver):
         certify: in "projected", the distance to the lower-level solution, ||v|| with H v = c
             (Newton), relative to max(1, ||y||), under which f is trusted: the tangent step is scaled by
             min(1, certify max(1, ||y||) / ||v||). Default 1e-2 (the verification's y tolerance).
+        second_order_correction: in "projected", where the Armijo test rejects the full step, test
+            it once more with y moved back to the lower level at the trial x by one Newton step
+            (`_corrected`) before backtracking. Default True.
 
     References:
         Abolfazli, Sharifi, Fazlyab, Hamedani. Perturbed Gradient Descent via Convex
@@ -370,6 +375,7 @@ class PGDQP(Solver):
     cg_tol: float = 1e-8
     certify: float = 1e-2
     select_tol: float = 1e-6
+    second_order_correction: bool = True
     # ----- minibatches (bilevel.core.data): the stochastic code path, see `_stochastic_direction` -----
     estimator: str | None = None
     noise_decay: float = 10.0
@@ -404,8 +410,9 @@ class PGDQP(Solver):
         check_choice(self, "schedule", self.schedules)
         check_positive(self, "step_size", "alpha", "lower_step_size", "lipschitz_f", "lipschitz_h", allow_none=True)
         check_positive(self, "decay", "feasibility", "step_scale", "max_ratio")
-        if not isinstance(self.block_steps, bool):
-            raise ValueError(f"Invalid block_steps: {self.block_steps!r} (expected True or False)")
+        for name in ("block_steps", "second_order_correction"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Invalid {name}: {getattr(self, name)!r} (expected True or False)")
         checks.number("ratio_growth", self.ratio_growth, minimum=1.0)
         check_int(self, "ratio_warm_start", "escape_every", "escape_steps", "escape_starts", minimum=0)
         check_positive(self, "escape_tol", "escape_gain")
@@ -861,7 +868,8 @@ class PGDQP(Solver):
             merit = float(f + penalty * c_norm)
             decrease = 1e-4 * float(slope + penalty * (linearized - c_norm))
             slack = 1e-10 * (abs(float(f)) + float(penalty * c_norm))
-            for _ in range(40):
+            corrected = None
+            for trial_number in range(40):
                 x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
                 gy = oracle.grad_g_y(x, y)
                 free = free_coordinates(y, gy, problem.y_bounds)
@@ -869,11 +877,38 @@ class PGDQP(Solver):
                 trial = float(oracle.f(x, y) + penalty * torch.linalg.vector_norm(c))
                 if math.isfinite(trial) and trial <= merit + t * decrease + slack:
                     break
+                if trial_number == 0 and self.second_order_correction:
+                    corrected = self._corrected(problem, oracle, x, y, c, free, penalty)
+                    if corrected is not None and corrected[2] <= merit + decrease + slack:
+                        break
+                    corrected = None
                 t *= 0.5
+            if corrected is not None:
+                x, y = corrected[:2]
+                new = state.replace(x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y), multiplier=u,
+                                    grad_f=grad_f, lipschitz_f=lf, penalty=as_float(penalty), ratio=ratio)
+                return self._escape(problem, oracle, new), aux
         x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
         new = state.replace(x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y), multiplier=u,
                             grad_f=grad_f, lipschitz_f=lf, penalty=as_float(penalty), ratio=ratio)
         return self._escape(problem, oracle, new), aux
+
+    def _corrected(self, problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor, c: Tensor,
+                   free: Tensor | None, penalty: Tensor) -> tuple | None:
+        """The second-order correction of a rejected full step (Nocedal and Wright, 18.3): at the trial
+        point z+ = (x, y), y+ <- P_Y(y+ - v) with v the Newton step H v = c(z+) (`newton_steps`, H = grad_yy g
+        there). A tangent step keeps c = grad_y g = 0 only to first order: where the lower-level solutions
+        curve in x (c grows as |t_x|^2), the merit f + mu ||c|| rejects the long steps that follow them, and
+        x crawls at the step lengths of backtracking (the Maratos effect); the correction returns y to the
+        lower level at x+, so that the test weighs f along it. Returns (x, y', merit at (x, y')) or None."""
+        mask = (lambda t: t) if free is None else (lambda t: t * free)
+        vjp, _ = oracle.lower_jacobian(x, y)
+        v, _ = newton_steps(lambda w: mask(vjp(mask(w))[1]), c, self.cg_iters, self.cg_tol)
+        y = problem.project_y(y - v)
+        gy = oracle.grad_g_y(x, y)
+        free = free_coordinates(y, gy, problem.y_bounds)
+        merit = float(oracle.f(x, y) + penalty * torch.linalg.vector_norm(gy if free is None else gy * free))
+        return (x, y, merit) if math.isfinite(merit) else None
 
     # ----- minibatches: two independent lower batches (estimator="independent") -------------------
     def _noisy_schedule(self, oracle: Oracle) -> bool:
