@@ -334,6 +334,9 @@ class PGDQP(Solver):
         second_order_correction: in "projected", where the Armijo test rejects the full step, test
             it once more with y moved back to the lower level at the trial x by one Newton step
             (`_corrected`) before backtracking. Default True.
+        penalty_decay: in "projected", mu_k = max(penalty_decay mu_(k-1), 2 ||nu_k||, the step's
+            need), in (0, 1]; 1 is the monotone rule of Nocedal and Wright, under which a mu
+            inflated in the first steps keeps cutting the steps for the rest of the run. Default 0.9.
 
     References:
         Abolfazli, Sharifi, Fazlyab, Hamedani. Perturbed Gradient Descent via Convex
@@ -376,6 +379,7 @@ class PGDQP(Solver):
     certify: float = 1e-2
     select_tol: float = 1e-6
     second_order_correction: bool = True
+    penalty_decay: float = 0.9
     # ----- minibatches (bilevel.core.data): the stochastic code path, see `_stochastic_direction` -----
     estimator: str | None = None
     noise_decay: float = 10.0
@@ -420,6 +424,8 @@ class PGDQP(Solver):
         check_int(self, "power_iters", "cg_iters")
         check_positive(self, "cg_tol", allow_zero=True)
         check_positive(self, "certify")
+        if checks.number("penalty_decay", self.penalty_decay, positive=True) > 1:
+            raise ValueError(f"Invalid penalty_decay: {self.penalty_decay!r} (expected a number in (0, 1])")
         check_positive(self, "select_tol", allow_zero=True)
         check_int(self, "warm_start_steps", minimum=0)
         if self.momentum is not None and not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
@@ -851,10 +857,11 @@ class PGDQP(Solver):
             phi(P(z + t s)) <= phi(z) + 1e-4 t (<grad f, s> + mu (||c + J s|| - ||c||)) + 1e-10 (|f| + mu ||c||),
             phi = f + mu ||c||,
 
-        mu = max(mu_prev, 2 ||nu||, 2 <grad f, s>_+ / (||c|| - ||c + J s||)) (Nocedal and Wright's rule: s
-        descends on phi; c + J s = theta (r_u + ||c||^2 u) + r_v from the residuals r_u, r_v of the two
-        solves, so its norm is known without a product). The relative slack
-        1e-10 lies far above round-off in phi: where the decrease is at round-off level (near a
+        mu = max(penalty_decay mu_prev, 2 ||nu||, 2 <grad f, s>_+ / (||c|| - ||c + J s||)) (Nocedal and
+        Wright's rule, which keeps mu_prev, relaxed: s descends on phi with every such mu, and a mu
+        inflated by the first steps no longer cuts every later one; c + J s = theta (r_u + ||c||^2 u) + r_v
+        from the residuals r_u, r_v of the two solves, so its norm is known without a product). The
+        relative slack 1e-10 lies far above round-off in phi: where the decrease is at round-off level (near a
         solution), every order of summation accepts t = 1 alike. t = 1 under torch.func.vmap (no
         test on values there)."""
         (sx, sy), aux, u, grad_f, lf, ratio, (f, c_norm, linearized, slope, nu_norm) = self._projected(
@@ -862,7 +869,8 @@ class PGDQP(Solver):
         reduction = c_norm - linearized
         needed = torch.where(reduction > 0, 2 * torch.clamp(slope, min=0) / torch.where(reduction > 0, reduction, 1.0),
                              0.0)
-        penalty = torch.maximum(torch.as_tensor(state.penalty, dtype=f.dtype), torch.maximum(2 * nu_norm, needed))
+        penalty = torch.maximum(self.penalty_decay * torch.as_tensor(state.penalty, dtype=f.dtype),
+                                torch.maximum(2 * nu_norm, needed))
         t = 1.0
         if isinstance(as_float(f), float):
             merit = float(f + penalty * c_norm)
