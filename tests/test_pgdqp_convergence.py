@@ -196,8 +196,10 @@ def test_a_relaxed_penalty_lets_a_log_hyperparameter_cross_a_flat_region():
     problem = BilevelProblem(f=lambda x, y: 0.5 * ((A_val @ y - B_val) ** 2).mean(),
                              g=lambda x, y: 0.5 * ((A @ y - B) ** 2).mean() + 0.5 * torch.exp(x[0]) * (y * y).sum(),
                              x0=torch.tensor([-8.0], dtype=D), y0=torch.zeros(10, dtype=D))
-    distance = {decay: abs(float(solve(problem, "pgdqp", options={"penalty_decay": decay, "second_order_correction": False},
-                                       max_iter=1500, seed=0).x) - x_star) for decay in (0.9, 1.0)}
+    distance = {}
+    for decay in (0.9, 1.0):
+        options = {"penalty_decay": decay, "second_order_correction": False}
+        distance[decay] = abs(float(solve(problem, "pgdqp", options=options, max_iter=1500, seed=0).x) - x_star)
     assert distance[0.9] < 0.2 and distance[1.0] > 0.25, distance
 
 

@@ -871,12 +871,11 @@ class PGDQP(Solver):
                              0.0)
         penalty = torch.maximum(self.penalty_decay * torch.as_tensor(state.penalty, dtype=f.dtype),
                                 torch.maximum(2 * nu_norm, needed))
-        t = 1.0
+        t, corrected = 1.0, None
         if isinstance(as_float(f), float):
             merit = float(f + penalty * c_norm)
             decrease = 1e-4 * float(slope + penalty * (linearized - c_norm))
             slack = 1e-10 * (abs(float(f)) + float(penalty * c_norm))
-            corrected = None
             for trial_number in range(40):
                 x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
                 gy = oracle.grad_g_y(x, y)
@@ -891,12 +890,10 @@ class PGDQP(Solver):
                         break
                     corrected = None
                 t *= 0.5
-            if corrected is not None:
-                x, y = corrected[:2]
-                new = state.replace(x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y), multiplier=u,
-                                    grad_f=grad_f, lipschitz_f=lf, penalty=as_float(penalty), ratio=ratio)
-                return self._escape(problem, oracle, new), aux
-        x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
+        if corrected is None:
+            x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
+        else:
+            x, y = corrected[:2]
         new = state.replace(x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y), multiplier=u,
                             grad_f=grad_f, lipschitz_f=lf, penalty=as_float(penalty), ratio=ratio)
         return self._escape(problem, oracle, new), aux
