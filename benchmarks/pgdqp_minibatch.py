@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 import bilevel
-from bilevel.cli.report import command, format_table, machine, update_section
+from bilevel.cli.report import format_table, record
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stochastic_untuned import hyper_minimum  # noqa: E402
@@ -172,17 +172,16 @@ def main() -> None:
             json.dump(rows, stream, indent=1)
     if args.no_write:
         return
-    update_section(args.results, "pgdqp-minibatch", "\n".join([
-        f"## pgdqp on minibatches with its defaults (batch {args.batch}, {args.steps} steps)", "",
-        f"Command: `{command()}`  ", f"Machine: {machine()}, one thread; shared with other jobs while measuring  ",
-        ("`bilevel.solve(problem, 'pgdqp', batch_size=64)`, no options. Finite sums: (F(x) - F*) / F* in % at the "
-        f"final x, the worst of sampler seeds 0-{args.seeds - 1}, F exact, F* from scipy L-BFGS-B (see the script); "
-        "hyper-cleaning (embedded MNIST sample, 50% wrong labels; full MNIST is not available offline): corruption "
-        "AUC of x and the test accuracy of a classifier retrained with weights sigmoid(x), sampler seed 0. "
-        "before: the two-batch estimator, x and y on one step gamma_0 / (1 + k/100), "
-        "gamma_k alpha_k L_h = feasibility / sqrt(1 + k/100); after: the tracked estimate of grad_y g, "
-        "gamma_k = gamma_0 / (1 + k/10), gamma_k alpha_k L_h = feasibility, AdaGrad-norm on x."), "",
-        format_table(rows, list(rows[0]))]))
+    record(args.results, "pgdqp-minibatch",
+           f"pgdqp on minibatches with its defaults (batch {args.batch}, {args.steps} steps)",
+           "one thread; shared with other jobs while measuring",
+           ["`bilevel.solve(problem, 'pgdqp', batch_size=64)`, no options. Finite sums: (F(x) - F*) / F* in % "
+            f"at the final x, the worst of sampler seeds 0-{args.seeds - 1}, F exact, F* from scipy L-BFGS-B (see "
+            "the script); hyper-cleaning (embedded MNIST sample, 50% wrong labels; full MNIST is not available "
+            "offline): corruption AUC of x and the test accuracy of a classifier retrained with weights sigmoid(x), "
+            "sampler seed 0. before: the two-batch estimator, x and y on one step gamma_0 / (1 + k/100), "
+            "gamma_k alpha_k L_h = feasibility / sqrt(1 + k/100); after: the tracked estimate of grad_y g, "
+            "gamma_k = gamma_0 / (1 + k/10), gamma_k alpha_k L_h = feasibility, AdaGrad-norm on x."], rows)
 
 
 if __name__ == "__main__":

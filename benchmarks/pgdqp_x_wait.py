@@ -30,7 +30,7 @@ from sklearn.metrics import roc_auc_score
 from torch.func import functional_call
 
 import bilevel
-from bilevel.cli.report import command, format_table, machine, update_section
+from bilevel.cli.report import record
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pgdqp_minibatch import finite_sum  # noqa: E402
@@ -134,13 +134,12 @@ def main() -> None:
         print(row, flush=True)
     if args.no_write:
         return
-    update_section(args.results, "pgdqp-x-wait", "\n".join([
-        f"## pgdqp on minibatches: x waits 1/tracking steps, or moves from the first ({args.steps} steps)", "",
-        f"Command: `{command()}`  ", f"Machine: {machine()}, one thread  ",
-        ("Defaults otherwise; see the script's docstring for the problems (none in configs/ or tests/). "
-         "AUC: corruption AUC of x (higher: the wrong labels weigh less); accuracy: digits-mlp the run's network "
-         "on held-out digits, hyper-cleaning a classifier retrained with weights sigmoid(x)."), "",
-        format_table(rows, list(rows[0]))]))
+    record(args.results, "pgdqp-x-wait",
+           f"pgdqp on minibatches: x waits 1/tracking steps, or moves from the first ({args.steps} steps)",
+           "one thread",
+           ["Defaults otherwise; see the script's docstring for the problems (none in configs/ or tests/). "
+            "AUC: corruption AUC of x (higher: the wrong labels weigh less); accuracy: digits-mlp the run's network "
+            "on held-out digits, hyper-cleaning a classifier retrained with weights sigmoid(x)."], rows)
 
 
 if __name__ == "__main__":
