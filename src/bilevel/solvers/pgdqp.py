@@ -629,9 +629,7 @@ class PGDQP(Solver):
         else:
             y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / gamma
             gamma_y = gamma if self.lower_step_size is None else self.lower_step_size
-        hh = inner(hx, hx) + y_scale * inner(hy, hy)
-        rho = hh if self.rho_rule == "grad" else torch.sqrt(hh * state.h0)
-        dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale, hh)
+        dx, dy, lam = self._qp((fx, fy), (hx, hy), alpha, y_scale, state.h0)
         # KKT residual of Definition 2.4 with nu = 2 lambda grad_y g (grad h = 2 J^T grad_y g):
         # grad f + lambda grad h = (-dx, -dy / y_scale)
         plain = isinstance(y_scale, float) and y_scale == 1.0
@@ -639,6 +637,14 @@ class PGDQP(Solver):
         aux = Aux(dict(zip(QP_DIAGNOSTICS, (f, g, h, stationarity, h, lam, gamma, gamma_y, alpha))),
                   nu=2 * lam * masked(gy, problem.free_y(y, gy)))
         return Direction(dx, dy, gamma, lf, lh, grads if any(self._adapts()) else None, aux, ratio)
+
+    def _qp(self, grad_f: tuple[Tensor, Tensor], grad_h: tuple[Tensor, Tensor], alpha: float | Tensor,
+            y_scale: float | Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """`qp_step` with rho from the rho rule: rho = <grad h, D grad h> ("grad") or sqrt(that h0) ("warm")."""
+        hx, hy = grad_h
+        hh = inner(hx, hx) + y_scale * inner(hy, hy)
+        rho = hh if self.rho_rule == "grad" else torch.sqrt(hh * h0)
+        return qp_step(grad_f, grad_h, alpha * rho, y_scale, hh)
 
     def step(self, problem: BilevelProblem, oracle: Oracle, state: PGDQPState) -> tuple[PGDQPState, Aux]:
         if self._fuses(oracle, state):   # (full data, not "projected")
@@ -878,22 +884,18 @@ class PGDQP(Solver):
             slack = 1e-10 * (abs(float(f)) + float(penalty * c_norm))
             for trial_number in range(40):
                 x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
-                gy = oracle.grad_g_y(x, y)
-                free = free_coordinates(y, gy, problem.y_bounds)
-                c = gy if free is None else gy * free
-                trial = float(oracle.f(x, y) + penalty * torch.linalg.vector_norm(c))
+                trial, c, free = penalty_merit(problem, oracle, x, y, penalty)
                 if math.isfinite(trial) and trial <= merit + t * decrease + slack:
                     break
                 if trial_number == 0 and self.second_order_correction:
                     corrected = self._corrected(problem, oracle, x, y, c, free, penalty)
-                    if corrected is not None and corrected[2] <= merit + decrease + slack:
+                    if corrected is not None and corrected[1] <= merit + decrease + slack:
                         break
                     corrected = None
                 t *= 0.5
-        if corrected is None:
-            x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
-        else:
-            x, y = corrected[:2]
+        x, y = problem.project_x(state.x + t * sx), problem.project_y(state.y + t * sy)
+        if corrected is not None:   # (t = 1)
+            y = corrected[0]
         new = state.replace(x=x, y=y, k=state.k + 1, velocity=(x - state.x, y - state.y), multiplier=u,
                             grad_f=grad_f, lipschitz_f=lf, penalty=as_float(penalty), ratio=ratio)
         return self._escape(problem, oracle, new), aux
@@ -905,15 +907,13 @@ class PGDQP(Solver):
         there). A tangent step keeps c = grad_y g = 0 only to first order: where the lower-level solutions
         curve in x (c grows as |t_x|^2), the merit f + mu ||c|| rejects the long steps that follow them, and
         x crawls at the step lengths of backtracking (the Maratos effect); the correction returns y to the
-        lower level at x+, so that the test weighs f along it. Returns (x, y', merit at (x, y')) or None."""
+        lower level at x+, so that the test weighs f along it. Returns (y', the merit at (x, y')) or None."""
         mask = (lambda t: t) if free is None else (lambda t: t * free)
         vjp, _ = oracle.lower_jacobian(x, y)
         v, _ = newton_steps(lambda w: mask(vjp(mask(w))[1]), c, self.cg_iters, self.cg_tol)
         y = problem.project_y(y - v)
-        gy = oracle.grad_g_y(x, y)
-        free = free_coordinates(y, gy, problem.y_bounds)
-        merit = float(oracle.f(x, y) + penalty * torch.linalg.vector_norm(gy if free is None else gy * free))
-        return (x, y, merit) if math.isfinite(merit) else None
+        merit = penalty_merit(problem, oracle, x, y, penalty)[0]
+        return (y, merit) if math.isfinite(merit) else None
 
     # ----- minibatches: two independent lower batches (estimator="independent") -------------------
     def _noisy_schedule(self, oracle: Oracle) -> bool:
@@ -937,9 +937,7 @@ class PGDQP(Solver):
         lf, lh = state.lipschitz_f, state.lipschitz_h
         gamma, alpha = self._parameters(state, lf, lh)
         y_scale = 1.0 if self.lower_step_size is None else self.lower_step_size / gamma
-        hh = inner(hx, hx) + y_scale * inner(hy, hy)
-        rho = hh if self.rho_rule == "grad" else torch.sqrt(hh * state.h0)
-        dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale, hh)
+        dx, dy, lam = self._qp((fx, fy), (hx, hy), alpha, y_scale, state.h0)
         stationarity = inner(dx, dx) + (inner(dy, dy) if self.lower_step_size is None else inner(dy, dy) / y_scale ** 2)
         aux = Aux({"f": f, "g": g, "h": h, "kkt_stationarity": stationarity, "kkt_feasibility": h, "lambda": lam,
                    "step_size": gamma, "alpha": alpha}, nu=lam * (gy1 + gy2))
@@ -1022,9 +1020,7 @@ def stochastic_direction(solver: PGDQP, oracle: Oracle, state: StochasticState) 
     gamma = state.gamma0 / (1.0 + state.k / solver.noise_decay)
     alpha = solver.alpha or solver.feasibility / (gamma * state.lipschitz_h)
     y_scale = 1.0 if solver.lower_step_size is None else solver.lower_step_size / state.gamma0
-    hh = inner(hx, hx) + y_scale * inner(hy, hy)
-    rho = hh if solver.rho_rule == "grad" else torch.sqrt(hh * state.h0)
-    dx, dy, lam = qp_step((fx, fy), (hx, hy), alpha * rho, y_scale, hh)
+    dx, dy, lam = solver._qp((fx, fy), (hx, hy), alpha, y_scale, state.h0)
     stationarity = inner(dx, dx) + inner(dy, dy) / y_scale ** 2
     aux = Aux(dict(zip(QP_DIAGNOSTICS, (f, g, h, stationarity, h, lam, gamma, gamma * y_scale, alpha))), nu=2 * lam * c)
     return dx, dy, gamma, c, aux
@@ -1200,6 +1196,16 @@ def held_by_x_bounds(x: Tensor, slope: Tensor, bounds: tuple | None) -> Tensor |
     if isinstance(any_held, float) and not any_held:
         return None
     return held
+
+
+def penalty_merit(problem: BilevelProblem, oracle: Oracle, x: Tensor, y: Tensor,
+                  penalty: Tensor) -> tuple[float, Tensor, Tensor | None]:
+    """(f + mu ||c||, c, the free mask) at (x, y), "projected"'s merit: c = grad_y g on the free
+    coordinates of a y box (`free_coordinates`; the mask None without one)."""
+    gy = oracle.grad_g_y(x, y)
+    free = free_coordinates(y, gy, problem.y_bounds)
+    c = gy if free is None else gy * free
+    return float(oracle.f(x, y) + penalty * torch.linalg.vector_norm(c)), c, free
 
 
 def free_coordinates(t: Tensor, slope: Tensor | None, bounds: tuple | None) -> Tensor | None:
